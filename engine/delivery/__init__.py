@@ -1,0 +1,1 @@
+"""Delivery: MX resolution and the outbound SMTP client."""
