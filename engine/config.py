@@ -73,7 +73,8 @@ class SpoolSettings:
     dir: str = _kind("str", "nimbus-data/spool", "durable spool directory")
     max_size: int = _kind("size", 0, "cap on spool size in bytes; 0 = until the disk is full")
     min_free_space: int = _kind("size", 64_000_000, "refuse new mail below this much free disk")
-    commit_window: float = _kind("duration", 0.002, "longest a write waits to share an fsync")
+    commit_window: float = _kind("duration", 0.0, "extra wait to gather writes into one fsync "
+                                   "(0: batch what arrived during the previous fsync)")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

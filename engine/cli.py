@@ -1,0 +1,116 @@
+"""The ``nimbus`` command: one console script, one subcommand per role.
+
+Exports:
+    main(argv) -> exit code
+
+Subcommands:
+    nimbus mta     run one MTA node in the foreground (JSON logs on stderr)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from . import __version__, diag
+from .config import ConfigError, load_settings
+from .events import PolicyLoadError
+from .spool import SpoolLocked
+
+__all__ = ["main"]
+
+_MTA_FLAGS = {
+    "smtp_listen": ("smtp", "listen"),
+    "http_listen": ("http", "listen"),
+    "spool_dir": ("spool", "dir"),
+    "log_dir": ("log", "dir"),
+    "policy_dir": ("policy", "dir"),
+    "node_id": (None, "node_id"),
+}
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for attr, (section, key) in _MTA_FLAGS.items():
+        value = getattr(args, attr, None)
+        if value is None:
+            continue
+        if section is None:
+            tree[key] = value
+        else:
+            tree.setdefault(section, {})[key] = value
+    for item in args.set or []:
+        path, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"flags: --set {item!r} must be section.key=value")
+        section, _, key = path.rpartition(".")
+        if section:
+            tree.setdefault(section, {})[key] = value
+        else:
+            tree[key] = value
+    return tree
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nimbus", description="Nimbus mail transfer agent")
+    parser.add_argument("--version", action="version", version=f"nimbus {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    mta = sub.add_parser("mta", help="run one MTA node in the foreground")
+    mta.add_argument("--config", help="TOML settings file (default: $NIMBUS_CONFIG)")
+    mta.add_argument("--smtp-listen", help="SMTP host:port (default 0.0.0.0:2525)")
+    mta.add_argument("--http-listen", help="HTTP host:port (default 0.0.0.0:8000)")
+    mta.add_argument("--spool-dir", help="spool directory")
+    mta.add_argument("--log-dir", help="log-record directory")
+    mta.add_argument("--policy-dir", help="policy directory")
+    mta.add_argument("--node-id", help="node identity in log records")
+    mta.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                     help="any setting, e.g. --set smtp.max_recipients=500")
+    return parser
+
+
+def _run(coro: Any) -> None:
+    try:
+        import uvloop
+    except ImportError:  # optional: the stdlib loop works, just slower
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config, overrides=_overrides(args))
+    except ConfigError as exc:
+        print(f"nimbus: configuration error: {exc}", file=sys.stderr)
+        return 2
+    diag.configure(settings.log.level)
+    if args.command == "mta":
+        from .app import run_mta
+        try:
+            _run(run_mta(settings))
+        except (PolicyLoadError, SpoolLocked, BaseExceptionGroup) as exc:
+            leaf = _first_leaf(exc)
+            if isinstance(leaf, PolicyLoadError):
+                print(f"nimbus: policy error: {leaf}", file=sys.stderr)
+                return 2
+            if isinstance(leaf, SpoolLocked):
+                print(f"nimbus: {leaf}", file=sys.stderr)
+                return 2
+            raise
+        except KeyboardInterrupt:
+            return 130
+    return 0
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    """The first non-group exception inside (TaskGroup wraps failures in groups)."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The message object policy handlers receive (KumoMTA's Message API, in Python).
+
+Exports:
+    PolicyMessage   id/sender/recipient, meta get/set, raw data, header access and edits
+
+It wraps a message under construction at reception: handlers may change meta
+(``queue``, ``tenant``, ``campaign``, ``routing_domain``, ``x_*``) and headers.
+The spool stores what it holds when the handler returns.
+"""
+
+from __future__ import annotations
+
+import email.header
+import re
+from typing import Any
+
+__all__ = ["PolicyMessage"]
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+class PolicyMessage:
+    """A message being received; headers are edited in place on the raw bytes.
+
+    id: the spool id. sender / recipient: envelope addresses.
+    data: the whole message, CRLF line endings. meta: JSON-able metadata.
+    """
+
+    __slots__ = ("_id", "_sender", "_recipient", "_data", "_meta")
+
+    def __init__(self, id: str, sender: str, recipient: str, data: bytes,
+                 meta: dict[str, Any] | None = None) -> None:
+        self._id = id
+        self._sender = sender
+        self._recipient = recipient
+        self._data = data
+        self._meta = dict(meta or {})
+
+    def id(self) -> str:
+        return self._id
+
+    def sender(self) -> str:
+        return self._sender
+
+    def recipient(self) -> str:
+        return self._recipient
+
+    def set_recipient(self, recipient: str) -> None:
+        self._recipient = recipient
+
+    def set_sender(self, sender: str) -> None:
+        self._sender = sender
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        return self._meta.get(key, default)
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self._meta[key] = value
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self._meta
+
+    def get_data(self) -> bytes:
+        return self._data
+
+    def set_data(self, data: bytes) -> None:
+        self._data = data
+
+    # -- headers ---------------------------------------------------------------
+
+    def _split(self) -> tuple[bytes, bytes]:
+        m = _HEADER_END.search(self._data)
+        if m is None:
+            return self._data, b""
+        return self._data[:m.start()], self._data[m.start():]
+
+    def _header_lines(self) -> list[bytes]:
+        head, _ = self._split()
+        lines: list[bytes] = []
+        for raw in head.split(b"\n"):
+            raw = raw.rstrip(b"\r")
+            if raw[:1] in (b" ", b"\t") and lines:
+                lines[-1] += b"\r\n" + raw
+            elif raw:
+                lines.append(raw)
+        return lines
+
+    def get_all_named_header_values(self, name: str) -> list[str]:
+        wanted = name.lower().encode()
+        out = []
+        for line in self._header_lines():
+            key, sep, value = line.partition(b":")
+            if sep and key.strip().lower() == wanted:
+                out.append(_decode(value))
+        return out
+
+    def get_first_named_header_value(self, name: str) -> str | None:
+        values = self.get_all_named_header_values(name)
+        return values[0] if values else None
+
+    def remove_all_named_headers(self, name: str) -> None:
+        wanted = name.lower().encode()
+        self._rebuild([ln for ln in self._header_lines()
+                       if ln.partition(b":")[0].strip().lower() != wanted])
+
+    def append_header(self, name: str, value: str) -> None:
+        self._rebuild(self._header_lines() + [_encode(name, value)])
+
+    def prepend_header(self, name: str, value: str) -> None:
+        self._rebuild([_encode(name, value)] + self._header_lines())
+
+    def _rebuild(self, lines: list[bytes]) -> None:
+        _, rest = self._split()
+        if not rest:
+            rest = b"\r\n\r\n"
+        self._data = b"\r\n".join(lines) + rest
+
+
+def _decode(raw: bytes) -> str:
+    text = raw.decode("utf-8", "replace").replace("\r\n", "").strip()
+    try:
+        return str(email.header.make_header(email.header.decode_header(text)))
+    except (ValueError, LookupError):
+        return text
+
+
+def _encode(name: str, value: str) -> bytes:
+    if value.isascii():
+        return f"{name}: {value}".encode()
+    return f"{name}: {email.header.Header(value, 'utf-8').encode()}".encode()

@@ -1,0 +1,125 @@
+"""Dispositions: what happens to a message after an attempt, in one place.
+
+Exports:
+    Attempt       where an attempt went (ready queue, source, pool, peer, TLS facts)
+    Outcomes      delivered / transient / bounced / expired / from_response
+
+Each disposition writes exactly one log record, updates the spool (remove or
+persist the new due time and attempt count) and, for a retry, puts the message
+back in its scheduled queue. Retry and expiry are decided by the pure
+``queue_config.next_attempt``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from .logs import LogWriter
+from .queue_config import QueueConfig, next_attempt
+from .records import LogRecord, Message, PeerAddress, RecordType, Response
+from .scheduled import Scheduler
+from .spool import Spool
+
+__all__ = ["Attempt", "Outcomes", "EXPIRED"]
+
+log = logging.getLogger("nimbus.outcomes")
+
+EXPIRED = Response.parse(551, "5.4.7 Next delivery time would be after the expiration time")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Attempt:
+    """Facts about one delivery attempt, copied into its log record."""
+
+    site: str = ""
+    egress_source: str | None = None
+    egress_pool: str | None = None
+    peer: PeerAddress | None = None
+    tls_cipher: str | None = None
+    tls_protocol_version: str | None = None
+    provider_name: str | None = None
+
+
+class Outcomes:
+    """Applies dispositions.
+
+    spool / scheduler / logs: the node's parts.
+    queue_config: async lookup of a scheduled queue's QueueConfig.
+    node_id: copied into every record.
+    """
+
+    def __init__(self, *, spool: Spool, scheduler: Scheduler, logs: LogWriter,
+                 queue_config: Callable[[str], Awaitable[QueueConfig]], node_id: str,
+                 clock: Callable[[], float] = time.time,
+                 rand: Callable[[], float] = random.random) -> None:
+        self._spool = spool
+        self._scheduler = scheduler
+        self._logs = logs
+        self._queue_config = queue_config
+        self._node_id = node_id
+        self._clock = clock
+        self._rand = rand
+
+    def record(self, kind: RecordType, msg: Message, response: Response, attempt: Attempt,
+               **extra: object) -> LogRecord:
+        """Build the log record for ``msg`` (shared with reception)."""
+        return LogRecord(
+            type=kind, id=msg.id, sender=msg.sender, recipient=msg.recipient, queue=msg.queue,
+            site=attempt.site, size=msg.size, response=response, timestamp=self._clock(),
+            created=msg.created, nodeid=self._node_id, num_attempts=msg.num_attempts,
+            peer_address=attempt.peer, egress_pool=attempt.egress_pool,
+            egress_source=attempt.egress_source, tls_cipher=attempt.tls_cipher,
+            tls_protocol_version=attempt.tls_protocol_version,
+            provider_name=attempt.provider_name, **extra)  # type: ignore[arg-type]
+
+    async def from_response(self, msg: Message, response: Response, attempt: Attempt) -> None:
+        """2xx delivered, 4xx retry later, 5xx bounce."""
+        if response.is_success:
+            self.delivered(msg, response, attempt)
+        elif response.is_transient:
+            await self.transient(msg, response, attempt)
+        else:
+            self.bounced(msg, response, attempt)
+
+    def delivered(self, msg: Message, response: Response, attempt: Attempt) -> None:
+        msg = dataclasses.replace(msg, num_attempts=msg.num_attempts + 1)
+        self._logs.emit(self.record(RecordType.DELIVERY, msg, response, attempt,
+                                    delivery_protocol="ESMTP"))
+        self._spool.remove_nowait([msg.id])
+
+    def bounced(self, msg: Message, response: Response, attempt: Attempt) -> None:
+        msg = dataclasses.replace(msg, num_attempts=msg.num_attempts + 1)
+        self._logs.emit(self.record(RecordType.BOUNCE, msg, response, attempt,
+                                    delivery_protocol="ESMTP" if attempt.peer else None))
+        self._spool.remove_nowait([msg.id])
+
+    async def transient(self, msg: Message, response: Response, attempt: Attempt) -> None:
+        """Log TransientFailure, then reschedule with backoff, or expire past max_age."""
+        msg = dataclasses.replace(msg, num_attempts=msg.num_attempts + 1)
+        self._logs.emit(self.record(RecordType.TRANSIENT_FAILURE, msg, response, attempt,
+                                    delivery_protocol="ESMTP" if attempt.peer else None))
+        cfg = await self._queue_config(msg.queue)
+        now = self._clock()
+        due = next_attempt(cfg, msg.created, now, msg.num_attempts, self._rand())
+        if due is None:
+            self.expire(msg, attempt)
+            return
+        self.requeue(dataclasses.replace(msg, due=due))
+
+    def expire(self, msg: Message, attempt: Attempt = Attempt()) -> None:
+        self._logs.emit(self.record(RecordType.EXPIRATION, msg, EXPIRED, attempt))
+        self._spool.remove_nowait([msg.id])
+
+    def requeue(self, msg: Message) -> None:
+        """Persist the message's new state and put it back in its scheduled queue."""
+        self._spool.update_nowait(msg)
+        self._scheduler.insert(msg)
+
+    def delay(self, msg: Message, seconds: float) -> None:
+        """Put a message back without counting an attempt (ready queue full, throttled)."""
+        self.requeue(dataclasses.replace(msg, due=self._clock() + seconds))

@@ -1,0 +1,99 @@
+"""Loading a policy directory into a Registry.
+
+Exports:
+    PolicyApi        the ``nimbus`` object a policy's ``register(nimbus)`` receives
+    load_policy(policy_dir, timeout, on_dispatch) -> Registry
+
+A policy directory holds ``init.py`` defining ``register(nimbus)``, which registers
+handlers explicitly::
+
+    def register(nimbus):
+        @nimbus.on("get_queue_config")
+        def queue_config(domain, tenant, campaign, routing_domain):
+            return nimbus.QueueConfig(retry_interval=nimbus.duration("5m"))
+
+A directory without ``init.py`` is a policy with no handlers: built-in defaults apply.
+Every load builds a fresh Registry, so a reload that fails leaves the old one running.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from . import egress, queue_config
+from .events import PolicyLoadError, Registry, reject
+from .units import parse_duration, parse_size
+
+__all__ = ["PolicyApi", "load_policy"]
+
+_load_counter = itertools.count()
+
+
+class PolicyApi:
+    """What a policy sees as ``nimbus``: registration, records to return, helpers."""
+
+    QueueConfig = queue_config.QueueConfig
+    EgressPathConfig = egress.EgressPathConfig
+    EgressSource = egress.EgressSource
+    EgressPool = egress.EgressPool
+    TlsMode = egress.TlsMode
+
+    def __init__(self, registry: Registry, policy_dir: Path) -> None:
+        self._registry = registry
+        self.policy_dir = policy_dir
+
+    def on(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Register the decorated function as a handler of event ``name``."""
+        return self._registry.on(name)
+
+    @staticmethod
+    def reject(code: int, text: str) -> None:
+        """Stop the current transaction with exactly ``code text``."""
+        reject(code, text)
+
+    @staticmethod
+    def duration(text: str) -> float:
+        return parse_duration(text)
+
+    @staticmethod
+    def size(text: str) -> int:
+        return parse_size(text)
+
+
+def load_policy(policy_dir: str | Path, *, timeout: float = 5.0,
+                on_dispatch: Callable[[str, float], None] | None = None) -> Registry:
+    """Import ``<policy_dir>/init.py`` and let it register its handlers.
+
+    Raises PolicyLoadError naming the file when the directory is missing, the
+    module fails to import, ``register`` is missing, or a registration is invalid.
+    """
+    directory = Path(policy_dir)
+    registry = Registry(timeout=timeout, on_dispatch=on_dispatch)
+    if not directory.is_dir():
+        raise PolicyLoadError(f"{directory}: policy directory does not exist")
+    init = directory / "init.py"
+    if not init.exists():
+        return registry
+    module_name = f"nimbus_policy_{next(_load_counter)}"
+    spec = importlib.util.spec_from_file_location(module_name, init)
+    if spec is None or spec.loader is None:
+        raise PolicyLoadError(f"{init}: cannot be loaded as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(directory))  # so init.py can import its sibling modules
+    try:
+        spec.loader.exec_module(module)
+        register = getattr(module, "register", None)
+        if not callable(register):
+            raise PolicyLoadError(f"{init}: defines no register(nimbus) function")
+        register(PolicyApi(registry, directory))
+    except PolicyLoadError as exc:
+        raise PolicyLoadError(f"{init}: {exc}") if str(init) not in str(exc) else exc
+    except Exception as exc:
+        raise PolicyLoadError(f"{init}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        sys.path.remove(str(directory))
+    return registry

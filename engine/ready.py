@@ -1,0 +1,270 @@
+"""Ready queues: messages due now for one egress source -> MX site, and their connections.
+
+Exports:
+    Target        a host to try (MX name or configured host) and port
+    ReadyQueue    enqueue / connection tasks / drain
+
+A ready queue opens connections on demand, up to the path's ``connection_limit``
+and never more than there are messages waiting. Each connection tries the targets
+in order (next host on connect failure, RFC 5321 §5.1), then delivers messages one
+by one, reusing the session up to ``max_deliveries_per_connection``, and closes
+after ``idle_timeout`` without work. A message arriving while a connection is idle
+is handed to it directly. When no target can be reached and no other connection
+is delivering, every waiting message gets a TransientFailure and is rescheduled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+from .config import Settings
+from .delivery.client import ConnectionLost, DeliveryError, SmtpClientConnection
+from .delivery.mx import HostResolutionError, MxResolver
+from .egress import EgressPathConfig, EgressSource, is_prohibited
+from .outcomes import Attempt, Outcomes
+from .records import Message, Response
+from .spool import Spool
+
+__all__ = ["Target", "ReadyQueue", "NoTargetAvailable"]
+
+log = logging.getLogger("nimbus.ready")
+
+CONNECT_BACKOFF = 5.0
+"""After a failed connect, no extra connections for this long while others deliver."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    host: str
+    port: int
+
+
+class NoTargetAvailable(Exception):
+    """Every target failed; ``response`` says why (the last failure)."""
+
+    def __init__(self, response: Response, permanent: bool = False) -> None:
+        super().__init__(str(response))
+        self.response = response
+        self.permanent = permanent
+
+
+class ReadyQueue:
+    """One ``source->site@smtp_client`` queue and its connections."""
+
+    def __init__(self, *, name: str, site: str, targets: tuple[Target, ...], explicit: bool,
+                 source: EgressSource, pool: str, path: EgressPathConfig, settings: Settings,
+                 resolver: MxResolver, spool: Spool, outcomes: Outcomes,
+                 on_idle: Callable[[ReadyQueue], None]) -> None:
+        self.name = name
+        self.site = site
+        self.targets = targets
+        self.explicit = explicit
+        self.source = source
+        self.pool = pool
+        self.path = path
+        self._settings = settings
+        self._resolver = resolver
+        self._spool = spool
+        self._outcomes = outcomes
+        self._on_idle = on_idle
+        self.queue: deque[Message] = deque()
+        self._waiters: deque[asyncio.Future[Message]] = deque()
+        self._conns: set[asyncio.Task] = set()
+        self._established = 0
+        self._backoff_until = 0.0
+        self._stopping = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- state -------------------------------------------------------------------
+
+    @property
+    def connections(self) -> int:
+        return len(self._conns)
+
+    @property
+    def is_idle(self) -> bool:
+        return not self.queue and not self._conns
+
+    def reconfigure(self, *, path: EgressPathConfig, targets: tuple[Target, ...]) -> None:
+        """Adopt a refreshed path config; open connections keep their session."""
+        self.path = path
+        self.targets = targets
+
+    def enqueue(self, msg: Message) -> bool:
+        """Add a due message; False when the queue is full (caller delays it)."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(msg)
+                return True
+        if len(self.queue) >= self.path.max_ready:
+            return False
+        self.queue.append(msg)
+        self._maybe_spawn()
+        return True
+
+    def _maybe_spawn(self) -> None:
+        """Open connections while messages outnumber connections still connecting."""
+        if self._stopping:
+            return
+        if self._established and time.monotonic() < self._backoff_until:
+            return  # a host refused us recently; the working connections drain the queue
+        while (len(self._conns) < self.path.connection_limit
+               and len(self._conns) - self._established < len(self.queue)):
+            task = asyncio.create_task(self._connection(), name=f"conn:{self.name}")
+            self._conns.add(task)
+            self._idle.clear()
+
+    async def _next(self, timeout: float) -> Message | None:
+        if self.queue:
+            return self.queue.popleft()
+        if self._stopping:
+            return None
+        waiter: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                return await waiter
+        except TimeoutError:
+            if waiter.done() and not waiter.cancelled():
+                return waiter.result()  # handed over just as the timeout fired
+            return None
+
+    # -- connections ---------------------------------------------------------------
+
+    async def _open(self) -> SmtpClientConnection:
+        """Try each target in order; raise NoTargetAvailable with the last failure."""
+        last = Response.parse(451, f"4.4.0 no usable hosts for {self.site}")
+        permanent = True
+        allow_loopback = self.explicit or self._settings.delivery.allow_loopback_mx
+        for target in self.targets:
+            try:
+                addresses = await self._addresses(target.host)
+            except HostResolutionError as exc:
+                last = Response.parse(exc.code, f"{exc.enhanced} {exc}")
+                permanent &= not exc.transient
+                continue
+            for address in addresses:
+                if not allow_loopback and is_prohibited(address, self.path.prohibited_hosts):
+                    last = Response.parse(
+                        550, f"5.4.4 {target.host} resolves to prohibited address {address}")
+                    continue
+                permanent = False
+                try:
+                    return await SmtpClientConnection.open(
+                        host_name=target.host, address=address, port=target.port,
+                        path=self.path, source=self.source,
+                        ehlo_domain=(self.path.ehlo_domain or self.source.ehlo_domain
+                                     or self._settings.effective_hostname))
+                except DeliveryError as exc:
+                    last = exc.response
+                    log.info("connect failed", extra={"ready_queue": self.name,
+                                                      "host": target.host, "address": address,
+                                                      "response": str(exc.response)})
+        raise NoTargetAvailable(last, permanent=permanent)
+
+    async def _addresses(self, host: str) -> list[str]:
+        """An IP literal (sink, mx_list) is its own address; names go to DNS."""
+        try:
+            return [str(ipaddress.ip_address(host.strip("[]")))]
+        except ValueError:
+            return await self._resolver.resolve_addresses(host)
+
+    async def _connection(self) -> None:
+        conn: SmtpClientConnection | None = None
+        try:
+            while True:
+                if conn is None:
+                    if not self.queue or self._stopping:
+                        return
+                    try:
+                        conn = await self._open()
+                    except NoTargetAvailable as exc:
+                        self._backoff_until = time.monotonic() + CONNECT_BACKOFF
+                        await self._fail_waiting(exc)
+                        return
+                    self._established += 1
+                msg = await self._next(self.path.idle_timeout)
+                if msg is None:
+                    return
+                if not await self._deliver(conn, msg):
+                    await conn.close()
+                    self._established -= 1
+                    conn = None
+                elif conn.deliveries >= self.path.max_deliveries_per_connection:
+                    await conn.close()
+                    self._established -= 1
+                    conn = None
+        finally:
+            if conn is not None:
+                self._established -= 1
+                await asyncio.shield(conn.close())
+            self._conns.discard(asyncio.current_task())  # type: ignore[arg-type]
+            if self.queue and not self._stopping:
+                self._maybe_spawn()
+            if not self._conns:
+                self._idle.set()
+                if not self.queue:
+                    self._on_idle(self)
+
+    async def _deliver(self, conn: SmtpClientConnection, msg: Message) -> bool:
+        """Send one message; returns False when the connection is no longer usable."""
+        attempt = Attempt(site=self.name, egress_source=self.source.name, egress_pool=self.pool,
+                          peer=conn.peer, tls_cipher=conn.tls_cipher,
+                          tls_protocol_version=conn.tls_protocol_version,
+                          provider_name=self.path.provider_name)
+        data = await self._spool.load_data(msg.id)
+        if data is None:
+            return True  # removed while queued (admin bounce); nothing to send
+        try:
+            response = await conn.send(msg.sender, msg.recipient, data)
+        except ConnectionLost as exc:
+            await self._outcomes.transient(msg, exc.response, attempt)
+            return False
+        except Exception as exc:  # a bug must cost a retry, never the message
+            log.exception("delivery failed unexpectedly", extra={"id": msg.id})
+            await self._outcomes.transient(
+                msg, Response.parse(451, f"4.3.0 internal error: {type(exc).__name__}"), attempt)
+            return False
+        await self._outcomes.from_response(msg, response, attempt)
+        return conn.is_usable
+
+    async def _fail_waiting(self, exc: NoTargetAvailable) -> None:
+        """No host reachable: unless another connection is delivering, fail the queue."""
+        if self._established > 0:
+            return
+        attempt = Attempt(site=self.name, egress_source=self.source.name, egress_pool=self.pool)
+        while self.queue:
+            msg = self.queue.popleft()
+            if exc.permanent:
+                self._outcomes.bounced(msg, exc.response, attempt)
+            else:
+                await self._outcomes.transient(msg, exc.response, attempt)
+
+    # -- shutdown ----------------------------------------------------------------
+
+    def stop_new_work(self) -> None:
+        """Finish the message in hand on each connection, start nothing new."""
+        self._stopping = True
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)  # type: ignore[arg-type]  # "no more work"
+        self._waiters.clear()
+
+    async def wait_idle(self) -> None:
+        while self._conns:
+            await self._idle.wait()
+            if self._conns:
+                self._idle.clear()
+
+    async def cancel(self) -> None:
+        for task in list(self._conns):
+            task.cancel()
+        await asyncio.gather(*self._conns, return_exceptions=True)

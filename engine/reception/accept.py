@@ -1,0 +1,125 @@
+"""Accepting messages: the path shared by the SMTP and HTTP listeners.
+
+Exports:
+    Incoming      one message to accept (one recipient, as KumoMTA)
+    Accepted      its spool id and queue
+    Acceptor      accept(...) -> per-message results; readiness and drain state
+
+For a batch (one SMTP DATA, or one HTTP request) the acceptor runs the policy
+event (``smtp_server_message_received`` / ``http_message_generated``) for each
+message, names its scheduled queue, stores the whole batch in one spool commit,
+and only then logs ``Reception`` and schedules it. Store-and-schedule runs
+shielded from cancellation: a client that disconnects mid-commit can cost a
+duplicate, never a message stranded in the spool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..events import PolicyFailure, Registry, Rejected
+from ..logs import LogWriter
+from ..message import PolicyMessage
+from ..queue_name import NULL_QUEUE, scheduled_queue_name
+from ..records import LogRecord, Message, PeerAddress, RecordType, Response, new_message_id
+from ..scheduled import Scheduler
+from ..spool import Spool
+
+__all__ = ["Incoming", "Accepted", "Acceptor", "RECEIVED"]
+
+RECEIVED = Response(code=250, content="")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Incoming:
+    sender: str
+    recipient: str
+    data: bytes
+    meta: dict[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=new_message_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    id: str
+    queue: str
+
+
+class Acceptor:
+    """The reception half of a node.
+
+    policy: returns the current Registry. node_id: for log records.
+    """
+
+    def __init__(self, *, spool: Spool, scheduler: Scheduler, logs: LogWriter,
+                 policy: Callable[[], Registry], node_id: str,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._spool = spool
+        self._scheduler = scheduler
+        self._logs = logs
+        self._policy = policy
+        self._node_id = node_id
+        self._clock = clock
+        self.not_ready: str | None = "waiting for spool startup"
+
+    def set_ready(self) -> None:
+        self.not_ready = None
+
+    def set_draining(self) -> None:
+        self.not_ready = "shutting down"
+
+    async def accept(self, batch: list[Incoming], *, event: str, event_arg: Any,
+                     protocol: str, peer: PeerAddress | None
+                     ) -> list[Accepted | Rejected | PolicyFailure]:
+        """Accept a batch; each result is Accepted, or the Rejected/PolicyFailure for it.
+
+        Raises SpoolFull / SpoolError when the batch could not be stored (nothing was).
+        """
+        now = self._clock()
+        results: list[Accepted | Rejected | PolicyFailure] = []
+        to_store: list[tuple[Message, bytes]] = []
+        registry = self._policy()
+        for item in batch:
+            pm = PolicyMessage(item.id, item.sender, item.recipient, item.data, item.meta)
+            try:
+                await registry.dispatch(event, pm, event_arg)
+            except (Rejected, PolicyFailure) as exc:
+                results.append(exc)
+                continue
+            queue = scheduled_queue_name(pm.recipient(), pm.meta)
+            results.append(Accepted(item.id, queue))
+            if queue == NULL_QUEUE:
+                continue  # discarded by policy, still a success (KumoMTA semantics)
+            data = pm.get_data()
+            msg = Message(id=item.id, sender=pm.sender(), recipient=pm.recipient(), queue=queue,
+                          meta=pm.meta, created=now, due=now, size=len(data))
+            to_store.append((msg, data))
+        if to_store:
+            await asyncio.shield(asyncio.ensure_future(self._store(to_store, protocol, peer)))
+        return results
+
+    async def _store(self, items: list[tuple[Message, bytes]], protocol: str,
+                     peer: PeerAddress | None) -> None:
+        await self._spool.save(items)
+        for msg, _ in items:
+            self._logs.emit(self._reception(msg, protocol, peer))
+            self._scheduler.insert(msg)
+
+    def _reception(self, msg: Message, protocol: str, peer: PeerAddress | None) -> LogRecord:
+        return LogRecord(type=RecordType.RECEPTION, id=msg.id, sender=msg.sender,
+                         recipient=msg.recipient, queue=msg.queue, site="", size=msg.size,
+                         response=RECEIVED, timestamp=self._clock(), created=msg.created,
+                         nodeid=self._node_id, peer_address=peer, meta=msg.meta,
+                         reception_protocol=protocol)
+
+    def log_rejection(self, *, sender: str, recipient: str, response: Response, protocol: str,
+                      peer: PeerAddress | None) -> None:
+        """Log a ``Rejection`` record: our 4xx/5xx to a client."""
+        now = self._clock()
+        self._logs.emit(LogRecord(
+            type=RecordType.REJECTION, id=new_message_id(), sender=sender, recipient=recipient,
+            queue="", site="", size=0, response=response, timestamp=now, created=now,
+            nodeid=self._node_id, peer_address=peer, reception_protocol=protocol))

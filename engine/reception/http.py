@@ -1,0 +1,193 @@
+"""The HTTP listener: injection, liveness and metrics (aiohttp, on the engine's loop).
+
+Exports:
+    HttpListener     start(host, port) / close()
+    build_app(...)   the aiohttp Application (one handler per versioned route)
+
+Routes:
+    POST /api/inject/v1        KumoMTA-compatible injection (basic auth)
+    GET  /api/check-liveness/v1  200 "OK", or 503 with the reason
+    GET  /metrics              Prometheus exposition
+
+Errors are JSON ``{"error": reason, "field": ...}``: 400 malformed JSON or field,
+401 missing/wrong credentials, 413 body over ``http.max_request_size`` (counted
+while streaming, since aiohttp doesn't cap streamed reads), 415 wrong content type,
+422 template error, 503 not ready / shutting down / spool full.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..config import Settings
+from ..events import Registry
+from ..records import PeerAddress
+from ..spool import SpoolError, SpoolFull
+from .accept import Accepted, Acceptor, Incoming
+from .auth import Credentials, MalformedAuthorization, parse_basic
+from .inject import (Builder, InjectError, RequestInvalid, TemplateFailed, Templates,
+                     build_message, parse_request)
+
+__all__ = ["HttpListener", "build_app"]
+
+log = logging.getLogger("nimbus.http")
+
+_ACCEPTOR = web.AppKey("acceptor", Acceptor)
+_CREDENTIALS = web.AppKey("credentials", Credentials)
+_SETTINGS = web.AppKey("settings", Settings)
+_METRICS = web.AppKey("metrics", object)
+
+
+def _error(status: int, reason: str, field: str | None = None, **headers: str) -> web.Response:
+    body: dict[str, Any] = {"error": reason}
+    if field is not None:
+        body["field"] = field
+    return web.json_response(body, status=status, headers=headers or None)
+
+
+async def _read_capped(request: web.Request, limit: int) -> bytes | None:
+    """The request body, or None when it exceeds ``limit`` bytes (stops reading early)."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    chunks, total = [], 0
+    async for chunk in request.content.iter_chunked(65536):
+        total += len(chunk)
+        if total > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _authenticate(request: web.Request) -> str | web.Response:
+    """The authenticated user name, or the 400/401 response to send."""
+    challenge = {"WWW-Authenticate": 'Basic realm="nimbus"'}
+    header = request.headers.get("Authorization")
+    if not header:
+        return _error(401, "authentication required", **challenge)
+    try:
+        creds = parse_basic(header)
+    except MalformedAuthorization as exc:
+        return _error(400, str(exc))
+    if creds is None:
+        return _error(401, "only Basic authentication is supported", **challenge)
+    if not request.app[_CREDENTIALS].check(*creds):
+        return _error(401, "invalid credentials", **challenge)
+    return creds[0]
+
+
+async def inject_v1(request: web.Request) -> web.Response:
+    """POST /api/inject/v1: build one message per recipient, spool them in one commit."""
+    acceptor = request.app[_ACCEPTOR]
+    settings = request.app[_SETTINGS]
+    if acceptor.not_ready:
+        return _error(503, acceptor.not_ready)
+    user = _authenticate(request)
+    if isinstance(user, web.Response):
+        return user
+    if request.content_type not in ("application/json", "application/octet-stream", ""):
+        return _error(415, f"content type must be application/json, got {request.content_type}")
+    raw = await _read_capped(request, settings.http.max_request_size)
+    if raw is None:
+        return _error(413, f"request body exceeds {settings.http.max_request_size} bytes")
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return _error(400, f"malformed JSON: {exc}")
+    try:
+        req = parse_request(body)
+        templates = Templates(req)
+    except RequestInvalid as exc:
+        return _error(400, exc.reason, exc.field)
+    except TemplateFailed as exc:
+        return _error(422, exc.reason, exc.field)
+    peer_ip = request.remote or ""
+    base_meta = {"http_auth": user, "reception_protocol": "HTTP", "received_from": peer_ip,
+                 "received_via": settings.http.listen, "hostname": settings.effective_hostname}
+    batch, failed, errors = [], [], []
+    now = time.time()
+    for rcpt in req.recipients:
+        meta = {**base_meta, **({"extra": dict(rcpt.metadata)} if rcpt.metadata else {})}
+        try:
+            data = build_message(req, templates, rcpt, message_id_domain=settings.effective_hostname,
+                                 now=now, meta=meta)
+        except TemplateFailed as exc:
+            if isinstance(req.content, str) or len(req.recipients) == 1:
+                return _error(422, exc.reason, exc.field)
+            failed.append(rcpt.email)
+            errors.append(f"{rcpt.email}: {exc.reason}")
+            continue
+        except InjectError as exc:
+            failed.append(rcpt.email)
+            errors.append(f"{rcpt.email}: {exc}")
+            continue
+        batch.append(Incoming(sender=req.envelope_sender, recipient=rcpt.email, data=data,
+                              meta=meta))
+    try:
+        results = await acceptor.accept(batch, event="http_message_generated",
+                                        event_arg={"user": user, "peer": peer_ip},
+                                        protocol="HTTP", peer=PeerAddress(name="", addr=peer_ip))
+    except SpoolFull:
+        return _error(503, "disk is too full")
+    except SpoolError:
+        log.exception("spool write failed")
+        return _error(500, "internal error storing the message; try again later")
+    success = 0
+    for item, result in zip(batch, results):
+        if isinstance(result, Accepted):
+            success += 1
+        else:
+            failed.append(item.recipient)
+            errors.append(f"{item.recipient}: {result.response}")
+    return web.json_response({"success_count": success, "fail_count": len(failed),
+                              "failed_recipients": failed, "errors": errors})
+
+
+async def check_liveness_v1(request: web.Request) -> web.Response:
+    reason = request.app[_ACCEPTOR].not_ready
+    if reason:
+        return web.Response(status=503, text=reason)
+    return web.Response(text="OK")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    data = generate_latest(request.app[_METRICS].registry)  # type: ignore[attr-defined]
+    return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def build_app(*, settings: Settings, acceptor: Acceptor, credentials: Credentials,
+              metrics_: object) -> web.Application:
+    # Our own cap (_read_capped) applies to inject; aiohttp's client_max_size is set
+    # just above it so other routes stay bounded too.
+    app = web.Application(client_max_size=settings.http.max_request_size + 1)
+    app[_ACCEPTOR] = acceptor
+    app[_CREDENTIALS] = credentials
+    app[_SETTINGS] = settings
+    app[_METRICS] = metrics_
+    app.router.add_post("/api/inject/v1", inject_v1)
+    app.router.add_get("/api/check-liveness/v1", check_liveness_v1)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+class HttpListener:
+    """The HTTP listening socket."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._site: web.TCPSite | None = None
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, host, port, reuse_address=True, backlog=1024)
+        await self._site.start()
+        sock = self._runner.addresses[0]
+        return sock[0], sock[1]
+
+    async def close(self) -> None:
+        await self._runner.cleanup()

@@ -1,0 +1,265 @@
+"""The SMTP listener: aiosmtpd sessions served on the engine's own loop.
+
+Exports:
+    SmtpListener      start(host, port) / stop_accepting() / close(); open session count
+    SmtpHandler       the aiosmtpd handler: EHLO, MAIL, RCPT, DATA policy and limits
+
+Protocol work (parsing, dot-unstuffing, SIZE, line limits) is aiosmtpd's; this
+module decides: relay permission (RFC 5321 §3.6: only ``relay_hosts`` or
+authenticated clients), recipient and connection limits, bare-LF refusal (RFC
+5321 §2.3.8, the SMTP-smuggling vector), policy events, and the DATA reply,
+``250 OK ids=<id> ...``, sent only after the spool commit.
+
+Reply codes used here:
+    421 4.3.2  shutting down          421 4.7.0  too many connections
+    421 4.4.2  idle timeout           450 4.3.0 / 451 4.3.0  policy error
+    452 4.3.1  spool full             452 4.5.3  too many recipients
+    550 5.7.1  relaying denied        550 5.6.0  bare LF in message data
+    500        line too long (aiosmtpd, RFC 5321 §4.5.3.1.6)
+    552        message too large (aiosmtpd, RFC 1870)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import ssl
+from email.utils import formatdate
+from typing import Any, Callable
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from ..config import Settings
+from ..events import PolicyFailure, Registry, Rejected
+from ..records import PeerAddress, Response
+from ..spool import SpoolError, SpoolFull
+from .accept import Accepted, Acceptor, Incoming
+from .auth import Credentials
+
+__all__ = ["SmtpListener", "SmtpHandler"]
+
+log = logging.getLogger("nimbus.smtp")
+
+SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+
+
+def _reply(resp: Response) -> str:
+    return resp.single_line()
+
+
+class _Refuse(asyncio.Protocol):
+    """Answers one line (421) and hangs up: over the connection limit, or draining."""
+
+    def __init__(self, line: str) -> None:
+        self._line = line
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(self._line.encode() + b"\r\n")  # type: ignore[attr-defined]
+        transport.close()
+
+
+class _Session(SMTP):
+    """aiosmtpd's SMTP with an RFC 5321 §4.5.3.2 reply on idle timeout and session counting."""
+
+    def __init__(self, *args: Any, on_close: Callable[[], None], **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._on_close = on_close
+
+    def _timeout_cb(self) -> None:  # aiosmtpd just hangs up; say why first
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n"
+                                 .encode())
+        super()._timeout_cb()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._on_close is not None:
+            self._on_close()
+            self._on_close = None  # type: ignore[assignment]
+        super().connection_lost(error)
+
+
+class SmtpHandler:
+    """aiosmtpd handler hooks."""
+
+    def __init__(self, *, settings: Settings, acceptor: Acceptor,
+                 policy: Callable[[], Registry], draining: Callable[[], bool]) -> None:
+        self._settings = settings
+        self._acceptor = acceptor
+        self._policy = policy
+        self._draining = draining
+        self._relay_nets = [ipaddress.ip_network(c, strict=False)
+                            for c in settings.smtp.relay_hosts]
+        self._hostname = settings.effective_hostname
+
+    def _peer(self, session: Session) -> PeerAddress:
+        host, port = (session.peer or ("", 0))[:2]
+        return PeerAddress(name=session.host_name or "", addr=f"{host}:{port}")
+
+    def _may_relay(self, session: Session) -> bool:
+        if session.authenticated:
+            return True
+        try:
+            ip = ipaddress.ip_address((session.peer or ("",))[0])
+        except ValueError:
+            return False
+        if ip.version == 6 and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        return any(ip.version == n.version and ip in n for n in self._relay_nets)
+
+    def _conn_meta(self, session: Session) -> dict[str, Any]:
+        return {"received_from": self._peer(session).addr, "ehlo_domain": session.host_name,
+                "authenticated": bool(session.authenticated), "tls": session.ssl is not None}
+
+    def _reject(self, session: Session, envelope: Envelope, resp: Response,
+                recipient: str = "") -> str:
+        self._acceptor.log_rejection(sender=envelope.mail_from or "", recipient=recipient,
+                                     response=resp, protocol="ESMTP", peer=self._peer(session))
+        return _reply(resp)
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        # aiosmtpd handles pipelined input correctly but doesn't advertise it (RFC 2920).
+        return [responses[0], "250-PIPELINING", *responses[1:]]
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        if self._draining():
+            return SHUTTING_DOWN
+        try:
+            await self._policy().dispatch("smtp_server_mail_from", address,
+                                          self._conn_meta(session))
+        except (Rejected, PolicyFailure) as exc:
+            return self._reject(session, envelope, exc.response)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if not self._may_relay(session):
+            return self._reject(session, envelope,
+                                Response.parse(550, "5.7.1 Relaying denied"), address)
+        if len(envelope.rcpt_tos) >= self._settings.smtp.max_recipients:
+            return self._reject(session, envelope,
+                                Response.parse(452, "4.5.3 Too many recipients"), address)
+        try:
+            await self._policy().dispatch("smtp_server_rcpt_to", address,
+                                          self._conn_meta(session))
+        except (Rejected, PolicyFailure) as exc:
+            return self._reject(session, envelope, exc.response, address)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        data: bytes = envelope.original_content or b""
+        if data.count(b"\n") != data.count(b"\r\n"):
+            return self._reject(session, envelope, Response.parse(
+                550, "5.6.0 Message contains a bare LF; lines must end with CRLF "
+                "(RFC 5321 2.3.8)"))
+        if self._acceptor.not_ready:
+            return SHUTTING_DOWN if self._draining() else "451 4.3.2 Not ready, try again later"
+        peer = self._peer(session)
+        batch = [Incoming(sender=envelope.mail_from or "", recipient=rcpt, data=b"",
+                          meta={"reception_protocol": "ESMTP", "received_from": peer.addr,
+                                "received_via": self._settings.smtp.listen,
+                                "hostname": self._hostname, "ehlo_domain": session.host_name})
+                 for rcpt in envelope.rcpt_tos]
+        batch = [Incoming(sender=i.sender, recipient=i.recipient, meta=i.meta, id=i.id,
+                          data=self._trace_header(session, i.id, i.recipient) + data)
+                 for i in batch]
+        try:
+            results = await self._acceptor.accept(
+                batch, event="smtp_server_message_received", event_arg=self._conn_meta(session),
+                protocol="ESMTP", peer=peer)
+        except SpoolFull:
+            return self._reject(session, envelope, Response.parse(
+                452, "4.3.1 Insufficient system storage, try again later"))
+        except SpoolError:
+            log.exception("spool write failed")
+            return self._reject(session, envelope, Response.parse(
+                451, "4.3.0 Local error in processing, try again later"))
+        for result in results:  # one DATA reply for the transaction: the first refusal wins
+            if not isinstance(result, Accepted):
+                return self._reject(session, envelope, result.response)
+        return "250 OK ids=" + " ".join(r.id for r in results if isinstance(r, Accepted))
+
+    def _trace_header(self, session: Session, id: str, recipient: str) -> bytes:
+        """RFC 5321 §4.4: every SMTP server MUST prepend a Received header."""
+        host, _ = (session.peer or ("", 0))[:2]
+        with_ = "ESMTP" if session.extended_smtp else "SMTP"
+        if session.ssl is not None:
+            with_ += "S"
+        if session.authenticated:
+            with_ += "A"
+        return (f"Received: from {session.host_name or 'unknown'} ([{host}])\r\n"
+                f"\tby {self._hostname} (Nimbus) with {with_} id {id}\r\n"
+                f"\tfor <{recipient}>; {formatdate()}\r\n").encode("utf-8", "replace")
+
+
+class SmtpListener:
+    """One SMTP listening socket and its sessions."""
+
+    def __init__(self, *, settings: Settings, acceptor: Acceptor,
+                 policy: Callable[[], Registry], credentials: Credentials) -> None:
+        self._settings = settings
+        self._draining = False
+        self._handler = SmtpHandler(settings=settings, acceptor=acceptor, policy=policy,
+                                    draining=lambda: self._draining)
+        self._credentials = credentials
+        self._tls = self._tls_context()
+        self._server: asyncio.AbstractServer | None = None
+        self.open_sessions = 0
+        self.accepted_total = 0
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        s = self._settings.smtp
+        if not s.tls_certificate:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(s.tls_certificate, s.tls_private_key)
+        return ctx
+
+    def _authenticate(self, server: SMTP, session: Session, envelope: Envelope,
+                      mechanism: str, auth_data: Any) -> AuthResult:
+        if isinstance(auth_data, LoginPassword):
+            user = auth_data.login.decode("utf-8", "replace")
+            if self._credentials.check(user, auth_data.password.decode("utf-8", "replace")):
+                return AuthResult(success=True, auth_data=user)
+        return AuthResult(success=False, handled=False)
+
+    def _protocol(self) -> asyncio.BaseProtocol:
+        if self._draining:
+            return _Refuse(SHUTTING_DOWN)
+        if self.open_sessions >= self._settings.smtp.max_connections:
+            return _Refuse("421 4.7.0 Too many connections, try again later")
+        self.open_sessions += 1
+        self.accepted_total += 1
+        return _Session(
+            self._handler, hostname=self._settings.effective_hostname, ident="ESMTP Nimbus",
+            data_size_limit=self._settings.smtp.max_message_size, enable_SMTPUTF8=True,
+            decode_data=False, tls_context=self._tls, require_starttls=False,
+            auth_require_tls=True, authenticator=self._authenticate if self._tls else None,
+            timeout=self._settings.smtp.idle_timeout, on_close=self._session_closed)
+
+    def _session_closed(self) -> None:
+        self.open_sessions -= 1
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Listen; returns the bound (host, port) (port 0 picks a free one)."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._protocol, host, port, backlog=1024,
+                                                reuse_address=True)
+        sock = self._server.sockets[0].getsockname()
+        return sock[0], sock[1]
+
+    def stop_accepting(self) -> None:
+        """New sessions get 421 4.3.2; open sessions get it at their next MAIL."""
+        self._draining = True
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
