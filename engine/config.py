@@ -15,6 +15,7 @@ keys as ``NIMBUS_<KEY>``. A few names fixed by the runtime contract are aliases:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import os
 import socket
@@ -126,11 +127,17 @@ class Settings:
 
     @property
     def effective_node_id(self) -> str:
-        return self.node_id or socket.gethostname()
+        return self.node_id or _hostname()
 
     @property
     def effective_hostname(self) -> str:
-        return self.smtp.hostname or socket.gethostname()
+        return self.smtp.hostname or _hostname()
+
+
+@functools.cache
+def _hostname() -> str:
+    """The machine's host name, looked up once (it's on per-connection paths)."""
+    return socket.gethostname()
 
 
 _ENV_ALIASES = {

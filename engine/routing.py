@@ -193,6 +193,12 @@ class Router:
             except PolicyFailure as exc:
                 for msg in batch:
                     await self._outcomes.transient(msg, exc.response, Attempt())
+            except Exception as exc:  # a bug must cost a retry, never strand the batch
+                log.exception("routing failed", extra={"queue": queue})
+                response = Response.parse(451, f"4.3.0 internal routing error: "
+                                               f"{type(exc).__name__}")
+                for msg in batch:
+                    await self._outcomes.transient(msg, response, Attempt())
         self._pending.pop(queue, None)
 
     async def _route_batch(self, queue: str, batch: list[Message]) -> None:

@@ -62,9 +62,21 @@ class _Refuse(asyncio.Protocol):
 class _Session(SMTP):
     """aiosmtpd's SMTP with an RFC 5321 §4.5.3.2 reply on idle timeout and session counting."""
 
+    _dir_cache: list[str] | None = None
+
     def __init__(self, *args: Any, on_close: Callable[[], None], **kw: Any) -> None:
         super().__init__(*args, **kw)
         self._on_close = on_close
+
+    def __dir__(self) -> list[str]:
+        # aiosmtpd's __init__ runs inspect.getmembers(self) and dir(self) on every
+        # connection only to find its smtp_*/auth_* methods: ~0.6 ms per session, the
+        # largest per-connection cost in a profile. Listing just those names (computed
+        # once per class) gives it the same answer cheaply.
+        cls = type(self)
+        if cls._dir_cache is None:
+            cls._dir_cache = [n for n in super().__dir__() if n.startswith(("smtp_", "auth_"))]
+        return cls._dir_cache
 
     def _timeout_cb(self) -> None:  # aiosmtpd just hangs up; say why first
         if self.transport is not None and not self.transport.is_closing():
@@ -210,6 +222,7 @@ class SmtpListener:
                                     draining=lambda: self._draining)
         self._credentials = credentials
         self._tls = self._tls_context()
+        self._hostname = settings.effective_hostname
         self._server: asyncio.AbstractServer | None = None
         self.open_sessions = 0
         self.accepted_total = 0
@@ -238,7 +251,7 @@ class SmtpListener:
         self.open_sessions += 1
         self.accepted_total += 1
         return _Session(
-            self._handler, hostname=self._settings.effective_hostname, ident="ESMTP Nimbus",
+            self._handler, hostname=self._hostname, ident="ESMTP Nimbus",
             data_size_limit=self._settings.smtp.max_message_size, enable_SMTPUTF8=True,
             decode_data=False, tls_context=self._tls, require_starttls=False,
             auth_require_tls=True, authenticator=self._authenticate if self._tls else None,
