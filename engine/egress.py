@@ -102,6 +102,8 @@ def is_prohibited(address: str, prohibited: tuple[str, ...]) -> bool:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return True
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback too
     for cidr in prohibited:
         net = ipaddress.ip_network(cidr, strict=False)
         if ip.version == net.version and ip in net:

@@ -128,4 +128,6 @@ def _decode(raw: bytes) -> str:
 def _encode(name: str, value: str) -> bytes:
     if value.isascii():
         return f"{name}: {value}".encode()
-    return f"{name}: {email.header.Header(value, 'utf-8').encode()}".encode()
+    # Fold with CRLF: the default linesep would put bare LFs in the header block.
+    encoded = email.header.Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
+    return f"{name}: {encoded}".encode()

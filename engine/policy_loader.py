@@ -83,17 +83,23 @@ def load_policy(policy_dir: str | Path, *, timeout: float = 5.0,
     if spec is None or spec.loader is None:
         raise PolicyLoadError(f"{init}: cannot be loaded as a Python module")
     module = importlib.util.module_from_spec(spec)
+    # Registered like any imported module: dataclasses and pickling look modules up there.
+    sys.modules[module_name] = module
     sys.path.insert(0, str(directory))  # so init.py can import its sibling modules
+    loaded = False
     try:
         spec.loader.exec_module(module)
         register = getattr(module, "register", None)
         if not callable(register):
             raise PolicyLoadError(f"{init}: defines no register(nimbus) function")
         register(PolicyApi(registry, directory))
+        loaded = True
     except PolicyLoadError as exc:
         raise PolicyLoadError(f"{init}: {exc}") if str(init) not in str(exc) else exc
     except Exception as exc:
         raise PolicyLoadError(f"{init}: {type(exc).__name__}: {exc}") from exc
     finally:
         sys.path.remove(str(directory))
+        if not loaded:
+            sys.modules.pop(module_name, None)
     return registry

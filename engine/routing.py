@@ -31,6 +31,7 @@ from .queue_name import QueueName, ready_queue_name
 from .ready import ReadyQueue, Target
 from .records import Message, Response
 from .spool import Spool
+from .units import parse_hostport
 
 __all__ = ["Destination", "destination_for", "SourcePicker", "Router"]
 
@@ -52,10 +53,14 @@ class Destination:
 
 
 def _explicit_targets(entries: tuple[str, ...], default_port: int) -> tuple[Target, ...]:
+    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 literal -> Targets."""
     out = []
     for entry in entries:
-        host, _, port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
-        out.append(Target(host=host or entry, port=int(port) if port else default_port))
+        if entry.count(":") > 1 and not entry.startswith("["):
+            host, port = entry, default_port  # a bare IPv6 literal has no port
+        else:
+            host, port = parse_hostport(entry, default_port=default_port)
+        out.append(Target(host=host, port=port))
     return tuple(out)
 
 

@@ -47,7 +47,7 @@ class Scheduler:
     def insert(self, msg: Message) -> None:
         """Schedule ``msg`` for its ``due`` time (now or past: at once)."""
         if msg.id in self._messages:
-            self.counts[self._messages[msg.id].queue] -= 1
+            self._drop_count(self._messages[msg.id].queue)
         self._messages[msg.id] = msg
         self.counts[msg.queue] += 1
         heapq.heappush(self._heap, (msg.due, next(self._seq), msg.id))

@@ -287,27 +287,24 @@ class Spool:
         conn.close()
 
     def _commit(self, conn: sqlite3.Connection, batch: list[tuple]) -> None:
-        """Apply every request in one transaction; resolve each request's future."""
+        """Apply every request in one transaction; resolve each request's future.
+
+        If the shared transaction fails (SQLite rolls the whole of it back on
+        SQLITE_FULL), each request is retried in its own transaction so only the
+        ones that can't be stored fail, each with its own error.
+        """
         results: list[tuple[Any, Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for ops, loop, fut in batch:
-                conn.execute("SAVEPOINT req")
-                try:
-                    for op in ops:
-                        self._apply(conn, op)
-                    conn.execute("RELEASE req")
-                    results.append((loop, fut, None))
-                except sqlite3.Error as exc:
-                    conn.execute("ROLLBACK TO req")
-                    conn.execute("RELEASE req")
-                    results.append((loop, fut, _classify(exc)))
+            for ops, _, _ in batch:
+                for op in ops:
+                    self._apply(conn, op)
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+            results = [(loop, fut, None) for _, loop, fut in batch]
+        except sqlite3.Error:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            err = _classify(exc)
-            results = [(loop, fut, err) for _, loop, fut in batch]
+            results = [(loop, fut, self._commit_one(conn, ops)) for ops, loop, fut in batch]
         if self._on_commit is not None:
             self._on_commit(len(batch))
         by_loop: dict[Any, list] = {}
@@ -319,6 +316,18 @@ class Spool:
             by_loop.setdefault(loop, []).append((fut, err))
         for loop, items in by_loop.items():
             loop.call_soon_threadsafe(_resolve, items)
+
+    def _commit_one(self, conn: sqlite3.Connection, ops: list[tuple]) -> SpoolError | None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op in ops:
+                self._apply(conn, op)
+            conn.execute("COMMIT")
+            return None
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return _classify(exc)
 
     @staticmethod
     def _apply(conn: sqlite3.Connection, op: tuple) -> None:
