@@ -14,7 +14,7 @@ Reply codes used here:
     421 4.3.2  shutting down          421 4.7.0  too many connections
     421 4.4.2  idle timeout           450 4.3.0 / 451 4.3.0  policy error
     452 4.3.1  spool full             452 4.5.3  too many recipients
-    550 5.7.1  relaying denied        550 5.6.0  bare LF in message data
+    550 5.7.1  relaying denied        550 5.6.0  bare CR or LF in message data
     500        line too long (aiosmtpd, RFC 5321 §4.5.3.1.6)
     552        message too large (aiosmtpd, RFC 1870)
 """
@@ -167,9 +167,10 @@ class SmtpHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         data: bytes = envelope.original_content or b""
-        if data.count(b"\n") != data.count(b"\r\n"):
+        crlf = data.count(b"\r\n")
+        if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
             return self._reject(session, envelope, Response.parse(
-                550, "5.6.0 Message contains a bare LF; lines must end with CRLF "
+                550, "5.6.0 Message contains a bare CR or LF; lines must end with CRLF "
                 "(RFC 5321 2.3.8)"))
         if self._acceptor.not_ready:
             return SHUTTING_DOWN if self._draining() else "451 4.3.2 Not ready, try again later"
