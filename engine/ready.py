@@ -123,10 +123,10 @@ class ReadyQueue:
             self._idle.clear()
 
     async def _next(self, timeout: float) -> Message | None:
+        if self._stopping:
+            return None  # draining: the rest stays spooled for the next start
         if self.queue:
             return self.queue.popleft()
-        if self._stopping:
-            return None
         waiter: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:

@@ -43,6 +43,8 @@ def parse_duration(value: str | int | float) -> float:
     text = str(value).strip()
     if not text:
         raise ValueError("expected a duration such as '30s', got an empty string")
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        return float(text)  # a bare number is seconds (environment values are strings)
     total = 0.0
     pos = 0
     while pos < len(text):
