@@ -68,8 +68,9 @@ class Node:
         self.acceptor = Acceptor(spool=self.spool, scheduler=self.scheduler, logs=self.logs,
                                  policy=self.policy, node_id=settings.effective_node_id)
         self.credentials = Credentials(settings.http.auth_dir or None)
+        sessions = self.metrics.connections.labels("esmtp_listener")
         self.smtp = SmtpListener(settings=settings, acceptor=self.acceptor, policy=self.policy,
-                                 credentials=self.credentials)
+                                 credentials=self.credentials, on_connection=sessions.inc)
         self.http = HttpListener(build_app(settings=settings, acceptor=self.acceptor,
                                            credentials=self.credentials, metrics_=self.metrics))
         self.metrics.attach_gauges(self._gauges)

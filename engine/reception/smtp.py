@@ -216,8 +216,10 @@ class SmtpListener:
     """One SMTP listening socket and its sessions."""
 
     def __init__(self, *, settings: Settings, acceptor: Acceptor,
-                 policy: Callable[[], Registry], credentials: Credentials) -> None:
+                 policy: Callable[[], Registry], credentials: Credentials,
+                 on_connection: Callable[[], None] = lambda: None) -> None:
         self._settings = settings
+        self._on_connection = on_connection
         self._draining = False
         self._handler = SmtpHandler(settings=settings, acceptor=acceptor, policy=policy,
                                     draining=lambda: self._draining)
@@ -226,7 +228,6 @@ class SmtpListener:
         self._hostname = settings.effective_hostname
         self._server: asyncio.AbstractServer | None = None
         self.open_sessions = 0
-        self.accepted_total = 0
 
     def _tls_context(self) -> ssl.SSLContext | None:
         s = self._settings.smtp
@@ -250,7 +251,7 @@ class SmtpListener:
         if self.open_sessions >= self._settings.smtp.max_connections:
             return _Refuse("421 4.7.0 Too many connections, try again later")
         self.open_sessions += 1
-        self.accepted_total += 1
+        self._on_connection()
         return _Session(
             self._handler, hostname=self._hostname, ident="ESMTP Nimbus",
             data_size_limit=self._settings.smtp.max_message_size, enable_SMTPUTF8=True,
