@@ -67,7 +67,6 @@ class ConnectionLost(DeliveryError):
     """The session broke mid-use (timeout, disconnect, 421); the connection is unusable."""
 
 
-_DOT_AT_LINE_START = re.compile(rb"(?m)^\.")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -323,7 +322,8 @@ class SmtpClientConnection:
         payload = data if data.endswith(b"\r\n") else data + b"\r\n"
         # RFC 5321 4.5.2 transparency; we write directly so the bytes stay exact
         # (aiosmtplib's data() would also re-normalize line endings).
-        payload = _DOT_AT_LINE_START.sub(b"..", payload) + b".\r\n"
+        payload = (b"." if payload.startswith(b".") else b"") + payload.replace(b"\r\n.", b"\r\n..")
+        payload += b".\r\n"
         final = await self._timed("end-of-data", self._path.data_dot_timeout,
                                   self._write_payload(payload), "DATA")
         response = Response.parse(final.code, final.message, "DATA")

@@ -28,7 +28,7 @@ import ssl
 from email.utils import formatdate
 from typing import Any, Callable
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
 from ..config import Settings
 from ..events import PolicyFailure, Registry, Rejected
@@ -77,6 +77,76 @@ class _Session(SMTP):
         if cls._dir_cache is None:
             cls._dir_cache = [n for n in super().__dir__() if n.startswith(("smtp_", "auth_"))]
         return cls._dir_cache
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """DATA (RFC 5321 §4.1.1.4), reading the body in bulk.
+
+        aiosmtpd reads DATA one line at a time (a readuntil and a debug log call per
+        line): for 40 KB messages that was half the node's CPU. Here the body is read
+        up to each ``.\r\n`` (normally once per message), checked for line length
+        and size, and dot-unstuffed with one ``replace``. Bytes after the terminator
+        stay in the reader, so a pipelining client's next MAIL (RFC 2920) is kept.
+        """
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        body, too_much = await self._read_body()
+        if body is None:
+            return  # connection lost mid-DATA; aiosmtpd's connection_lost cleans up
+        if too_much:
+            await self.push("552 Error: Too much mail data")
+            self._set_post_data_state()
+            return
+        if body and max(map(len, body.split(b"\r\n"))) + 2 > self.line_length_limit:
+            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+            self._set_post_data_state()
+            return
+        content = (b"\r\n" + body).replace(b"\r\n.", b"\r\n")[2:]  # RFC 5321 §4.5.2
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def _read_body(self) -> tuple[bytes | None, bool]:
+        """The raw body up to the terminating ``.\r\n`` (excluded), and whether it was
+        over ``data_size_limit`` (then its bytes were discarded while reading)."""
+        reader = self._reader
+        limit = self.data_size_limit or 2**31
+        saved = reader._limit  # the reader's line limit; raised for the body only
+        reader._limit = limit + 1024
+        buf = bytearray()
+        too_much = False
+        try:
+            while True:
+                try:
+                    buf += await reader.readuntil(b".\r\n")
+                except asyncio.LimitOverrunError as exc:
+                    chunk = await reader.read(exc.consumed)
+                    too_much = True
+                    buf = bytearray(chunk[-2:])  # keep only what marks a line start
+                    continue
+                except asyncio.IncompleteReadError:
+                    return None, False
+                dot = len(buf) - 3
+                if dot == 0 or buf[dot - 2:dot] == b"\r\n":
+                    del buf[dot:]
+                    break
+                if len(buf) > limit:
+                    too_much = True
+                    del buf[:-2]
+        finally:
+            reader._limit = saved
+        return (b"" if too_much else bytes(buf)), too_much
 
     def _timeout_cb(self) -> None:  # aiosmtpd just hangs up; say why first
         if self.transport is not None and not self.transport.is_closing():
