@@ -15,42 +15,32 @@ import sys
 from typing import Any
 
 from . import __version__, diag
-from .config import ConfigError, load_settings
+from .config import ConfigError, dotted_tree, load_settings
 from .events import PolicyLoadError
 from .spool import SpoolLocked
 
 __all__ = ["main"]
 
 _MTA_FLAGS = {
-    "smtp_listen": ("smtp", "listen"),
-    "http_listen": ("http", "listen"),
-    "spool_dir": ("spool", "dir"),
-    "log_dir": ("log", "dir"),
-    "policy_dir": ("policy", "dir"),
-    "node_id": (None, "node_id"),
+    "smtp_listen": "smtp.listen",
+    "http_listen": "http.listen",
+    "spool_dir": "spool.dir",
+    "log_dir": "log.dir",
+    "policy_dir": "policy.dir",
+    "node_id": "node_id",
 }
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for attr, (section, key) in _MTA_FLAGS.items():
-        value = getattr(args, attr, None)
-        if value is None:
-            continue
-        if section is None:
-            tree[key] = value
-        else:
-            tree.setdefault(section, {})[key] = value
+    """Flags as a settings tree: the named flags, then each ``--set section.key=value``."""
+    dotted = {key: getattr(args, attr) for attr, key in _MTA_FLAGS.items()
+              if getattr(args, attr, None) is not None}
     for item in args.set or []:
         path, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"flags: --set {item!r} must be section.key=value")
-        section, _, key = path.rpartition(".")
-        if section:
-            tree.setdefault(section, {})[key] = value
-        else:
-            tree[key] = value
-    return tree
+        dotted[path] = value
+    return dotted_tree(dotted)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -30,7 +30,7 @@ from .units import parse_duration, parse_hostport, parse_size
 __all__ = [
     "Settings", "SmtpSettings", "HttpSettings", "SpoolSettings", "LogSettings",
     "PolicySettings", "SinkSettings", "DnsSettings", "DeliverySettings",
-    "load_settings", "ConfigError", "BUNDLED_POLICY_DIR",
+    "load_settings", "dotted_tree", "ConfigError", "BUNDLED_POLICY_DIR",
 ]
 
 BUNDLED_POLICY_DIR = Path(__file__).resolve().parent.parent / "policy"
@@ -239,6 +239,18 @@ def _env_tree(env: Mapping[str, str]) -> dict[str, Any]:
     for var, (section, key) in _ENV_ALIASES.items():
         if var in env:
             tree.setdefault(section, {})[key] = env[var]
+    return tree
+
+
+def dotted_tree(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"smtp.listen": x, "node_id": y}`` -> ``{"smtp": {"listen": x}, "node_id": y}``."""
+    tree: dict[str, Any] = {}
+    for key, value in settings.items():
+        section, _, name = key.rpartition(".")
+        if section:
+            tree.setdefault(section, {})[name] = value
+        else:
+            tree[name] = value
     return tree
 
 

@@ -20,19 +20,18 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any, Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..config import Settings
-from ..events import Registry
 from ..records import PeerAddress
 from ..spool import SpoolError, SpoolFull
 from .accept import Accepted, Acceptor, Incoming
 from .auth import Credentials, MalformedAuthorization, parse_basic
-from .inject import (Builder, InjectError, RequestInvalid, TemplateFailed, Templates,
-                     build_message, parse_request)
+from .inject import (InjectError, RequestInvalid, TemplateFailed, Templates, build_message,
+                     parse_request)
 
 __all__ = ["HttpListener", "build_app"]
 

@@ -8,7 +8,6 @@ import re
 import smtplib
 
 import aiohttp
-import pytest
 
 from tests.support.node import running_node
 from tests.support.peers import tool
@@ -17,20 +16,6 @@ from tests.support.receiver import Receiver
 AUTH = {"Authorization": aiohttp.encode_basic_auth("alice", "s3cret")}
 IDS = re.compile(r"250 OK ids=((?:[0-9a-f]{32} ?)+)")
 NORMAL = b"Subject: ok\r\n\r\nhello\r\n"
-
-
-@pytest.fixture
-async def rx():
-    async with Receiver() as receiver:
-        yield receiver
-
-
-@pytest.fixture
-def auth_dir(tmp_path):
-    directory = tmp_path / "auth"
-    directory.mkdir()
-    (directory / "alice").write_text("s3cret\n")
-    return directory
 
 
 def node_for(tmp_path, rx: Receiver, **settings):

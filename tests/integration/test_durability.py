@@ -7,15 +7,13 @@ whatever happens to the process afterwards (duplicates are allowed, losses are n
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import sqlite3
 from pathlib import Path
-from typing import AsyncIterator
 
 import aiosmtplib
 
-from tests.support.node import NimbusProcess, write_policy
+from tests.support.node import NimbusProcess, nimbus_process as nimbus, write_policy
 from tests.support.peers import free_port
 from tests.support.receiver import Receiver
 
@@ -37,15 +35,6 @@ def node_env(tmp_path: Path, sink_port: int, *, retry: float = 1.0,
             "NIMBUS_DELIVERY_SHUTDOWN_DEADLINE": "5s"}
 
 
-@contextlib.asynccontextmanager
-async def nimbus(tmp_path: Path, env: dict[str, str]) -> AsyncIterator[NimbusProcess]:
-    """A ``nimbus mta`` process on ``tmp_path``'s spool and logs; SIGKILLed if still running."""
-    proc = await NimbusProcess.start(tmp_path, env)
-    try:
-        yield proc
-    finally:
-        proc.kill9()
-        await proc.wait()
 
 
 def message(subject: str, lines: int = 16) -> bytes:

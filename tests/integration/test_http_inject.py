@@ -7,21 +7,12 @@ import email
 import email.policy
 
 import aiohttp
-import pytest
 
 from tests.support.node import running_node
 from tests.support.receiver import Receiver
 
 AUTH = {"Authorization": aiohttp.encode_basic_auth("alice", "s3cret")}
 PDF = b"%PDF-1.4\n\x00\x01\x02 binary \xff\xfe\n%%EOF\n"
-
-
-@pytest.fixture
-def auth_dir(tmp_path):
-    directory = tmp_path / "auth"
-    directory.mkdir()
-    (directory / "alice").write_text("s3cret\n")
-    return directory
 
 
 def node_for(tmp_path, rx: Receiver, auth_dir):

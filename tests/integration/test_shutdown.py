@@ -13,10 +13,9 @@ from typing import AsyncIterator
 
 import aiohttp
 import aiosmtplib
-import pytest
 from aiosmtpd.smtp import SMTP
 
-from tests.support.node import NimbusProcess, running_node, write_policy
+from tests.support.node import NimbusProcess, nimbus_process as nimbus, running_node, write_policy
 
 DEADLINE = 10.0
 
@@ -116,15 +115,6 @@ def process_env(tmp_path: Path, sink_port: int) -> dict[str, str]:
             "NIMBUS_DELIVERY_SHUTDOWN_DEADLINE": f"{DEADLINE}s"}
 
 
-@contextlib.asynccontextmanager
-async def nimbus(tmp_path: Path, env: dict[str, str]) -> AsyncIterator[NimbusProcess]:
-    """A ``nimbus mta`` process; SIGKILLed at exit if it is still running."""
-    proc = await NimbusProcess.start(tmp_path, env)
-    try:
-        yield proc
-    finally:
-        proc.kill9()
-        await proc.wait()
 
 
 async def stderr_event(proc: NimbusProcess, event: str, timeout: float = 20.0) -> dict:

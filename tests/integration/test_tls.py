@@ -44,14 +44,6 @@ def server_tls(cert) -> ssl.SSLContext:
     return ctx
 
 
-@pytest.fixture
-def auth_dir(tmp_path):
-    directory = tmp_path / "auth"
-    directory.mkdir()
-    (directory / "alice").write_text("s3cret\n")
-    return directory
-
-
 def node_for(tmp_path, rx: Receiver, mode: str):
     return running_node(tmp_path, policy=POLICY.format(mode=mode, port=rx.port))
 

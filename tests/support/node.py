@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 from engine.app import Node
-from engine.config import load_settings
+from engine.config import dotted_tree, load_settings
 
 Predicate = Callable[[dict[str, Any]], bool]
 
@@ -62,17 +62,6 @@ def write_policy(directory: Path, source: str) -> Path:
     return directory
 
 
-def _tree(settings: dict[str, Any]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for key, value in settings.items():
-        section, _, name = key.rpartition(".")
-        if section:
-            tree.setdefault(section, {})[name] = value
-        else:
-            tree[name] = value
-    return tree
-
-
 @contextlib.asynccontextmanager
 async def running_node(tmp_path: Path, *, policy: str | None = None,
                        **settings: Any) -> AsyncIterator[Node]:
@@ -90,7 +79,7 @@ async def running_node(tmp_path: Path, *, policy: str | None = None,
         "spool.min_free_space": 0,
     }
     base.update(settings)
-    node = Node(load_settings(env={}, overrides=_tree(base)))
+    node = Node(load_settings(env={}, overrides=dotted_tree(base)))
     records = Records()
     node.logs.on_record(lambda r: records.add(r.to_json()))
     node.records = records  # type: ignore[attr-defined]
@@ -109,6 +98,17 @@ async def running_node(tmp_path: Path, *, policy: str | None = None,
     finally:
         node.stop()
         await asyncio.wait_for(task, 40)
+
+
+@contextlib.asynccontextmanager
+async def nimbus_process(workdir: Path, env: dict[str, str]) -> AsyncIterator["NimbusProcess"]:
+    """A ``nimbus mta`` process on ``workdir``'s spool and logs; SIGKILLed if still running."""
+    proc = await NimbusProcess.start(workdir, env)
+    try:
+        yield proc
+    finally:
+        proc.kill9()
+        await proc.wait()
 
 
 class NimbusProcess:
