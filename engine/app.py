@@ -24,9 +24,11 @@ import signal
 import time
 from typing import Any
 
-from .config import Settings
+from pathlib import Path
+
+from .config import ConfigError, Settings
 from .delivery.mx import MxResolver
-from .events import PolicyFailure, Registry
+from .events import PolicyFailure, PolicyLoadError, Registry, Rejected
 from .logs import LogWriter
 from .metrics import Metrics
 from .outcomes import Attempt, Outcomes
@@ -41,6 +43,22 @@ from .spool import Spool
 from .units import parse_hostport
 
 __all__ = ["Node", "run_mta"]
+
+
+def _fingerprint(directory: str) -> tuple:
+    """(path, mtime, size) of every policy file; follows symlinks (a ConfigMap update
+    swaps a ``..data`` symlink, which changes what each file resolves to)."""
+    out = []
+    for path in sorted(Path(directory).rglob("*")):
+        if any(part == "__pycache__" or part.startswith("..") for part in path.parts) \
+                or not path.is_file():
+            continue
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        out.append((str(path), st.st_mtime_ns, st.st_size))
+    return tuple(out)
 
 log = logging.getLogger("nimbus.node")
 
@@ -62,7 +80,7 @@ class Node:
         self.resolver = MxResolver(settings.dns)
         self.outcomes = Outcomes(spool=self.spool, scheduler=self.scheduler, logs=self.logs,
                                  queue_config=self._queue_config,
-                                 node_id=settings.effective_node_id)
+                                 node_id=settings.effective_node_id, policy=self.policy)
         self.router = Router(settings=settings, policy=self.policy, resolver=self.resolver,
                              spool=self.spool, outcomes=self.outcomes)
         self.acceptor = Acceptor(spool=self.spool, scheduler=self.scheduler, logs=self.logs,
@@ -72,11 +90,13 @@ class Node:
         self.smtp = SmtpListener(settings=settings, acceptor=self.acceptor, policy=self.policy,
                                  credentials=self.credentials, on_connection=sessions.inc)
         self.http = HttpListener(build_app(settings=settings, acceptor=self.acceptor,
-                                           credentials=self.credentials, metrics_=self.metrics))
+                                           credentials=self.credentials, metrics_=self.metrics,
+                                           policy=self.policy))
         self.metrics.attach_gauges(self._gauges)
         self.ports: dict[str, int] = {}
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
 
     def policy(self) -> Registry:
         return self._registry
@@ -97,6 +117,51 @@ class Node:
             "spool_messages": self.spool.count,
         }
 
+    def request_reload(self) -> None:
+        """Reload the policy soon (SIGHUP)."""
+        self._reload.set()
+
+    def _load(self) -> Registry:
+        s = self.settings
+        return load_policy(s.policy.dir, timeout=s.policy.event_timeout,
+                           on_dispatch=self.metrics.on_policy_dispatch, services=self)
+
+    async def reload_policy(self, reason: str) -> bool:
+        """Load the policy again; on success swap it in, else keep the running one.
+
+        Returns True when the new policy is running.
+        """
+        try:
+            registry = await asyncio.to_thread(self._load)
+            await registry.dispatch("init")
+        except (PolicyLoadError, ConfigError, PolicyFailure, Rejected) as exc:
+            self.metrics.policy_reloads.labels("error").inc()
+            log.error("policy reload failed; the running policy stays in force",
+                      extra={"reason": reason, "error": str(exc)})
+            return False
+        self._registry = registry
+        self.router.forget_policy_answers()
+        self.metrics.policy_reloads.labels("ok").inc()
+        log.info("policy reloaded", extra={"reason": reason})
+        return True
+
+    async def _watch_policy(self) -> None:
+        """Reload on SIGHUP, or when a file in the policy directory changes."""
+        interval = self.settings.policy.reload_interval
+        seen = await asyncio.to_thread(_fingerprint, self.settings.policy.dir)
+        while True:
+            try:
+                async with asyncio.timeout(interval or None):
+                    await self._reload.wait()
+                reason = "SIGHUP"
+            except TimeoutError:
+                reason = "files changed"
+            self._reload.clear()
+            now = await asyncio.to_thread(_fingerprint, self.settings.policy.dir)
+            if reason == "SIGHUP" or now != seen:
+                seen = now
+                await self.reload_policy(reason)
+
     def stop(self) -> None:
         """Begin an orderly shutdown (idempotent; safe from a signal handler)."""
         self._stop.set()
@@ -104,14 +169,14 @@ class Node:
     async def run(self) -> None:
         """Start everything, serve until ``stop()``, then shut down in order."""
         s = self.settings
-        self._registry = load_policy(s.policy.dir, timeout=s.policy.event_timeout,
-                                     on_dispatch=self.metrics.on_policy_dispatch)
+        self._registry = self._load()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.logs.run(), name="log-writer")
             self.ports["http"] = (await self.http.start(*parse_hostport(s.http.listen)))[1]
             await self._init_policy()
             await self._recover()
             scheduler = tg.create_task(self.scheduler.run(), name="scheduler")
+            watcher = tg.create_task(self._watch_policy(), name="policy-watcher")
             self.ports["smtp"] = (await self.smtp.start(*parse_hostport(s.smtp.listen)))[1]
             self.acceptor.set_ready()
             log.info("ready", extra={"smtp_port": self.ports["smtp"],
@@ -120,6 +185,7 @@ class Node:
                                      "spooled": self.spool.count})
             self.ready.set()
             await self._stop.wait()
+            watcher.cancel()
             await self._shutdown(scheduler)
 
     async def _init_policy(self) -> None:
@@ -168,4 +234,5 @@ async def run_mta(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, node.stop)
+    loop.add_signal_handler(signal.SIGHUP, node.request_reload)
     await node.run()

@@ -35,7 +35,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Flags as a settings tree: the named flags, then each ``--set section.key=value``."""
     dotted = {key: getattr(args, attr) for attr, key in _MTA_FLAGS.items()
               if getattr(args, attr, None) is not None}
-    for item in args.set or []:
+    for item in getattr(args, "set", None) or []:
         path, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"flags: --set {item!r} must be section.key=value")
@@ -57,7 +57,25 @@ def _parser() -> argparse.ArgumentParser:
     mta.add_argument("--node-id", help="node identity in log records")
     mta.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                      help="any setting, e.g. --set smtp.max_recipients=500")
+    validate = sub.add_parser("validate", help="load and check the settings and the policy")
+    validate.add_argument("--config", help="TOML settings file (default: $NIMBUS_CONFIG)")
+    validate.add_argument("--policy", dest="policy_dir",
+                          help="policy directory (default: the configured one)")
     return parser
+
+
+def _validate(settings: Any) -> int:
+    """``nimbus validate``: load everything the node would load; report the first problem."""
+    from .events import EVENTS
+    from .policy_loader import load_policy
+    try:
+        registry = load_policy(settings.policy.dir)
+    except (ConfigError, PolicyLoadError) as exc:
+        print(f"nimbus validate: {exc}", file=sys.stderr)
+        return 1
+    handled = sorted(name for name in EVENTS if registry.has(name))
+    print(f"policy {settings.policy.dir}: OK; handlers for {', '.join(handled) or 'no events'}")
+    return 0
 
 
 def _run(coro: Any) -> None:
@@ -77,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nimbus: configuration error: {exc}", file=sys.stderr)
         return 2
     diag.configure(settings.log.level)
+    if args.command == "validate":
+        return _validate(settings)
     if args.command == "mta":
         from .app import run_mta
         try:

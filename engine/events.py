@@ -115,6 +115,7 @@ class Registry:
                  on_dispatch: Callable[[str, float], None] | None = None) -> None:
         self.timeout = timeout
         self._handlers: dict[str, list[Handler]] = {}
+        self.bounce_classifier: Any = None  # set by nimbus.configure_bounce_classifier
         self._on_dispatch = on_dispatch
 
     def on(self, name: str) -> Callable[[Handler], Handler]:

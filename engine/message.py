@@ -11,8 +11,13 @@ The spool stores what it holds when the handler returns.
 from __future__ import annotations
 
 import email.header
+import email.utils
 import re
+import time
 from typing import Any
+
+from .conformance import fix, parse_labels, problems
+from .scheduling import Scheduling
 
 __all__ = ["PolicyMessage"]
 
@@ -115,6 +120,71 @@ class PolicyMessage:
         if not rest:
             rest = b"\r\n\r\n"
         self._data = b"\r\n".join(lines) + rest
+
+
+    def get_all_headers(self) -> list[tuple[str, str]]:
+        """Every header as (name, decoded value), in order."""
+        out = []
+        for line in self._header_lines():
+            key, sep, value = line.partition(b":")
+            if sep:
+                out.append((key.decode("utf-8", "replace").strip(), _decode(value)))
+        return out
+
+    def from_header(self) -> tuple[str, str] | None:
+        """The From header parsed as (display name, address), or None."""
+        value = self.get_first_named_header_value("From")
+        return None if value is None else email.utils.parseaddr(value)
+
+    def to_header(self) -> tuple[str, str] | None:
+        value = self.get_first_named_header_value("To")
+        return None if value is None else email.utils.parseaddr(value)
+
+    def remove_x_headers(self, names: list[str] | None = None) -> None:
+        """Drop ``X-*`` headers: all of them, or only those named (case-insensitive)."""
+        wanted = None if names is None else {n.lower().encode() for n in names}
+
+        def keep(line: bytes) -> bool:
+            name = line.partition(b":")[0].strip().lower()
+            if not name.startswith(b"x-"):
+                return True
+            return wanted is not None and name not in wanted
+
+        self._rebuild([ln for ln in self._header_lines() if keep(ln)])
+
+    def import_x_headers(self, names: list[str] | None = None) -> None:
+        """Copy ``X-*`` headers (all, or those named) into meta: lowercase, '-' -> '_'."""
+        wanted = None if names is None else {n.lower() for n in names}
+        for name, value in self.get_all_headers():
+            lower = name.lower()
+            if lower.startswith("x-") and (wanted is None or lower in wanted):
+                self._meta[lower.replace("-", "_")] = value
+
+    def check_fix_conformance(self, checks: str = "", fixes: str = "") -> str | None:
+        """KumoMTA's conformance check: apply ``fixes`` (labels joined by '|'), then report
+        problems among ``checks`` that remain, as an error string (None when clean)."""
+        check_set, fix_set = parse_labels(checks), parse_labels(fixes)
+        if fix_set:
+            found = problems(self._data) & fix_set
+            if found:
+                self._data = fix(self._data, found, now=time.time(),
+                                 hostname=str(self._meta.get("hostname") or "localhost"))
+        remaining = problems(self._data) & check_set
+        if remaining:
+            return "message fails conformance checks: " + ", ".join(sorted(remaining))
+        return None
+
+    def set_scheduling(self, options: dict[str, Any] | None) -> None:
+        """Constrain delivery: first_attempt, expires, and a dow/tz/start/end window.
+        ``None`` clears it. Raises ValueError naming the bad key."""
+        if options is None:
+            self._meta.pop("scheduling", None)
+            return
+        self._meta["scheduling"] = Scheduling.from_options(options).to_json()
+
+    def get_scheduling(self) -> Scheduling | None:
+        raw = self._meta.get("scheduling")
+        return None if raw is None else Scheduling.from_options(raw)
 
 
 def _decode(raw: bytes) -> str:

@@ -80,6 +80,8 @@ class Metrics:
                                      registry=r)
         self.spool_commit_ops = Counter("nimbus_spool_commit_requests",
                                         "Write requests carried by spool commits", registry=r)
+        self.policy_reloads = Counter("nimbus_policy_reloads", "Policy reloads by result",
+                                      ["result"], registry=r)
         self.policy_latency = Histogram(
             "nimbus_policy_event_duration_seconds", "Time spent in policy event handlers",
             ["event"], registry=r,

@@ -23,13 +23,38 @@ from .logs import LogWriter
 from .queue_config import QueueConfig, next_attempt
 from .records import LogRecord, Message, PeerAddress, RecordType, Response
 from .scheduled import Scheduler
+from .scheduling import Scheduling
+from .events import PolicyFailure, Registry, Rejected
+from .message import PolicyMessage
+from .queue_name import scheduled_queue_name
 from .spool import Spool
 
 __all__ = ["Attempt", "Outcomes", "EXPIRED"]
 
+
+def _scheduling(msg: Message) -> Scheduling | None:
+    raw = msg.meta.get("scheduling")
+    if not raw:
+        return None
+    try:
+        return Scheduling.from_options(raw)
+    except ValueError:
+        log.warning("ignoring invalid stored scheduling", extra={"id": msg.id})
+        return None
+
 log = logging.getLogger("nimbus.outcomes")
 
 EXPIRED = Response.parse(551, "5.4.7 Next delivery time would be after the expiration time")
+
+CLASSIFIED = frozenset({RecordType.BOUNCE, RecordType.TRANSIENT_FAILURE, RecordType.EXPIRATION,
+                        RecordType.ADMIN_BOUNCE, RecordType.REJECTION})
+"""Record types that carry a bounce classification (KumoMTA §7)."""
+
+
+def classify(registry: Registry, response: Response) -> str:
+    """The policy's bounce classifier verdict for ``response``, or ``Uncategorized``."""
+    classifier = registry.bounce_classifier
+    return "Uncategorized" if classifier is None else classifier.classify(response.single_line())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,6 +80,7 @@ class Outcomes:
 
     def __init__(self, *, spool: Spool, scheduler: Scheduler, logs: LogWriter,
                  queue_config: Callable[[str], Awaitable[QueueConfig]], node_id: str,
+                 policy: Callable[[], Registry] = Registry,
                  clock: Callable[[], float] = time.time,
                  rand: Callable[[], float] = random.random) -> None:
         self._spool = spool
@@ -62,12 +88,15 @@ class Outcomes:
         self._logs = logs
         self._queue_config = queue_config
         self._node_id = node_id
+        self._policy = policy
         self._clock = clock
         self._rand = rand
 
     def record(self, kind: RecordType, msg: Message, response: Response, attempt: Attempt,
                **extra: object) -> LogRecord:
         """Build the log record for ``msg`` (shared with reception)."""
+        if kind in CLASSIFIED:
+            extra.setdefault("bounce_classification", classify(self._policy(), response))
         return LogRecord(
             type=kind, id=msg.id, sender=msg.sender, recipient=msg.recipient, queue=msg.queue,
             site=attempt.site, size=msg.size, response=response, timestamp=self._clock(),
@@ -99,17 +128,55 @@ class Outcomes:
         self._spool.remove_nowait([msg.id])
 
     async def transient(self, msg: Message, response: Response, attempt: Attempt) -> None:
-        """Log TransientFailure, then reschedule with backoff, or expire past max_age."""
+        """Log TransientFailure, then reschedule with backoff, or expire past max_age.
+
+        The policy's ``requeue_message`` may rebind the message (change its queue meta)
+        or ``reject`` it, which turns the failure into a Bounce with that reply.
+        """
         msg = dataclasses.replace(msg, num_attempts=msg.num_attempts + 1)
         self._logs.emit(self.record(RecordType.TRANSIENT_FAILURE, msg, response, attempt,
                                     delivery_protocol="ESMTP" if attempt.peer else None))
+        registry = self._policy()
+        if registry.has("requeue_message"):
+            try:
+                msg = await self._requeue_hook(registry, msg, response)
+            except Rejected as exc:
+                self._bounce_after_failure(msg, exc.response, attempt)
+                return
+            except PolicyFailure:
+                pass  # logged by the registry; retry as if there were no hook
         cfg = await self._queue_config(msg.queue)
         now = self._clock()
+        scheduling = _scheduling(msg)
+        if scheduling is not None and scheduling.expires is not None:
+            # set_scheduling's expires replaces max_age for this message (KumoMTA).
+            cfg = dataclasses.replace(cfg, max_age=max(0.0, scheduling.expires - msg.created))
         due = next_attempt(cfg, msg.created, now, msg.num_attempts, self._rand())
+        if due is not None and scheduling is not None:
+            due = scheduling.adjust(due)
+            if due - msg.created > cfg.max_age:
+                due = None
         if due is None:
             self.expire(msg, attempt)
             return
         self.requeue(dataclasses.replace(msg, due=due))
+
+    async def _requeue_hook(self, registry: Registry, msg: Message,
+                            response: Response) -> Message:
+        pm = PolicyMessage(msg.id, msg.sender, msg.recipient, b"", dict(msg.meta))
+        await registry.dispatch("requeue_message", pm, response, [], True, None)
+        queue = scheduled_queue_name(pm.recipient(), pm.meta)
+        if queue != msg.queue or pm.meta != msg.meta:
+            log.info("message rebound by requeue_message",
+                     extra={"id": msg.id, "from_queue": msg.queue, "to_queue": queue})
+            return dataclasses.replace(msg, queue=queue, meta=pm.meta)
+        return msg
+
+    def _bounce_after_failure(self, msg: Message, response: Response, attempt: Attempt) -> None:
+        # The TransientFailure is already logged (and counted the attempt).
+        self._logs.emit(self.record(RecordType.BOUNCE, msg, response, attempt,
+                                    delivery_protocol="ESMTP" if attempt.peer else None))
+        self._spool.remove_nowait([msg.id])
 
     def expire(self, msg: Message, attempt: Attempt = Attempt()) -> None:
         self._logs.emit(self.record(RecordType.EXPIRATION, msg, EXPIRED, attempt))

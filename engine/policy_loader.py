@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import egress, queue_config
+from .reception.smtp import ListenerDomain as _ListenerDomain
+from .config import ConfigError
 from .events import PolicyLoadError, Registry, reject
 from .units import parse_duration, parse_size
 
@@ -41,10 +43,34 @@ class PolicyApi:
     EgressSource = egress.EgressSource
     EgressPool = egress.EgressPool
     TlsMode = egress.TlsMode
+    ListenerDomain = _ListenerDomain
 
-    def __init__(self, registry: Registry, policy_dir: Path) -> None:
+    def __init__(self, registry: Registry, policy_dir: Path, services: Any = None) -> None:
         self._registry = registry
         self.policy_dir = policy_dir
+        self._services = services
+
+    @property
+    def settings(self) -> Any:
+        """The node's Settings (None under ``nimbus validate``)."""
+        return getattr(self._services, "settings", None)
+
+    def path(self, name: str | Path) -> Path:
+        """A file name relative to the policy directory (absolute paths pass through)."""
+        p = Path(name)
+        return p if p.is_absolute() else self.policy_dir / p
+
+    async def resolve_mx(self, domain: str) -> Any:
+        """The node's cached MX lookup (``MailExchanger``); raises MxError on failure."""
+        resolver = getattr(self._services, "resolver", None)
+        if resolver is None:
+            raise RuntimeError("no resolver: MX lookups are not available here")
+        return await resolver.resolve_mx(domain)
+
+    def configure_bounce_classifier(self, files: list[str | Path]) -> None:
+        """Classify Bounce/TransientFailure/Expiration/Rejection records with these rule files."""
+        from .helpers.bounce import BounceClassifier
+        self._registry.bounce_classifier = BounceClassifier.load([self.path(f) for f in files])
 
     def on(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Register the decorated function as a handler of event ``name``."""
@@ -64,12 +90,25 @@ class PolicyApi:
         return parse_size(text)
 
 
+def _evict_modules(directory: Path) -> None:
+    """Forget modules imported from the policy directory, so a reload sees edited files."""
+    root = str(directory.resolve())
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if path and str(Path(path).resolve()).startswith(root + "/"):
+            del sys.modules[name]
+
+
 def load_policy(policy_dir: str | Path, *, timeout: float = 5.0,
-                on_dispatch: Callable[[str, float], None] | None = None) -> Registry:
+                on_dispatch: Callable[[str, float], None] | None = None,
+                services: Any = None) -> Registry:
     """Import ``<policy_dir>/init.py`` and let it register its handlers.
 
-    Raises PolicyLoadError naming the file when the directory is missing, the
-    module fails to import, ``register`` is missing, or a registration is invalid.
+    services: the node's shared parts a policy may use (``resolver``, ``settings``), or
+        None (``nimbus validate``).
+    Raises ConfigError (naming file, table and key) when a helper's TOML is wrong, and
+    PolicyLoadError naming the file when the directory is missing, the module fails to
+    import, ``register`` is missing, or a registration is invalid.
     """
     directory = Path(policy_dir)
     registry = Registry(timeout=timeout, on_dispatch=on_dispatch)
@@ -82,6 +121,7 @@ def load_policy(policy_dir: str | Path, *, timeout: float = 5.0,
     spec = importlib.util.spec_from_file_location(module_name, init)
     if spec is None or spec.loader is None:
         raise PolicyLoadError(f"{init}: cannot be loaded as a Python module")
+    _evict_modules(directory)
     module = importlib.util.module_from_spec(spec)
     # Registered like any imported module: dataclasses and pickling look modules up there.
     sys.modules[module_name] = module
@@ -92,8 +132,10 @@ def load_policy(policy_dir: str | Path, *, timeout: float = 5.0,
         register = getattr(module, "register", None)
         if not callable(register):
             raise PolicyLoadError(f"{init}: defines no register(nimbus) function")
-        register(PolicyApi(registry, directory))
+        register(PolicyApi(registry, directory, services))
         loaded = True
+    except ConfigError:
+        raise  # already names file, table and key
     except PolicyLoadError as exc:
         raise PolicyLoadError(f"{init}: {exc}") if str(init) not in str(exc) else exc
     except Exception as exc:

@@ -16,6 +16,7 @@ is delivering, every waiting message gets a TransientFailure and is rescheduled.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import time
@@ -27,7 +28,9 @@ from .config import Settings
 from .delivery.client import ConnectionLost, DeliveryError, SmtpClientConnection
 from .delivery.mx import HostResolutionError, MxResolver
 from .egress import EgressPathConfig, EgressSource, is_prohibited
+from .events import PolicyFailure, Registry, Rejected
 from .outcomes import Attempt, Outcomes
+from .queue_name import QueueName
 from .records import Message, Response
 from .spool import Spool
 
@@ -60,7 +63,8 @@ class ReadyQueue:
     def __init__(self, *, name: str, site: str, targets: tuple[Target, ...], explicit: bool,
                  source: EgressSource, pool: str, path: EgressPathConfig, settings: Settings,
                  resolver: MxResolver, spool: Spool, outcomes: Outcomes,
-                 on_idle: Callable[[ReadyQueue], None]) -> None:
+                 on_idle: Callable[[ReadyQueue], None],
+                 policy: Callable[[], Registry] = Registry) -> None:
         self.name = name
         self.site = site
         self.targets = targets
@@ -73,6 +77,7 @@ class ReadyQueue:
         self._spool = spool
         self._outcomes = outcomes
         self._on_idle = on_idle
+        self._policy = policy
         self.queue: deque[Message] = deque()
         self._waiters: deque[asyncio.Future[Message]] = deque()
         self._conns: set[asyncio.Task] = set()
@@ -233,8 +238,29 @@ class ReadyQueue:
             await self._outcomes.transient(
                 msg, Response.parse(451, f"4.3.0 internal error: {type(exc).__name__}"), attempt)
             return False
+        if not response.is_success:
+            response = await self._rewrite(msg, response)
         await self._outcomes.from_response(msg, response, attempt)
         return conn.is_usable
+
+    async def _rewrite(self, msg: Message, response: Response) -> Response:
+        """``smtp_client_rewrite_delivery_status``: the policy may change a failure's code
+        (e.g. treat a provider's 5xx as 4xx); the text says so, as KumoMTA's does."""
+        registry = self._policy()
+        if not registry.has("smtp_client_rewrite_delivery_status"):
+            return response
+        q = QueueName.parse(msg.queue)
+        try:
+            code = await registry.dispatch("smtp_client_rewrite_delivery_status", response,
+                                           q.domain, q.tenant, q.campaign, q.routing_domain)
+        except (Rejected, PolicyFailure):
+            return response
+        if code is None or int(code) == response.code:
+            return response
+        return dataclasses.replace(
+            response, code=int(code),
+            content=f"{response.content} (nimbus: status was rewritten from "
+                    f"{response.code} -> {int(code)})")
 
     async def _fail_waiting(self, exc: NoTargetAvailable) -> None:
         """No host reachable: unless another connection is delivering, fail the queue."""

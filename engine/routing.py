@@ -176,6 +176,13 @@ class Router:
         self._paths[key] = (time.monotonic() + CONFIG_TTL, cfg)
         return cfg
 
+    def forget_policy_answers(self) -> None:
+        """Drop cached policy answers (after a reload) so new config applies at once."""
+        self._queue_configs.clear()
+        self._paths.clear()
+        self._pickers.clear()
+        self._sources.clear()
+
     # -- routing ---------------------------------------------------------------
 
     def route(self, msg: Message) -> None:
@@ -248,7 +255,7 @@ class Router:
                     name=name, site=dest.site, targets=dest.targets, explicit=dest.explicit,
                     source=source, pool=cfg.egress_pool or DEFAULT_POOL.name, path=path,
                     settings=self._settings, resolver=self._resolver, spool=self._spool,
-                    outcomes=self._outcomes, on_idle=self._forget)
+                    outcomes=self._outcomes, on_idle=self._forget, policy=self._policy)
                 self.ready[name] = ready
             else:
                 ready.reconfigure(path=path, targets=dest.targets)

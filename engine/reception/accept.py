@@ -94,8 +94,10 @@ class Acceptor:
             if queue == NULL_QUEUE:
                 continue  # discarded by policy, still a success (KumoMTA semantics)
             data = pm.get_data()
+            scheduling = pm.get_scheduling()
+            due = scheduling.adjust(now) if scheduling else now
             msg = Message(id=item.id, sender=pm.sender(), recipient=pm.recipient(), queue=queue,
-                          meta=pm.meta, created=now, due=now, size=len(data))
+                          meta=pm.meta, created=now, due=due, size=len(data))
             to_store.append((msg, data))
         if to_store:
             await asyncio.shield(asyncio.ensure_future(self._store(to_store, protocol, peer)))
@@ -119,7 +121,11 @@ class Acceptor:
                       peer: PeerAddress | None) -> None:
         """Log a ``Rejection`` record: our 4xx/5xx to a client."""
         now = self._clock()
+        classifier = self._policy().bounce_classifier
+        classification = ("Uncategorized" if classifier is None
+                          else classifier.classify(response.single_line()))
         self._logs.emit(LogRecord(
             type=RecordType.REJECTION, id=new_message_id(), sender=sender, recipient=recipient,
             queue="", site="", size=0, response=response, timestamp=now, created=now,
-            nodeid=self._node_id, peer_address=peer, reception_protocol=protocol))
+            nodeid=self._node_id, peer_address=peer, reception_protocol=protocol,
+            bounce_classification=classification))

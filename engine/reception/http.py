@@ -17,15 +17,17 @@ while streaming, since aiohttp doesn't cap streamed reads), 415 wrong content ty
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..config import Settings
+from ..events import PolicyFailure, Registry, Rejected
 from ..records import PeerAddress
 from ..spool import SpoolError, SpoolFull
 from .accept import Accepted, Acceptor, Incoming
@@ -41,6 +43,8 @@ _ACCEPTOR = web.AppKey("acceptor", Acceptor)
 _CREDENTIALS = web.AppKey("credentials", Credentials)
 _SETTINGS = web.AppKey("settings", Settings)
 _METRICS = web.AppKey("metrics", object)
+_POLICY = web.AppKey("policy", object)
+_AUTH_CACHE = web.AppKey("auth_cache", object)
 
 
 def _error(status: int, reason: str, field: str | None = None, **headers: str) -> web.Response:
@@ -63,7 +67,33 @@ async def _read_capped(request: web.Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _authenticate(request: web.Request) -> str | web.Response:
+class _AuthCache:
+    """``http_server_validate_auth_basic`` answers, kept 60 s (as KumoMTA) per user and
+    password digest, so a policy lookup isn't paid on every request."""
+
+    TTL = 60.0
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, bytes], tuple[float, bool]] = {}
+
+    async def check(self, registry: Registry, credentials: Credentials, user: str,
+                    password: str) -> bool:
+        if not registry.has("http_server_validate_auth_basic"):
+            return credentials.check(user, password)
+        key = (user, hashlib.sha256(password.encode()).digest())
+        hit = self._entries.get(key)
+        now = time.monotonic()
+        if hit and hit[0] > now:
+            return hit[1]
+        verdict = await registry.dispatch("http_server_validate_auth_basic", user, password)
+        ok = credentials.check(user, password) if verdict is None else bool(verdict)
+        if len(self._entries) > 10_000:
+            self._entries.clear()
+        self._entries[key] = (now + self.TTL, ok)
+        return ok
+
+
+async def _authenticate(request: web.Request) -> str | web.Response:
     """The authenticated user name, or the 400/401 response to send."""
     challenge = {"WWW-Authenticate": 'Basic realm="nimbus"'}
     header = request.headers.get("Authorization")
@@ -75,7 +105,12 @@ def _authenticate(request: web.Request) -> str | web.Response:
         return _error(400, str(exc))
     if creds is None:
         return _error(401, "only Basic authentication is supported", **challenge)
-    if not request.app[_CREDENTIALS].check(*creds):
+    try:
+        ok = await request.app[_AUTH_CACHE].check(request.app[_POLICY](), request.app[_CREDENTIALS],
+                                                  *creds)
+    except (PolicyFailure, Rejected):
+        return _error(500, "authentication hook failed; try again later")
+    if not ok:
         return _error(401, "invalid credentials", **challenge)
     return creds[0]
 
@@ -86,7 +121,7 @@ async def inject_v1(request: web.Request) -> web.Response:
     settings = request.app[_SETTINGS]
     if acceptor.not_ready:
         return _error(503, acceptor.not_ready)
-    user = _authenticate(request)
+    user = await _authenticate(request)
     if isinstance(user, web.Response):
         return user
     if request.content_type not in ("application/json", "application/octet-stream", ""):
@@ -160,7 +195,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def build_app(*, settings: Settings, acceptor: Acceptor, credentials: Credentials,
-              metrics_: object) -> web.Application:
+              metrics_: object, policy: Callable[[], Registry]) -> web.Application:
     # Our own cap (_read_capped) applies to inject; aiohttp's client_max_size is set
     # just above it so other routes stay bounded too.
     app = web.Application(client_max_size=settings.http.max_request_size + 1)
@@ -168,6 +203,8 @@ def build_app(*, settings: Settings, acceptor: Acceptor, credentials: Credential
     app[_CREDENTIALS] = credentials
     app[_SETTINGS] = settings
     app[_METRICS] = metrics_
+    app[_POLICY] = policy
+    app[_AUTH_CACHE] = _AuthCache()
     app.router.add_post("/api/inject/v1", inject_v1)
     app.router.add_get("/api/check-liveness/v1", check_liveness_v1)
     app.router.add_get("/metrics", metrics)

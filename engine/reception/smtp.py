@@ -25,6 +25,7 @@ import asyncio
 import ipaddress
 import logging
 import ssl
+from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any, Callable
 
@@ -37,7 +38,7 @@ from ..spool import SpoolError, SpoolFull
 from .accept import Accepted, Acceptor, Incoming
 from .auth import Credentials
 
-__all__ = ["SmtpListener", "SmtpHandler"]
+__all__ = ["SmtpListener", "SmtpHandler", "ListenerDomain"]
 
 log = logging.getLogger("nimbus.smtp")
 
@@ -46,6 +47,37 @@ SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 
 def _reply(resp: Response) -> str:
     return resp.single_line()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListenerDomain:
+    """What ``get_listener_domain`` returns (KumoMTA make_listener_domain).
+
+    relay_to: accept mail addressed to this domain from any peer (inbound domains).
+    relay_from: CIDRs that may relay mail for this domain.
+    log_oob / log_arf: "Ignore", "LogThenRelay" or "LogThenDrop" for out-of-band
+        bounces and ARF reports sent to this domain (recorded; OOB/ARF parsing is not
+        built yet, so these are not acted on).
+    """
+
+    relay_to: bool = False
+    relay_from: tuple[str, ...] = ()
+    log_oob: str = "Ignore"
+    log_arf: str = "Ignore"
+
+
+def _in_networks(address: str, networks: Any) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    for net in networks:
+        net = ipaddress.ip_network(net, strict=False) if isinstance(net, str) else net
+        if ip.version == net.version and ip in net:
+            return True
+    return False
 
 
 class _Refuse(asyncio.Protocol):
@@ -181,13 +213,7 @@ class SmtpHandler:
     def _may_relay(self, session: Session) -> bool:
         if session.authenticated:
             return True
-        try:
-            ip = ipaddress.ip_address((session.peer or ("",))[0])
-        except ValueError:
-            return False
-        if ip.version == 6 and ip.ipv4_mapped:
-            ip = ip.ipv4_mapped
-        return any(ip.version == n.version and ip in n for n in self._relay_nets)
+        return _in_networks((session.peer or ("",))[0], self._relay_nets)
 
     def _conn_meta(self, session: Session) -> dict[str, Any]:
         return {"received_from": self._peer(session).addr, "ehlo_domain": session.host_name,
@@ -203,7 +229,18 @@ class SmtpHandler:
                           hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
         # aiosmtpd handles pipelined input correctly but doesn't advertise it (RFC 2920).
-        return [responses[0], "250-PIPELINING", *responses[1:]]
+        extensions = ["PIPELINING", *(line[4:] for line in responses[1:])]
+        try:
+            chosen = await self._policy().dispatch("smtp_server_ehlo", hostname,
+                                                   self._conn_meta(session), list(extensions))
+        except (Rejected, PolicyFailure) as exc:
+            session.host_name = None  # a refused EHLO leaves the session un-greeted
+            return [self._reject(session, envelope, exc.response)]
+        if chosen is not None:
+            extensions = [str(e) for e in chosen]
+        lines = [responses[0]] + [f"250-{e}" for e in extensions]
+        return [*lines[:-1], "250 " + lines[-1][4:]] if len(lines) > 1 else [
+            "250 " + responses[0][4:]]
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
@@ -218,9 +255,29 @@ class SmtpHandler:
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
 
+    async def _relay_allowed(self, session: Session, address: str) -> bool:
+        """Relay for trusted peers and AUTH; otherwise ask ``get_listener_domain`` about the
+        recipient domain (relay_to: we accept mail for it; relay_from: these peers may)."""
+        if self._may_relay(session):
+            return True
+        domain = address.rpartition("@")[2].lower()
+        listener = await self._policy().dispatch("get_listener_domain", domain,
+                                                 self._settings.smtp.listen,
+                                                 self._conn_meta(session))
+        if listener is None:
+            return False
+        if listener.relay_to:
+            return True
+        peer = (session.peer or ("",))[0]
+        return bool(listener.relay_from) and _in_networks(peer, listener.relay_from)
+
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
-        if not self._may_relay(session):
+        try:
+            allowed = await self._relay_allowed(session, address)
+        except (Rejected, PolicyFailure) as exc:
+            return self._reject(session, envelope, exc.response, address)
+        if not allowed:
             return self._reject(session, envelope,
                                 Response.parse(550, "5.7.1 Relaying denied"), address)
         if len(envelope.rcpt_tos) >= self._settings.smtp.max_recipients:
