@@ -15,6 +15,7 @@ MISSING_MIME_VERSION (a MIME message without MIME-Version).
 
 from __future__ import annotations
 
+import email.header
 import email.policy
 import email.utils
 import re
@@ -118,6 +119,26 @@ def _fix_header_lines(head: bytes, fixes: set[str]) -> list[bytes]:
     return out
 
 
+def _encode_header_lines(lines: list[bytes]) -> list[bytes]:
+    """RFC 2047-encode header values holding 8-bit text (folded lines joined first)."""
+    joined: list[bytes] = []
+    for line in lines:
+        if line[:1] in (b" ", b"\t") and joined:
+            joined[-1] += b"\r\n" + line
+        else:
+            joined.append(line)
+    out = []
+    for line in joined:
+        if line.isascii():
+            out.append(line)
+            continue
+        name, _, value = line.partition(b":")
+        text = value.decode("utf-8", "replace").replace("\r\n", "").strip()
+        encoded = email.header.Header(text, "utf-8", header_name=name.decode("ascii", "replace"))
+        out.append(name + b": " + encoded.encode(linesep="\r\n").encode("ascii"))
+    return out
+
+
 def _reencode(data: bytes) -> bytes:
     """Re-encode parts with long lines or undeclared 8-bit text as quoted-printable/base64."""
     msg = message_from_bytes(data, policy=email.policy.compat32)
@@ -152,12 +173,21 @@ def fix(data: bytes, fixes: set[str], *, hostname: str, now: float) -> bytes:
     """Rebuild ``data`` applying ``fixes`` (labels); returns CRLF bytes."""
     if "NON_CANONICAL_LINE_ENDINGS" in fixes:
         data = _canonical(data)
+    reencoded = False
     if fixes & {"LINE_TOO_LONG", "NEEDS_TRANSFER_ENCODING"} and (
             problems(data) & {"LINE_TOO_LONG", "NEEDS_TRANSFER_ENCODING"}):
+        before = data
         data = _reencode(data)
+        reencoded = data != before
     head, body = _split(data)
     lines = _fix_header_lines(head, fixes)
+    if "NEEDS_TRANSFER_ENCODING" in fixes:
+        lines = _encode_header_lines(lines)
     names = {ln.partition(b":")[0].strip().lower() for ln in lines if ln[:1] not in b" \t"}
+    if reencoded and b"mime-version" not in names:
+        # Re-encoding added Content-Type/-Transfer-Encoding: that makes it a MIME message.
+        lines.append(b"MIME-Version: 1.0")
+        names.add(b"mime-version")
     if "MISSING_DATE_HEADER" in fixes and b"date" not in names:
         lines.append(b"Date: " + email.utils.formatdate(now).encode())
     if "MISSING_MESSAGE_ID_HEADER" in fixes and b"message-id" not in names:

@@ -31,7 +31,7 @@ class PolicyMessage:
     data: the whole message, CRLF line endings. meta: JSON-able metadata.
     """
 
-    __slots__ = ("_id", "_sender", "_recipient", "_data", "_meta")
+    __slots__ = ("_id", "_sender", "_recipient", "_data", "_meta", "_dkim")
 
     def __init__(self, id: str, sender: str, recipient: str, data: bytes,
                  meta: dict[str, Any] | None = None) -> None:
@@ -40,6 +40,7 @@ class PolicyMessage:
         self._recipient = recipient
         self._data = data
         self._meta = dict(meta or {})
+        self._dkim: list[Any] = []
 
     def id(self) -> str:
         return self._id
@@ -71,6 +72,24 @@ class PolicyMessage:
 
     def set_data(self, data: bytes) -> None:
         self._data = data
+
+    # -- DKIM --------------------------------------------------------------------
+
+    def dkim_sign(self, signer: Any) -> None:
+        """Ask for a DKIM signature by ``signer`` (an ``engine.dkim.Signer``).
+
+        Only recorded here, so handlers stay cheap: the engine signs the final bytes
+        after the reception event returns, then spools them. Raises TypeError for
+        anything that is not a Signer.
+        """
+        from .dkim import Signer  # here: importing a message must not load the crypto
+        if not isinstance(signer, Signer):
+            raise TypeError(f"dkim_sign takes an engine.dkim.Signer, not {type(signer).__name__}")
+        self._dkim.append(signer)
+
+    def dkim_requests(self) -> tuple[Any, ...]:
+        """The Signers recorded by ``dkim_sign``, in call order."""
+        return tuple(self._dkim)
 
     # -- headers ---------------------------------------------------------------
 
@@ -131,14 +150,25 @@ class PolicyMessage:
                 out.append((key.decode("utf-8", "replace").strip(), _decode(value)))
         return out
 
+    def _address_header(self, name: str) -> tuple[str, str] | None:
+        # Parse the raw value first, then decode only the display name: a decoded
+        # "Müller, Hans" would otherwise split at its comma.
+        wanted = name.lower().encode()
+        for line in self._header_lines():
+            key, sep, value = line.partition(b":")
+            if sep and key.strip().lower() == wanted:
+                raw = value.decode("utf-8", "replace").replace("\r\n", "")
+                display, address = email.utils.parseaddr(raw)
+                return _decode(display.encode("utf-8")), address
+        return None
+
     def from_header(self) -> tuple[str, str] | None:
         """The From header parsed as (display name, address), or None."""
-        value = self.get_first_named_header_value("From")
-        return None if value is None else email.utils.parseaddr(value)
+        return self._address_header("From")
 
     def to_header(self) -> tuple[str, str] | None:
-        value = self.get_first_named_header_value("To")
-        return None if value is None else email.utils.parseaddr(value)
+        """The To header parsed as (display name, address), or None (first mailbox)."""
+        return self._address_header("To")
 
     def remove_x_headers(self, names: list[str] | None = None) -> None:
         """Drop ``X-*`` headers: all of them, or only those named (case-insensitive)."""
@@ -164,11 +194,10 @@ class PolicyMessage:
         """KumoMTA's conformance check: apply ``fixes`` (labels joined by '|'), then report
         problems among ``checks`` that remain, as an error string (None when clean)."""
         check_set, fix_set = parse_labels(checks), parse_labels(fixes)
-        if fix_set:
-            found = problems(self._data) & fix_set
-            if found:
-                self._data = fix(self._data, found, now=time.time(),
-                                 hostname=str(self._meta.get("hostname") or "localhost"))
+        if fix_set and problems(self._data) & fix_set:
+            # All requested fixes: one fix can expose another (re-encoding makes a MIME part).
+            self._data = fix(self._data, fix_set, now=time.time(),
+                             hostname=str(self._meta.get("hostname") or "localhost"))
         remaining = problems(self._data) & check_set
         if remaining:
             return "message fails conformance checks: " + ", ".join(sorted(remaining))

@@ -118,7 +118,10 @@ class Scheduling:
         assert self.start is not None
         for offset in range(0, 8):
             day = (moment + timedelta(days=offset)).date()
-            candidate = datetime.combine(day, self.start, tzinfo=zone)
-            if candidate >= moment and self._inside(candidate):
-                return candidate.timestamp()
+            # Compare instants, not wall clocks: in the repeated fall-back hour the same
+            # wall time occurs twice (fold 0 and 1).
+            for fold in (0, 1):
+                candidate = datetime.combine(day, self.start, tzinfo=zone).replace(fold=fold)
+                if candidate.timestamp() >= due and self._inside(candidate):
+                    return candidate.timestamp()
         return due  # no day selected at all: unreachable after validation
