@@ -302,11 +302,14 @@ class SmtpHandler:
         if self._acceptor.not_ready:
             return SHUTTING_DOWN if self._draining() else "451 4.3.2 Not ready, try again later"
         peer = self._peer(session)
+        meta = {"reception_protocol": "ESMTP", "received_from": peer.addr,
+                "received_via": self._settings.smtp.listen, "hostname": self._hostname,
+                "ehlo_domain": session.host_name}
+        if session.authenticated and session.auth_data:
+            # KumoMTA's names: the AUTH identity (we have no separate authz identity).
+            meta["authn_id"] = meta["authz_id"] = str(session.auth_data)
         batch = [Incoming(sender=envelope.mail_from or "", recipient=rcpt, data=b"",
-                          meta={"reception_protocol": "ESMTP", "received_from": peer.addr,
-                                "received_via": self._settings.smtp.listen,
-                                "hostname": self._hostname, "ehlo_domain": session.host_name})
-                 for rcpt in envelope.rcpt_tos]
+                          meta=dict(meta)) for rcpt in envelope.rcpt_tos]
         batch = [Incoming(sender=i.sender, recipient=i.recipient, meta=i.meta, id=i.id,
                           data=self._trace_header(session, i.id, i.recipient) + data)
                  for i in batch]
