@@ -25,6 +25,11 @@ load generator, the sink and any noise); nimbus's peak RSS (VmHWM).
 Postfix and nimbus trials are interleaved (the order alternates per run) and medians are
 reported. Raw per-trial JSON, nimbus's stderr and Postfix's problem log lines go to
 bench/results/<timestamp>/; a summary section is written into BENCHMARKS.md.
+
+``--dkim`` adds a third MTA, ``nimbus-dkim``: the same nimbus with a policy that DKIM-signs
+every message (dkim_data.toml, a fresh 2048-bit RSA key from ``openssl genrsa`` per trial,
+relaxed/relaxed). Its CPU includes its signing worker process. Such a run writes its own
+section of BENCHMARKS.md (DKIM off vs on, side by side) and leaves the relay section alone.
 """
 
 from __future__ import annotations
@@ -57,6 +62,30 @@ SENDER = "bench@source.example"
 RECIPIENT = "user@sink.example"
 MD_BEGIN = "<!-- BEGIN run_bench.py results (generated; replaced on every run) -->"
 MD_END = "<!-- END run_bench.py results -->"
+MD_DKIM_BEGIN = "<!-- BEGIN run_bench.py --dkim results (generated; replaced on every --dkim run) -->"
+MD_DKIM_END = "<!-- END run_bench.py --dkim results -->"
+NIMBUS_MTAS = ("nimbus", "nimbus-dkim")
+DKIM_DOMAIN, DKIM_SELECTOR = SENDER.split("@")[1], "bench"
+# The policy of the nimbus-dkim trials: sign every message by its From domain.
+DKIM_POLICY_INIT = """\
+from engine.helpers.dkim_data import DkimData
+
+
+def register(nimbus):
+    dkim = DkimData.load(nimbus.policy_dir / "dkim_data.toml")
+
+    @nimbus.on("smtp_server_message_received")
+    def received(msg, conn_meta):
+        dkim.sign(msg)
+"""
+DKIM_DATA = f"""\
+[base]
+selector = "{DKIM_SELECTOR}"
+key_dir = "keys"   # keys/{DKIM_DOMAIN}/{DKIM_SELECTOR}.key: openssl genrsa -traditional 2048
+
+[domain."{DKIM_DOMAIN}"]
+algo = "sha256"
+"""
 
 
 class BenchError(RuntimeError):
@@ -461,8 +490,11 @@ class NimbusInstance:
 
     name = "nimbus"
 
-    def __init__(self, workdir: Path, sink_port: int, outdir: Path, tag: str, log_enabled: bool):
+    def __init__(self, workdir: Path, sink_port: int, outdir: Path, tag: str, log_enabled: bool,
+                 dkim: bool = False):
         self.dir = workdir / "nimbus"
+        self.dkim = dkim
+        self.name = "nimbus-dkim" if dkim else "nimbus"
         self.port = free_port()
         self.http_port = free_port()
         self.sink_port = sink_port
@@ -475,6 +507,8 @@ class NimbusInstance:
             "NIMBUS_SINK_ENABLED": "true",
             "NIMBUS_SINK_ENDPOINT": f"127.0.0.1:{sink_port}",
         }
+        if dkim:
+            self.env_settings["NIMBUS_POLICY_DIR"] = str(self.dir / "policy")
         exe = Path(sys.executable).parent / "nimbus"
         self.exe = str(exe) if exe.exists() else (shutil.which("nimbus") or "nimbus")
         self.proc: subprocess.Popen | None = None
@@ -483,8 +517,20 @@ class NimbusInstance:
     def setup_commands(self) -> list[str]:
         return [" ".join(f"{k}={v}" for k, v in self.env_settings.items()) + " nimbus mta"]
 
+    def write_dkim_policy(self) -> None:
+        """The signing policy dir, with a fresh 2048-bit RSA key (PKCS#1, as KumoMTA docs)."""
+        policy = self.dir / "policy"
+        key_dir = policy / "keys" / DKIM_DOMAIN
+        key_dir.mkdir(parents=True)
+        (policy / "init.py").write_text(DKIM_POLICY_INIT)
+        (policy / "dkim_data.toml").write_text(DKIM_DATA)
+        run(["openssl", "genrsa", "-traditional", "-out", str(key_dir / f"{DKIM_SELECTOR}.key"),
+             "2048"], timeout=60)
+
     def start(self) -> None:
         self.dir.mkdir(parents=True)
+        if self.dkim:
+            self.write_dkim_policy()
         env = {k: v for k, v in os.environ.items() if not k.startswith("NIMBUS_")}
         env.update(self.env_settings)
         self._stderr = open(self.stderr_path, "wb")
@@ -543,8 +589,9 @@ class NimbusInstance:
         return out
 
     def cpu_jiffies(self) -> tuple[int, int]:
+        """nimbus and its children (the DKIM signing worker, when one runs)."""
         assert self.proc is not None
-        return proc_cpu_jiffies(self.proc.pid), 1
+        return tree_cpu_jiffies(self.proc.pid)
 
     def extra_stats(self) -> dict[str, Any]:
         assert self.proc is not None
@@ -589,9 +636,17 @@ class NimbusInstance:
                 levels[level] = levels.get(level, 0) + 1
                 if level not in ("info", "debug"):
                     problems.append(line.rstrip())
+        if self.dkim and not any("dkim worker started" in line for line in _lines(self.stderr_path)):
+            problems.append("no 'dkim worker started' line: were messages signed?")
         return {"log_record_types": types, "log_bad_lines": bad_lines, "stderr_levels": levels,
                 "stderr_problem_lines": problems[:50], "exit_code": getattr(self, "post_rc", None),
                 "stderr_file": self.stderr_path.name}
+
+
+def _lines(path: Path) -> list[str]:
+    with contextlib.suppress(OSError):
+        return path.read_text(errors="replace").splitlines()
+    return []
 
 
 # --------------------------------------------------------------------------- one trial
@@ -611,8 +666,11 @@ def run_trial(mta_name: str, size: int, args: argparse.Namespace, outdir: Path, 
     try:
         sink = Sink(sink_port, n, outdir)
         sink.wait_listening()
-        cls = PostfixInstance if mta_name == "postfix" else NimbusInstance
-        mta = cls(workdir, sink_port, outdir, tag, log_enabled=not args.postfix_no_log)
+        if mta_name == "postfix":
+            mta = PostfixInstance(workdir, sink_port, outdir, tag, log_enabled=not args.postfix_no_log)
+        else:
+            mta = NimbusInstance(workdir, sink_port, outdir, tag, log_enabled=False,
+                                 dkim=mta_name == "nimbus-dkim")
         mta.start()
         result["mta_port"] = mta.port
         result["sink_port"] = sink_port
@@ -653,7 +711,7 @@ def run_trial(mta_name: str, size: int, args: argparse.Namespace, outdir: Path, 
             if t_ingress is not None and now - max(sink.last_change, t_ingress) > args.stall_timeout:
                 raise BenchError(f"stalled: sink count stuck at {sink.count}/{n} for "
                                  f"{args.stall_timeout}s after smtp-source exited")
-            if mta_name == "nimbus" and mta.proc.poll() is not None:  # type: ignore[union-attr]
+            if mta_name in NIMBUS_MTAS and mta.proc.poll() is not None:  # type: ignore[union-attr]
                 raise BenchError(f"nimbus exited rc={mta.proc.returncode} during the trial")  # type: ignore[union-attr]
         t_done = sink.reached_at or time.monotonic()
         cpu_box1 = box_busy_jiffies()
@@ -690,7 +748,7 @@ def run_trial(mta_name: str, size: int, args: argparse.Namespace, outdir: Path, 
                                             - (ru0.children_user + ru0.children_system)) * 1000 / n, 3),
             "mta_processes_start_end": [nprocs0, nprocs1],
         })
-        if mta_name == "nimbus":
+        if mta_name in NIMBUS_MTAS:
             result["peak_rss_kb"] = result["extra"]["peak_rss_kb"]
         if mta_name == "postfix":
             wait_until(mta.queue_empty, 30, "postfix queue to be empty", interval=0.5)  # type: ignore[union-attr]
@@ -701,7 +759,7 @@ def run_trial(mta_name: str, size: int, args: argparse.Namespace, outdir: Path, 
     except BenchError as exc:
         result["error"] = str(exc)
         log(f"ERROR in {tag}: {exc}")
-        if mta_name == "nimbus" and isinstance(mta, NimbusInstance) and mta.proc and mta.proc.poll() is None:
+        if isinstance(mta, NimbusInstance) and mta.proc and mta.proc.poll() is None:
             result["metrics_at_error"] = mta.metrics()
     finally:
         if source is not None and source.poll() is None:
@@ -724,7 +782,7 @@ def run_trial(mta_name: str, size: int, args: argparse.Namespace, outdir: Path, 
             shutil.rmtree(workdir, ignore_errors=True)
     if result.get("ok") and result.get("sink_final_count", n) != n:
         result["warning"] = f"sink counted {result['sink_final_count']} messages for {n} sent"
-    if mta_name == "nimbus" and result.get("post"):
+    if mta_name in NIMBUS_MTAS and result.get("post"):
         delivered = result["post"]["log_record_types"].get("Delivery", 0)
         if delivered != n:
             result.setdefault("warnings", []).append(f"{delivered} Delivery records for {n} messages")
@@ -741,7 +799,7 @@ def summarize(trials: list[dict[str, Any]], sizes: list[int]) -> list[dict[str, 
     rows = []
     for size in sizes:
         per: dict[str, dict[str, Any]] = {}
-        for mta in ("postfix", "nimbus"):
+        for mta in ("postfix", *NIMBUS_MTAS):
             ok = [t for t in trials if t["mta"] == mta and t["size"] == size and t.get("ok")]
             allt = [t for t in trials if t["mta"] == mta and t["size"] == size]
             if not allt:
@@ -755,19 +813,28 @@ def summarize(trials: list[dict[str, Any]], sizes: list[int]) -> list[dict[str, 
                    "box_cpu": median([t["box_cpu_ms_per_msg"] for t in ok]),
                    "background": median([t["background_box_cpu_pct"] for t in ok]),
                    "peak_rss_mb": (max(t["peak_rss_kb"] for t in ok) / 1024
-                                   if mta == "nimbus" and ok else None)}
+                                   if mta in NIMBUS_MTAS and ok else None)}
             per[mta] = row
             rows.append(row)
-        if "postfix" in per and "nimbus" in per and per["postfix"]["e2e"] and per["nimbus"]["e2e"]:
-            per["nimbus"]["ratio"] = per["nimbus"]["e2e"] / per["postfix"]["e2e"]
-            paired = []
-            for r in sorted({t["run"] for t in trials}):
-                pf = [t for t in trials if t["run"] == r and t["size"] == size and t["mta"] == "postfix" and t.get("ok")]
-                nb = [t for t in trials if t["run"] == r and t["size"] == size and t["mta"] == "nimbus" and t.get("ok")]
-                if pf and nb:
-                    paired.append(nb[0]["e2e_msgs_per_s"] / pf[0]["e2e_msgs_per_s"])
-            per["nimbus"]["paired_ratios"] = paired
+        for mta in NIMBUS_MTAS:
+            add_ratio(per, trials, size, mta, "postfix", "ratio")
+        add_ratio(per, trials, size, "nimbus-dkim", "nimbus", "dkim_ratio")
     return rows
+
+
+def add_ratio(per: dict[str, dict[str, Any]], trials: list[dict[str, Any]], size: int,
+              mta: str, base: str, key: str) -> None:
+    """per[mta][key] = median e2e of mta / of base; per[mta][key + '_paired']: per run."""
+    if not (mta in per and base in per and per[mta]["e2e"] and per[base]["e2e"]):
+        return
+    per[mta][key] = per[mta]["e2e"] / per[base]["e2e"]
+    paired = []
+    for r in sorted({t["run"] for t in trials}):
+        a = [t for t in trials if t["run"] == r and t["size"] == size and t["mta"] == mta and t.get("ok")]
+        b = [t for t in trials if t["run"] == r and t["size"] == size and t["mta"] == base and t.get("ok")]
+        if a and b:
+            paired.append(a[0]["e2e_msgs_per_s"] / b[0]["e2e_msgs_per_s"])
+    per[mta][key + "_paired"] = paired
 
 
 def fmt(x: float | None, spec: str = ".0f") -> str:
@@ -780,8 +847,8 @@ def table_md(rows: list[dict[str, Any]]) -> str:
            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         ratio = ""
-        if r["mta"] == "nimbus" and r.get("ratio") is not None:
-            pr = ", ".join(f"{p:.2f}" for p in r.get("paired_ratios", []))
+        if r["mta"] in NIMBUS_MTAS and r.get("ratio") is not None:
+            pr = ", ".join(f"{p:.2f}" for p in r.get("ratio_paired", []))
             ratio = f"**{r['ratio']:.2f}×** (per run: {pr})"
         rss = f"{r['peak_rss_mb']:.0f} MiB" if r.get("peak_rss_mb") else ""
         e2e = f"**{fmt(r['e2e'])}** ({fmt(r['e2e_min'])}–{fmt(r['e2e_max'])})" if r["e2e"] else "—"
@@ -791,14 +858,15 @@ def table_md(rows: list[dict[str, Any]]) -> str:
 
 
 def table_text(rows: list[dict[str, Any]]) -> str:
-    hdr = f"{'size':>6} {'MTA':8} {'e2e/s':>8} {'(min-max)':>13} {'ingress/s':>9} {'MTAcpu':>7} {'boxcpu':>7} {'ratio':>6} {'RSS MiB':>7} {'bg%':>4} ok"
+    hdr = f"{'size':>6} {'MTA':11} {'e2e/s':>8} {'(min-max)':>13} {'ingress/s':>9} {'MTAcpu':>7} {'boxcpu':>7} {'ratio':>6} {'RSS MiB':>7} {'bg%':>4} ok"
     out = [hdr, "-" * len(hdr)]
     for r in rows:
         rng = f"{fmt(r['e2e_min'])}-{fmt(r['e2e_max'])}" if r["e2e"] else ""
-        out.append(f"{r['size']:>6} {r['mta']:8} {fmt(r['e2e']):>8} {rng:>13} {fmt(r['ingress']):>9} "
+        out.append(f"{r['size']:>6} {r['mta']:11} {fmt(r['e2e']):>8} {rng:>13} {fmt(r['ingress']):>9} "
                    f"{fmt(r['mta_cpu'], '.2f'):>7} {fmt(r['box_cpu'], '.2f'):>7} "
                    f"{fmt(r.get('ratio'), '.2f'):>6} {fmt(r.get('peak_rss_mb'), '.0f'):>7} {fmt(r.get('background')):>4} "
-                   f"{r['trials_ok']}/{r['trials']}")
+                   f"{r['trials_ok']}/{r['trials']}"
+                   + (f"   DKIM on/off {r['dkim_ratio']:.2f}" if r.get("dkim_ratio") else ""))
     return "\n".join(out)
 
 
@@ -842,11 +910,17 @@ Raw per-trial JSON, nimbus stderr logs and Postfix warning lines: `{results_rel}
 {('Problems seen:' + chr(10) + chr(10).join('- ' + p for p in problems)) if problems else 'No trial errors; no warnings or errors in nimbus stderr.'}
 {MD_END}
 """
+    replace_section(path, MD_BEGIN, MD_END, section)
+
+
+def replace_section(path: Path, begin: str, end: str, section: str) -> None:
+    """Put ``section`` (which starts with ``begin`` and ends with ``end``) into ``path``,
+    replacing the previous one between the same markers, else appending it."""
     if path.exists():
         text = path.read_text()
-        if MD_BEGIN in text and MD_END in text:
-            head, rest = text.split(MD_BEGIN, 1)
-            tail = rest.split(MD_END, 1)[1]
+        if begin in text and end in text:
+            head, rest = text.split(begin, 1)
+            tail = rest.split(end, 1)[1]
             text = head + section.rstrip("\n") + tail
         else:
             text = text.rstrip("\n") + "\n\n" + section
@@ -854,6 +928,66 @@ Raw per-trial JSON, nimbus stderr logs and Postfix warning lines: `{results_rel}
         text = ("# Nimbus benchmarks\n\nGenerated sections are rewritten by the script named in "
                 "their heading; edit outside the markers.\n\n" + section)
     path.write_text(text)
+
+
+def table_dkim_md(rows: list[dict[str, Any]]) -> str:
+    """DKIM off vs on, one line per size."""
+    out = ["| size (B) | nimbus e2e msgs/s (DKIM off) | nimbus-dkim e2e msgs/s (DKIM on) "
+           "| on/off e2e | MTA CPU ms/msg off | on (incl. signing worker) | whole-box CPU ms/msg off | on |",
+           "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for size in sorted({r["size"] for r in rows}):
+        off = next((r for r in rows if r["size"] == size and r["mta"] == "nimbus"), None)
+        on = next((r for r in rows if r["size"] == size and r["mta"] == "nimbus-dkim"), None)
+        if off is None or on is None:
+            continue
+        ratio = "—"
+        if on.get("dkim_ratio") is not None:
+            pr = ", ".join(f"{p:.2f}" for p in on.get("dkim_ratio_paired", []))
+            ratio = f"**{on['dkim_ratio']:.2f}×** (per run: {pr})"
+        out.append(f"| {size} | **{fmt(off['e2e'])}** ({fmt(off['e2e_min'])}–{fmt(off['e2e_max'])}) "
+                   f"| **{fmt(on['e2e'])}** ({fmt(on['e2e_min'])}–{fmt(on['e2e_max'])}) | {ratio} "
+                   f"| {fmt(off['mta_cpu'], '.2f')} | {fmt(on['mta_cpu'], '.2f')} "
+                   f"| {fmt(off['box_cpu'], '.2f')} | {fmt(on['box_cpu'], '.2f')} |")
+    return "\n".join(out)
+
+
+def write_dkim_markdown(path: Path, rows: list[dict[str, Any]], info: dict[str, Any],
+                        args: argparse.Namespace, cmds: dict[str, list[str]], results_rel: str,
+                        problems: list[str], started: str) -> None:
+    section = f"""{MD_DKIM_BEGIN}
+## DKIM signing cost: nimbus with DKIM off vs on (bench/run_bench.py --dkim)
+
+Run {started} on `{info['hostname']}`: {info['nproc']} CPUs ({info['cpu_model']}), {info['mem_gib']} GiB,
+kernel {info['kernel']}, Python {info['python']}, Postfix {info['postfix']}, nimbus {info['nimbus']}
+(git `{info['git']}`). Same method as the relay section: {args.messages} messages of
+{', '.join(str(s) for s in args.size_list)} B per trial, {args.sessions} parallel sessions, {args.runs} run(s),
+MTAs {', '.join(args.mta_list)} interleaved (order alternating per run), medians shown; the
+machine is shared and noisy, so compare within this run only. **nimbus-dkim** is the same
+`nimbus mta` with `NIMBUS_POLICY_DIR` set to a policy that signs every message (rsa-sha256,
+2048-bit key from `openssl genrsa -traditional`, relaxed/relaxed, dkimpy's default header list);
+its MTA CPU includes the signing worker process (a child of nimbus). On/off = median
+nimbus-dkim e2e / median nimbus e2e (per-run paired ratios in brackets).
+
+```
+# policy/init.py
+{DKIM_POLICY_INIT.rstrip()}
+# policy/dkim_data.toml
+{DKIM_DATA.rstrip()}
+# nimbus-dkim
+{chr(10).join(cmds['nimbus-dkim'])}
+```
+
+{table_dkim_md(rows)}
+
+All MTAs of the run:
+
+{table_md(rows)}
+
+Raw per-trial JSON and nimbus stderr logs: `{results_rel}/` (not committed).
+{('Problems seen:' + chr(10) + chr(10).join('- ' + p for p in problems)) if problems else 'No trial errors; no warnings or errors in nimbus stderr.'}
+{MD_DKIM_END}
+"""
+    replace_section(path, MD_DKIM_BEGIN, MD_DKIM_END, section)
 
 
 # --------------------------------------------------------------------------- main
@@ -865,7 +999,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sizes", default="4096,40960", help="comma-separated payload sizes for smtp-source -l")
     p.add_argument("--sessions", type=int, default=20, help="smtp-source -s (default 20)")
     p.add_argument("--runs", type=int, default=3, help="interleaved runs per size and MTA (default 3)")
-    p.add_argument("--mtas", default="postfix,nimbus", help="which MTAs (default postfix,nimbus)")
+    p.add_argument("--mtas", default="postfix,nimbus",
+                   help="which MTAs: postfix, nimbus, nimbus-dkim (default postfix,nimbus)")
+    p.add_argument("--dkim", action="store_true",
+                   help="also run nimbus-dkim (signs every message) and write the DKIM section")
     p.add_argument("--reuse-sessions", action="store_true", help="smtp-source -d (reuse sessions)")
     p.add_argument("--postfix-no-log", action="store_true",
                    help="no maillog_file for Postfix (default: log to a file, like a real install)")
@@ -880,8 +1017,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.size_list = [int(s) for s in args.sizes.split(",") if s.strip()]
     args.mta_list = [m.strip() for m in args.mtas.split(",") if m.strip()]
-    if not set(args.mta_list) <= {"postfix", "nimbus"} or not args.mta_list:
-        p.error("--mtas takes postfix and/or nimbus")
+    if args.dkim:
+        args.mta_list += [m for m in NIMBUS_MTAS if m not in args.mta_list]
+    if not set(args.mta_list) <= {"postfix", *NIMBUS_MTAS} or not args.mta_list:
+        p.error("--mtas takes postfix, nimbus and/or nimbus-dkim")
+    args.dkim = "nimbus-dkim" in args.mta_list
     if args.messages < 1 or args.runs < 1 or args.sessions < 1 or not args.size_list:
         p.error("--messages, --runs, --sessions must be positive and --sizes non-empty")
     if not args.trial_timeout:
@@ -941,7 +1081,7 @@ def main(argv: list[str] | None = None) -> int:
                         log(f"run {run_no} size {size} {mta}: e2e {t['e2e_msgs_per_s']}/s "
                             f"ingress {t['ingress_msgs_per_s']}/s MTA cpu {t['mta_cpu_ms_per_msg']} ms/msg "
                             f"box cpu {t['box_cpu_ms_per_msg']} ms/msg"
-                            + (f" peak RSS {t['peak_rss_kb'] // 1024} MiB" if mta == "nimbus" else ""))
+                            + (f" peak RSS {t['peak_rss_kb'] // 1024} MiB" if mta in NIMBUS_MTAS else ""))
                     else:
                         log(f"run {run_no} size {size} {mta}: FAILED: {t.get('error')}")
     except KeyboardInterrupt as exc:
@@ -962,7 +1102,7 @@ def main(argv: list[str] | None = None) -> int:
         if post.get("maillog_problem_lines"):
             problems.append(f"{tag}: {post['maillog_problem_lines']} warning/error lines in Postfix maillog "
                             f"({post['maillog_problems_file']})")
-        if t["mta"] == "nimbus" and post.get("exit_code") not in (0, None):
+        if t["mta"] in NIMBUS_MTAS and post.get("exit_code") not in (0, None):
             problems.append(f"{tag}: nimbus exit code {post['exit_code']} after SIGTERM")
     if etc_before != etc_after:
         problems.append("/etc/postfix changed during the run (it must not)")
@@ -993,12 +1133,19 @@ def main(argv: list[str] | None = None) -> int:
             "postfix": pf.setup_commands(),
             "nimbus": nb.setup_commands(),
         }
+        nd = NimbusInstance(Path("$TMP"), "SINKPORT", outdir, "x", False, dkim=True)  # type: ignore[arg-type]
+        nd.env_settings.update({k: v for k, v in nb.env_settings.items() if k != "NIMBUS_POLICY_DIR"})
+        cmds["nimbus-dkim"] = nd.setup_commands()
         md = Path(args.markdown)
         try:
             rel = str(outdir.relative_to(REPO))
         except ValueError:
             rel = str(outdir)
-        write_markdown(md, rows, info, args, cmds, rel, problems, started.strftime("%Y-%m-%d %H:%M UTC"))
+        when = started.strftime("%Y-%m-%d %H:%M UTC")
+        if args.dkim:  # its own section: the relay section keeps its (bigger) run
+            write_dkim_markdown(md, rows, info, args, cmds, rel, problems, when)
+        else:
+            write_markdown(md, rows, info, args, cmds, rel, problems, when)
         print(f"updated {md}")
     return 1 if interrupted or any(not t.get("ok") for t in trials) else 0
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .config import ConfigError, Settings
 from .delivery.mx import MxResolver
+from .dkim import DkimService
 from .events import PolicyFailure, PolicyLoadError, Registry, Rejected
 from .logs import LogWriter
 from .metrics import Metrics
@@ -83,8 +84,10 @@ class Node:
                                  node_id=settings.effective_node_id, policy=self.policy)
         self.router = Router(settings=settings, policy=self.policy, resolver=self.resolver,
                              spool=self.spool, outcomes=self.outcomes)
+        self.dkim = DkimService()  # one signing process, started on the first dkim_sign
         self.acceptor = Acceptor(spool=self.spool, scheduler=self.scheduler, logs=self.logs,
-                                 policy=self.policy, node_id=settings.effective_node_id)
+                                 policy=self.policy, node_id=settings.effective_node_id,
+                                 dkim=self.dkim)
         self.credentials = Credentials(settings.http.auth_dir or None)
         sessions = self.metrics.connections.labels("esmtp_listener")
         self.smtp = SmtpListener(settings=settings, acceptor=self.acceptor, policy=self.policy,
@@ -145,10 +148,13 @@ class Node:
         log.info("policy reloaded", extra={"reason": reason})
         return True
 
-    async def _watch_policy(self) -> None:
-        """Reload on SIGHUP, or when a file in the policy directory changes."""
+    async def _watch_policy(self, seen: tuple) -> None:
+        """Reload on SIGHUP, or when a file in the policy directory changes.
+
+        seen: the fingerprint of the policy that is running (taken before the node is
+        ready, so an edit made right after readiness is never mistaken for the baseline).
+        """
         interval = self.settings.policy.reload_interval
-        seen = await asyncio.to_thread(_fingerprint, self.settings.policy.dir)
         while True:
             try:
                 async with asyncio.timeout(interval or None):
@@ -169,6 +175,7 @@ class Node:
     async def run(self) -> None:
         """Start everything, serve until ``stop()``, then shut down in order."""
         s = self.settings
+        loaded = await asyncio.to_thread(_fingerprint, s.policy.dir)
         self._registry = self._load()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.logs.run(), name="log-writer")
@@ -176,7 +183,7 @@ class Node:
             await self._init_policy()
             await self._recover()
             scheduler = tg.create_task(self.scheduler.run(), name="scheduler")
-            watcher = tg.create_task(self._watch_policy(), name="policy-watcher")
+            watcher = tg.create_task(self._watch_policy(loaded), name="policy-watcher")
             self.ports["smtp"] = (await self.smtp.start(*parse_hostport(s.smtp.listen)))[1]
             self.acceptor.set_ready()
             log.info("ready", extra={"smtp_port": self.ports["smtp"],
@@ -223,6 +230,7 @@ class Node:
         scheduler.cancel()
         await self.smtp.close()
         await self.http.close()
+        await self.dkim.close()
         await self.spool.close()
         self.logs.close()
         log.info("stopped", extra={"spooled": self.spool.count})

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..dkim import DkimError, DkimService
 from ..events import PolicyFailure, Registry, Rejected
 from ..logs import LogWriter
 from ..message import PolicyMessage
@@ -52,11 +53,14 @@ class Acceptor:
     """The reception half of a node.
 
     policy: returns the current Registry. node_id: for log records.
+    dkim: signs messages whose policy called ``msg.dkim_sign`` (default: a DkimService).
     """
 
     def __init__(self, *, spool: Spool, scheduler: Scheduler, logs: LogWriter,
                  policy: Callable[[], Registry], node_id: str,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 dkim: DkimService | None = None) -> None:
+        self._dkim = DkimService() if dkim is None else dkim
         self._spool = spool
         self._scheduler = scheduler
         self._logs = logs
@@ -86,8 +90,13 @@ class Acceptor:
             pm = PolicyMessage(item.id, item.sender, item.recipient, item.data, item.meta)
             try:
                 await registry.dispatch(event, pm, event_arg)
+                if pm.dkim_requests():  # signed after the event: the bytes are final
+                    pm.set_data(await self._dkim.sign(pm.get_data(), pm.dkim_requests()))
             except (Rejected, PolicyFailure) as exc:
                 results.append(exc)
+                continue
+            except DkimError as exc:
+                results.append(PolicyFailure("dkim_sign", str(exc)))
                 continue
             queue = scheduled_queue_name(pm.recipient(), pm.meta)
             results.append(Accepted(item.id, queue))
