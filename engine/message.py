@@ -31,7 +31,7 @@ class PolicyMessage:
     data: the whole message, CRLF line endings. meta: JSON-able metadata.
     """
 
-    __slots__ = ("_id", "_sender", "_recipient", "_data", "_meta", "_dkim")
+    __slots__ = ("_id", "_sender", "_recipient", "_data", "_meta", "_dkim", "_lines")
 
     def __init__(self, id: str, sender: str, recipient: str, data: bytes,
                  meta: dict[str, Any] | None = None) -> None:
@@ -39,6 +39,7 @@ class PolicyMessage:
         self._sender = sender
         self._recipient = recipient
         self._data = data
+        self._lines: list[bytes] | None = None
         self._meta = dict(meta or {})
         self._dkim: list[Any] = []
 
@@ -72,6 +73,7 @@ class PolicyMessage:
 
     def set_data(self, data: bytes) -> None:
         self._data = data
+        self._lines = None
 
     # -- DKIM --------------------------------------------------------------------
 
@@ -100,6 +102,10 @@ class PolicyMessage:
         return self._data[:m.start()], self._data[m.start():]
 
     def _header_lines(self) -> list[bytes]:
+        """The header block as logical lines (folded continuations kept), parsed once
+        per version of the data: policies read several headers per message."""
+        if self._lines is not None:
+            return self._lines
         head, _ = self._split()
         lines: list[bytes] = []
         for raw in head.split(b"\n"):
@@ -108,6 +114,7 @@ class PolicyMessage:
                 lines[-1] += b"\r\n" + raw
             elif raw:
                 lines.append(raw)
+        self._lines = lines  # callers build new lists from it; never mutated in place
         return lines
 
     def get_all_named_header_values(self, name: str) -> list[str]:
@@ -139,6 +146,7 @@ class PolicyMessage:
         if not rest:
             rest = b"\r\n\r\n"
         self._data = b"\r\n".join(lines) + rest
+        self._lines = None
 
 
     def get_all_headers(self) -> list[tuple[str, str]]:
@@ -196,6 +204,7 @@ class PolicyMessage:
         check_set, fix_set = parse_labels(checks), parse_labels(fixes)
         if fix_set and problems(self._data) & fix_set:
             # All requested fixes: one fix can expose another (re-encoding makes a MIME part).
+            self._lines = None
             self._data = fix(self._data, fix_set, now=time.time(),
                              hostname=str(self._meta.get("hostname") or "localhost"))
         remaining = problems(self._data) & check_set

@@ -22,6 +22,7 @@ Reply codes used here:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ipaddress
 import logging
 import ssl
@@ -196,6 +197,11 @@ class _Session(SMTP):
 class SmtpHandler:
     """aiosmtpd handler hooks."""
 
+    def __dir__(self) -> list[str]:
+        # aiosmtpd looks up handle_*/auth_* hooks with dir()/getmembers() on every new
+        # session; list only those (see _Session.__dir__).
+        return _HANDLER_HOOKS
+
     def __init__(self, *, settings: Settings, acceptor: Acceptor,
                  policy: Callable[[], Registry], draining: Callable[[], bool]) -> None:
         self._settings = settings
@@ -342,6 +348,12 @@ class SmtpHandler:
                 f"\tfor <{recipient}>; {formatdate()}\r\n").encode("utf-8", "replace")
 
 
+_HANDLER_HOOKS = sorted(n for n in vars(SmtpHandler) if n.startswith(("handle_", "auth_")))
+# aiosmtpd calls inspect.signature(handle_EHLO) per session to pick its hook API; a
+# precomputed signature makes that a lookup instead of a parse.
+SmtpHandler.handle_EHLO.__signature__ = inspect.signature(SmtpHandler.handle_EHLO)  # type: ignore[attr-defined]
+
+
 class SmtpListener:
     """One SMTP listening socket and its sessions."""
 
@@ -356,6 +368,7 @@ class SmtpListener:
         self._credentials = credentials
         self._tls = self._tls_context()
         self._hostname = settings.effective_hostname
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
         self.open_sessions = 0
 
@@ -383,7 +396,7 @@ class SmtpListener:
         self.open_sessions += 1
         self._on_connection()
         return _Session(
-            self._handler, hostname=self._hostname, ident="ESMTP Nimbus",
+            self._handler, hostname=self._hostname, ident="ESMTP Nimbus", loop=self._loop,
             data_size_limit=self._settings.smtp.max_message_size, enable_SMTPUTF8=True,
             decode_data=False, tls_context=self._tls, require_starttls=False,
             auth_require_tls=True, authenticator=self._authenticate if self._tls else None,
@@ -394,7 +407,7 @@ class SmtpListener:
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen; returns the bound (host, port) (port 0 picks a free one)."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._protocol, host, port, backlog=1024,
                                                 reuse_address=True)
         sock = self._server.sockets[0].getsockname()
