@@ -29,7 +29,8 @@ from .units import parse_duration, parse_hostport, parse_size
 
 __all__ = [
     "Settings", "SmtpSettings", "HttpSettings", "SpoolSettings", "LogSettings",
-    "PolicySettings", "SinkSettings", "DnsSettings", "DeliverySettings",
+    "PolicySettings", "SinkSettings", "DnsSettings", "DeliverySettings", "RedisSettings",
+    "ClusterSettings", "TsaSettings",
     "load_settings", "dotted_tree", "ConfigError", "BUNDLED_POLICY_DIR",
 ]
 
@@ -66,7 +67,8 @@ class HttpSettings:
     auth_dir: str = _kind("str", "", "basic-auth users: file name = user, content = password")
     max_request_size: int = _kind("size", 20_000_000, "largest inject request body (413 beyond)")
     trusted_hosts: list[str] = _kind("cidrs", ["127.0.0.1/32", "::1/128"],
-                                     "CIDRs trusted for admin and metrics")
+                                     "CIDRs trusted for the admin API")
+    admin_auth_dir: str = _kind("str", "", "admin users (one file per user), besides trusted hosts")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,8 +98,34 @@ class PolicySettings:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SinkSettings:
-    enabled: bool = _kind("bool", False, "deliver every message to endpoint")
-    endpoint: str = _kind("str", "", "sink host:port")
+    # MTA side: the chart's sink toggle.
+    enabled: bool = _kind("bool", False, "MTA: deliver every message to endpoint")
+    endpoint: str = _kind("str", "", "MTA: sink host:port")
+    # The sink service (`nimbus sink`).
+    listen: str = _kind("hostport", "0.0.0.0:2526", "sink service: SMTP listener")
+    http_listen: str = _kind("hostport", "0.0.0.0:8001", "sink service: liveness and metrics")
+    responses: str = _kind("str", "", "sink service: smart-mode TOML (empty: accept all)")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RedisSettings:
+    url: str = _kind("str", "", "shared throttle/TSA store, redis://host:port/db "
+                                "(empty: embedded, this node only)")
+    key_prefix: str = _kind("str", "nimbus", "prefix of every Redis key")
+    timeout: float = _kind("duration", 2.0, "per-command timeout before the local fallback")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterSettings:
+    nodes: int = _kind("int", 1, "MTA nodes sharing the limits; while Redis is down each node "
+                                 "enforces limit / nodes locally")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TsaSettings:
+    listen: str = _kind("hostport", "0.0.0.0:8008", "TSA service: HTTP listener")
+    urls: list[str] = _kind("list", [], "MTA: TSA base URLs to publish log records to")
+    resync_interval: float = _kind("duration", 30.0, "MTA: full resync of TSA actions")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,6 +154,9 @@ class Settings:
     sink: SinkSettings = field(default_factory=SinkSettings)
     dns: DnsSettings = field(default_factory=DnsSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    tsa: TsaSettings = field(default_factory=TsaSettings)
 
     @property
     def effective_node_id(self) -> str:
