@@ -26,7 +26,10 @@ from typing import Any
 
 from pathlib import Path
 
+from .admin import AdminApi, AdminState
+from .admin_ops import AdminOps
 from .config import ConfigError, Settings
+from .controls import Controls
 from .delivery.mx import MxResolver
 from .dkim import DkimService
 from .events import PolicyFailure, PolicyLoadError, Registry, Rejected
@@ -82,8 +85,17 @@ class Node:
         self.outcomes = Outcomes(spool=self.spool, scheduler=self.scheduler, logs=self.logs,
                                  queue_config=self._queue_config,
                                  node_id=settings.effective_node_id, policy=self.policy)
+        self.admin_state = AdminState()
+        self.controls = Controls(self.admin_state)
         self.router = Router(settings=settings, policy=self.policy, resolver=self.resolver,
-                             spool=self.spool, outcomes=self.outcomes)
+                             spool=self.spool, outcomes=self.outcomes, controls=self.controls)
+        ops = AdminOps(scheduler=self.scheduler, router=self.router, spool=self.spool,
+                       outcomes=self.outcomes)
+        self.admin = AdminApi(bounce_now=ops.bounce_now, rebind=ops.rebind,
+                              inspect_message=ops.inspect_message,
+                              inspect_sched_q=ops.inspect_sched_q,
+                              ready_q_states=ops.ready_q_states,
+                              queue_summary=ops.queue_summary, state=self.admin_state)
         self.dkim = DkimService()  # one signing process, started on the first dkim_sign
         self.acceptor = Acceptor(spool=self.spool, scheduler=self.scheduler, logs=self.logs,
                                  policy=self.policy, node_id=settings.effective_node_id,
@@ -94,7 +106,7 @@ class Node:
                                  credentials=self.credentials, on_connection=sessions.inc)
         self.http = HttpListener(build_app(settings=settings, acceptor=self.acceptor,
                                            credentials=self.credentials, metrics_=self.metrics,
-                                           policy=self.policy))
+                                           policy=self.policy, admin=self.admin))
         self.metrics.attach_gauges(self._gauges)
         self.ports: dict[str, int] = {}
         self.ready = asyncio.Event()

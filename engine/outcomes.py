@@ -182,6 +182,19 @@ class Outcomes:
         self._logs.emit(self.record(RecordType.EXPIRATION, msg, EXPIRED, attempt))
         self._spool.remove_nowait([msg.id])
 
+    def admin_bounce(self, msg: Message, reason: str, *, log: bool = True) -> None:
+        """An operator's bounce: AdminBounce 551 5.7.1 (KumoMTA's text), spool entry gone."""
+        if log:
+            response = Response.parse(551, f"5.7.1 Administrator bounced with reason: {reason}")
+            self._logs.emit(self.record(RecordType.ADMIN_BOUNCE, msg, response, Attempt()))
+        self._spool.remove_nowait([msg.id])
+
+    def admin_rebind(self, msg: Message, *, from_queue: str, reason: str) -> None:
+        """An operator moved the message to another queue: AdminRebind record, requeue."""
+        response = Response.parse(250, f"Rebound from {from_queue}: {reason}")
+        self._logs.emit(self.record(RecordType.ADMIN_REBIND, msg, response, Attempt()))
+        self.requeue(msg)
+
     def requeue(self, msg: Message) -> None:
         """Persist the message's new state and put it back in its scheduled queue."""
         self._spool.update_nowait(msg)

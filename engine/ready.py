@@ -22,7 +22,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from .config import Settings
 from .delivery.client import ConnectionLost, DeliveryError, SmtpClientConnection
@@ -31,7 +31,8 @@ from .egress import EgressPathConfig, EgressSource, is_prohibited
 from .events import PolicyFailure, Registry, Rejected
 from .outcomes import Attempt, Outcomes
 from .queue_name import QueueName
-from .records import Message, Response
+from .controls import Controls
+from .records import Message, Response, rfc3339
 from .spool import Spool
 
 __all__ = ["Target", "ReadyQueue", "NoTargetAvailable"]
@@ -64,7 +65,8 @@ class ReadyQueue:
                  source: EgressSource, pool: str, path: EgressPathConfig, settings: Settings,
                  resolver: MxResolver, spool: Spool, outcomes: Outcomes,
                  on_idle: Callable[[ReadyQueue], None],
-                 policy: Callable[[], Registry] = Registry) -> None:
+                 policy: Callable[[], Registry] = Registry,
+                 controls: Controls | None = None, gate: Any = None) -> None:
         self.name = name
         self.site = site
         self.targets = targets
@@ -78,6 +80,10 @@ class ReadyQueue:
         self._outcomes = outcomes
         self._on_idle = on_idle
         self._policy = policy
+        self._controls = controls
+        self._gate = gate
+        self.states: dict[str, dict[str, str]] = {}
+        """Why this queue is waiting (KumoMTA's ready-q-states): state -> {context, since}."""
         self.queue: deque[Message] = deque()
         self._waiters: deque[asyncio.Future[Message]] = deque()
         self._conns: set[asyncio.Task] = set()
@@ -127,9 +133,31 @@ class ReadyQueue:
             self._conns.add(task)
             self._idle.clear()
 
+    def _suspension(self) -> Any:
+        if self._controls is None:
+            return None
+        return self._controls.ready_suspended(self.name, self.source.name, self.site, time.time())
+
+    def _set_state(self, state: str, context: str | None) -> None:
+        if context is None:
+            self.states.pop(state, None)
+        elif state not in self.states:
+            self.states[state] = {"context": context, "since": rfc3339(time.time())}
+
+    def _hold_all(self, hold: Any) -> None:
+        """Suspended: everything waiting goes back to its scheduled queue until the end."""
+        delay = max(1.0, hold.expires - time.time())
+        while self.queue:
+            self._outcomes.delay(self.queue.popleft(), delay)
+
     async def _next(self, timeout: float) -> Message | None:
         if self._stopping:
             return None  # draining: the rest stays spooled for the next start
+        hold = self._suspension()
+        self._set_state("suspended", hold.reason if hold else None)
+        if hold is not None:
+            self._hold_all(hold)
+            return None
         if self.queue:
             return self.queue.popleft()
         waiter: asyncio.Future[Message] = asyncio.get_running_loop().create_future()

@@ -158,6 +158,7 @@ class RecordType(StrEnum):
     BOUNCE = "Bounce"
     EXPIRATION = "Expiration"
     ADMIN_BOUNCE = "AdminBounce"
+    ADMIN_REBIND = "AdminRebind"
     REJECTION = "Rejection"
 
 

@@ -16,12 +16,15 @@ RFC 7505 require.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
+from .admin import AdminState
 from .config import Settings
+from .controls import Controls
 from .delivery.mx import MxError, MxResolver
 from .egress import DEFAULT_POOL, EgressPathConfig, EgressPool, EgressSource
 from .events import PolicyFailure, Registry
@@ -114,12 +117,15 @@ class Router:
     """
 
     def __init__(self, *, settings: Settings, policy: Callable[[], Registry],
-                 resolver: MxResolver, spool: Spool, outcomes: Outcomes) -> None:
+                 resolver: MxResolver, spool: Spool, outcomes: Outcomes,
+                 controls: Controls | None = None, gate: Any = None) -> None:
         self._settings = settings
         self._policy = policy
         self._resolver = resolver
         self._spool = spool
         self._outcomes = outcomes
+        self._controls = controls or Controls(AdminState())
+        self._gate = gate
         self._pending: dict[str, list[Message]] = {}
         self._tasks: set[asyncio.Task] = set()
         self._queue_configs: dict[str, tuple[float, QueueConfig]] = {}
@@ -213,7 +219,26 @@ class Router:
                     await self._outcomes.transient(msg, response, Attempt())
         self._pending.pop(queue, None)
 
+    def _held(self, queue: str, batch: list[Message]) -> list[Message]:
+        """Apply operator/TSA bounces and suspensions; returns the messages still to route."""
+        now = time.time()
+        bounce = self._controls.bounce(queue, now)
+        if bounce is not None:
+            reason, log_it = bounce
+            for msg in batch:
+                self._outcomes.admin_bounce(msg, reason, log=log_it)
+            return []
+        hold = self._controls.suspended(queue, now)
+        if hold is not None:
+            for msg in batch:
+                self._outcomes.delay(msg, max(1.0, hold.expires - now))
+            return []
+        return batch
+
     async def _route_batch(self, queue: str, batch: list[Message]) -> None:
+        batch = self._held(queue, batch)
+        if not batch:
+            return
         cfg = await self.queue_config(queue)
         q = QueueName.parse(queue)
         sink = self._settings.sink.endpoint if self._settings.sink.enabled else None
@@ -244,9 +269,16 @@ class Router:
         site = f"mx_list:{sink}" if sink else (
             "mx_list:" + ",".join(cfg.mx_list) if cfg.mx_list else mx.site_name)
         path = await self._path(q.destination, source.name, site)
+        overrides = self._controls.path_overrides(q.destination, site, source.name, time.time())
+        if overrides:
+            path = dataclasses.replace(path, **overrides)
         name = ready_queue_name(source.name, site)
+        hold = self._controls.ready_suspended(name, source.name, site, time.time())
+        if hold is not None:
+            self._outcomes.delay(msg, max(1.0, hold.expires - time.time()))
+            return
         ready = self.ready.get(name)
-        if ready is None or ready.path is not path:
+        if ready is None or ready.path != path:
             dest = destination_for(sink_endpoint=sink, mx_list=cfg.mx_list,
                                    mx_hosts=mx.hosts if mx else None,
                                    mx_site=mx.site_name if mx else None, smtp_port=path.smtp_port)
@@ -255,7 +287,8 @@ class Router:
                     name=name, site=dest.site, targets=dest.targets, explicit=dest.explicit,
                     source=source, pool=cfg.egress_pool or DEFAULT_POOL.name, path=path,
                     settings=self._settings, resolver=self._resolver, spool=self._spool,
-                    outcomes=self._outcomes, on_idle=self._forget, policy=self._policy)
+                    outcomes=self._outcomes, on_idle=self._forget, policy=self._policy,
+                    controls=self._controls, gate=self._gate)
                 self.ready[name] = ready
             else:
                 ready.reconfigure(path=path, targets=dest.targets)

@@ -31,6 +31,7 @@ from ..events import PolicyFailure, Registry, Rejected
 from ..records import PeerAddress
 from ..spool import SpoolError, SpoolFull
 from .accept import Accepted, Acceptor, Incoming
+from .admin_http import add_admin_routes
 from .auth import Credentials, MalformedAuthorization, parse_basic
 from .inject import (InjectError, RequestInvalid, TemplateFailed, Templates, build_message,
                      parse_request)
@@ -195,7 +196,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def build_app(*, settings: Settings, acceptor: Acceptor, credentials: Credentials,
-              metrics_: object, policy: Callable[[], Registry]) -> web.Application:
+              metrics_: object, policy: Callable[[], Registry],
+              admin: Any = None) -> web.Application:
     # Our own cap (_read_capped) applies to inject; aiohttp's client_max_size is set
     # just above it so other routes stay bounded too.
     app = web.Application(client_max_size=settings.http.max_request_size + 1)
@@ -208,6 +210,8 @@ def build_app(*, settings: Settings, acceptor: Acceptor, credentials: Credential
     app.router.add_post("/api/inject/v1", inject_v1)
     app.router.add_get("/api/check-liveness/v1", check_liveness_v1)
     app.router.add_get("/metrics", metrics)
+    if admin is not None:
+        add_admin_routes(app, admin=admin, settings=settings)
     return app
 
 
