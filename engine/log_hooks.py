@@ -1,0 +1,632 @@
+"""Log hooks: durable webhook publishing of log records (TSA and ``new_json``-style hooks).
+
+Exports:
+    LogHook            one webhook: URL, record types, batching, timeouts, backoff, cap
+    LogHookPublisher   takes records from a LogWriter, persists them, POSTs them in batches
+    tsa_hooks(urls)    one hook per TSA base URL (``<url>/publish_log_v1``)
+    backoff_delay      the retry schedule (pure)
+
+Flow (KumoMTA ``configure_log_hook`` + ``log_hooks:new_json``, reference §7):
+
+    LogWriter.emit -> on_record callback: drop LogRecord-origin records (no loops),
+        keep the hooks whose record_types match; append to an in-memory list
+    persister task: should_enqueue_log_record(msg, hook_name) per (record, hook)
+        (False -> skip; None or a policy error -> keep), then ONE SQLite
+        transaction for everything gathered since the last one
+    sender task per hook: up to batch_size rows in seq order -> one POST of a JSON
+        array; rows are deleted only after a 2xx, otherwise the same batch is
+        retried with capped, jittered exponential backoff (never dropped)
+
+Durability: ``db_path`` is an SQLite database in WAL mode with ``synchronous=NORMAL``
+(table ``pending(seq, hook, json)``). A committed record survives a crash or
+``kill -9`` of the MTA (the WAL is in the OS page cache); the last transactions
+may be lost on an OS crash or power cut. Records still in memory (emitted but not
+yet committed: one event-loop batch) are lost on a crash; ``close()`` commits them.
+Pending rows are resumed at start-up. Delivery is at-least-once: a batch POSTed
+just before a crash is POSTed again. One thread owns the connection and runs every
+read and write, so the event loop never blocks on disk. Rows of a hook that is no
+longer configured are kept (and reported at start-up). Only one node may use a
+database: the node keeps it inside its locked spool directory.
+
+Bounded disk: when more than ``max_pending`` rows wait for a hook (its endpoint
+has been down for long), the oldest are deleted, with a warning and the
+``dropped`` counter. At the default 1,000,000 rows of ~1 KB that is ~1 GB.
+A non-2xx answer is retried like a network error, so a poison batch blocks its
+hook until the endpoint accepts it or the cap drops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import random
+import sqlite3
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Awaitable, Callable, Iterable, Mapping
+
+import aiohttp
+
+from .events import PolicyFailure, Registry, Rejected
+from .message import PolicyMessage
+from .records import LogRecord, RecordType
+
+__all__ = ["LogHook", "LogHookPublisher", "Transport", "backoff_delay", "tsa_hooks"]
+
+log = logging.getLogger("nimbus.log_hooks")
+
+SHOULD_ENQUEUE = "should_enqueue_log_record"
+TSA_RECORD_TYPES = frozenset({RecordType.TRANSIENT_FAILURE, RecordType.BOUNCE,
+                              RecordType.EXPIRATION})
+
+Transport = Callable[["LogHook", bytes], Awaitable[int]]
+"""POSTs a body for a hook and returns the HTTP status; raises on network errors."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogHook:
+    """One webhook.
+
+    name: unique; the ``hook_name`` policy sees and the key of persisted rows.
+    url: where batches are POSTed as a JSON array (``Content-Type: application/json``).
+    record_types: type names to publish, or None for every type.
+    batch_size: most records per POST. max_latency: seconds a partial batch waits.
+    headers: extra request headers. timeout: seconds per POST.
+    backoff_base / backoff_max: retry delay after the first failure / its cap (seconds).
+    max_pending: rows kept for this hook before the oldest are dropped.
+    """
+
+    name: str
+    url: str
+    record_types: frozenset[str] | None = None
+    batch_size: int = 100
+    max_latency: float = 1.0
+    headers: Mapping[str, str] = field(default_factory=dict)
+    timeout: float = 10.0
+    backoff_base: float = 1.0
+    backoff_max: float = 60.0
+    max_pending: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("log hook name must not be empty")
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"log hook {self.name!r}: url must be http(s), got {self.url!r}")
+        if self.batch_size < 1 or self.max_pending < 1:
+            raise ValueError(f"log hook {self.name!r}: batch_size and max_pending must be >= 1")
+        if self.max_latency < 0 or self.timeout <= 0:
+            raise ValueError(f"log hook {self.name!r}: max_latency >= 0 and timeout > 0")
+        if not 0 < self.backoff_base <= self.backoff_max:
+            raise ValueError(f"log hook {self.name!r}: need 0 < backoff_base <= backoff_max")
+        if self.record_types is not None:
+            object.__setattr__(self, "record_types", frozenset(str(t) for t in self.record_types))
+        object.__setattr__(self, "headers", MappingProxyType(dict(self.headers)))
+
+    def wants(self, record: LogRecord) -> bool:
+        return self.record_types is None or str(record.type) in self.record_types
+
+
+def tsa_hooks(urls: Iterable[str]) -> list[LogHook]:
+    """One hook per TSA base URL, publishing the records automation rules match.
+
+    KumoMTA's ``shaping.lua`` disables Reception, Delayed, Rejection, rebind and
+    transfer records for TSA; rules act on failures, so Nimbus sends only those.
+    """
+    return [LogHook(name=f"tsa:{url}", url=url.rstrip("/") + "/publish_log_v1",
+                    record_types=TSA_RECORD_TYPES) for url in urls]
+
+
+def backoff_delay(failures: int, *, base: float, cap: float, rand: float) -> float:
+    """Seconds to wait after the ``failures``-th consecutive failure (1-based).
+
+    The delay doubles from ``base`` up to ``cap``; ``rand`` in [0, 1) then picks a
+    point in [d/2, d) ("equal jitter") so nodes retrying one endpoint spread out.
+    """
+    d = min(cap, base * 2.0 ** min(max(failures, 1) - 1, 64))
+    return d / 2 + d / 2 * rand
+
+
+# -- the database and its thread ------------------------------------------------------
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pending (seq INTEGER PRIMARY KEY, hook TEXT NOT NULL,
+                                    json TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS pending_hook_seq ON pending (hook, seq);
+"""
+
+
+def _dump(payload: LogRecord | str, memo: dict[int, str]) -> str:
+    if isinstance(payload, str):
+        return payload
+    text = memo.get(id(payload))
+    if text is None:
+        text = memo[id(payload)] = json.dumps(payload.to_json(), separators=(",", ":"))
+    return text
+
+
+def _insert(rows: list[tuple[str, LogRecord | str]], conn: sqlite3.Connection) -> int:
+    memo: dict[int, str] = {}
+    conn.executemany("INSERT INTO pending (hook, json) VALUES (?, ?)",
+                     [(hook, _dump(p, memo)) for hook, p in rows])
+    return len(rows)
+
+
+def _trim(hook: str, count: int, above: int, conn: sqlite3.Connection) -> int:
+    return conn.execute("DELETE FROM pending WHERE seq IN (SELECT seq FROM pending "
+                        "WHERE hook = ? AND seq > ? ORDER BY seq LIMIT ?)",
+                        (hook, above, count)).rowcount
+
+
+def _read(hook: str, limit: int, conn: sqlite3.Connection) -> list[tuple[int, str]]:
+    return conn.execute("SELECT seq, json FROM pending WHERE hook = ? ORDER BY seq LIMIT ?",
+                        (hook, limit)).fetchall()
+
+
+def _delete(hook: str, upto: int, conn: sqlite3.Connection) -> int:
+    return conn.execute("DELETE FROM pending WHERE hook = ? AND seq <= ?", (hook, upto)).rowcount
+
+
+Op = Callable[[sqlite3.Connection], Any]
+
+
+class _Store:
+    """The SQLite file and the one thread that runs every statement on it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def open(self) -> dict[str, int]:
+        """Open (or re-create a corrupt) database, start the thread; pending rows per hook."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = self._connect()
+        except sqlite3.DatabaseError as exc:
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            log.critical("log hook database unreadable; moved aside",
+                         extra={"path": str(self.path), "moved_to": str(aside), "error": str(exc)})
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(str(self.path) + suffix)
+                if src.exists():
+                    src.rename(Path(str(aside) + suffix))
+            conn = self._connect()
+        counts = dict(conn.execute("SELECT hook, count(*) FROM pending GROUP BY hook"))
+        self._thread = threading.Thread(target=self._loop, args=(conn,),
+                                        name="nimbus-loghooks-db", daemon=True)
+        self._thread.start()
+        return counts
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               timeout=30)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # survives kill -9, not an OS crash
+            conn.executescript(_SCHEMA)
+        except sqlite3.DatabaseError:
+            conn.close()
+            raise
+        return conn
+
+    async def run(self, *ops: Op) -> list[Any]:
+        """Run ``ops`` in the next transaction (shared with other waiting requests)."""
+        if self._thread is None:
+            raise RuntimeError("log hook database is not open")
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._requests.put((ops, loop, fut))
+        return await fut
+
+    async def close(self) -> None:
+        if self._thread is not None:
+            self._requests.put(None)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+
+    def _loop(self, conn: sqlite3.Connection) -> None:
+        try:
+            while True:
+                batch = [self._requests.get()]
+                while True:
+                    try:
+                        batch.append(self._requests.get_nowait())
+                    except queue.Empty:
+                        break
+                work = [b for b in batch if b is not None]
+                if work:
+                    self._commit(conn, work)
+                if len(work) < len(batch):
+                    return
+        finally:
+            conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[tuple]) -> None:
+        """One transaction for the batch; if it fails, each request alone (own error)."""
+        try:
+            outcomes = [(loop, fut, res, None) for (_, loop, fut), res
+                        in zip(batch, self._transaction(conn, [ops for ops, _, _ in batch]))]
+        except Exception:  # isolate the failing request below
+            outcomes = []
+            for ops, loop, fut in batch:
+                try:
+                    outcomes.append((loop, fut, self._transaction(conn, [ops])[0], None))
+                except Exception as exc:  # handed to the awaiting task
+                    outcomes.append((loop, fut, None, exc))
+        for loop, fut, res, err in outcomes:
+            try:
+                loop.call_soon_threadsafe(_resolve, fut, res, err)
+            except RuntimeError:  # that loop is closed: nobody is waiting any more
+                pass
+
+    @staticmethod
+    def _transaction(conn: sqlite3.Connection, requests: list[tuple[Op, ...]]) -> list[list]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            results = [[op(conn) for op in ops] for ops in requests]
+            conn.execute("COMMIT")
+            return results
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+
+def _resolve(fut: asyncio.Future, result: Any, err: BaseException | None) -> None:
+    if fut.done():
+        return
+    if err is None:
+        fut.set_result(result)
+    else:
+        fut.set_exception(err)
+
+
+# -- the publisher --------------------------------------------------------------------
+
+@dataclass(slots=True)
+class _HookState:
+    """A hook's counters and what its sender waits on (event-loop only)."""
+
+    pending: int = 0
+    sent: int = 0
+    batches: int = 0
+    failed_attempts: int = 0
+    dropped: int = 0
+    skipped_by_policy: int = 0
+    inflight_upto: int = 0  # highest seq being POSTed (the cap never drops those)
+    busy: bool = False  # a POST and its bookkeeping are under way: close() lets it end
+    dropping: bool = False
+    arrivals: deque[list[float]] = field(default_factory=deque)  # [count, loop time]
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def added(self, count: int, now: float) -> None:
+        self.pending += count
+        self.arrivals.append([count, now])
+        self.wake.set()
+
+    def removed(self, count: int) -> None:
+        """Forget ``count`` of the oldest pending rows (sent or dropped)."""
+        self.pending = max(0, self.pending - count)
+        while count > 0 and self.arrivals:
+            head = self.arrivals[0]
+            taken = min(count, int(head[0]))
+            head[0] -= taken
+            count -= taken
+            if head[0] <= 0:
+                self.arrivals.popleft()
+
+
+class LogHookPublisher:
+    """Persists records for each hook and POSTs them in batches.
+
+    hooks: the webhooks (unique names). db_path: the SQLite file (``<spool>/loghooks.db``).
+    policy: returns the current policy Registry (for ``should_enqueue_log_record``), or None.
+    transport: POSTs a body, returns the status (tests); None = aiohttp.
+    rand: jitter source in [0, 1) for the backoff.
+    """
+
+    def __init__(self, hooks: Iterable[LogHook], *, db_path: str | Path,
+                 policy: Callable[[], Registry] | None = None,
+                 transport: Transport | None = None,
+                 rand: Callable[[], float] = random.random) -> None:
+        self._hook_list = tuple(hooks)
+        self.hooks = {h.name: h for h in self._hook_list}
+        if len(self.hooks) != len(self._hook_list):
+            raise ValueError("log hook names must be unique")
+        self._policy = policy
+        self._transport = transport
+        self._rand = rand
+        self._store = _Store(Path(db_path))
+        self._state = {name: _HookState() for name in self.hooks}
+        self._incoming: list[tuple[LogRecord, tuple[LogHook, ...]]] = []
+        self._wake = asyncio.Event()
+        self._persist_lock = asyncio.Lock()
+        self._open_lock = asyncio.Lock()
+        self._opened = False
+        self._attached = False
+        self._closing = False
+        self._running = False
+        self._stopped = asyncio.Event()
+        self.refused_after_close = 0
+
+    # -- intake (synchronous, on the loop) ------------------------------------------
+
+    def attach(self, log_writer: Any) -> None:
+        """Receive every record ``log_writer`` emits from now on."""
+        if not self._attached:
+            self._attached = True
+            log_writer.on_record(self.offer)
+
+    def offer(self, record: LogRecord) -> None:
+        """Take one record: cheap filtering only; persisting happens in ``run``."""
+        if record.reception_protocol == "LogRecord":  # made by a log hook: never loop
+            return
+        hooks = tuple(h for h in self._hook_list if h.wants(record))
+        if not hooks:
+            return
+        if self._closing:
+            self.refused_after_close += 1
+            return
+        self._incoming.append((record, hooks))
+        self._wake.set()
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the database and resume pending rows (``run`` calls it)."""
+        async with self._open_lock:
+            if self._opened:
+                return
+            counts = await asyncio.to_thread(self._store.open)
+            self._opened = True
+        for name, n in counts.items():
+            if name in self._state:
+                self._state[name].added(n, float("-inf"))  # overdue: send at once
+            else:
+                log.warning("log hook rows for an unconfigured hook kept",
+                            extra={"hook": name, "rows": n})
+
+    async def run(self) -> None:
+        """Persist records and run one sender per hook until ``close()``; cancellable."""
+        if self._closing:
+            return
+        self._running = True
+        self._stopped.clear()
+        try:
+            await self.open()
+            session = aiohttp.ClientSession() if self._transport is None else None
+            transport = self._transport or partial(_post, session)
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    senders = [tg.create_task(self._send_loop(h, transport),
+                                              name=f"log-hook:{h.name}")
+                               for h in self._hook_list]
+                    await self._persist_loop()
+                    for h, task in zip(self._hook_list, senders):
+                        if not self._state[h.name].busy:  # busy ones stop after the POST
+                            task.cancel()
+            finally:
+                if session is not None:
+                    await session.close()
+        finally:
+            self._running = False
+            self._stopped.set()
+
+    async def close(self) -> None:
+        """Stop accepting, commit what is queued, stop the senders, close the database.
+
+        A POST under way may finish (at most its hook's ``timeout``) so an accepted
+        batch is not sent again; rows not yet delivered stay for the next start.
+        """
+        self._closing = True
+        self._wake.set()
+        if self._running:
+            await self._stopped.wait()
+        if self._incoming:
+            await self.flush()
+        await self._store.close()
+
+    async def flush(self) -> None:
+        """Return once every record offered so far is committed (or skipped by policy)."""
+        await self.open()
+        async with self._persist_lock:
+            failures = 0
+            while self._incoming:
+                batch, self._incoming = self._incoming, []
+                rows = await self._decide(batch)
+                while rows:
+                    try:
+                        await self._store_rows(rows)
+                        break
+                    except sqlite3.Error as exc:  # disk trouble: keep retrying
+                        failures += 1
+                        if self._closing:
+                            log.error("log hook records lost: database write failed at close",
+                                      extra={"records": len(rows), "error": str(exc)})
+                            break
+                        if failures == 1:
+                            log.error("log hook database write failed; retrying",
+                                      extra={"records": len(rows), "error": str(exc)})
+                        await asyncio.sleep(backoff_delay(failures, base=0.5, cap=5.0,
+                                                          rand=self._rand()))
+                    except (TypeError, ValueError):  # a record JSON cannot hold: a bug
+                        log.exception("log hook records dropped: not serialisable",
+                                      extra={"records": len(rows)})
+                        break
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per hook: pending, sent (records), batches, failed_attempts, dropped,
+        skipped_by_policy."""
+        return {name: {"pending": s.pending, "sent": s.sent, "batches": s.batches,
+                       "failed_attempts": s.failed_attempts, "dropped": s.dropped,
+                       "skipped_by_policy": s.skipped_by_policy}
+                for name, s in self._state.items()}
+
+    # -- persisting -----------------------------------------------------------------
+
+    async def _persist_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self.flush()
+            if self._closing:
+                return
+
+    async def _decide(self, batch: list[tuple[LogRecord, tuple[LogHook, ...]]]
+                      ) -> list[tuple[str, LogRecord | str]]:
+        """(hook name, payload) rows to store, in order, after the policy's say."""
+        try:
+            registry = self._policy() if self._policy is not None else None
+        except Exception:  # no policy is better than losing records
+            log.exception("log hook policy unavailable; records kept")
+            registry = None
+        if registry is None or not registry.has(SHOULD_ENQUEUE):
+            return [(h.name, rec) for rec, hooks in batch for h in hooks]
+        pairs = [(rec, json.dumps(rec.to_json(), separators=(",", ":")), h)
+                 for rec, hooks in batch for h in hooks]
+        keep = await asyncio.gather(*(self._should_enqueue(registry, rec, text, h)
+                                      for rec, text, h in pairs))
+        return [(h.name, text) for (_, text, h), ok in zip(pairs, keep) if ok]
+
+    async def _should_enqueue(self, registry: Registry, record: LogRecord, text: str,
+                              hook: LogHook) -> bool:
+        rcpt = record.recipient if isinstance(record.recipient, str) else \
+            (record.recipient[0] if record.recipient else "")
+        msg = PolicyMessage(record.id, record.sender, rcpt, text.encode(),
+                            {"log_record": record.to_json()})
+        try:
+            verdict = await registry.dispatch(SHOULD_ENQUEUE, msg, hook.name)
+        except Rejected:
+            verdict = False
+        except PolicyFailure:  # already logged by dispatch; keep the record
+            verdict = None
+        if verdict is False:
+            self._state[hook.name].skipped_by_policy += 1
+            return False
+        return True
+
+    async def _store_rows(self, rows: list[tuple[str, LogRecord | str]]) -> None:
+        counts = Counter(name for name, _ in rows)
+        ops: list[Op] = [partial(_insert, rows)]
+        trimmed: list[str] = []
+        for name, n in counts.items():
+            st = self._state[name]
+            excess = st.pending + n - self.hooks[name].max_pending
+            if excess > 0:
+                ops.append(partial(_trim, name, excess, st.inflight_upto))
+                trimmed.append(name)
+        results = await self._store.run(*ops)
+        now = asyncio.get_running_loop().time()
+        for name, n in counts.items():
+            self._state[name].added(n, now)
+        for name, dropped in zip(trimmed, results[1:]):
+            st = self._state[name]
+            st.removed(dropped)
+            st.dropped += dropped
+            if dropped and not st.dropping:
+                st.dropping = True
+                log.warning("log hook backlog over max_pending; oldest records dropped",
+                            extra={"hook": name, "max_pending": self.hooks[name].max_pending,
+                                   "dropped": dropped})
+
+    # -- sending --------------------------------------------------------------------
+
+    async def _send_loop(self, hook: LogHook, transport: Transport) -> None:
+        st = self._state[hook.name]
+        while not self._closing:
+            await self._wait_for_batch(hook, st)
+            try:
+                if not await self._send_batch(hook, st, transport):
+                    return
+            except sqlite3.Error as exc:  # disk trouble: a re-sent batch, never a loss
+                log.error("log hook database failed; retrying", extra={
+                    "hook": hook.name, "error": str(exc)})
+                await asyncio.sleep(hook.backoff_max)
+
+    async def _send_batch(self, hook: LogHook, st: _HookState, transport: Transport) -> bool:
+        """Read, POST and delete one batch; False when close() interrupted it."""
+        rows = (await self._store.run(partial(_read, hook.name, hook.batch_size)))[0]
+        if not rows:  # the cap dropped them meanwhile
+            st.removed(st.pending)
+            return True
+        st.inflight_upto = rows[-1][0]
+        body = ("[" + ",".join(text for _, text in rows) + "]").encode()
+        try:
+            st.busy = True
+            if not await self._deliver(hook, st, transport, body):
+                return False
+            deleted = (await self._store.run(partial(_delete, hook.name, rows[-1][0])))[0]
+        finally:
+            st.busy = False
+            st.inflight_upto = 0
+        st.removed(deleted)
+        st.sent += len(rows)
+        st.batches += 1
+        st.dropping = False
+        return True
+
+    async def _wait_for_batch(self, hook: LogHook, st: _HookState) -> None:
+        """Until ``batch_size`` rows wait, or the oldest has waited ``max_latency``."""
+        loop = asyncio.get_running_loop()
+        while True:
+            st.wake.clear()
+            if st.pending >= hook.batch_size:
+                return
+            if st.pending > 0:
+                oldest = st.arrivals[0][1] if st.arrivals else float("-inf")
+                remaining = oldest + hook.max_latency - loop.time()
+                if remaining <= 0:
+                    return
+                try:
+                    async with asyncio.timeout(remaining):
+                        await st.wake.wait()
+                except TimeoutError:
+                    return
+            else:
+                await st.wake.wait()
+
+    async def _deliver(self, hook: LogHook, st: _HookState, transport: Transport,
+                       body: bytes) -> bool:
+        """POST ``body`` until a 2xx (True) or a failure during close (False).
+
+        Logs the first failure of a streak and the recovery.
+        """
+        failures = 0
+        while True:
+            try:
+                status = await transport(hook, body)
+                reason = f"HTTP {status}"
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                status, reason = 0, f"{type(exc).__name__}: {exc}"
+            if 200 <= status < 300:
+                if failures:
+                    log.info("log hook delivering again",
+                             extra={"hook": hook.name, "failed_attempts": failures})
+                return True
+            failures += 1
+            st.failed_attempts += 1
+            if failures == 1:
+                log.warning("log hook delivery failed; retrying with backoff",
+                            extra={"hook": hook.name, "url": hook.url, "reason": reason,
+                                   "pending": st.pending})
+            if self._closing:
+                return False
+            st.busy = False  # close() may cancel the backoff
+            await asyncio.sleep(backoff_delay(failures, base=hook.backoff_base,
+                                              cap=hook.backoff_max, rand=self._rand()))
+            st.busy = True
+
+
+async def _post(session: aiohttp.ClientSession, hook: LogHook, body: bytes) -> int:
+    headers = {"Content-Type": "application/json", **hook.headers}
+    async with asyncio.timeout(hook.timeout):
+        async with session.post(hook.url, data=body, headers=headers) as resp:
+            await resp.read()
+            return resp.status
