@@ -1,0 +1,101 @@
+"""Nimbus default policy: KumoMTA's policy-extras, wired together, in Python.
+
+The node loads this module and calls ``register(nimbus)``; handlers are registered
+explicitly with ``@nimbus.on(event)`` (event names: engine/events.py). Everything here
+is driven by the TOML files next to it, in KumoMTA's formats:
+
+    queues.toml       tenant/campaign headers -> queue, per-queue retry/expiry/pool
+    sources.toml      egress sources and weighted pools
+    shaping.toml      per-destination delivery limits, provider rules, TSA automation
+    dkim_data.toml    DKIM signing keys per From domain (none active by default)
+    bounce_rules.toml bounce classification of log records
+
+Edit any of them (or this file) and the node reloads within seconds (or on SIGHUP);
+a broken edit is refused and the running policy stays. ``nimbus validate`` checks
+them without starting a node.
+"""
+
+import asyncio
+
+from engine.helpers.dkim_data import DkimData
+from engine.helpers.queues import QueueHelper
+from engine.helpers.shaping import Shaping, resolve
+from engine.helpers.sources import SourcesHelper
+
+ROLLUP_LOOKUP_TIMEOUT = 10.0
+"""Longest start-up wait for the MX lookups that key mx_rollup shaping blocks."""
+
+
+def register(nimbus):
+    queues = QueueHelper.load(nimbus.path("queues.toml"))
+    sources = SourcesHelper.load(nimbus.path("sources.toml"))
+    shaping = Shaping.load([nimbus.path("shaping.toml")])
+    dkim = DkimData.load(nimbus.path("dkim_data.toml"))
+    nimbus.configure_bounce_classifier(["bounce_rules.toml"])
+    sources.validate((), referenced_pools=queues.egress_pools())
+    # KumoMTA's helper refuses mail without a From header (552 5.6.0) because it signs by
+    # the From domain; with nothing to sign with, there is no reason to refuse anything.
+    signing = bool(dkim.domains or dkim.additional)
+    site_of = {}  # shaping domain -> its MX site name (for mx_rollup blocks)
+
+    def sink_mode():
+        settings = nimbus.settings
+        return settings is not None and settings.sink.enabled
+
+    @nimbus.on("init")
+    async def resolve_rollup_sites():
+        """Key mx_rollup shaping blocks by their MX site name (as KumoMTA's loader does).
+        A domain whose lookup fails simply applies nowhere until the next reload."""
+        domains = shaping.rollup_domains()
+        if not domains or sink_mode():
+            return
+
+        async def lookup(domain):
+            try:
+                site_of[domain] = (await nimbus.resolve_mx(domain)).site_name
+            except Exception:  # DNS failure or null MX: KumoMTA's dns_fail/null_mx=Ignore
+                pass
+
+        try:
+            async with asyncio.timeout(ROLLUP_LOOKUP_TIMEOUT):
+                await asyncio.gather(*(lookup(d) for d in domains))
+        except TimeoutError:
+            pass
+
+    def received(msg):
+        queues.apply(msg)  # tenant/campaign from headers; unknown tenant -> 500
+        if signing:
+            dkim.sign(msg)  # recorded now, signed after the event returns, off the loop
+
+    @nimbus.on("smtp_server_message_received")
+    def smtp_message(msg, conn_meta):
+        received(msg)
+
+    @nimbus.on("http_message_generated")
+    def http_message(msg, auth_info):
+        received(msg)
+
+    @nimbus.on("get_queue_config")
+    def queue_config(domain, tenant, campaign, routing_domain):
+        return queues.queue_config(domain, tenant, campaign, routing_domain)
+
+    @nimbus.on("get_egress_source")
+    def egress_source(name):
+        return sources.source(name)
+
+    @nimbus.on("get_egress_pool")
+    def egress_pool(name):
+        return sources.pool(name)
+
+    @nimbus.on("get_egress_path_config")
+    async def egress_path(routing_domain, egress_source, site_name):
+        mx_hosts = ()
+        if not site_name.startswith("mx_list:"):
+            # Provider rules match on every MX host; the node's resolver cache answers.
+            try:
+                mx_hosts = (await nimbus.resolve_mx(routing_domain)).hosts
+            except Exception:
+                mx_hosts = ()
+        resolved = resolve(shaping, domain=routing_domain, source=egress_source,
+                           site_name=site_name, mx_hosts=mx_hosts, site_of=site_of)
+        return resolved.config
