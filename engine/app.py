@@ -28,6 +28,11 @@ from pathlib import Path
 
 from .admin import AdminApi, AdminState
 from .admin_ops import AdminOps
+from .gate import Gate
+from .log_hooks import LogHookPublisher, tsa_hooks
+from .overlay import Overlay
+from .throttle import make_store
+from .tsa_client import TsaSubscriber
 from .config import ConfigError, Settings
 from .controls import Controls
 from .delivery.mx import MxResolver
@@ -86,9 +91,18 @@ class Node:
                                  queue_config=self._queue_config,
                                  node_id=settings.effective_node_id, policy=self.policy)
         self.admin_state = AdminState()
-        self.controls = Controls(self.admin_state)
+        self.overlay = Overlay()
+        self.tsa_subscriber = (TsaSubscriber(settings.redis, self.overlay,
+                                             resync_interval=settings.tsa.resync_interval)
+                               if settings.redis.url else None)
+        self.controls = Controls(self.admin_state, self.overlay)
+        self.throttles = make_store(settings.redis, settings.cluster,
+                                    on_state_change=self._redis_state)
+        self.gate = Gate(self.throttles, settings.redis.key_prefix)
         self.router = Router(settings=settings, policy=self.policy, resolver=self.resolver,
-                             spool=self.spool, outcomes=self.outcomes, controls=self.controls)
+                             spool=self.spool, outcomes=self.outcomes, controls=self.controls,
+                             gate=self.gate)
+        self.log_hooks: LogHookPublisher | None = None
         ops = AdminOps(scheduler=self.scheduler, router=self.router, spool=self.spool,
                        outcomes=self.outcomes)
         self.admin = AdminApi(bounce_now=ops.bounce_now, rebind=ops.rebind,
@@ -116,6 +130,11 @@ class Node:
     def policy(self) -> Registry:
         return self._registry
 
+    def _redis_state(self, degraded: bool) -> None:
+        self.metrics.redis_degraded.set(1 if degraded else 0)
+        if degraded:
+            self.metrics.redis_outages.inc()
+
     async def _queue_config(self, queue: str) -> Any:
         return await self.router.queue_config(queue)
 
@@ -130,6 +149,7 @@ class Node:
             "connections_out": {name: q.connections for name, q in self.router.ready.items()},
             "spool_bytes": self.spool.size_bytes(),
             "spool_messages": self.spool.count,
+            "log_hooks": self.log_hooks.stats() if self.log_hooks is not None else {},
         }
 
     def request_reload(self) -> None:
@@ -193,6 +213,9 @@ class Node:
             tg.create_task(self.logs.run(), name="log-writer")
             self.ports["http"] = (await self.http.start(*parse_hostport(s.http.listen)))[1]
             await self._init_policy()
+            await self._start_log_hooks(tg)
+            if self.tsa_subscriber is not None:
+                tg.create_task(self.tsa_subscriber.run(), name="tsa-subscriber")
             await self._recover()
             scheduler = tg.create_task(self.scheduler.run(), name="scheduler")
             watcher = tg.create_task(self._watch_policy(loaded), name="policy-watcher")
@@ -212,6 +235,17 @@ class Node:
             await self._registry.dispatch("init")
         except PolicyFailure as exc:
             log.error("policy init failed; continuing with defaults", extra={"error": str(exc)})
+
+    async def _start_log_hooks(self, tg: asyncio.TaskGroup) -> None:
+        """Publish log records to the TSA (NIMBUS_TSA_URLS) and the policy's webhooks."""
+        hooks = tsa_hooks(self.settings.tsa.urls) + list(self._registry.log_hooks)
+        if not hooks:
+            return
+        self.log_hooks = LogHookPublisher(
+            hooks, db_path=Path(self.settings.spool.dir) / "loghooks.db", policy=self.policy)
+        await self.log_hooks.open()
+        self.log_hooks.attach(self.logs)
+        tg.create_task(self.log_hooks.run(), name="log-hooks")
 
     async def _recover(self) -> None:
         started = time.monotonic()
@@ -240,6 +274,11 @@ class Node:
         self.scheduler.pause()
         await self.router.drain(deadline)
         scheduler.cancel()
+        if self.tsa_subscriber is not None:
+            await self.tsa_subscriber.close()
+        if self.log_hooks is not None:
+            await self.log_hooks.close()
+        await self.gate.aclose()
         await self.smtp.close()
         await self.http.close()
         await self.dkim.close()

@@ -116,6 +116,7 @@ class Registry:
         self.timeout = timeout
         self._handlers: dict[str, list[Handler]] = {}
         self.bounce_classifier: Any = None  # set by nimbus.configure_bounce_classifier
+        self.log_hooks: list[Any] = []  # set by nimbus.configure_log_hook
         self._on_dispatch = on_dispatch
 
     def on(self, name: str) -> Callable[[Handler], Handler]:

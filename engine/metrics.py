@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .records import LogRecord, RecordType
@@ -53,6 +53,19 @@ class _LiveGauges(Collector):
                                 value=float(s.get("spool_bytes", 0)))  # type: ignore[arg-type]
         yield GaugeMetricFamily("nimbus_spool_messages", "Messages in the spool",
                                 value=float(s.get("spool_messages", 0)))  # type: ignore[arg-type]
+        pending = GaugeMetricFamily("nimbus_log_hook_pending_records",
+                                    "Log records waiting to be published, by hook", labels=["hook"])
+        sent = CounterMetricFamily("nimbus_log_hook_sent_records",
+                                   "Log records published, by hook", labels=["hook"])
+        failed = CounterMetricFamily("nimbus_log_hook_failed_attempts",
+                                     "Failed publish attempts, by hook", labels=["hook"])
+        for hook, stats in s.get("log_hooks", {}).items():  # type: ignore[union-attr]
+            pending.add_metric([hook], stats.get("pending", 0))
+            sent.add_metric([hook], stats.get("sent", 0))
+            failed.add_metric([hook], stats.get("failed_attempts", 0))
+        yield pending
+        yield sent
+        yield failed
 
 
 class Metrics:
@@ -80,6 +93,11 @@ class Metrics:
                                      registry=r)
         self.spool_commit_ops = Counter("nimbus_spool_commit_requests",
                                         "Write requests carried by spool commits", registry=r)
+        self.redis_degraded = Gauge("nimbus_redis_degraded",
+                                    "1 while Redis is unreachable and limits are enforced locally",
+                                    registry=r)
+        self.redis_outages = Counter("nimbus_redis_outages", "Redis outages (fallback to local "
+                                     "limits)", registry=r)
         self.policy_reloads = Counter("nimbus_policy_reloads", "Policy reloads by result",
                                       ["result"], registry=r)
         self.policy_latency = Histogram(

@@ -67,6 +67,15 @@ class PolicyApi:
             raise RuntimeError("no resolver: MX lookups are not available here")
         return await resolver.resolve_mx(domain)
 
+    def configure_log_hook(self, *, name: str, url: str, record_types: list[str] | None = None,
+                           **options: Any) -> None:
+        """POST log records (JSON arrays) to ``url``: KumoMTA's webhook log hooks. Options:
+        batch_size, max_latency, headers, timeout. Hooks are read when the node starts."""
+        from .log_hooks import LogHook
+        self._registry.log_hooks.append(LogHook(
+            name=name, url=url, record_types=None if record_types is None else frozenset(
+                record_types), **options))
+
     def configure_bounce_classifier(self, files: list[str | Path]) -> None:
         """Classify Bounce/TransientFailure/Expiration/Rejection records with these rule files."""
         from .helpers.bounce import BounceClassifier

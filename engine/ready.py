@@ -32,6 +32,7 @@ from .events import PolicyFailure, Registry, Rejected
 from .outcomes import Attempt, Outcomes
 from .queue_name import QueueName
 from .controls import Controls
+from .gate import Ticket
 from .records import Message, Response, rfc3339
 from .spool import Spool
 
@@ -40,6 +41,8 @@ __all__ = ["Target", "ReadyQueue", "NoTargetAvailable"]
 log = logging.getLogger("nimbus.ready")
 
 CONNECT_BACKOFF = 5.0
+MAX_SLOT_WAIT = 3.0
+"""Longest single wait for a connection slot before asking the gate again."""
 """After a failed connect, no extra connections for this long while others deliver."""
 
 
@@ -210,13 +213,48 @@ class ReadyQueue:
         except ValueError:
             return await self._resolver.resolve_addresses(host)
 
+    async def _slot(self) -> Ticket | None | float:
+        """Connection leases from the gate: a Ticket, None (no gate), or seconds to wait."""
+        if self._gate is None:
+            return None
+        got = await self._gate.open(self.path, self.name)
+        if isinstance(got, Ticket):
+            self._set_state("connection_limited", None)
+            return got
+        self._set_state("connection_limited",
+                        f"connection limit reached; next slot in {got:.1f}s")
+        return got
+
+    async def _rate_wait(self, msg: Message) -> bool:
+        """Wait for the message-rate buckets; False when the message was delayed instead
+        (a wait longer than idle_timeout goes back to the scheduled queue, as KumoMTA)."""
+        if self._gate is None:
+            return True
+        while (wait := await self._gate.message_wait(self.path, self.name)) is not None:
+            self._set_state("message_rate_throttled",
+                            f"max_message_rate reached; next token in {wait:.2f}s")
+            if wait > self.path.idle_timeout or self._stopping:
+                self._outcomes.delay(msg, wait)
+                return False
+            await asyncio.sleep(wait)  # only this connection waits; other queues run on
+        self._set_state("message_rate_throttled", None)
+        return True
+
     async def _connection(self) -> None:
         conn: SmtpClientConnection | None = None
+        ticket: Ticket | None = None
         try:
             while True:
                 if conn is None:
                     if not self.queue or self._stopping:
                         return
+                    slot = await self._slot()
+                    if isinstance(slot, float):
+                        if self._established > 0:
+                            return  # the open connections drain the queue
+                        await asyncio.sleep(min(slot, MAX_SLOT_WAIT))
+                        continue
+                    ticket = slot
                     try:
                         conn = await self._open()
                     except NoTargetAvailable as exc:
@@ -227,18 +265,23 @@ class ReadyQueue:
                 msg = await self._next(self.path.idle_timeout)
                 if msg is None:
                     return
-                if not await self._deliver(conn, msg):
+                if not await self._rate_wait(msg):
+                    continue
+                keep = ticket is None or await self._gate.keep(ticket)
+                if not await self._deliver(conn, msg) or not keep or (
+                        conn.deliveries >= self.path.max_deliveries_per_connection):
                     await conn.close()
                     self._established -= 1
                     conn = None
-                elif conn.deliveries >= self.path.max_deliveries_per_connection:
-                    await conn.close()
-                    self._established -= 1
-                    conn = None
+                    if ticket is not None:
+                        await self._gate.close(ticket)
+                        ticket = None
         finally:
             if conn is not None:
                 self._established -= 1
                 await asyncio.shield(conn.close())
+            if ticket is not None:
+                await asyncio.shield(self._gate.close(ticket))
             self._conns.discard(asyncio.current_task())  # type: ignore[arg-type]
             if self.queue and not self._stopping:
                 self._maybe_spawn()

@@ -26,7 +26,8 @@ from .admin import AdminState
 from .config import Settings
 from .controls import Controls
 from .delivery.mx import MxError, MxResolver
-from .egress import DEFAULT_POOL, EgressPathConfig, EgressPool, EgressSource
+from .egress import (DEFAULT_POOL, EgressPathConfig, EgressPool, EgressSource,
+                     apply_egress_options)
 from .events import PolicyFailure, Registry
 from .outcomes import Attempt, Outcomes
 from .queue_config import QueueConfig
@@ -271,7 +272,7 @@ class Router:
         path = await self._path(q.destination, source.name, site)
         overrides = self._controls.path_overrides(q.destination, site, source.name, time.time())
         if overrides:
-            path = dataclasses.replace(path, **overrides)
+            path = apply_egress_options(overrides, path)
         name = ready_queue_name(source.name, site)
         hold = self._controls.ready_suspended(name, source.name, site, time.time())
         if hold is not None:
