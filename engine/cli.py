@@ -4,7 +4,12 @@ Exports:
     main(argv) -> exit code
 
 Subcommands:
-    nimbus mta     run one MTA node in the foreground (JSON logs on stderr)
+    nimbus mta       run one MTA node in the foreground (JSON logs on stderr)
+    nimbus tsa       run the traffic-shaping automation service
+    nimbus sink      run the sink (accepts and discards; smart mode from a TOML file)
+    nimbus validate  check settings and policy
+    nimbus queue-summary | bounce | suspend | suspend-ready-q | rebind | inspect-message | ...
+                     admin verbs over a node's admin API (--endpoint)
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import asyncio
 import sys
 from typing import Any
 
-from . import __version__, diag
+from . import __version__, admin_cli, diag
 from .config import ConfigError, dotted_tree, load_settings
 from .events import PolicyLoadError
 from .spool import SpoolLocked
@@ -57,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     mta.add_argument("--node-id", help="node identity in log records")
     mta.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                      help="any setting, e.g. --set smtp.max_recipients=500")
+    for role, text in (("tsa", "run the traffic-shaping automation service"),
+                       ("sink", "run the sink: an SMTP receiver that discards (test traffic)")):
+        cmd = sub.add_parser(role, help=text)
+        cmd.add_argument("--config", help="TOML settings file (default: $NIMBUS_CONFIG)")
+        cmd.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                         help="any setting, e.g. --set tsa.listen=0.0.0.0:8008")
+    admin_cli.add_subcommands(sub)
     validate = sub.add_parser("validate", help="load and check the settings and the policy")
     validate.add_argument("--config", help="TOML settings file (default: $NIMBUS_CONFIG)")
     validate.add_argument("--policy", dest="policy_dir",
@@ -89,6 +101,8 @@ def _run(coro: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in admin_cli.VERBS:
+        return admin_cli.run(args)  # talks to a node's admin API; no local settings
     try:
         settings = load_settings(args.config, overrides=_overrides(args))
     except ConfigError as exc:
@@ -97,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     diag.configure(settings.log.level)
     if args.command == "validate":
         return _validate(settings)
+    if args.command == "tsa":
+        from tsa.app import run as run_tsa
+        return _serve(run_tsa(settings))
+    if args.command == "sink":
+        from sink.app import run as run_sink
+        return _serve(run_sink(settings))
     if args.command == "mta":
         from .app import run_mta
         try:
@@ -112,6 +132,21 @@ def main(argv: list[str] | None = None) -> int:
             raise
         except KeyboardInterrupt:
             return 130
+    return 0
+
+
+def _serve(coro: Any) -> int:
+    """Run a service coroutine in the foreground; configuration errors exit 2."""
+    try:
+        _run(coro)
+    except (ConfigError, BaseExceptionGroup) as exc:
+        leaf = _first_leaf(exc)
+        if isinstance(leaf, ConfigError):
+            print(f"nimbus: configuration error: {leaf}", file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 
