@@ -16,7 +16,6 @@ RFC 7505 require.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass

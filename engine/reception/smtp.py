@@ -25,6 +25,7 @@ import asyncio
 import inspect
 import ipaddress
 import logging
+import re
 import ssl
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -44,6 +45,11 @@ __all__ = ["SmtpListener", "SmtpHandler", "ListenerDomain"]
 log = logging.getLogger("nimbus.smtp")
 
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9-]+"
+_SIMPLE_ADDRESS = re.compile(rf"<({_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*)>(?:\s+(.*))?\Z",
+                             re.DOTALL)
 
 
 def _reply(resp: Response) -> str:
@@ -96,6 +102,16 @@ class _Session(SMTP):
     """aiosmtpd's SMTP with an RFC 5321 §4.5.3.2 reply on idle timeout and session counting."""
 
     _dir_cache: list[str] | None = None
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """``(address, rest)`` of a MAIL/RCPT argument. The common ``<local@domain>``
+        (dot-atoms, RFC 5321 §4.1.2) is matched by one regex: aiosmtpd's general parser
+        (email's header parser plus a Protocol class built per call) costs ~0.2 ms per
+        address — ~0.4 ms of every message. Anything else goes to aiosmtpd's parser."""
+        m = _SIMPLE_ADDRESS.match(arg)
+        if m is None or self.local_part_limit:
+            return super()._getaddr(arg)
+        return m.group(1), m.group(2) or ""
 
     def __init__(self, *args: Any, on_close: Callable[[], None], **kw: Any) -> None:
         super().__init__(*args, **kw)
