@@ -103,6 +103,7 @@ class Node:
                              spool=self.spool, outcomes=self.outcomes, controls=self.controls,
                              gate=self.gate)
         self.log_hooks: LogHookPublisher | None = None
+        self._background: list[asyncio.Task] = []  # run until shutdown cancels them
         ops = AdminOps(scheduler=self.scheduler, router=self.router, spool=self.spool,
                        outcomes=self.outcomes)
         self.admin = AdminApi(bounce_now=ops.bounce_now, rebind=ops.rebind,
@@ -215,7 +216,8 @@ class Node:
             await self._init_policy()
             await self._start_log_hooks(tg)
             if self.tsa_subscriber is not None:
-                tg.create_task(self.tsa_subscriber.run(), name="tsa-subscriber")
+                self._background.append(
+                    tg.create_task(self.tsa_subscriber.run(), name="tsa-subscriber"))
             await self._recover()
             scheduler = tg.create_task(self.scheduler.run(), name="scheduler")
             watcher = tg.create_task(self._watch_policy(loaded), name="policy-watcher")
@@ -245,7 +247,7 @@ class Node:
             hooks, db_path=Path(self.settings.spool.dir) / "loghooks.db", policy=self.policy)
         await self.log_hooks.open()
         self.log_hooks.attach(self.logs)
-        tg.create_task(self.log_hooks.run(), name="log-hooks")
+        self._background.append(tg.create_task(self.log_hooks.run(), name="log-hooks"))
 
     async def _recover(self) -> None:
         started = time.monotonic()
@@ -274,10 +276,13 @@ class Node:
         self.scheduler.pause()
         await self.router.drain(deadline)
         scheduler.cancel()
+        if self.log_hooks is not None:
+            await self.log_hooks.close()  # commits queued records before its task stops
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self.tsa_subscriber is not None:
             await self.tsa_subscriber.close()
-        if self.log_hooks is not None:
-            await self.log_hooks.close()
         await self.gate.aclose()
         await self.smtp.close()
         await self.http.close()

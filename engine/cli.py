@@ -8,6 +8,7 @@ Subcommands:
     nimbus tsa       run the traffic-shaping automation service
     nimbus sink      run the sink (accepts and discards; smart mode from a TOML file)
     nimbus validate  check settings and policy
+    nimbus cluster up   run the Helm chart's pods as local processes (a laptop cluster)
     nimbus queue-summary | bounce | suspend | suspend-ready-q | rebind | inspect-message | ...
                      admin verbs over a node's admin API (--endpoint)
 """
@@ -19,7 +20,7 @@ import asyncio
 import sys
 from typing import Any
 
-from . import __version__, admin_cli, diag
+from . import __version__, admin_cli, cluster, diag
 from .config import ConfigError, dotted_tree, load_settings
 from .events import PolicyLoadError
 from .spool import SpoolLocked
@@ -69,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                          help="any setting, e.g. --set tsa.listen=0.0.0.0:8008")
     admin_cli.add_subcommands(sub)
+    cluster.add_subcommand(sub)
     validate = sub.add_parser("validate", help="load and check the settings and the policy")
     validate.add_argument("--config", help="TOML settings file (default: $NIMBUS_CONFIG)")
     validate.add_argument("--policy", dest="policy_dir",
@@ -103,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in admin_cli.VERBS:
         return admin_cli.run(args)  # talks to a node's admin API; no local settings
+    if args.command == "cluster":
+        return args.cluster_run(args)  # renders the chart; pods get their own settings
     try:
         settings = load_settings(args.config, overrides=_overrides(args))
     except ConfigError as exc:
