@@ -92,6 +92,7 @@ class ReadyQueue:
         self._conns: set[asyncio.Task] = set()
         self._established = 0
         self._backoff_until = 0.0
+        self._slot_retry_at = 0.0  # a shared connection slot was refused until then
         self._stopping = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -128,8 +129,11 @@ class ReadyQueue:
         """Open connections while messages outnumber connections still connecting."""
         if self._stopping:
             return
-        if self._established and time.monotonic() < self._backoff_until:
-            return  # a host refused us recently; the working connections drain the queue
+        if self._established and time.monotonic() < max(self._backoff_until,
+                                                        self._slot_retry_at):
+            # A host refused us, or the cluster's connection limit is full: the open
+            # connections drain the queue; asking again at once would spin.
+            return
         while (len(self._conns) < self.path.connection_limit
                and len(self._conns) - self._established < len(self.queue)):
             task = asyncio.create_task(self._connection(), name=f"conn:{self.name}")
@@ -140,6 +144,10 @@ class ReadyQueue:
         if self._controls is None:
             return None
         return self._controls.ready_suspended(self.name, self.source.name, self.site, time.time())
+
+    def set_state(self, state: str, context: str | None) -> None:
+        """Record (or clear, with None) why this queue is waiting: ready-q-states."""
+        self._set_state(state, context)
 
     def _set_state(self, state: str, context: str | None) -> None:
         if context is None:
@@ -250,6 +258,7 @@ class ReadyQueue:
                         return
                     slot = await self._slot()
                     if isinstance(slot, float):
+                        self._slot_retry_at = time.monotonic() + min(slot, MAX_SLOT_WAIT)
                         if self._established > 0:
                             return  # the open connections drain the queue
                         await asyncio.sleep(min(slot, MAX_SLOT_WAIT))

@@ -273,10 +273,6 @@ class Router:
         if overrides:
             path = apply_egress_options(overrides, path)
         name = ready_queue_name(source.name, site)
-        hold = self._controls.ready_suspended(name, source.name, site, time.time())
-        if hold is not None:
-            self._outcomes.delay(msg, max(1.0, hold.expires - time.time()))
-            return
         ready = self.ready.get(name)
         if ready is None or ready.path != path:
             dest = destination_for(sink_endpoint=sink, mx_list=cfg.mx_list,
@@ -292,6 +288,11 @@ class Router:
                 self.ready[name] = ready
             else:
                 ready.reconfigure(path=path, targets=dest.targets)
+        hold = self._controls.ready_suspended(name, source.name, site, time.time())
+        ready.set_state("suspended", hold.reason if hold else None)  # visible to operators
+        if hold is not None:
+            self._outcomes.delay(msg, max(1.0, hold.expires - time.time()))
+            return
         if not self.accepting or not ready.enqueue(msg):
             self._outcomes.delay(msg, READY_FULL_DELAY)
 
