@@ -108,9 +108,15 @@ class ReadyQueue:
         return not self.queue and not self._conns
 
     def reconfigure(self, *, path: EgressPathConfig, targets: tuple[Target, ...]) -> None:
-        """Adopt a refreshed path config; open connections keep their session."""
+        """Adopt a changed path config (policy reload, TSA override). Idle connections
+        close so the next message opens one under the new settings (e.g. TLS Required);
+        a delivery in progress finishes on its connection."""
         self.path = path
         self.targets = targets
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)  # type: ignore[arg-type]  # "close, no work"
+        self._waiters.clear()
 
     def enqueue(self, msg: Message) -> bool:
         """Add a due message; False when the queue is full (caller delays it)."""

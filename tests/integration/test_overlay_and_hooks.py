@@ -1,0 +1,71 @@
+"""TSA overrides applied by a node, and policy-configured webhook log hooks end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiosmtplib
+from aiohttp import web
+
+from engine.overlay import ConfigOverride
+from tests.support.node import running_node
+from tests.support.receiver import Receiver
+
+
+async def send(node, recipient: str) -> None:
+    await aiosmtplib.send(b"Subject: o\r\n\r\nbody\r\n", sender="a@src.test",
+                          recipients=[recipient], hostname="127.0.0.1", port=node.smtp_port,
+                          start_tls=False)
+
+
+async def test_tsa_set_config_override_changes_the_egress_path(tmp_path):
+    """A SetConfig override (enable_tls=Required) in the overlay applies to new deliveries:
+    a receiver without STARTTLS now gets a TLS-required transient failure, not the mail."""
+    async with Receiver() as rx:
+        async with running_node(tmp_path, **{"sink.enabled": True,
+                                             "sink.endpoint": f"127.0.0.1:{rx.port}"}) as node:
+            await send(node, "first@dst.test")
+            await node.records.wait(lambda r: r["type"] == "Delivery")
+            node.overlay.upsert(ConfigOverride(id="tsa-1", expires=time.time() + 60,
+                                               domain="dst.test", name="enable_tls",
+                                               value="Required", reason="test rule"))
+            await send(node, "second@dst.test")
+            [fail] = await node.records.wait(lambda r: r["type"] == "TransientFailure")
+    assert [m.recipients for m in rx.messages] == [["first@dst.test"]]
+    assert fail["recipient"] == "second@dst.test"
+    assert "TLS" in fail["response"]["content"]
+
+
+async def test_policy_log_hook_receives_matching_records(tmp_path):
+    """nimbus.configure_log_hook POSTs the hook's record types as JSON arrays."""
+    received: list[dict] = []
+    arrived = asyncio.Event()
+
+    async def hook(request: web.Request) -> web.Response:
+        received.extend(await request.json())
+        arrived.set()
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    policy = f"""
+    def register(nimbus):
+        nimbus.configure_log_hook(name="webhook", url="http://127.0.0.1:{port}/hook",
+                                  record_types=["Delivery"], max_latency=0.1)
+    """
+    try:
+        async with Receiver() as rx:
+            async with running_node(tmp_path, policy=policy, **{
+                    "sink.enabled": True, "sink.endpoint": f"127.0.0.1:{rx.port}"}) as node:
+                await send(node, "hooked@dst.test")
+                async with asyncio.timeout(15):
+                    await arrived.wait()
+    finally:
+        await runner.cleanup()
+    assert [(r["type"], r["recipient"]) for r in received] == [("Delivery", "hooked@dst.test")]
