@@ -507,8 +507,8 @@ class NimbusInstance:
             "NIMBUS_SINK_ENABLED": "true",
             "NIMBUS_SINK_ENDPOINT": f"127.0.0.1:{sink_port}",
         }
-        if dkim:
-            self.env_settings["NIMBUS_POLICY_DIR"] = str(self.dir / "policy")
+        # Both variants get a policy dir of their own (see write_bench_policy / _dkim_).
+        self.env_settings["NIMBUS_POLICY_DIR"] = str(self.dir / "policy")
         exe = Path(sys.executable).parent / "nimbus"
         self.exe = str(exe) if exe.exists() else (shutil.which("nimbus") or "nimbus")
         self.proc: subprocess.Popen | None = None
@@ -516,6 +516,25 @@ class NimbusInstance:
 
     def setup_commands(self) -> list[str]:
         return [" ".join(f"{k}={v}" for k, v in self.env_settings.items()) + " nimbus mta"]
+
+    def write_bench_policy(self) -> None:
+        """The bundled policy, minus the default shaping block's rate limits.
+
+        policy/shaping.toml's ["default"] caps every destination at max_message_rate 100/s
+        and max_connection_rate 100/min (KumoMTA's default file does the same). Those are a
+        sender-reputation choice, not relay capacity, and Postfix has none here; so this
+        benchmark removes exactly those two lines and keeps everything else the bundled
+        policy does (queues.toml tenants, sources, shaping resolution, bounce rules)."""
+        policy = self.dir / "policy"
+        shutil.copytree(REPO / "policy", policy, ignore=shutil.ignore_patterns("__pycache__"))
+        shaping = policy / "shaping.toml"
+        lines = shaping.read_text().splitlines(keepends=True)
+        kept = [ln for ln in lines if not ln.startswith(("max_message_rate = \"100/s\"",
+                                                         "max_connection_rate = \"100/min\""))]
+        if len(lines) - len(kept) != 2:
+            raise RuntimeError("policy/shaping.toml's default rate lines changed; update "
+                               "write_bench_policy")
+        shaping.write_text("".join(kept))
 
     def write_dkim_policy(self) -> None:
         """The signing policy dir, with a fresh 2048-bit RSA key (PKCS#1, as KumoMTA docs)."""
@@ -531,6 +550,8 @@ class NimbusInstance:
         self.dir.mkdir(parents=True)
         if self.dkim:
             self.write_dkim_policy()
+        else:
+            self.write_bench_policy()
         env = {k: v for k, v in os.environ.items() if not k.startswith("NIMBUS_")}
         env.update(self.env_settings)
         self._stderr = open(self.stderr_path, "wb")
