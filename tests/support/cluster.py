@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
@@ -37,67 +35,26 @@ P = TypeVar("P")
 MESSAGE = b"Subject: cluster test\r\n\r\nhello\r\n"
 
 
-class TsaProcess:
+class TsaProcess(NimbusProcess):
     """``nimbus tsa`` as a child process; ``url`` once it is listening."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.port = 0
-        self.stderr_lines: list[dict[str, Any]] = []
-        self._reader: asyncio.Task | None = None
+    @property
+    def port(self) -> int:
+        return int(self.ready_line["port"])
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     @classmethod
-    async def start(cls, workdir: Path, env: dict[str, str],
+    async def start(cls, workdir: Path, env: dict[str, str],  # type: ignore[override]
                     timeout: float = 30.0) -> "TsaProcess":
         """Start with ``env`` (NIMBUS_REDIS_URL, NIMBUS_POLICY_DIR, ...) on a free port and
         wait for the ``listening`` line, which carries the port."""
         workdir.mkdir(parents=True, exist_ok=True)
-        full_env = {**os.environ, "NIMBUS_TSA_LISTEN": "127.0.0.1:0", **env}
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "engine.cli", "tsa", env=full_env, cwd=workdir,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE)
-        self = cls(proc)
-        ready: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._reader = asyncio.create_task(self._read_stderr(ready))
-        try:
-            async with asyncio.timeout(timeout):
-                line = await ready
-        except BaseException:
-            self.kill9()
-            await self.wait()
-            raise
-        self.port = int(line["port"])
-        return self
-
-    async def _read_stderr(self, ready: asyncio.Future) -> None:
-        assert self.proc.stderr is not None
-        async for raw in self.proc.stderr:
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                line = {"event": "unparsed", "text": raw.decode(errors="replace")}
-            self.stderr_lines.append(line)
-            if line.get("event") == "listening" and not ready.done():
-                ready.set_result(line)
-        if not ready.done():
-            text = "".join(l.get("text", json.dumps(l)) for l in self.stderr_lines[-20:])
-            ready.set_exception(RuntimeError(f"nimbus tsa exited before listening: {text}"))
-
-    def kill9(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-
-    async def wait(self, timeout: float = 20.0) -> int:
-        async with asyncio.timeout(timeout):
-            rc = await self.proc.wait()
-            if self._reader is not None:
-                await self._reader
-        return rc
+        proc = await super().start(workdir, {"NIMBUS_TSA_LISTEN": "127.0.0.1:0", **env},
+                                   timeout, role="tsa", ready_event="listening")
+        return proc  # type: ignore[return-value]
 
     async def suspended(self) -> dict[str, Any]:
         """``GET /get_suspension_v1/suspended.json`` (asserting 200)."""

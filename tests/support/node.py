@@ -120,21 +120,26 @@ class NimbusProcess:
         self.smtp_port = 0
         self.http_port = 0
         self.stderr_lines: list[dict[str, Any]] = []
+        self.ready_line: dict[str, Any] = {}
+        self._ready_event = "ready"
         self._reader: asyncio.Task | None = None
 
     @classmethod
-    async def start(cls, workdir: Path, env: dict[str, str], timeout: float = 30.0
-                    ) -> "NimbusProcess":
-        """Start and wait for the ``ready`` log line (which carries the ports)."""
+    async def start(cls, workdir: Path, env: dict[str, str], timeout: float = 30.0, *,
+                    role: str = "mta", ready_event: str = "ready") -> "NimbusProcess":
+        """Start ``nimbus <role>`` and wait for its ``ready_event`` log line (which carries
+        the ports). An MTA gets free loopback ports and spool/log dirs under ``workdir``."""
         log_dir = Path(env.get("NIMBUS_LOG_DIR", workdir / "logs"))
-        full_env = {**os.environ, "NIMBUS_SMTP_LISTEN": "127.0.0.1:0",
-                    "NIMBUS_HTTP_LISTEN": "127.0.0.1:0", "NIMBUS_SPOOL_DIR": str(workdir / "spool"),
-                    "NIMBUS_LOG_DIR": str(log_dir), "NIMBUS_SPOOL_MIN_FREE_SPACE": "0", **env}
+        defaults = {"NIMBUS_SMTP_LISTEN": "127.0.0.1:0", "NIMBUS_HTTP_LISTEN": "127.0.0.1:0",
+                    "NIMBUS_SPOOL_DIR": str(workdir / "spool"), "NIMBUS_LOG_DIR": str(log_dir),
+                    "NIMBUS_SPOOL_MIN_FREE_SPACE": "0"} if role == "mta" else {}
+        full_env = {**os.environ, **defaults, **env}
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "engine.cli", "mta", env=full_env, cwd=workdir,
+            sys.executable, "-m", "engine.cli", role, env=full_env, cwd=workdir,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE)
         self = cls(proc, log_dir)
+        self._ready_event = ready_event
         ready = asyncio.get_running_loop().create_future()
         self._reader = asyncio.create_task(self._read_stderr(ready))
         try:
@@ -144,7 +149,8 @@ class NimbusProcess:
             self.kill9()
             await self.wait()
             raise
-        self.smtp_port, self.http_port = line["smtp_port"], line["http_port"]
+        self.ready_line = line
+        self.smtp_port, self.http_port = line.get("smtp_port", 0), line.get("http_port", 0)
         return self
 
     async def _read_stderr(self, ready: asyncio.Future) -> None:
@@ -155,11 +161,12 @@ class NimbusProcess:
             except ValueError:
                 line = {"event": "unparsed", "text": raw.decode(errors="replace")}
             self.stderr_lines.append(line)
-            if line.get("event") == "ready" and not ready.done():
+            if line.get("event") == self._ready_event and not ready.done():
                 ready.set_result(line)
         if not ready.done():
             text = "".join(l.get("text", json.dumps(l)) for l in self.stderr_lines[-20:])
-            ready.set_exception(RuntimeError(f"nimbus exited before ready: {text}"))
+            ready.set_exception(RuntimeError(
+                f"nimbus exited before {self._ready_event!r}: {text}"))
 
     def kill9(self) -> None:
         if self.proc.returncode is None:
