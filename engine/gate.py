@@ -10,7 +10,8 @@ Limits come from the egress path config (shaping.toml via get_egress_path_config
 TSA overrides): ``connection_limit`` and every ``additional_connection_limits`` entry
 (provider limits arrive as ``shaping-provider-<name>-<source>-limit``) are lease sets;
 ``max_connection_rate`` is checked per connection, ``max_message_rate`` and every
-``additional_message_rate_throttles`` entry per message. Keys are shared through the
+``additional_message_rate_throttles`` entry per message; ``source_selection_rate`` and
+``additional_source_selection_rates`` when routing picks a source. Keys are shared through the
 throttle store (Redis when configured), so limits hold cluster-wide; a ``local:`` spec or
 ``connection_limit_local`` keeps that limit on this node. Callers wait for the returned
 number of seconds (or delay the message) — nothing here sleeps or spins.
@@ -26,7 +27,8 @@ from .throttle import (EmbeddedStore, ThrottleStore, connection_limit_key, conne
                        message_rate_key, named_limit_key)
 from .throttle_spec import ThrottleSpec
 
-__all__ = ["Ticket", "Gate", "connection_limits", "message_rates", "LEASE_TTL"]
+__all__ = ["Ticket", "Gate", "connection_limits", "message_rates", "selection_rates",
+           "LEASE_TTL"]
 
 LEASE_TTL = 60.0
 """Connection leases live this long unless extended (each message extends them), so a
@@ -65,6 +67,21 @@ def message_rates(path: EgressPathConfig, ready_queue: str, prefix: str) -> list
     for name, spec in sorted(path.additional_message_rate_throttles.items()):
         out.append(RateKey(named_limit_key(prefix, name, spec), spec))
     out.sort(key=lambda r: r.spec.rate_per_second)
+    return out
+
+
+def selection_rates(path: EgressPathConfig, pool: str, source: str, site: str,
+                    prefix: str) -> list[RateKey]:
+    """The buckets choosing ``source`` for this path draws from (pure): KumoMTA's
+    ``source_selection_rate`` keyed per pool, source and site, and each named
+    ``additional_source_selection_rates`` entry (provider rates arrive named)."""
+    out = []
+    spec = path.source_selection_rate
+    if spec is not None:
+        out.append(RateKey(named_limit_key(
+            prefix, f"source_selection_rate:{pool}:{source}:{site}", spec), spec))
+    for name, named in sorted(path.additional_source_selection_rates.items()):
+        out.append(RateKey(named_limit_key(prefix, name, named), named))
     return out
 
 
@@ -125,6 +142,16 @@ class Gate:
     async def message_wait(self, path: EgressPathConfig, ready_queue: str) -> float | None:
         """None when the next message may go now, else seconds until it may."""
         for rate in message_rates(path, ready_queue, self._prefix):
+            result = await self._store(rate.spec.local).throttle(rate.key, rate.spec)
+            if not result.allowed:
+                return max(result.retry_after, 0.001)
+        return None
+
+    async def selection_wait(self, path: EgressPathConfig, pool: str, source: str,
+                             site: str) -> float | None:
+        """``source_selection_rate`` (and additional/provider selection rates): None when
+        ``source`` may be chosen for this path now, else seconds until it may."""
+        for rate in selection_rates(path, pool, source, site, self._prefix):
             result = await self._store(rate.spec.local).throttle(rate.key, rate.spec)
             if not result.allowed:
                 return max(result.retry_after, 0.001)

@@ -257,21 +257,46 @@ class Router:
         for msg in batch:
             await self._insert_ready(msg, q, cfg, sink, mx)
 
+    async def _effective_path(self, destination: str, source: str, site: str
+                              ) -> EgressPathConfig:
+        """The policy's egress path with the TSA's SetConfig overrides on top."""
+        path = await self._path(destination, source, site)
+        overrides = self._controls.path_overrides(destination, site, source, time.time())
+        return apply_egress_options(overrides, path) if overrides else path
+
+    async def _choose_source(self, msg: Message, q: QueueName, pool: str,
+                             site: str) -> tuple[EgressSource, EgressPathConfig] | None:
+        """Weighted round-robin over the pool, skipping sources whose source_selection_rate
+        for this path is spent (KumoMTA); when every source is, the message waits for the
+        soonest one. None when the message was given back (or failed)."""
+        tried: set[str] = set()
+        soonest: float | None = None
+        while True:
+            source = await self._source(pool)
+            if source is None:
+                response = Response.parse(451, f"4.4.4 no non-zero-weighted sources available "
+                                               f"for {msg.queue} (pool {pool})")
+                await self._outcomes.transient(msg, response, Attempt(egress_pool=pool))
+                return None
+            if source.name in tried:  # a full round: every source is rate-limited
+                self._outcomes.delay(msg, soonest or 1.0)
+                return None
+            tried.add(source.name)
+            path = await self._effective_path(q.destination, source.name, site)
+            wait = (await self._gate.selection_wait(path, pool, source.name, site)
+                    if self._gate is not None else None)
+            if wait is None:
+                return source, path
+            soonest = wait if soonest is None else min(soonest, wait)
+
     async def _insert_ready(self, msg: Message, q: QueueName, cfg: QueueConfig,
                             sink: str | None, mx) -> None:
-        source = await self._source(cfg.egress_pool)
-        if source is None:
-            pool = cfg.egress_pool or DEFAULT_POOL.name
-            response = Response.parse(
-                451, f"4.4.4 no non-zero-weighted sources available for {msg.queue} (pool {pool})")
-            await self._outcomes.transient(msg, response, Attempt(egress_pool=pool))
-            return
         site = f"mx_list:{sink}" if sink else (
             "mx_list:" + ",".join(cfg.mx_list) if cfg.mx_list else mx.site_name)
-        path = await self._path(q.destination, source.name, site)
-        overrides = self._controls.path_overrides(q.destination, site, source.name, time.time())
-        if overrides:
-            path = apply_egress_options(overrides, path)
+        chosen = await self._choose_source(msg, q, cfg.egress_pool or DEFAULT_POOL.name, site)
+        if chosen is None:
+            return
+        source, path = chosen
         name = ready_queue_name(source.name, site)
         ready = self.ready.get(name)
         if ready is None or ready.path != path:

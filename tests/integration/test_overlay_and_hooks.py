@@ -69,3 +69,42 @@ async def test_policy_log_hook_receives_matching_records(tmp_path):
     finally:
         await runner.cleanup()
     assert [(r["type"], r["recipient"]) for r in received] == [("Delivery", "hooked@dst.test")]
+
+
+SELECTION_POLICY = """
+from engine.throttle_spec import ThrottleSpec
+
+def register(nimbus):
+    @nimbus.on("get_egress_pool")
+    def pool(name):
+        return nimbus.EgressPool(name=name, entries=(("src-a", 1), ("src-b", 1)))
+
+    @nimbus.on("get_egress_source")
+    def source(name):
+        return nimbus.EgressSource(name=name)
+
+    @nimbus.on("get_egress_path_config")
+    def path(routing_domain, egress_source, site_name):
+        return nimbus.EgressPathConfig(source_selection_rate=ThrottleSpec.parse("1/min"))
+"""
+
+
+async def test_source_selection_rate_moves_on_to_the_next_source_then_waits(tmp_path):
+    """With source_selection_rate 1/min, a second message takes the pool's other source and
+    a third, with both spent, stays scheduled instead of being sent."""
+    async with Receiver() as rx:
+        async with running_node(tmp_path, policy=SELECTION_POLICY, **{
+                "sink.enabled": True, "sink.endpoint": f"127.0.0.1:{rx.port}"}) as node:
+            for n in range(2):
+                await send(node, f"u{n}@dst.test")
+                await node.records.wait(lambda r: r["type"] == "Delivery", count=n + 1)
+            await send(node, "u2@dst.test")
+            await node.records.wait(lambda r: r["type"] == "Reception", count=3)
+            async with asyncio.timeout(10):
+                while not node.scheduler.messages():
+                    await asyncio.sleep(0.02)  # routing hands it back asynchronously
+            waiting = node.scheduler.messages()
+    sources = sorted(r["egress_source"] for r in node.records.of("Delivery"))
+    assert sources == ["src-a", "src-b"]
+    assert [m.recipient for m in waiting] == ["u2@dst.test"]
+    assert len(rx.messages) == 2

@@ -80,3 +80,14 @@ async def test_connection_rate_refusal_releases_the_leases():
     assert isinstance(ok, Ticket) and isinstance(refused, float)
     assert await store.count_leases("nimbus:connection_limit:" + READY) == 1
     await gate.aclose()
+
+
+def test_selection_rates_keyed_per_pool_source_and_site():
+    """source_selection_rate is its own bucket per pool, source and site; named extras too."""
+    from engine.gate import selection_rates
+    rates = selection_rates(path(source_selection_rate="10/min",
+                                 additional_source_selection_rates={"p-sel": "5/min"}),
+                            "pool-1", "ip-1", "mx.example.com", "nimbus")
+    assert [r.key for r in rates] == [
+        "nimbus:limit:source_selection_rate:pool-1:ip-1:mx.example.com:10:10:60",
+        "nimbus:limit:p-sel:5:5:60"]
