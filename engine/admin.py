@@ -1,14 +1,15 @@
-"""Administrative bounces and suspensions, and the admin API over them.
+"""Administrative bounces and suspensions: the live state and the admin API over it.
 
 Exports:
-    BounceEntry, SuspendEntry, ReadyQSuspendEntry, Criteria   frozen records
-    matches_queue(entry, queue_name) -> bool                  pure criteria match
-    parse_bounce / parse_suspend / parse_ready_suspend / parse_rebind
-                                      request JSON -> record (pure; ``id`` and ``now`` in)
     AdminState      add / list / cancel per kind; prune(now); bounce_for,
                     suspension_for, ready_suspension_for
     AdminApi        what the HTTP layer calls; the node's actions are injected callables
-    AdminInputError (HTTP 400, names the field), UnknownEntry (HTTP 404)
+    entry_json(entry, now)            a list entry as KumoMTA shows it
+    UnknownEntry (HTTP 404)
+    re-exported: BounceEntry, SuspendEntry, ReadyQSuspendEntry, Criteria, matches_queue
+        (engine.admin_records); parse_bounce / parse_suspend / parse_ready_suspend /
+        parse_rebind, Rebind, AdminInputError (HTTP 400), DEFAULT_DURATION
+        (engine.admin_requests)
 
 Semantics follow KumoMTA's admin API (``crates/kumod/src/http_server/admin_*``):
 a bounce or suspension names a scheduled queue by ``queue_names`` (exact names,
@@ -24,13 +25,15 @@ from __future__ import annotations
 import inspect
 import time
 import uuid
-from dataclasses import dataclass, fields
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from dataclasses import fields
+from typing import Any, Callable, Mapping
 
-from .queue_name import QueueName
+from .admin_records import (BounceEntry, Criteria, Entry, ReadyQSuspendEntry, SuspendEntry,
+                            is_live, matches_queue)
+from .admin_requests import (DEFAULT_DURATION, AdminInputError, Rebind, parse_bounce,
+                             parse_cancel, parse_ready_suspend, parse_rebind, parse_suspend)
 from .records import rfc3339
-from .units import format_duration, parse_duration
+from .units import format_duration
 
 __all__ = [
     "BounceEntry", "SuspendEntry", "ReadyQSuspendEntry", "Criteria", "matches_queue",
@@ -38,237 +41,9 @@ __all__ = [
     "AdminState", "AdminApi", "AdminInputError", "UnknownEntry", "DEFAULT_DURATION",
 ]
 
-DEFAULT_DURATION = 300.0
-"""KumoMTA's default lifetime of a bounce or suspension: 5 minutes."""
-
-
-class AdminInputError(ValueError):
-    """A request field is missing or malformed (HTTP 400)."""
-
-    def __init__(self, field: str | None, reason: str) -> None:
-        super().__init__(f"{field}: {reason}" if field else reason)
-        self.field = field
-        self.reason = reason
-
 
 class UnknownEntry(LookupError):
     """No bounce or suspension has this id (HTTP 404)."""
-
-
-# -- records -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Criteria:
-    """Which scheduled queues an action applies to; all None and no names: every queue."""
-
-    domain: str | None = None
-    routing_domain: str | None = None
-    tenant: str | None = None
-    campaign: str | None = None
-    queue_names: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BounceEntry:
-    """Bounce matching messages now, and matching new mail until ``expires`` (unix s)."""
-
-    id: str
-    reason: str
-    expires: float
-    created: float
-    domain: str | None = None
-    routing_domain: str | None = None
-    tenant: str | None = None
-    campaign: str | None = None
-    queue_names: tuple[str, ...] = ()
-    suppress_logging: bool = False
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SuspendEntry:
-    """Hold matching scheduled queues (no delivery attempts) until ``expires``."""
-
-    id: str
-    reason: str
-    expires: float
-    created: float = 0.0
-    domain: str | None = None
-    tenant: str | None = None
-    campaign: str | None = None
-    queue_names: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ReadyQSuspendEntry:
-    """Open no new connections for ready queue ``name`` until ``expires``."""
-
-    id: str
-    name: str
-    reason: str
-    expires: float
-    created: float = 0.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Rebind:
-    """A rebind request: set ``data`` as meta on matching messages (queue moves follow)."""
-
-    criteria: Criteria
-    data: Mapping[str, str]
-    reason: str
-    trigger_rebind_event: bool = False
-    always_flush: bool = False
-    suppress_logging: bool = False
-
-
-Entry = TypeVar("Entry", BounceEntry, SuspendEntry, ReadyQSuspendEntry)
-
-
-# -- pure decisions ----------------------------------------------------------------
-
-
-def matches_queue(entry: Criteria | BounceEntry | SuspendEntry, queue_name: str) -> bool:
-    """Whether ``entry``'s criteria select scheduled queue ``queue_name``.
-
-    ``queue_names``, when given, is an exact list and wins over the other criteria.
-    Otherwise each given criterion must equal that part of the name (domains
-    compare case-insensitively); none given selects every queue, as KumoMTA.
-    A name that doesn't parse (a policy's ``queue`` meta) matches only by name
-    or through an everything entry.
-    """
-    if entry.queue_names:
-        return queue_name in entry.queue_names
-    domain = entry.domain
-    routing = getattr(entry, "routing_domain", None)
-    if domain is None and routing is None and entry.tenant is None and entry.campaign is None:
-        return True
-    try:
-        q = QueueName.parse(queue_name)
-    except ValueError:
-        return False
-    return ((domain is None or domain.lower() == q.domain.lower())
-            and (routing is None or routing.lower() == (q.routing_domain or "").lower())
-            and (entry.tenant is None or entry.tenant == q.tenant)
-            and (entry.campaign is None or entry.campaign == q.campaign))
-
-
-def is_live(entry: BounceEntry | SuspendEntry | ReadyQSuspendEntry, now: float) -> bool:
-    return entry.expires > now
-
-
-def _expiry(body: Mapping[str, Any], now: float) -> float:
-    """``expires`` (RFC 3339, wins as in KumoMTA) or ``now + duration`` (default 5m)."""
-    expires = body.get("expires")
-    if expires is not None:
-        if not isinstance(expires, str):
-            raise AdminInputError("expires", "must be an RFC 3339 timestamp string")
-        try:
-            when = datetime.fromisoformat(expires)
-        except ValueError:
-            raise AdminInputError("expires", f"not an RFC 3339 timestamp: {expires!r}") from None
-        if when.tzinfo is None:
-            raise AdminInputError("expires", "must include a time zone (e.g. Z)")
-        return max(now, when.astimezone(timezone.utc).timestamp())
-    duration = body.get("duration")
-    if duration is None:
-        return now + DEFAULT_DURATION
-    try:
-        return now + parse_duration(duration)
-    except (ValueError, TypeError) as exc:
-        raise AdminInputError("duration", str(exc)) from None
-
-
-def _check_fields(body: Any, allowed: Iterable[str]) -> Mapping[str, Any]:
-    # Unknown fields are refused (KumoMTA: deny_unknown_fields): a misspelt
-    # "domian" must not silently become a bounce of everything.
-    if not isinstance(body, Mapping):
-        raise AdminInputError(None, "request body must be a JSON object")
-    allowed = set(allowed)
-    for key in body:
-        if key not in allowed:
-            raise AdminInputError(key, "unknown field")
-    return body
-
-
-def _text(body: Mapping[str, Any], key: str, *, required: bool = False) -> str | None:
-    value = body.get(key)
-    if value is None:
-        if required:
-            raise AdminInputError(key, "is required")
-        return None
-    if not isinstance(value, str) or not value.strip():
-        # An empty criterion would otherwise widen the match to every queue.
-        raise AdminInputError(key, "must be a non-empty string")
-    return value
-
-
-def _flag(body: Mapping[str, Any], key: str) -> bool:
-    value = body.get(key, False)
-    if not isinstance(value, bool):
-        raise AdminInputError(key, "must be true or false")
-    return value
-
-
-def _names(body: Mapping[str, Any]) -> tuple[str, ...]:
-    value = body.get("queue_names")
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise AdminInputError("queue_names", "must be a list of queue names")
-    return tuple(value)
-
-
-_CRITERIA = ("domain", "tenant", "campaign")
-_LIFETIME = ("reason", "duration", "expires")
-
-
-def parse_bounce(body: Any, *, id: str, now: float) -> BounceEntry:
-    """A ``POST /api/admin/bounce/v1`` body as a BounceEntry; AdminInputError names the field."""
-    body = _check_fields(body, (*_CRITERIA, "routing_domain", "queue_names", *_LIFETIME,
-                                "suppress_logging"))
-    return BounceEntry(
-        id=id, reason=_text(body, "reason", required=True) or "", created=now,
-        expires=_expiry(body, now), domain=_text(body, "domain"),
-        routing_domain=_text(body, "routing_domain"), tenant=_text(body, "tenant"),
-        campaign=_text(body, "campaign"), queue_names=_names(body),
-        suppress_logging=_flag(body, "suppress_logging"))
-
-
-def parse_suspend(body: Any, *, id: str, now: float) -> SuspendEntry:
-    """A ``POST /api/admin/suspend/v1`` body as a SuspendEntry."""
-    body = _check_fields(body, (*_CRITERIA, "queue_names", *_LIFETIME))
-    return SuspendEntry(
-        id=id, reason=_text(body, "reason", required=True) or "", created=now,
-        expires=_expiry(body, now), domain=_text(body, "domain"), tenant=_text(body, "tenant"),
-        campaign=_text(body, "campaign"), queue_names=_names(body))
-
-
-def parse_ready_suspend(body: Any, *, id: str, now: float) -> ReadyQSuspendEntry:
-    """A ``POST /api/admin/suspend-ready-q/v1`` body as a ReadyQSuspendEntry."""
-    body = _check_fields(body, ("name", *_LIFETIME))
-    return ReadyQSuspendEntry(
-        id=id, name=_text(body, "name", required=True) or "",
-        reason=_text(body, "reason", required=True) or "", created=now,
-        expires=_expiry(body, now))
-
-
-def parse_rebind(body: Any) -> Rebind:
-    """A ``POST /api/admin/rebind/v1`` body; ``data`` must map strings to strings."""
-    body = _check_fields(body, (*_CRITERIA, "routing_domain", "reason", "data", "always_flush",
-                                "trigger_rebind_event", "suppress_logging"))
-    data = body.get("data")
-    if not isinstance(data, Mapping) or not data:
-        raise AdminInputError("data", "must be a non-empty object of meta name -> value")
-    if not all(isinstance(k, str) and k and isinstance(v, str) for k, v in data.items()):
-        raise AdminInputError("data", "names and values must be strings")
-    criteria = Criteria(domain=_text(body, "domain"), routing_domain=_text(body, "routing_domain"),
-                        tenant=_text(body, "tenant"), campaign=_text(body, "campaign"))
-    return Rebind(criteria=criteria, data=dict(data),
-                  reason=_text(body, "reason", required=True) or "",
-                  trigger_rebind_event=_flag(body, "trigger_rebind_event"),
-                  always_flush=_flag(body, "always_flush"),
-                  suppress_logging=_flag(body, "suppress_logging"))
 
 
 def entry_json(entry: BounceEntry | SuspendEntry | ReadyQSuspendEntry,
@@ -452,7 +227,7 @@ class AdminApi:
         return out
 
     def cancel_bounce(self, body: Any) -> None:
-        id = _cancel_id(body)
+        id = parse_cancel(body)
         self._now()  # an expired entry is gone: 404
         self.state.cancel_bounce(id)
 
@@ -467,7 +242,7 @@ class AdminApi:
         return [entry_json(e, now) for e in self.state.suspensions(now)]
 
     def cancel_suspension(self, body: Any) -> None:
-        id = _cancel_id(body)
+        id = parse_cancel(body)
         self._now()  # an expired entry is gone: 404
         self.state.cancel_suspension(id)
 
@@ -481,7 +256,7 @@ class AdminApi:
         return [entry_json(e, now) for e in self.state.ready_suspensions(now)]
 
     def cancel_ready_suspension(self, body: Any) -> None:
-        id = _cancel_id(body)
+        id = parse_cancel(body)
         self._now()  # an expired entry is gone: 404
         self.state.cancel_ready_suspension(id)
 
@@ -518,9 +293,3 @@ class AdminApi:
             ready.append({**item, "suspended": item.get("suspended")
                           or (hold.reason if hold else None)})
         return {"scheduled": scheduled, "ready": ready}
-
-
-def _cancel_id(body: Any) -> str:
-    body = _check_fields(body, ("id",))
-    return _text(body, "id", required=True) or ""
-

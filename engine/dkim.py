@@ -16,7 +16,8 @@ Canonicalization and header selection are dkimpy's (``dkim.canonicalization``,
 ``cryptography`` (0.3 ms instead of dkimpy's pure-Python ~7-9 ms) and Ed25519 by
 PyNaCl, as dkimpy does. The service runs ``sign_message`` in worker processes
 (``workers`` > 0, the default: the node's own core stays free for SMTP) or in a
-thread (``workers=0``). Parsed keys are cached per process.
+thread (``workers=0``); the worker process and its pipe protocol are
+``engine.dkim_worker``. Parsed keys are cached per process.
 
     Exception tree:
         Exception
@@ -30,15 +31,12 @@ import asyncio
 import base64
 import functools
 import hashlib
+import importlib
 import logging
-import os
-import pickle
-import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import dkim
 import nacl.encoding
@@ -47,6 +45,9 @@ import nacl.signing
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
 from dkim.canonicalization import CanonicalizationPolicy
+
+if TYPE_CHECKING:  # imported when first needed: engine.dkim_worker imports this module
+    from .dkim_worker import Worker
 
 __all__ = ["Signer", "DEFAULT_HEADERS", "sign_message", "signature_headers", "DkimService",
            "DkimError", "DkimKeyError"]
@@ -306,7 +307,7 @@ class DkimService:
             raise ValueError("workers must be >= 0")
         self.workers = workers
         self.timeout = timeout
-        self._pool: list[_Worker] = []
+        self._pool: list[Worker] = []
         self._starting = asyncio.Lock()
         self._closed = False
 
@@ -337,13 +338,14 @@ class DkimService:
                                              for s in signers]})
         raise error
 
-    async def _worker(self) -> _Worker:
+    async def _worker(self) -> Worker:
         """The least busy live worker, starting one while there are fewer than ``workers``."""
+        from .dkim_worker import Worker
         async with self._starting:
             self._pool = [w for w in self._pool if w.alive]
             if len(self._pool) < self.workers:
                 try:
-                    self._pool.append(await _Worker.start())
+                    self._pool.append(await Worker.start())
                 except OSError as exc:
                     raise DkimError(f"cannot start a DKIM signing worker: {exc}") from None
         return min(self._pool, key=lambda w: len(w.pending))
@@ -355,117 +357,11 @@ class DkimService:
         await asyncio.gather(*(w.close() for w in pool))
 
 
-class _Worker(asyncio.SubprocessProtocol):
-    """One signing process, fed length-prefixed pickles on stdin, answering on stdout."""
-
-    def __init__(self) -> None:
-        self.pending: dict[int, asyncio.Future[bytes]] = {}
-        self.alive = True
-        self._next_id = 0
-        self._known: dict[Signer, int] = {}
-        self._buffer = bytearray()
-        self._transport: asyncio.SubprocessTransport | None = None
-        self._exited = asyncio.get_running_loop().create_future()
-
-    @classmethod
-    async def start(cls) -> _Worker:
-        loop = asyncio.get_running_loop()
-        code = "from engine.dkim import _worker_main; _worker_main()"
-        transport, worker = await loop.subprocess_exec(
-            cls, sys.executable, "-c", code, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=None)
-        worker._transport = transport
-        log.info("dkim worker started", extra={"pid": transport.get_pid()})
-        return worker
-
-    async def sign(self, data: bytes, signers: tuple[Signer, ...]) -> bytes:
-        """The signature header fields for ``data`` (see ``signature_headers``)."""
-        if not self.alive or self._transport is None:
-            raise DkimError("DKIM signing worker is gone")
-        stdin = self._transport.get_pipe_transport(0)
-        ids = []
-        for signer in signers:
-            if signer not in self._known:
-                self._known[signer] = len(self._known)
-                stdin.write(_frame(("signer", self._known[signer], signer)))
-            ids.append(self._known[signer])
-        self._next_id += 1
-        req = self._next_id
-        future = asyncio.get_running_loop().create_future()
-        self.pending[req] = future
-        stdin.write(_frame(("sign", req, tuple(ids), time.time(), data)))
-        try:
-            return await future
-        finally:
-            self.pending.pop(req, None)
-
-    def pipe_data_received(self, fd: int, data: bytes) -> None:
-        self._buffer += data
-        while len(self._buffer) >= 4:
-            size = int.from_bytes(self._buffer[:4], "big")
-            if len(self._buffer) < 4 + size:
-                return
-            req, ok, payload = pickle.loads(self._buffer[4:4 + size])
-            del self._buffer[:4 + size]
-            future = self.pending.get(req)
-            if future is not None and not future.done():
-                if ok:
-                    future.set_result(payload)
-                else:
-                    future.set_exception(DkimError(payload))
-
-    def process_exited(self) -> None:
-        assert self._transport is not None
-        code = self._transport.get_returncode()
-        self.alive = False
-        if self.pending:
-            log.error("dkim worker exited", extra={"returncode": code,
-                                                   "pending": len(self.pending)})
-        for future in self.pending.values():
-            if not future.done():
-                future.set_exception(DkimError(f"DKIM signing worker exited ({code})"))
-        if not self._exited.done():
-            self._exited.set_result(code)
-
-    async def close(self) -> None:
-        if self._transport is None:
-            return
-        self._transport.get_pipe_transport(0).close()  # EOF: the worker exits
-        try:
-            await asyncio.wait_for(asyncio.shield(self._exited), 5)
-        except TimeoutError:
-            log.warning("dkim worker did not exit on EOF; killing it")
-        self._transport.close()  # kills it if still running
+# Names that lived here before the worker moved stay importable from here.
+_MOVED = {"_Worker": "Worker", "_worker_main": "worker_main", "_frame": "_frame"}
 
 
-def _frame(obj: Any) -> bytes:
-    body = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return len(body).to_bytes(4, "big") + body
-
-
-def _worker_main() -> None:
-    """The worker process: sign requests from stdin until EOF. Our stdout is private."""
-    # The parent decides when we stop (EOF on stdin, also when it dies), so a signal sent
-    # to the whole process group cannot fail the signings it still has in flight.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # anything printed by accident goes to stderr, not into the frames
-    inp = sys.stdin.buffer
-    signers: dict[int, Signer] = {}
-    while True:
-        head = inp.read(4)
-        if len(head) < 4:
-            return
-        msg = pickle.loads(inp.read(int.from_bytes(head, "big")))
-        if msg[0] == "signer":
-            signers[msg[1]] = msg[2]
-            continue
-        _, req, ids, now, data = msg
-        try:
-            reply = (req, True, _headers_or_error(data, [signers[i] for i in ids], now))
-        except DkimError as exc:
-            reply = (req, False, str(exc))
-        out.write(_frame(reply))
-        out.flush()
-
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        return getattr(importlib.import_module(f"{__package__}.dkim_worker"), _MOVED[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

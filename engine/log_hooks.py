@@ -4,7 +4,12 @@ Exports:
     LogHook            one webhook: URL, record types, batching, timeouts, backoff, cap
     LogHookPublisher   takes records from a LogWriter, persists them, POSTs them in batches
     tsa_hooks(urls)    one hook per TSA base URL (``<url>/publish_log_v1``)
-    backoff_delay      the retry schedule (pure)
+    backoff_delay      the retry schedule (pure; defined in ``log_hooks_send``)
+    Transport          the transport type (defined in ``log_hooks_send``)
+
+The SQLite queue and its thread are ``engine.log_hooks_store``; one hook's sender
+(batching, POST, backoff) is ``engine.log_hooks_send``. This module keeps the hook
+configuration, the intake filter, the policy decision and the publisher's lifecycle.
 
 Flow (KumoMTA ``configure_log_hook`` + ``log_hooks:new_json``, reference §7):
 
@@ -38,23 +43,23 @@ hook until the endpoint accepts it or the cap drops it.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
-import queue
 import random
 import sqlite3
-import threading
-import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Awaitable, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import aiohttp
 
 from .events import PolicyFailure, Registry, Rejected
+from .log_hooks_send import HookSender, HookState, Transport, backoff_delay, post
+from .log_hooks_store import Op, Store, insert_rows, trim_rows
 from .message import PolicyMessage
 from .records import LogRecord, RecordType
 
@@ -65,9 +70,6 @@ log = logging.getLogger("nimbus.log_hooks")
 SHOULD_ENQUEUE = "should_enqueue_log_record"
 TSA_RECORD_TYPES = frozenset({RecordType.TRANSIENT_FAILURE, RecordType.BOUNCE,
                               RecordType.EXPIRATION})
-
-Transport = Callable[["LogHook", bytes], Awaitable[int]]
-"""POSTs a body for a hook and returns the HTTP status; raises on network errors."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,206 +125,6 @@ def tsa_hooks(urls: Iterable[str]) -> list[LogHook]:
                     record_types=TSA_RECORD_TYPES) for url in urls]
 
 
-def backoff_delay(failures: int, *, base: float, cap: float, rand: float) -> float:
-    """Seconds to wait after the ``failures``-th consecutive failure (1-based).
-
-    The delay doubles from ``base`` up to ``cap``; ``rand`` in [0, 1) then picks a
-    point in [d/2, d) ("equal jitter") so nodes retrying one endpoint spread out.
-    """
-    d = min(cap, base * 2.0 ** min(max(failures, 1) - 1, 64))
-    return d / 2 + d / 2 * rand
-
-
-# -- the database and its thread ------------------------------------------------------
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS pending (seq INTEGER PRIMARY KEY, hook TEXT NOT NULL,
-                                    json TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS pending_hook_seq ON pending (hook, seq);
-"""
-
-
-def _dump(payload: LogRecord | str, memo: dict[int, str]) -> str:
-    if isinstance(payload, str):
-        return payload
-    text = memo.get(id(payload))
-    if text is None:
-        text = memo[id(payload)] = json.dumps(payload.to_json(), separators=(",", ":"))
-    return text
-
-
-def _insert(rows: list[tuple[str, LogRecord | str]], conn: sqlite3.Connection) -> int:
-    memo: dict[int, str] = {}
-    conn.executemany("INSERT INTO pending (hook, json) VALUES (?, ?)",
-                     [(hook, _dump(p, memo)) for hook, p in rows])
-    return len(rows)
-
-
-def _trim(hook: str, count: int, above: int, conn: sqlite3.Connection) -> int:
-    return conn.execute("DELETE FROM pending WHERE seq IN (SELECT seq FROM pending "
-                        "WHERE hook = ? AND seq > ? ORDER BY seq LIMIT ?)",
-                        (hook, above, count)).rowcount
-
-
-def _read(hook: str, limit: int, conn: sqlite3.Connection) -> list[tuple[int, str]]:
-    return conn.execute("SELECT seq, json FROM pending WHERE hook = ? ORDER BY seq LIMIT ?",
-                        (hook, limit)).fetchall()
-
-
-def _delete(hook: str, upto: int, conn: sqlite3.Connection) -> int:
-    return conn.execute("DELETE FROM pending WHERE hook = ? AND seq <= ?", (hook, upto)).rowcount
-
-
-Op = Callable[[sqlite3.Connection], Any]
-
-
-class _Store:
-    """The SQLite file and the one thread that runs every statement on it."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-
-    def open(self) -> dict[str, int]:
-        """Open (or re-create a corrupt) database, start the thread; pending rows per hook."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            conn = self._connect()
-        except sqlite3.DatabaseError as exc:
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            log.critical("log hook database unreadable; moved aside",
-                         extra={"path": str(self.path), "moved_to": str(aside), "error": str(exc)})
-            for suffix in ("", "-wal", "-shm"):
-                src = Path(str(self.path) + suffix)
-                if src.exists():
-                    src.rename(Path(str(aside) + suffix))
-            conn = self._connect()
-        counts = dict(conn.execute("SELECT hook, count(*) FROM pending GROUP BY hook"))
-        self._thread = threading.Thread(target=self._loop, args=(conn,),
-                                        name="nimbus-loghooks-db", daemon=True)
-        self._thread.start()
-        return counts
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                               timeout=30)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")  # survives kill -9, not an OS crash
-            conn.executescript(_SCHEMA)
-        except sqlite3.DatabaseError:
-            conn.close()
-            raise
-        return conn
-
-    async def run(self, *ops: Op) -> list[Any]:
-        """Run ``ops`` in the next transaction (shared with other waiting requests)."""
-        if self._thread is None:
-            raise RuntimeError("log hook database is not open")
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._requests.put((ops, loop, fut))
-        return await fut
-
-    async def close(self) -> None:
-        if self._thread is not None:
-            self._requests.put(None)
-            await asyncio.to_thread(self._thread.join)
-            self._thread = None
-
-    def _loop(self, conn: sqlite3.Connection) -> None:
-        try:
-            while True:
-                batch = [self._requests.get()]
-                while True:
-                    try:
-                        batch.append(self._requests.get_nowait())
-                    except queue.Empty:
-                        break
-                work = [b for b in batch if b is not None]
-                if work:
-                    self._commit(conn, work)
-                if len(work) < len(batch):
-                    return
-        finally:
-            conn.close()
-
-    def _commit(self, conn: sqlite3.Connection, batch: list[tuple]) -> None:
-        """One transaction for the batch; if it fails, each request alone (own error)."""
-        try:
-            outcomes = [(loop, fut, res, None) for (_, loop, fut), res
-                        in zip(batch, self._transaction(conn, [ops for ops, _, _ in batch]))]
-        except Exception:  # isolate the failing request below
-            outcomes = []
-            for ops, loop, fut in batch:
-                try:
-                    outcomes.append((loop, fut, self._transaction(conn, [ops])[0], None))
-                except Exception as exc:  # handed to the awaiting task
-                    outcomes.append((loop, fut, None, exc))
-        for loop, fut, res, err in outcomes:
-            try:
-                loop.call_soon_threadsafe(_resolve, fut, res, err)
-            except RuntimeError:  # that loop is closed: nobody is waiting any more
-                pass
-
-    @staticmethod
-    def _transaction(conn: sqlite3.Connection, requests: list[tuple[Op, ...]]) -> list[list]:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            results = [[op(conn) for op in ops] for ops in requests]
-            conn.execute("COMMIT")
-            return results
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-
-
-def _resolve(fut: asyncio.Future, result: Any, err: BaseException | None) -> None:
-    if fut.done():
-        return
-    if err is None:
-        fut.set_result(result)
-    else:
-        fut.set_exception(err)
-
-
-# -- the publisher --------------------------------------------------------------------
-
-@dataclass(slots=True)
-class _HookState:
-    """A hook's counters and what its sender waits on (event-loop only)."""
-
-    pending: int = 0
-    sent: int = 0
-    batches: int = 0
-    failed_attempts: int = 0
-    dropped: int = 0
-    skipped_by_policy: int = 0
-    inflight_upto: int = 0  # highest seq being POSTed (the cap never drops those)
-    busy: bool = False  # a POST and its bookkeeping are under way: close() lets it end
-    dropping: bool = False
-    arrivals: deque[list[float]] = field(default_factory=deque)  # [count, loop time]
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def added(self, count: int, now: float) -> None:
-        self.pending += count
-        self.arrivals.append([count, now])
-        self.wake.set()
-
-    def removed(self, count: int) -> None:
-        """Forget ``count`` of the oldest pending rows (sent or dropped)."""
-        self.pending = max(0, self.pending - count)
-        while count > 0 and self.arrivals:
-            head = self.arrivals[0]
-            taken = min(count, int(head[0]))
-            head[0] -= taken
-            count -= taken
-            if head[0] <= 0:
-                self.arrivals.popleft()
-
-
 class LogHookPublisher:
     """Persists records for each hook and POSTs them in batches.
 
@@ -343,8 +145,8 @@ class LogHookPublisher:
         self._policy = policy
         self._transport = transport
         self._rand = rand
-        self._store = _Store(Path(db_path))
-        self._state = {name: _HookState() for name in self.hooks}
+        self._store = Store(Path(db_path))
+        self._state = {name: HookState() for name in self.hooks}
         self._incoming: list[tuple[LogRecord, tuple[LogHook, ...]]] = []
         self._wake = asyncio.Event()
         self._persist_lock = asyncio.Lock()
@@ -402,10 +204,10 @@ class LogHookPublisher:
         try:
             await self.open()
             session = aiohttp.ClientSession() if self._transport is None else None
-            transport = self._transport or partial(_post, session)
+            transport = self._transport or partial(post, session)
             try:
                 async with asyncio.TaskGroup() as tg:
-                    senders = [tg.create_task(self._send_loop(h, transport),
+                    senders = [tg.create_task(self._sender(h, transport).run(),
                                               name=f"log-hook:{h.name}")
                                for h in self._hook_list]
                     await self._persist_loop()
@@ -514,13 +316,13 @@ class LogHookPublisher:
 
     async def _store_rows(self, rows: list[tuple[str, LogRecord | str]]) -> None:
         counts = Counter(name for name, _ in rows)
-        ops: list[Op] = [partial(_insert, rows)]
+        ops: list[Op] = [partial(insert_rows, rows)]
         trimmed: list[str] = []
         for name, n in counts.items():
             st = self._state[name]
             excess = st.pending + n - self.hooks[name].max_pending
             if excess > 0:
-                ops.append(partial(_trim, name, excess, st.inflight_upto))
+                ops.append(partial(trim_rows, name, excess, st.inflight_upto))
                 trimmed.append(name)
         results = await self._store.run(*ops)
         now = asyncio.get_running_loop().time()
@@ -536,97 +338,23 @@ class LogHookPublisher:
                             extra={"hook": name, "max_pending": self.hooks[name].max_pending,
                                    "dropped": dropped})
 
-    # -- sending --------------------------------------------------------------------
+    # -- sending (engine.log_hooks_send) --------------------------------------------
 
-    async def _send_loop(self, hook: LogHook, transport: Transport) -> None:
-        st = self._state[hook.name]
-        while not self._closing:
-            await self._wait_for_batch(hook, st)
-            try:
-                if not await self._send_batch(hook, st, transport):
-                    return
-            except sqlite3.Error as exc:  # disk trouble: a re-sent batch, never a loss
-                log.error("log hook database failed; retrying", extra={
-                    "hook": hook.name, "error": str(exc)})
-                await asyncio.sleep(hook.backoff_max)
-
-    async def _send_batch(self, hook: LogHook, st: _HookState, transport: Transport) -> bool:
-        """Read, POST and delete one batch; False when close() interrupted it."""
-        rows = (await self._store.run(partial(_read, hook.name, hook.batch_size)))[0]
-        if not rows:  # the cap dropped them meanwhile
-            st.removed(st.pending)
-            return True
-        st.inflight_upto = rows[-1][0]
-        body = ("[" + ",".join(text for _, text in rows) + "]").encode()
-        try:
-            st.busy = True
-            if not await self._deliver(hook, st, transport, body):
-                return False
-            deleted = (await self._store.run(partial(_delete, hook.name, rows[-1][0])))[0]
-        finally:
-            st.busy = False
-            st.inflight_upto = 0
-        st.removed(deleted)
-        st.sent += len(rows)
-        st.batches += 1
-        st.dropping = False
-        return True
-
-    async def _wait_for_batch(self, hook: LogHook, st: _HookState) -> None:
-        """Until ``batch_size`` rows wait, or the oldest has waited ``max_latency``."""
-        loop = asyncio.get_running_loop()
-        while True:
-            st.wake.clear()
-            if st.pending >= hook.batch_size:
-                return
-            if st.pending > 0:
-                oldest = st.arrivals[0][1] if st.arrivals else float("-inf")
-                remaining = oldest + hook.max_latency - loop.time()
-                if remaining <= 0:
-                    return
-                try:
-                    async with asyncio.timeout(remaining):
-                        await st.wake.wait()
-                except TimeoutError:
-                    return
-            else:
-                await st.wake.wait()
-
-    async def _deliver(self, hook: LogHook, st: _HookState, transport: Transport,
-                       body: bytes) -> bool:
-        """POST ``body`` until a 2xx (True) or a failure during close (False).
-
-        Logs the first failure of a streak and the recovery.
-        """
-        failures = 0
-        while True:
-            try:
-                status = await transport(hook, body)
-                reason = f"HTTP {status}"
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                status, reason = 0, f"{type(exc).__name__}: {exc}"
-            if 200 <= status < 300:
-                if failures:
-                    log.info("log hook delivering again",
-                             extra={"hook": hook.name, "failed_attempts": failures})
-                return True
-            failures += 1
-            st.failed_attempts += 1
-            if failures == 1:
-                log.warning("log hook delivery failed; retrying with backoff",
-                            extra={"hook": hook.name, "url": hook.url, "reason": reason,
-                                   "pending": st.pending})
-            if self._closing:
-                return False
-            st.busy = False  # close() may cancel the backoff
-            await asyncio.sleep(backoff_delay(failures, base=hook.backoff_base,
-                                              cap=hook.backoff_max, rand=self._rand()))
-            st.busy = True
+    def _sender(self, hook: LogHook, transport: Transport) -> HookSender:
+        return HookSender(hook, self._state[hook.name], self._store, transport,
+                          rand=self._rand, closing=lambda: self._closing)
 
 
-async def _post(session: aiohttp.ClientSession, hook: LogHook, body: bytes) -> int:
-    headers = {"Content-Type": "application/json", **hook.headers}
-    async with asyncio.timeout(hook.timeout):
-        async with session.post(hook.url, data=body, headers=headers) as resp:
-            await resp.read()
-            return resp.status
+# Names that lived here before the split stay importable from here.
+_MOVED = {"_Store": ("log_hooks_store", "Store"), "_insert": ("log_hooks_store", "insert_rows"),
+          "_trim": ("log_hooks_store", "trim_rows"), "_read": ("log_hooks_store", "read_rows"),
+          "_delete": ("log_hooks_store", "delete_rows"), "_dump": ("log_hooks_store", "_dump"),
+          "_resolve": ("log_hooks_store", "_resolve"), "_SCHEMA": ("log_hooks_store", "_SCHEMA"),
+          "_HookState": ("log_hooks_send", "HookState"), "_post": ("log_hooks_send", "post")}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        module, attr = _MOVED[name]
+        return getattr(importlib.import_module(f"{__package__}.{module}"), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
