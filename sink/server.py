@@ -128,20 +128,10 @@ class _SinkSession(_Session):
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         """DATA (RFC 5321 §4.1.1.4): read the body in bulk, count it, drop it."""
-        if await self.check_helo_needed():
-            return
         envelope = self.envelope
-        assert envelope is not None
-        if not envelope.rcpt_tos:
-            await self.push("503 5.5.1 Error: need RCPT command")
-            return
-        if arg:
-            await self.push("501 Syntax: DATA")
-            return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        body, too_much = await self._read_body()
+        body, too_much = await self._begin_data(arg)
         if body is None:
-            return  # connection lost mid-DATA
+            return  # refused before 354, or the connection was lost mid-DATA
         self._set_post_data_state()
         if too_much:
             await self.push("552 5.3.4 Error: Too much mail data")

@@ -137,21 +137,9 @@ class _Session(SMTP):
         and size, and dot-unstuffed with one ``replace``. Bytes after the terminator
         stay in the reader, so a pipelining client's next MAIL (RFC 2920) is kept.
         """
-        if await self.check_helo_needed():
-            return
-        if await self.check_auth_needed("DATA"):
-            return
-        assert self.envelope is not None
-        if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
-            return
-        if arg:
-            await self.push("501 Syntax: DATA")
-            return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        body, too_much = await self._read_body()
+        body, too_much = await self._begin_data(arg)
         if body is None:
-            return  # connection lost mid-DATA; aiosmtpd's connection_lost cleans up
+            return  # refused before 354, or the connection was lost mid-DATA
         if too_much:
             await self.push("552 Error: Too much mail data")
             self._set_post_data_state()
@@ -165,6 +153,24 @@ class _Session(SMTP):
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)
+
+    async def _begin_data(self, arg: str) -> tuple[bytes | None, bool]:
+        """DATA's preconditions (greeting, AUTH, a recipient, no argument), the 354, and the
+        body read in bulk: (body, over the size limit). body is None when DATA was refused
+        (the reply is sent) or the connection was lost."""
+        if await self.check_helo_needed():
+            return None, False
+        if await self.check_auth_needed("DATA"):
+            return None, False
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return None, False
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return None, False
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        return await self._read_body()
 
     async def _read_body(self) -> tuple[bytes | None, bool]:
         """The raw body up to the terminating ``.\r\n`` (excluded), and whether it was
