@@ -111,7 +111,8 @@ class Node:
                               inspect_sched_q=ops.inspect_sched_q,
                               ready_q_states=ops.ready_q_states,
                               queue_summary=ops.queue_summary, state=self.admin_state)
-        self.dkim = DkimService()  # one signing process, started on the first dkim_sign
+        # Signing processes start on the first dkim_sign (none for policies that never sign).
+        self.dkim = DkimService(workers=settings.dkim.workers, timeout=settings.dkim.timeout)
         self.acceptor = Acceptor(spool=self.spool, scheduler=self.scheduler, logs=self.logs,
                                  policy=self.policy, node_id=settings.effective_node_id,
                                  dkim=self.dkim)

@@ -30,7 +30,7 @@ from .units import parse_duration, parse_hostport, parse_size
 __all__ = [
     "Settings", "SmtpSettings", "HttpSettings", "SpoolSettings", "LogSettings",
     "PolicySettings", "SinkSettings", "DnsSettings", "DeliverySettings", "RedisSettings",
-    "ClusterSettings", "TsaSettings",
+    "ClusterSettings", "TsaSettings", "DkimSettings",
     "load_settings", "dotted_tree", "ConfigError", "BUNDLED_POLICY_DIR",
 ]
 
@@ -57,6 +57,8 @@ class SmtpSettings:
     max_recipients: int = _kind("int", 100, "recipients per message (452 4.5.3 beyond)")
     max_connections: int = _kind("int", 1000, "concurrent SMTP sessions (421 4.7.0 beyond)")
     idle_timeout: float = _kind("duration", 300.0, "idle time per command before 421")
+    data_timeout: float = _kind("duration", 600.0, "longest a message body may take to arrive "
+                                                   "(RFC 5321 4.5.3.2.6)")
     tls_certificate: str = _kind("str", "", "PEM certificate: enables STARTTLS and AUTH")
     tls_private_key: str = _kind("str", "", "PEM private key for tls_certificate")
 
@@ -108,6 +110,13 @@ class SinkSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DkimSettings:
+    workers: int = _kind("int", 1, "signing worker processes, started on the first signature "
+                                   "(0: sign in a thread of the node)")
+    timeout: float = _kind("duration", 30.0, "longest one signing may take (451 4.3.0 beyond)")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RedisSettings:
     url: str = _kind("str", "", "shared throttle/TSA store, redis://host:port/db "
                                 "(empty: embedded, this node only)")
@@ -154,6 +163,7 @@ class Settings:
     sink: SinkSettings = field(default_factory=SinkSettings)
     dns: DnsSettings = field(default_factory=DnsSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    dkim: DkimSettings = field(default_factory=DkimSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     tsa: TsaSettings = field(default_factory=TsaSettings)

@@ -101,6 +101,18 @@ class RecordView:
         return f"{self.id}:{self.type}:{self.timestamp:g}"
 
 
+def _record_time(obj: Mapping[str, Any]) -> float:
+    """When the record happened: its RFC 3339 ``event_time`` (microseconds) when present,
+    else ``timestamp`` (whole Unix seconds, which would make expiries up to 1 s early)."""
+    event_time = obj.get("event_time")
+    if isinstance(event_time, str):
+        try:
+            return datetime.fromisoformat(event_time.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            pass
+    return _timestamp(obj.get("timestamp"))
+
+
 def _timestamp(value: Any) -> float:
     if isinstance(value, bool):
         raise RecordInvalid(f"timestamp: expected Unix seconds, got {value!r}")
@@ -182,7 +194,7 @@ def parse_record(obj: Any) -> RecordView:
     peer = obj.get("peer_address")
     mx = (peer["name"],) if isinstance(peer, Mapping) and isinstance(peer.get("name"), str) \
         and peer["name"] else ()
-    return RecordView(id=ident, type=kind, timestamp=_timestamp(obj.get("timestamp")),
+    return RecordView(id=ident, type=kind, timestamp=_record_time(obj),
                       domains=_domains(obj.get("recipient", "")), ready_queue=site,
                       source=source, site=bare, queue=queue,
                       response_line=_response_line(obj.get("response")), mx_hosts=mx)

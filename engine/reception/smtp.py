@@ -113,9 +113,11 @@ class _Session(SMTP):
             return super()._getaddr(arg)
         return m.group(1), m.group(2) or ""
 
-    def __init__(self, *args: Any, on_close: Callable[[], None], **kw: Any) -> None:
+    def __init__(self, *args: Any, on_close: Callable[[], None],
+                 data_timeout: float = 600.0, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self._on_close = on_close
+        self._data_timeout = data_timeout
 
     def __dir__(self) -> list[str]:
         # aiosmtpd's __init__ runs inspect.getmembers(self) and dir(self) on every
@@ -170,7 +172,14 @@ class _Session(SMTP):
             await self.push("501 Syntax: DATA")
             return None, False
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        return await self._read_body()
+        # The per-command idle timer would cut off a large upload on a slow link; the body
+        # gets data_timeout instead (RFC 5321 §4.5.3.2.6: wait ≥ 10 minutes for the end).
+        self._reset_timeout(max(self._data_timeout, self._timeout_duration))
+        try:
+            return await self._read_body()
+        finally:
+            if self.transport is not None:
+                self._reset_timeout()
 
     async def _read_body(self) -> tuple[bytes | None, bool]:
         """The raw body up to the terminating ``.\r\n`` (excluded), and whether it was
@@ -422,7 +431,8 @@ class SmtpListener:
             data_size_limit=self._settings.smtp.max_message_size, enable_SMTPUTF8=True,
             decode_data=False, tls_context=self._tls, require_starttls=False,
             auth_require_tls=True, authenticator=self._authenticate if self._tls else None,
-            timeout=self._settings.smtp.idle_timeout, on_close=self._session_closed)
+            timeout=self._settings.smtp.idle_timeout, on_close=self._session_closed,
+            data_timeout=self._settings.smtp.data_timeout)
 
     def _session_closed(self) -> None:
         self.open_sessions -= 1

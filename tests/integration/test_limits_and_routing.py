@@ -91,3 +91,34 @@ async def test_routing_domain_sends_mail_to_the_routing_domains_mx(tmp_path):
     assert rec["site"] == "unspecified->mx.relay.test@smtp_client"
     assert len(relay.messages) == 1 and direct.messages == []
     assert relay.messages[0].recipients == ["u@customer.test"]
+
+
+async def test_slow_body_within_data_timeout_is_accepted(tmp_path):
+    """A body trickling in for longer than smtp.idle_timeout is still accepted: the body gets
+    smtp.data_timeout (RFC 5321 4.5.3.2.6), and the idle timer applies again afterwards."""
+    async with running_node(tmp_path, **{"smtp.idle_timeout": 0.3,
+                                         "smtp.data_timeout": 10}) as node:
+        reader, writer, banner = await open_session(node.smtp_port)
+
+        async def command(line: bytes) -> bytes:
+            writer.write(line)
+            await writer.drain()
+            while True:
+                reply = await reader.readline()
+                if reply[3:4] != b"-":
+                    return reply
+
+        async with asyncio.timeout(10):
+            await command(b"EHLO c.test\r\n")
+            await command(b"MAIL FROM:<a@src.test>\r\n")
+            await command(b"RCPT TO:<b@dst.test>\r\n")
+            assert (await command(b"DATA\r\n")).startswith(b"354")
+            for part in (b"Subject: slow\r\n", b"\r\n", b"line one\r\n"):
+                writer.write(part)
+                await writer.drain()
+                await asyncio.sleep(0.3)  # a slow client: the point of this test, not readiness
+            reply = await command(b".\r\n")
+            idle = await reader.readline()  # then the idle timer ends the silent session
+        await close(writer)
+    assert reply.startswith(b"250 OK ids=")
+    assert idle.startswith(b"421 4.4.2 ")

@@ -228,3 +228,10 @@ def test_override_unknown_key_names_flags():
     """An unknown key in overrides raises ConfigError naming flags as the source."""
     with pytest.raises(ConfigError, match=r"flags: \[smtp\] nope"):
         load_settings(None, env={}, overrides={"smtp": {"nope": 1}})
+
+
+def test_dkim_settings_from_environment():
+    """NIMBUS_DKIM_WORKERS and NIMBUS_DKIM_TIMEOUT set the signing service's size and limit."""
+    from engine.config import load_settings
+    s = load_settings(env={"NIMBUS_DKIM_WORKERS": "0", "NIMBUS_DKIM_TIMEOUT": "5s"})
+    assert (s.dkim.workers, s.dkim.timeout) == (0, 5.0)

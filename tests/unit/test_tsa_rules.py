@@ -191,6 +191,16 @@ def test_expired_record_is_ignored(shaping, age, matches):
     assert len(_rules(shaping, record(), now=T0 + age)) == matches
 
 
+def test_event_time_gives_the_expiry_its_sub_second_precision(shaping):
+    """With event_time present the expiry counts from it, not from the whole-second timestamp
+    (which would end the action up to a second early)."""
+    from engine.records import rfc3339
+    rec = {**record(ts=int(T0)), "event_time": rfc3339(int(T0) + 0.75)}
+    (entry,) = _entries(shaping, rec)
+    (plain,) = _entries(shaping, record(ts=int(T0)))
+    assert entry.expires - plain.expires == 0.75
+
+
 # --- planned entries -----------------------------------------------------------------
 
 def _entries(shaping, rec, now=T0):
