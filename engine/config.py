@@ -31,7 +31,7 @@ __all__ = [
     "Settings", "SmtpSettings", "HttpSettings", "SpoolSettings", "LogSettings",
     "PolicySettings", "SinkSettings", "DnsSettings", "DeliverySettings", "RedisSettings",
     "ClusterSettings", "TsaSettings", "DkimSettings",
-    "load_settings", "dotted_tree", "ConfigError", "BUNDLED_POLICY_DIR",
+    "load_settings", "dotted_tree", "read_toml", "ConfigError", "BUNDLED_POLICY_DIR",
 ]
 
 BUNDLED_POLICY_DIR = Path(__file__).resolve().parent.parent / "policy"
@@ -297,6 +297,18 @@ def dotted_tree(settings: Mapping[str, Any]) -> dict[str, Any]:
     return tree
 
 
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML file (tomli: TOML 1.1). Raises ConfigError ``"<path>: ..."`` when it is
+    unreadable or malformed; the one reader every config and policy file goes through."""
+    try:
+        with open(path, "rb") as fh:
+            return tomli.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomli.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
 def load_settings(config_path: str | None = None, env: Mapping[str, str] | None = None,
                   overrides: Mapping[str, Any] | None = None) -> Settings:
     """Build the node's settings.
@@ -310,14 +322,7 @@ def load_settings(config_path: str | None = None, env: Mapping[str, str] | None 
     settings = Settings()
     path = config_path or env.get("NIMBUS_CONFIG")
     if path:
-        try:
-            with open(path, "rb") as fh:
-                tree = tomli.load(fh)
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-        except tomli.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-        settings = _layer(settings, tree, path)
+        settings = _layer(settings, read_toml(path), path)
     settings = _layer(settings, _env_tree(env), "environment")
     if overrides:
         settings = _layer(settings, overrides, "flags")

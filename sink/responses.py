@@ -33,9 +33,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-import tomli
 
-from engine.config import ConfigError
+from engine.config import ConfigError, read_toml
 from engine.units import parse_duration
 
 __all__ = ["Responses", "Decision", "Rule", "Reply", "load_responses", "parse_responses",
@@ -171,14 +170,7 @@ _RULE_KEYS = ("bounce", "defer", "latency")
 
 def load_responses(path: str) -> Responses:
     """Read and check a responses file. Raises ConfigError naming file, table and key."""
-    try:
-        with open(path, "rb") as fh:
-            tree = tomli.load(fh)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except tomli.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    return parse_responses(tree, path)
+    return parse_responses(read_toml(path), path)
 
 
 def parse_responses(tree: Mapping[str, Any], source: str) -> Responses:

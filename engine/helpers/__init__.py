@@ -17,9 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-import tomli
-
-from ..config import ConfigError
+from ..config import ConfigError, read_toml
 
 __all__ = ["load_document", "table_name"]
 
@@ -33,16 +31,13 @@ def load_document(path: str | Path) -> dict[str, Any]:
     or when a JSON document is not an object.
     """
     text_path = str(path)
+    if not text_path.endswith(".json"):
+        return read_toml(path)
     try:
         with open(path, "rb") as fh:
-            if text_path.endswith(".json"):
-                tree = json.load(fh)
-            else:
-                tree = tomli.load(fh)
+            tree = json.load(fh)
     except OSError as exc:
         raise ConfigError(f"{text_path}: cannot read: {exc.strerror}") from None
-    except tomli.TOMLDecodeError as exc:
-        raise ConfigError(f"{text_path}: invalid TOML: {exc}") from None
     except ValueError as exc:  # json.JSONDecodeError, UnicodeDecodeError
         raise ConfigError(f"{text_path}: invalid JSON: {exc}") from None
     if not isinstance(tree, dict):

@@ -37,9 +37,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import tomli
-
-from ..config import ConfigError
+from ..config import ConfigError, read_toml
 from ..egress_options import EGRESS_OPTION_NAMES, parse_egress_option
 from ..throttle_spec import LimitSpec, ThrottleSpec
 from ..units import parse_duration
@@ -279,16 +277,6 @@ def _parse_provider(path: str, name: str, table: Any) -> tuple[Provider, bool]:
     return Provider(name=name, automation=rules, origin=where, **fields), replace_base
 
 
-def _read(path: str) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as fh:
-            return tomli.load(fh)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except tomli.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-
-
 def load_shaping(paths: Sequence[str | Path]) -> Shaping:
     """Load and merge shaping TOML files, later over earlier.
 
@@ -301,7 +289,7 @@ def load_shaping(paths: Sequence[str | Path]) -> Shaping:
     rollups: list[Block] = []
     providers: dict[str, Provider] = {}
     for path in map(str, paths):
-        tree = _read(path)
+        tree = read_toml(path)
         for name, table in tree.items():
             if name == "provider":
                 if not isinstance(table, dict):
