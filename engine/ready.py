@@ -153,9 +153,6 @@ class ReadyQueue:
 
     def set_state(self, state: str, context: str | None) -> None:
         """Record (or clear, with None) why this queue is waiting: ready-q-states."""
-        self._set_state(state, context)
-
-    def _set_state(self, state: str, context: str | None) -> None:
         if context is None:
             self.states.pop(state, None)
         elif state not in self.states:
@@ -171,7 +168,7 @@ class ReadyQueue:
         if self._stopping:
             return None  # draining: the rest stays spooled for the next start
         hold = self._suspension()
-        self._set_state("suspended", hold.reason if hold else None)
+        self.set_state("suspended", hold.reason if hold else None)
         if hold is not None:
             self._hold_all(hold)
             return None
@@ -233,9 +230,9 @@ class ReadyQueue:
             return None
         got = await self._gate.open(self.path, self.name)
         if isinstance(got, Ticket):
-            self._set_state("connection_limited", None)
+            self.set_state("connection_limited", None)
             return got
-        self._set_state("connection_limited",
+        self.set_state("connection_limited",
                         f"connection limit reached; next slot in {got:.1f}s")
         return got
 
@@ -245,13 +242,13 @@ class ReadyQueue:
         if self._gate is None:
             return True
         while (wait := await self._gate.message_wait(self.path, self.name)) is not None:
-            self._set_state("message_rate_throttled",
+            self.set_state("message_rate_throttled",
                             f"max_message_rate reached; next token in {wait:.2f}s")
             if wait > self.path.idle_timeout or self._stopping:
                 self._outcomes.delay(msg, wait)
                 return False
             await asyncio.sleep(wait)  # only this connection waits; other queues run on
-        self._set_state("message_rate_throttled", None)
+        self.set_state("message_rate_throttled", None)
         return True
 
     async def _connection(self) -> None:

@@ -299,7 +299,8 @@ class Router:
         source, path = chosen
         name = ready_queue_name(source.name, site)
         ready = self.ready.get(name)
-        if ready is None or ready.path != path:
+        # Usually the very same cached object: skip comparing its ~60 fields per message.
+        if ready is None or (ready.path is not path and ready.path != path):
             dest = destination_for(sink_endpoint=sink, mx_list=cfg.mx_list,
                                    mx_hosts=mx.hosts if mx else None,
                                    mx_site=mx.site_name if mx else None, smtp_port=path.smtp_port)

@@ -35,7 +35,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Se
 
 from ..config import Settings
 from ..events import PolicyFailure, Registry, Rejected
-from ..records import PeerAddress, Response
+from ..records import PeerAddress, Response, new_message_id
 from ..spool import SpoolError, SpoolFull
 from .accept import Accepted, Acceptor, Incoming
 from .auth import Credentials
@@ -345,11 +345,12 @@ class SmtpHandler:
         if session.authenticated and session.auth_data:
             # KumoMTA's names: the AUTH identity (we have no separate authz identity).
             meta["authn_id"] = meta["authz_id"] = str(session.auth_data)
-        batch = [Incoming(sender=envelope.mail_from or "", recipient=rcpt, data=b"",
-                          meta=dict(meta)) for rcpt in envelope.rcpt_tos]
-        batch = [Incoming(sender=i.sender, recipient=i.recipient, meta=i.meta, id=i.id,
-                          data=self._trace_header(session, i.id, i.recipient) + data)
-                 for i in batch]
+        batch = []
+        for rcpt in envelope.rcpt_tos:
+            id = new_message_id()  # also named in this copy's Received: header
+            batch.append(Incoming(sender=envelope.mail_from or "", recipient=rcpt, id=id,
+                                  meta=dict(meta),
+                                  data=self._trace_header(session, id, rcpt) + data))
         try:
             results = await self._acceptor.accept(
                 batch, event="smtp_server_message_received", event_arg=self._conn_meta(session),
