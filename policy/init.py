@@ -33,9 +33,6 @@ def register(nimbus):
     dkim = DkimData.load(nimbus.path("dkim_data.toml"))
     nimbus.configure_bounce_classifier(["bounce_rules.toml"])
     sources.validate((), referenced_pools=queues.egress_pools())
-    # KumoMTA's helper refuses mail without a From header (552 5.6.0) because it signs by
-    # the From domain; with nothing to sign with, there is no reason to refuse anything.
-    signing = bool(dkim.domains or dkim.additional)
     site_of = {}  # shaping domain -> its MX site name (for mx_rollup blocks)
 
     def sink_mode():
@@ -64,8 +61,7 @@ def register(nimbus):
 
     def received(msg):
         queues.apply(msg)  # tenant/campaign from headers; unknown tenant -> 500
-        if signing:
-            dkim.sign(msg)  # recorded now, signed after the event returns, off the loop
+        dkim.sign(msg)  # recorded now, signed after the event returns, off the loop
 
     @nimbus.on("smtp_server_message_received")
     def smtp_message(msg, conn_meta):

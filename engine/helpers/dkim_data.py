@@ -166,9 +166,13 @@ class DkimData:
     def signers_for(self, msg: PolicyMessage) -> list[Signer]:
         """The signers for ``msg``: its From domain's block, then additional signatures.
 
-        Rejects with 552 5.6.0 when the message has no From header (KumoMTA's reply).
+        Rejects with 552 5.6.0 when the message has no From header (KumoMTA's reply) —
+        unless the file names nothing to sign with (only ``[base]``): then there is no
+        reason to refuse anything, and the answer is no signers.
         Raises DkimKeyError when a wildcard domain's key file cannot be read.
         """
+        if not self.domains and not self.additional:
+            return []
         value = msg.get_first_named_header_value("From")
         if value is None:
             reject(552, "5.6.0 DKIM signing requires a From header")
