@@ -149,7 +149,6 @@ class DnsSettings:
 class DeliverySettings:
     shutdown_deadline: float = _kind("duration", 25.0, "in-flight deliveries get this long at SIGTERM")
     allow_loopback_mx: bool = _kind("bool", False, "permit loopback/unspecified MX targets (tests)")
-    max_ready_batch: int = _kind("int", 1024, "messages moved from scheduled to ready per pass")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
