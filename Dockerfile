@@ -26,7 +26,7 @@ COPY tsa ./tsa
 COPY sink ./sink
 
 # A regular (non-editable) install: the bundled policy lands in site-packages/policy, where
-# engine.config.BUNDLED_POLICY_DIR finds it. Bytecode is compiled here, once, because the
+# engine.config.settings.BUNDLED_POLICY_DIR finds it. Bytecode is compiled here, once, because the
 # runtime filesystem is read-only.
 RUN /opt/nimbus/bin/pip install --no-compile . \
  && /opt/nimbus/bin/python -m compileall -q /opt/nimbus/lib \

@@ -14,8 +14,8 @@ import argparse
 import time
 import tracemalloc
 
+from engine.queues.scheduled import Scheduler
 from engine.records import Message, new_message_id
-from engine.scheduled import Scheduler
 
 
 def main() -> None:
@@ -27,16 +27,31 @@ def main() -> None:
     before = tracemalloc.get_traced_memory()[0]
     now = time.time()
     for i in range(n):
-        meta = {"reception_protocol": "ESMTP", "received_from": f"10.1.2.3:{40000 + i % 20000}",
-                "received_via": "0.0.0.0:2525", "hostname": "mta-0.nimbus",
-                "ehlo_domain": "client.example.com"}
-        scheduler.insert(Message(id=new_message_id(), sender="bounces+1234@sender.example.com",
-                                 recipient=f"user{i}@example.net", queue="example.net",
-                                 meta=meta, created=now, due=now + 600 + i, size=4096))
+        meta = {
+            "reception_protocol": "ESMTP",
+            "received_from": f"10.1.2.3:{40000 + i % 20000}",
+            "received_via": "0.0.0.0:2525",
+            "hostname": "mta-0.nimbus",
+            "ehlo_domain": "client.example.com",
+        }
+        scheduler.insert(
+            Message(
+                id=new_message_id(),
+                sender="bounces+1234@sender.example.com",
+                recipient=f"user{i}@example.net",
+                queue="example.net",
+                meta=meta,
+                created=now,
+                due=now + 600 + i,
+                size=4096,
+            )
+        )
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
-    print(f"{n} queued messages: {(after - before) / n:.0f} bytes per message "
-          f"({(after - before) / 2**20:.1f} MiB total)")
+    print(
+        f"{n} queued messages: {(after - before) / n:.0f} bytes per message "
+        f"({(after - before) / 2**20:.1f} MiB total)"
+    )
 
 
 if __name__ == "__main__":

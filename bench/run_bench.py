@@ -53,8 +53,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -62,7 +63,9 @@ SENDER = "bench@source.example"
 RECIPIENT = "user@sink.example"
 MD_BEGIN = "<!-- BEGIN run_bench.py results (generated; replaced on every run) -->"
 MD_END = "<!-- END run_bench.py results -->"
-MD_DKIM_BEGIN = "<!-- BEGIN run_bench.py --dkim results (generated; replaced on every --dkim run) -->"
+MD_DKIM_BEGIN = (
+    "<!-- BEGIN run_bench.py --dkim results (generated; replaced on every --dkim run) -->"
+)
 MD_DKIM_END = "<!-- END run_bench.py --dkim results -->"
 NIMBUS_MTAS = ("nimbus", "nimbus-dkim")
 DKIM_DOMAIN, DKIM_SELECTOR = SENDER.split("@")[1], "bench"
@@ -82,6 +85,7 @@ class BenchError(RuntimeError):
 
 # --------------------------------------------------------------------------- small helpers
 
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -92,19 +96,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(cmd: list[str], timeout: float = 60, check: bool = True, **kw: Any) -> subprocess.CompletedProcess:
+def run(
+    cmd: list[str], timeout: float = 60, check: bool = True, **kw: Any
+) -> subprocess.CompletedProcess:
     try:
         cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
     except subprocess.TimeoutExpired:
         raise BenchError(f"command timed out after {timeout}s: {' '.join(cmd)}") from None
     if check and cp.returncode != 0:
-        raise BenchError(f"command failed (rc={cp.returncode}): {' '.join(cmd)}\n"
-                         f"stdout: {cp.stdout.strip()}\nstderr: {cp.stderr.strip()}")
+        raise BenchError(
+            f"command failed (rc={cp.returncode}): {' '.join(cmd)}\n"
+            f"stdout: {cp.stdout.strip()}\nstderr: {cp.stderr.strip()}"
+        )
     return cp
 
 
-def wait_until(pred: Callable[[], bool], deadline_s: float, what: str, interval: float = 0.05,
-               alive: Callable[[], str | None] | None = None) -> None:
+def wait_until(
+    pred: Callable[[], bool],
+    deadline_s: float,
+    what: str,
+    interval: float = 0.05,
+    alive: Callable[[], str | None] | None = None,
+) -> None:
     end = time.monotonic() + deadline_s
     while True:
         if pred():
@@ -147,7 +160,7 @@ def proc_stat(pid: int) -> tuple[int, int] | None:
             data = fh.read()
     except OSError:
         return None
-    fields = data[data.rindex(")") + 2:].split()
+    fields = data[data.rindex(")") + 2 :].split()
     # fields[0] is state (field 3); utime..cstime are fields 14..17 -> indexes 11..14
     return int(fields[1]), sum(int(x) for x in fields[11:15])
 
@@ -178,8 +191,11 @@ def tree_cpu_jiffies(root_pid: int) -> tuple[int, int]:
 
 
 def tree_rss_kb(root_pid: int) -> int:
-    pids = [root_pid] + [int(e.name) for e in os.scandir("/proc")
-                         if e.name.isdigit() and (proc_stat(int(e.name)) or (0, 0))[0] == root_pid]
+    pids = [root_pid] + [
+        int(e.name)
+        for e in os.scandir("/proc")
+        if e.name.isdigit() and (proc_stat(int(e.name)) or (0, 0))[0] == root_pid
+    ]
     return sum(proc_status_kb(p, "VmRSS") or 0 for p in pids)
 
 
@@ -233,16 +249,29 @@ def machine_info() -> dict[str, Any]:
     pf = run(["postconf", "-d", "-h", "mail_version"], check=False, timeout=10).stdout.strip()
     ver = ""
     with contextlib.suppress(Exception):
-        ver = run([sys.executable, "-c", "import engine; print(engine.__version__)"],
-                  check=False, timeout=20, cwd=REPO).stdout.strip()
+        ver = run(
+            [sys.executable, "-c", "import engine; print(engine.__version__)"],
+            check=False,
+            timeout=20,
+            cwd=REPO,
+        ).stdout.strip()
     try:
-        rev = run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], check=False,
-                  timeout=10).stdout.strip()
+        rev = run(
+            ["git", "-C", str(REPO), "describe", "--always", "--dirty"], check=False, timeout=10
+        ).stdout.strip()
     except BenchError:
         rev = ""
-    return {"nproc": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
-            "mem_gib": mem_gib, "python": platform.python_version(), "postfix": pf,
-            "nimbus": ver, "git": rev, "hostname": socket.gethostname()}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "mem_gib": mem_gib,
+        "python": platform.python_version(),
+        "postfix": pf,
+        "nimbus": ver,
+        "git": rev,
+        "hostname": socket.gethostname(),
+    }
 
 
 def etc_postfix_fingerprint() -> str:
@@ -262,6 +291,7 @@ def etc_postfix_fingerprint() -> str:
 
 # --------------------------------------------------------------------------- the sink
 
+
 class Sink:
     """smtp-sink with a thread that parses its ``-c`` counter (``mesg=N``) from stdout."""
 
@@ -272,13 +302,14 @@ class Sink:
         self.target = target
         self.cmd = ["smtp-sink", "-c", "-m", "1024", "-u", "nobody", f"127.0.0.1:{port}", "1024"]
         self.count = 0
-        self.reached_at: float | None = None     # monotonic time the counter reached target
+        self.reached_at: float | None = None  # monotonic time the counter reached target
         self.last_change = time.monotonic()
         self.reached = threading.Event()
         self.stderr_path = outdir / f"sink-{port}.stderr"
         self._stderr = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=self._stderr,
-                                     stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            self.cmd, stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.DEVNULL
+        )
         self._thread = threading.Thread(target=self._reader, name=f"sink-{port}", daemon=True)
         self._thread.start()
 
@@ -298,7 +329,7 @@ class Sink:
             if cut < 0:
                 tail = data
                 continue
-            complete, tail = data[:cut], data[cut + 1:]
+            complete, tail = data[:cut], data[cut + 1 :]
             found = self.COUNTER.findall(complete)
             if found:
                 n = max(int(x) for x in found)
@@ -310,9 +341,16 @@ class Sink:
                     self.reached.set()
 
     def wait_listening(self, deadline: float = 10) -> None:
-        wait_until(lambda: port_open(self.port), deadline, f"smtp-sink on 127.0.0.1:{self.port}",
-                   alive=lambda: (f"smtp-sink exited rc={self.proc.returncode}; see {self.stderr_path}"
-                                  if self.proc.poll() is not None else None))
+        wait_until(
+            lambda: port_open(self.port),
+            deadline,
+            f"smtp-sink on 127.0.0.1:{self.port}",
+            alive=lambda: (
+                f"smtp-sink exited rc={self.proc.returncode}; see {self.stderr_path}"
+                if self.proc.poll() is not None
+                else None
+            ),
+        )
 
     def cpu_jiffies(self) -> int | None:
         st = proc_stat(self.proc.pid)
@@ -328,6 +366,7 @@ class Sink:
 
 # --------------------------------------------------------------------------- MTAs under test
 
+
 class PostfixInstance:
     """A throwaway Postfix: own config/queue/data dirs; relays everything to the sink."""
 
@@ -335,8 +374,10 @@ class PostfixInstance:
     # Logged once per smtpd process start on a Debian install made with "No configuration"
     # (default alias_maps = hash:/etc/aliases, nis:mail.aliases; no aliases.db, no NIS).
     # Harmless here (no local delivery); we keep Postfix's defaults, so they are expected.
-    BENIGN = ("open database /etc/aliases.db: No such file or directory",
-              "dict_nis_init: NIS domain name not set")
+    BENIGN = (
+        "open database /etc/aliases.db: No such file or directory",
+        "dict_nis_init: NIS domain name not set",
+    )
 
     def __init__(self, workdir: Path, sink_port: int, outdir: Path, tag: str, log_enabled: bool):
         self.dir = workdir / "postfix"
@@ -352,22 +393,28 @@ class PostfixInstance:
         self.master_pid: int | None = None
         self.started = False
         self.settings = [
-            f"queue_directory={self.queue}", f"data_directory={self.data}",
-            "compatibility_level=3.6", "mydestination=",
-            f"relayhost=[127.0.0.1]:{sink_port}", "mynetworks=127.0.0.0/8",
-            "smtp_destination_concurrency_limit=50", "default_process_limit=200",
+            f"queue_directory={self.queue}",
+            f"data_directory={self.data}",
+            "compatibility_level=3.6",
+            "mydestination=",
+            f"relayhost=[127.0.0.1]:{sink_port}",
+            "mynetworks=127.0.0.0/8",
+            "smtp_destination_concurrency_limit=50",
+            "default_process_limit=200",
             "inet_interfaces=127.0.0.1",
         ]
         if log_enabled:
             self.settings += [f"maillog_file={self.maillog}", f"maillog_file_prefixes={self.dir}"]
 
     def setup_commands(self) -> list[str]:
-        return [f"mkdir -p {self.conf} {self.queue} {self.data}; chown postfix {self.data}; "
-                f"cp /etc/postfix/master.cf {self.conf}/; : > {self.conf}/main.cf",
-                f"postconf -c {self.conf} -e " + " ".join(self.settings),
-                f"postconf -c {self.conf} -F -e '*/*/chroot = n'",
-                f"sed -i 's/^smtp\\(\\s\\+inet\\)/127.0.0.1:{self.port}\\1/' {self.conf}/master.cf",
-                f"postfix -c {self.conf} start   # ... and 'postfix -c {self.conf} stop' after the trial"]
+        return [
+            f"mkdir -p {self.conf} {self.queue} {self.data}; chown postfix {self.data}; "
+            f"cp /etc/postfix/master.cf {self.conf}/; : > {self.conf}/main.cf",
+            f"postconf -c {self.conf} -e " + " ".join(self.settings),
+            f"postconf -c {self.conf} -F -e '*/*/chroot = n'",
+            f"sed -i 's/^smtp\\(\\s\\+inet\\)/127.0.0.1:{self.port}\\1/' {self.conf}/master.cf",
+            f"postfix -c {self.conf} start   # ... and 'postfix -c {self.conf} stop' after the trial",
+        ]
 
     def start(self) -> None:
         for d in (self.conf, self.queue, self.data):
@@ -381,31 +428,49 @@ class PostfixInstance:
         run(["postconf", "-c", str(self.conf), "-e", *self.settings])
         run(["postconf", "-c", str(self.conf), "-F", "-e", "*/*/chroot = n"])
         master_cf = self.conf / "master.cf"
-        text, n = re.subn(r"(?m)^smtp(\s+inet\s)", rf"127.0.0.1:{self.port}\1",
-                          master_cf.read_text(), count=1)
+        text, n = re.subn(
+            r"(?m)^smtp(\s+inet\s)", rf"127.0.0.1:{self.port}\1", master_cf.read_text(), count=1
+        )
         if n != 1:
             raise BenchError(f"no 'smtp inet' line in {master_cf}")
         master_cf.write_text(text)
         # Any other inet service would bind elsewhere: refuse to start if one exists.
         for line in text.splitlines():
             cols = line.split()
-            if len(cols) >= 2 and not line[0].isspace() and not line.startswith("#") \
-                    and cols[1] == "inet" and not cols[0].startswith("127.0.0.1:"):
+            if (
+                len(cols) >= 2
+                and not line[0].isspace()
+                and not line.startswith("#")
+                and cols[1] == "inet"
+                and not cols[0].startswith("127.0.0.1:")
+            ):
                 raise BenchError(f"unexpected inet service in {master_cf}: {line}")
         run(["postfix", "-c", str(self.conf), "check"], timeout=60)
         self.started = True  # from here on, stop() must run
         cp = run(["postfix", "-c", str(self.conf), "start"], timeout=60, check=False)
         if cp.returncode != 0:
-            raise BenchError(f"postfix start failed rc={cp.returncode}: {cp.stderr.strip()} "
-                             f"{cp.stdout.strip()}\nmaillog tail:\n{self._maillog_tail()}")
+            raise BenchError(
+                f"postfix start failed rc={cp.returncode}: {cp.stderr.strip()} "
+                f"{cp.stdout.strip()}\nmaillog tail:\n{self._maillog_tail()}"
+            )
         pidfile = self.queue / "pid" / "master.pid"
-        wait_until(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit(), 30,
-                   f"Postfix master pid file {pidfile}")
+        wait_until(
+            lambda: pidfile.exists() and pidfile.read_text().strip().isdigit(),
+            30,
+            f"Postfix master pid file {pidfile}",
+        )
         self.master_pid = int(pidfile.read_text().strip())
-        wait_until(lambda: smtp_banner_ok(self.port), 30,
-                   f"Postfix smtpd banner on 127.0.0.1:{self.port}",
-                   alive=lambda: None if proc_stat(self.master_pid) else  # type: ignore[arg-type]
-                   f"postfix master exited; maillog tail:\n{self._maillog_tail()}")
+        wait_until(
+            lambda: smtp_banner_ok(self.port),
+            30,
+            f"Postfix smtpd banner on 127.0.0.1:{self.port}",
+            alive=lambda: (
+                None
+                if proc_stat(self.master_pid)
+                # type: ignore[arg-type]
+                else f"postfix master exited; maillog tail:\n{self._maillog_tail()}"
+            ),
+        )
 
     def _maillog_tail(self, n: int = 20) -> str:
         with contextlib.suppress(OSError):
@@ -434,8 +499,14 @@ class PostfixInstance:
             run(["postfix", "-c", str(self.conf), "abort"], check=False, timeout=30)
         if self.master_pid:
             try:
-                wait_until(lambda: proc_stat(self.master_pid) is None  # type: ignore[arg-type]
-                           or _is_zombie(self.master_pid), 30, "postfix master to exit")
+                wait_until(
+                    lambda: (
+                        proc_stat(self.master_pid) is None  # type: ignore[arg-type]
+                        or _is_zombie(self.master_pid)
+                    ),
+                    30,
+                    "postfix master to exit",
+                )
             except BenchError:
                 log(f"warning: postfix master {self.master_pid} still running; SIGKILL")
                 with contextlib.suppress(ProcessLookupError):
@@ -461,9 +532,12 @@ class PostfixInstance:
                         problems.append(line.rstrip())
         path = self.outdir / f"{self.tag}.maillog-problems.txt"
         path.write_text("\n".join(problems) + ("\n" if problems else ""))
-        return {"maillog_status": counts, "maillog_problem_lines": len(problems),
-                "maillog_benign_lines": benign,
-                "maillog_problems_file": path.name}
+        return {
+            "maillog_status": counts,
+            "maillog_problem_lines": len(problems),
+            "maillog_benign_lines": benign,
+            "maillog_problems_file": path.name,
+        }
 
 
 def _is_zombie(pid: int) -> bool:
@@ -478,8 +552,15 @@ class NimbusInstance:
 
     name = "nimbus"
 
-    def __init__(self, workdir: Path, sink_port: int, outdir: Path, tag: str, log_enabled: bool,
-                 dkim: bool = False):
+    def __init__(
+        self,
+        workdir: Path,
+        sink_port: int,
+        outdir: Path,
+        tag: str,
+        log_enabled: bool,
+        dkim: bool = False,
+    ):
         self.dir = workdir / "nimbus"
         self.dkim = dkim
         self.name = "nimbus-dkim" if dkim else "nimbus"
@@ -517,11 +598,15 @@ class NimbusInstance:
         shutil.copytree(REPO / "policy", policy, ignore=shutil.ignore_patterns("__pycache__"))
         shaping = policy / "shaping.toml"
         lines = shaping.read_text().splitlines(keepends=True)
-        kept = [ln for ln in lines if not ln.startswith(("max_message_rate = \"100/s\"",
-                                                         "max_connection_rate = \"100/min\""))]
+        kept = [
+            ln
+            for ln in lines
+            if not ln.startswith(('max_message_rate = "100/s"', 'max_connection_rate = "100/min"'))
+        ]
         if len(lines) - len(kept) != 2:
-            raise RuntimeError("policy/shaping.toml's default rate lines changed; update "
-                               "write_bench_policy")
+            raise RuntimeError(
+                "policy/shaping.toml's default rate lines changed; update write_bench_policy"
+            )
         shaping.write_text("".join(kept))
 
     def write_dkim_policy(self) -> None:
@@ -534,8 +619,17 @@ class NimbusInstance:
         key_dir = policy / "keys" / DKIM_DOMAIN
         key_dir.mkdir(parents=True)
         (policy / "dkim_data.toml").write_text(DKIM_DATA)
-        run(["openssl", "genrsa", "-traditional", "-out", str(key_dir / f"{DKIM_SELECTOR}.key"),
-             "2048"], timeout=60)
+        run(
+            [
+                "openssl",
+                "genrsa",
+                "-traditional",
+                "-out",
+                str(key_dir / f"{DKIM_SELECTOR}.key"),
+                "2048",
+            ],
+            timeout=60,
+        )
 
     def start(self) -> None:
         self.dir.mkdir(parents=True)
@@ -546,8 +640,14 @@ class NimbusInstance:
         env = {k: v for k, v in os.environ.items() if not k.startswith("NIMBUS_")}
         env.update(self.env_settings)
         self._stderr = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen([self.exe, "mta"], env=env, stdin=subprocess.DEVNULL,
-                                     stdout=self._stderr, stderr=self._stderr, cwd=self.dir)
+        self.proc = subprocess.Popen(
+            [self.exe, "mta"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._stderr,
+            stderr=self._stderr,
+            cwd=self.dir,
+        )
 
         def ready() -> bool:
             with contextlib.suppress(OSError):
@@ -555,7 +655,9 @@ class NimbusInstance:
                     if '"event":"ready"' in line.replace(" ", ""):
                         port = json.loads(line).get("smtp_port")
                         if port != self.port:
-                            raise BenchError(f"nimbus ready on smtp_port {port}, expected {self.port}")
+                            raise BenchError(
+                                f"nimbus ready on smtp_port {port}, expected {self.port}"
+                            )
                         return True
             return False
 
@@ -566,9 +668,16 @@ class NimbusInstance:
             return None
 
         wait_until(ready, 60, "nimbus 'ready' log line", interval=0.1, alive=alive)
-        wait_until(lambda: self._http_status("/api/check-liveness/v1") == 200, 30,
-                   "nimbus liveness 200", interval=0.1, alive=alive)
-        wait_until(lambda: smtp_banner_ok(self.port), 30, f"nimbus banner on {self.port}", alive=alive)
+        wait_until(
+            lambda: self._http_status("/api/check-liveness/v1") == 200,
+            30,
+            "nimbus liveness 200",
+            interval=0.1,
+            alive=alive,
+        )
+        wait_until(
+            lambda: smtp_banner_ok(self.port), 30, f"nimbus banner on {self.port}", alive=alive
+        )
         # Be sure we measure the python process itself, not a wrapper.
         with open(f"/proc/{self.proc.pid}/cmdline", "rb") as fh:
             cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
@@ -588,7 +697,9 @@ class NimbusInstance:
         """Sum of each nimbus_* sample family (labels dropped)."""
         out: dict[str, float] = {}
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=10) as r:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.http_port}/metrics", timeout=10
+            ) as r:
                 text = r.read().decode()
         except OSError as exc:
             return {"error": str(exc)}  # type: ignore[dict-item]
@@ -607,10 +718,12 @@ class NimbusInstance:
 
     def extra_stats(self) -> dict[str, Any]:
         assert self.proc is not None
-        return {"peak_rss_kb": proc_status_kb(self.proc.pid, "VmHWM"),
-                "rss_kb_at_end": proc_status_kb(self.proc.pid, "VmRSS"),
-                "threads": proc_status_kb(self.proc.pid, "Threads"),
-                "metrics_at_end": self.metrics()}
+        return {
+            "peak_rss_kb": proc_status_kb(self.proc.pid, "VmHWM"),
+            "rss_kb_at_end": proc_status_kb(self.proc.pid, "VmRSS"),
+            "threads": proc_status_kb(self.proc.pid, "Threads"),
+            "metrics_at_end": self.metrics(),
+        }
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -648,11 +761,18 @@ class NimbusInstance:
                 levels[level] = levels.get(level, 0) + 1
                 if level not in ("info", "debug"):
                     problems.append(line.rstrip())
-        if self.dkim and not any("dkim worker started" in line for line in _lines(self.stderr_path)):
+        if self.dkim and not any(
+            "dkim_workers_started" in line for line in _lines(self.stderr_path)
+        ):
             problems.append("no 'dkim worker started' line: were messages signed?")
-        return {"log_record_types": types, "log_bad_lines": bad_lines, "stderr_levels": levels,
-                "stderr_problem_lines": problems[:50], "exit_code": getattr(self, "post_rc", None),
-                "stderr_file": self.stderr_path.name}
+        return {
+            "log_record_types": types,
+            "log_bad_lines": bad_lines,
+            "stderr_levels": levels,
+            "stderr_problem_lines": problems[:50],
+            "exit_code": getattr(self, "post_rc", None),
+            "stderr_file": self.stderr_path.name,
+        }
 
 
 def _lines(path: Path) -> list[str]:
@@ -663,12 +783,21 @@ def _lines(path: Path) -> list[str]:
 
 # --------------------------------------------------------------------------- one trial
 
-def run_trial(mta_name: str, size: int, args: argparse.Namespace, outdir: Path, run_no: int) -> dict[str, Any]:
+
+def run_trial(
+    mta_name: str, size: int, args: argparse.Namespace, outdir: Path, run_no: int
+) -> dict[str, Any]:
     n = args.messages
     tag = f"r{run_no}-{size}-{mta_name}"
-    result: dict[str, Any] = {"mta": mta_name, "size": size, "run": run_no, "messages": n,
-                              "sessions": args.sessions, "ok": False, "started": dt.datetime.now(
-                                  dt.timezone.utc).isoformat(timespec="seconds")}
+    result: dict[str, Any] = {
+        "mta": mta_name,
+        "size": size,
+        "run": run_no,
+        "messages": n,
+        "sessions": args.sessions,
+        "ok": False,
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
     workdir = Path(tempfile.mkdtemp(prefix=f"nimbus-bench-{tag}-", dir=args.workdir))
     os.chmod(workdir, 0o755)  # Postfix daemons (user postfix) must traverse into the queue dir
     sink_port = free_port()
@@ -679,33 +808,56 @@ def run_trial(mta_name: str, size: int, args: argparse.Namespace, outdir: Path, 
         sink = Sink(sink_port, n, outdir)
         sink.wait_listening()
         if mta_name == "postfix":
-            mta = PostfixInstance(workdir, sink_port, outdir, tag, log_enabled=not args.postfix_no_log)
+            mta = PostfixInstance(
+                workdir, sink_port, outdir, tag, log_enabled=not args.postfix_no_log
+            )
         else:
-            mta = NimbusInstance(workdir, sink_port, outdir, tag, log_enabled=False,
-                                 dkim=mta_name == "nimbus-dkim")
+            mta = NimbusInstance(
+                workdir, sink_port, outdir, tag, log_enabled=False, dkim=mta_name == "nimbus-dkim"
+            )
         mta.start()
         result["mta_port"] = mta.port
         result["sink_port"] = sink_port
         if sink.count:
             raise BenchError(f"sink already counted {sink.count} messages before the load started")
 
-        cmd = ["smtp-source", "-s", str(args.sessions), "-m", str(n), "-l", str(size),
-               "-f", SENDER, "-t", RECIPIENT, *(["-d"] if args.reuse_sessions else []),
-               f"127.0.0.1:{mta.port}"]
+        cmd = [
+            "smtp-source",
+            "-s",
+            str(args.sessions),
+            "-m",
+            str(n),
+            "-l",
+            str(size),
+            "-f",
+            SENDER,
+            "-t",
+            RECIPIENT,
+            *(["-d"] if args.reuse_sessions else []),
+            f"127.0.0.1:{mta.port}",
+        ]
         result["source_cmd"] = " ".join(cmd)
         os.sync()  # start every trial with no dirty pages left over from the previous one
         b0, w0 = box_busy_jiffies(), time.monotonic()
         time.sleep(args.settle)
         # other load on the box just before the trial (the machine is shared), in % of all CPUs
-        result["background_box_cpu_pct"] = round((box_busy_jiffies() - b0) / CLK_TCK
-                                                 / (time.monotonic() - w0) / (os.cpu_count() or 1) * 100, 1)
+        result["background_box_cpu_pct"] = round(
+            (box_busy_jiffies() - b0)
+            / CLK_TCK
+            / (time.monotonic() - w0)
+            / (os.cpu_count() or 1)
+            * 100,
+            1,
+        )
         src_out = open(outdir / f"{tag}.smtp-source.out", "wb")
         cpu_box0 = box_busy_jiffies()
         cpu_mta0, nprocs0 = mta.cpu_jiffies()
         sink_cpu0 = sink.cpu_jiffies() or 0
         ru0 = os.times()
         t0 = time.monotonic()
-        source = subprocess.Popen(cmd, stdout=src_out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        source = subprocess.Popen(
+            cmd, stdout=src_out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         deadline = t0 + args.trial_timeout
         t_ingress = None
         while True:
@@ -713,16 +865,25 @@ def run_trial(mta_name: str, size: int, args: argparse.Namespace, outdir: Path, 
                 t_ingress = time.monotonic()
                 ru1 = os.times()
                 if source.returncode != 0:
-                    log(f"warning: smtp-source exited rc={source.returncode} (see {tag}.smtp-source.out)")
+                    log(
+                        f"warning: smtp-source exited rc={source.returncode} (see {tag}.smtp-source.out)"
+                    )
             if sink.reached.wait(timeout=0.2):
                 break
             now = time.monotonic()
             if now > deadline:
-                raise BenchError(f"trial timeout ({args.trial_timeout}s): sink has {sink.count}/{n}, "
-                                 f"smtp-source {'finished' if t_ingress else 'still running'}")
-            if t_ingress is not None and now - max(sink.last_change, t_ingress) > args.stall_timeout:
-                raise BenchError(f"stalled: sink count stuck at {sink.count}/{n} for "
-                                 f"{args.stall_timeout}s after smtp-source exited")
+                raise BenchError(
+                    f"trial timeout ({args.trial_timeout}s): sink has {sink.count}/{n}, "
+                    f"smtp-source {'finished' if t_ingress else 'still running'}"
+                )
+            if (
+                t_ingress is not None
+                and now - max(sink.last_change, t_ingress) > args.stall_timeout
+            ):
+                raise BenchError(
+                    f"stalled: sink count stuck at {sink.count}/{n} for "
+                    f"{args.stall_timeout}s after smtp-source exited"
+                )
             if mta_name in NIMBUS_MTAS and mta.proc.poll() is not None:  # type: ignore[union-attr]
                 raise BenchError(f"nimbus exited rc={mta.proc.returncode} during the trial")  # type: ignore[union-attr]
         t_done = sink.reached_at or time.monotonic()
@@ -734,7 +895,9 @@ def run_trial(mta_name: str, size: int, args: argparse.Namespace, outdir: Path, 
             try:
                 source.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                raise BenchError("sink has all messages but smtp-source has not exited after 60s") from None
+                raise BenchError(
+                    "sink has all messages but smtp-source has not exited after 60s"
+                ) from None
             t_ingress = time.monotonic()
             ru1 = os.times()
             if source.returncode != 0:
@@ -745,21 +908,32 @@ def run_trial(mta_name: str, size: int, args: argparse.Namespace, outdir: Path, 
             (outdir / f"{tag}.smtp-source.out").unlink()
         e2e = t_done - t0
         ms = 1000.0 / CLK_TCK
-        result.update({
-            "source_rc": source.returncode,
-            "source_output": src_text.strip()[-2000:],
-            "e2e_seconds": round(e2e, 4),
-            "ingress_seconds": round(t_ingress - t0, 4),
-            "e2e_msgs_per_s": round(n / e2e, 1),
-            "ingress_msgs_per_s": round(n / (t_ingress - t0), 1),
-            "mta_cpu_ms_per_msg": round((cpu_mta1 - cpu_mta0) * ms / n, 3),
-            "box_cpu_ms_per_msg": round((cpu_box1 - cpu_box0) * ms / n, 3),
-            "box_cpu_util_pct": round((cpu_box1 - cpu_box0) * ms / 1000 / e2e / (os.cpu_count() or 1) * 100, 1),
-            "sink_cpu_ms_per_msg": round((sink_cpu1 - sink_cpu0) * ms / n, 3),
-            "source_cpu_ms_per_msg": round(((ru1.children_user + ru1.children_system)
-                                            - (ru0.children_user + ru0.children_system)) * 1000 / n, 3),
-            "mta_processes_start_end": [nprocs0, nprocs1],
-        })
+        result.update(
+            {
+                "source_rc": source.returncode,
+                "source_output": src_text.strip()[-2000:],
+                "e2e_seconds": round(e2e, 4),
+                "ingress_seconds": round(t_ingress - t0, 4),
+                "e2e_msgs_per_s": round(n / e2e, 1),
+                "ingress_msgs_per_s": round(n / (t_ingress - t0), 1),
+                "mta_cpu_ms_per_msg": round((cpu_mta1 - cpu_mta0) * ms / n, 3),
+                "box_cpu_ms_per_msg": round((cpu_box1 - cpu_box0) * ms / n, 3),
+                "box_cpu_util_pct": round(
+                    (cpu_box1 - cpu_box0) * ms / 1000 / e2e / (os.cpu_count() or 1) * 100, 1
+                ),
+                "sink_cpu_ms_per_msg": round((sink_cpu1 - sink_cpu0) * ms / n, 3),
+                "source_cpu_ms_per_msg": round(
+                    (
+                        (ru1.children_user + ru1.children_system)
+                        - (ru0.children_user + ru0.children_system)
+                    )
+                    * 1000
+                    / n,
+                    3,
+                ),
+                "mta_processes_start_end": [nprocs0, nprocs1],
+            }
+        )
         if mta_name in NIMBUS_MTAS:
             result["peak_rss_kb"] = result["extra"]["peak_rss_kb"]
         if mta_name == "postfix":
@@ -797,11 +971,14 @@ def run_trial(mta_name: str, size: int, args: argparse.Namespace, outdir: Path, 
     if mta_name in NIMBUS_MTAS and result.get("post"):
         delivered = result["post"]["log_record_types"].get("Delivery", 0)
         if delivered != n:
-            result.setdefault("warnings", []).append(f"{delivered} Delivery records for {n} messages")
+            result.setdefault("warnings", []).append(
+                f"{delivered} Delivery records for {n} messages"
+            )
     return result
 
 
 # --------------------------------------------------------------------------- reporting
+
 
 def median(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None
@@ -817,15 +994,22 @@ def summarize(trials: list[dict[str, Any]], sizes: list[int]) -> list[dict[str, 
             if not allt:
                 continue
             e2e = [t["e2e_msgs_per_s"] for t in ok]
-            row = {"size": size, "mta": mta, "trials_ok": len(ok), "trials": len(allt),
-                   "e2e": median(e2e), "e2e_min": min(e2e) if e2e else None,
-                   "e2e_max": max(e2e) if e2e else None,
-                   "ingress": median([t["ingress_msgs_per_s"] for t in ok]),
-                   "mta_cpu": median([t["mta_cpu_ms_per_msg"] for t in ok]),
-                   "box_cpu": median([t["box_cpu_ms_per_msg"] for t in ok]),
-                   "background": median([t["background_box_cpu_pct"] for t in ok]),
-                   "peak_rss_mb": (max(t["peak_rss_kb"] for t in ok) / 1024
-                                   if mta in NIMBUS_MTAS and ok else None)}
+            row = {
+                "size": size,
+                "mta": mta,
+                "trials_ok": len(ok),
+                "trials": len(allt),
+                "e2e": median(e2e),
+                "e2e_min": min(e2e) if e2e else None,
+                "e2e_max": max(e2e) if e2e else None,
+                "ingress": median([t["ingress_msgs_per_s"] for t in ok]),
+                "mta_cpu": median([t["mta_cpu_ms_per_msg"] for t in ok]),
+                "box_cpu": median([t["box_cpu_ms_per_msg"] for t in ok]),
+                "background": median([t["background_box_cpu_pct"] for t in ok]),
+                "peak_rss_mb": (
+                    max(t["peak_rss_kb"] for t in ok) / 1024 if mta in NIMBUS_MTAS and ok else None
+                ),
+            }
             per[mta] = row
             rows.append(row)
         for mta in NIMBUS_MTAS:
@@ -834,16 +1018,30 @@ def summarize(trials: list[dict[str, Any]], sizes: list[int]) -> list[dict[str, 
     return rows
 
 
-def add_ratio(per: dict[str, dict[str, Any]], trials: list[dict[str, Any]], size: int,
-              mta: str, base: str, key: str) -> None:
+def add_ratio(
+    per: dict[str, dict[str, Any]],
+    trials: list[dict[str, Any]],
+    size: int,
+    mta: str,
+    base: str,
+    key: str,
+) -> None:
     """per[mta][key] = median e2e of mta / of base; per[mta][key + '_paired']: per run."""
     if not (mta in per and base in per and per[mta]["e2e"] and per[base]["e2e"]):
         return
     per[mta][key] = per[mta]["e2e"] / per[base]["e2e"]
     paired = []
     for r in sorted({t["run"] for t in trials}):
-        a = [t for t in trials if t["run"] == r and t["size"] == size and t["mta"] == mta and t.get("ok")]
-        b = [t for t in trials if t["run"] == r and t["size"] == size and t["mta"] == base and t.get("ok")]
+        a = [
+            t
+            for t in trials
+            if t["run"] == r and t["size"] == size and t["mta"] == mta and t.get("ok")
+        ]
+        b = [
+            t
+            for t in trials
+            if t["run"] == r and t["size"] == size and t["mta"] == base and t.get("ok")
+        ]
         if a and b:
             paired.append(a[0]["e2e_msgs_per_s"] / b[0]["e2e_msgs_per_s"])
     per[mta][key + "_paired"] = paired
@@ -854,9 +1052,11 @@ def fmt(x: float | None, spec: str = ".0f") -> str:
 
 
 def table_md(rows: list[dict[str, Any]]) -> str:
-    out = ["| size (B) | MTA | msgs/s e2e, median (min–max) | ingress msgs/s | MTA CPU ms/msg "
-           "| whole-box CPU ms/msg | background CPU % before | nimbus/postfix e2e | nimbus peak RSS | trials ok |",
-           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out = [
+        "| size (B) | MTA | msgs/s e2e, median (min–max) | ingress msgs/s | MTA CPU ms/msg "
+        "| whole-box CPU ms/msg | background CPU % before | nimbus/postfix e2e | nimbus peak RSS | trials ok |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         ratio = ""
         if r["mta"] in NIMBUS_MTAS and r.get("ratio") is not None:
@@ -864,8 +1064,10 @@ def table_md(rows: list[dict[str, Any]]) -> str:
             ratio = f"**{r['ratio']:.2f}×** (per run: {pr})"
         rss = f"{r['peak_rss_mb']:.0f} MiB" if r.get("peak_rss_mb") else ""
         e2e = f"**{fmt(r['e2e'])}** ({fmt(r['e2e_min'])}–{fmt(r['e2e_max'])})" if r["e2e"] else "—"
-        out.append(f"| {r['size']} | {r['mta']} | {e2e} | {fmt(r['ingress'])} | {fmt(r['mta_cpu'], '.2f')} "
-                   f"| {fmt(r['box_cpu'], '.2f')} | {fmt(r['background'], '.0f')} | {ratio} | {rss} | {r['trials_ok']}/{r['trials']} |")
+        out.append(
+            f"| {r['size']} | {r['mta']} | {e2e} | {fmt(r['ingress'])} | {fmt(r['mta_cpu'], '.2f')} "
+            f"| {fmt(r['box_cpu'], '.2f')} | {fmt(r['background'], '.0f')} | {ratio} | {rss} | {r['trials_ok']}/{r['trials']} |"
+        )
     return "\n".join(out)
 
 
@@ -874,26 +1076,36 @@ def table_text(rows: list[dict[str, Any]]) -> str:
     out = [hdr, "-" * len(hdr)]
     for r in rows:
         rng = f"{fmt(r['e2e_min'])}-{fmt(r['e2e_max'])}" if r["e2e"] else ""
-        out.append(f"{r['size']:>6} {r['mta']:11} {fmt(r['e2e']):>8} {rng:>13} {fmt(r['ingress']):>9} "
-                   f"{fmt(r['mta_cpu'], '.2f'):>7} {fmt(r['box_cpu'], '.2f'):>7} "
-                   f"{fmt(r.get('ratio'), '.2f'):>6} {fmt(r.get('peak_rss_mb'), '.0f'):>7} {fmt(r.get('background')):>4} "
-                   f"{r['trials_ok']}/{r['trials']}"
-                   + (f"   DKIM on/off {r['dkim_ratio']:.2f}" if r.get("dkim_ratio") else ""))
+        out.append(
+            f"{r['size']:>6} {r['mta']:11} {fmt(r['e2e']):>8} {rng:>13} {fmt(r['ingress']):>9} "
+            f"{fmt(r['mta_cpu'], '.2f'):>7} {fmt(r['box_cpu'], '.2f'):>7} "
+            f"{fmt(r.get('ratio'), '.2f'):>6} {fmt(r.get('peak_rss_mb'), '.0f'):>7} {fmt(r.get('background')):>4} "
+            f"{r['trials_ok']}/{r['trials']}"
+            + (f"   DKIM on/off {r['dkim_ratio']:.2f}" if r.get("dkim_ratio") else "")
+        )
     return "\n".join(out)
 
 
-def write_markdown(path: Path, rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Namespace,
-                   cmds: dict[str, list[str]], results_rel: str, problems: list[str], started: str) -> None:
+def write_markdown(
+    path: Path,
+    rows: list[dict[str, Any]],
+    info: dict[str, Any],
+    args: argparse.Namespace,
+    cmds: dict[str, list[str]],
+    results_rel: str,
+    problems: list[str],
+    started: str,
+) -> None:
     section = f"""{MD_BEGIN}
 ## Relay throughput: nimbus vs Postfix (bench/run_bench.py)
 
-Run {started} on `{info['hostname']}`: {info['nproc']} CPUs ({info['cpu_model']}), {info['mem_gib']} GiB,
-kernel {info['kernel']}, Python {info['python']}, Postfix {info['postfix']}, nimbus {info['nimbus']}
-(git `{info['git']}`). Load generator, MTA and sink share the same cores; the machine is shared
+Run {started} on `{info["hostname"]}`: {info["nproc"]} CPUs ({info["cpu_model"]}), {info["mem_gib"]} GiB,
+kernel {info["kernel"]}, Python {info["python"]}, Postfix {info["postfix"]}, nimbus {info["nimbus"]}
+(git `{info["git"]}`). Load generator, MTA and sink share the same cores; the machine is shared
 and noisy, so **only the ratios inside one run mean anything**.
 
 Method: {args.messages} messages per trial, {args.sessions} parallel sessions,
-{'one session per message' if not args.reuse_sessions else 'sessions reused (-d)'}; {args.runs} run(s), Postfix and nimbus
+{"one session per message" if not args.reuse_sessions else "sessions reused (-d)"}; {args.runs} run(s), Postfix and nimbus
 trials interleaved (order alternating per run), medians shown. Every trial starts a fresh sink and a
 fresh MTA instance (startup not timed). **e2e** = N / (time from starting smtp-source until the
 sink's own `-c` counter reached N); **ingress** = N / (time until smtp-source exited).
@@ -908,18 +1120,18 @@ median Postfix e2e (per-run paired ratios in brackets).
 Commands (per trial; ports are picked free on 127.0.0.1):
 
 ```
-{chr(10).join(cmds['sink'])}
-{chr(10).join(cmds['source'])}
+{chr(10).join(cmds["sink"])}
+{chr(10).join(cmds["source"])}
 # Postfix: a throwaway instance ($TMP = a fresh directory under --workdir, mode 0755)
-{chr(10).join(cmds['postfix'])}
+{chr(10).join(cmds["postfix"])}
 # nimbus
-{chr(10).join(cmds['nimbus'])}
+{chr(10).join(cmds["nimbus"])}
 ```
 
 {table_md(rows)}
 
 Raw per-trial JSON, nimbus stderr logs and Postfix warning lines: `{results_rel}/` (not committed).
-{('Problems seen:' + chr(10) + chr(10).join('- ' + p for p in problems)) if problems else 'No trial errors; no warnings or errors in nimbus stderr.'}
+{("Problems seen:" + chr(10) + chr(10).join("- " + p for p in problems)) if problems else "No trial errors; no warnings or errors in nimbus stderr."}
 {MD_END}
 """
     replace_section(path, MD_BEGIN, MD_END, section)
@@ -937,16 +1149,20 @@ def replace_section(path: Path, begin: str, end: str, section: str) -> None:
         else:
             text = text.rstrip("\n") + "\n\n" + section
     else:
-        text = ("# Nimbus benchmarks\n\nGenerated sections are rewritten by the script named in "
-                "their heading; edit outside the markers.\n\n" + section)
+        text = (
+            "# Nimbus benchmarks\n\nGenerated sections are rewritten by the script named in "
+            "their heading; edit outside the markers.\n\n" + section
+        )
     path.write_text(text)
 
 
 def table_dkim_md(rows: list[dict[str, Any]]) -> str:
     """DKIM off vs on, one line per size."""
-    out = ["| size (B) | nimbus e2e msgs/s (DKIM off) | nimbus-dkim e2e msgs/s (DKIM on) "
-           "| on/off e2e | MTA CPU ms/msg off | on (incl. signing worker) | whole-box CPU ms/msg off | on |",
-           "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out = [
+        "| size (B) | nimbus e2e msgs/s (DKIM off) | nimbus-dkim e2e msgs/s (DKIM on) "
+        "| on/off e2e | MTA CPU ms/msg off | on (incl. signing worker) | whole-box CPU ms/msg off | on |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for size in sorted({r["size"] for r in rows}):
         off = next((r for r in rows if r["size"] == size and r["mta"] == "nimbus"), None)
         on = next((r for r in rows if r["size"] == size and r["mta"] == "nimbus-dkim"), None)
@@ -956,24 +1172,33 @@ def table_dkim_md(rows: list[dict[str, Any]]) -> str:
         if on.get("dkim_ratio") is not None:
             pr = ", ".join(f"{p:.2f}" for p in on.get("dkim_ratio_paired", []))
             ratio = f"**{on['dkim_ratio']:.2f}×** (per run: {pr})"
-        out.append(f"| {size} | **{fmt(off['e2e'])}** ({fmt(off['e2e_min'])}–{fmt(off['e2e_max'])}) "
-                   f"| **{fmt(on['e2e'])}** ({fmt(on['e2e_min'])}–{fmt(on['e2e_max'])}) | {ratio} "
-                   f"| {fmt(off['mta_cpu'], '.2f')} | {fmt(on['mta_cpu'], '.2f')} "
-                   f"| {fmt(off['box_cpu'], '.2f')} | {fmt(on['box_cpu'], '.2f')} |")
+        out.append(
+            f"| {size} | **{fmt(off['e2e'])}** ({fmt(off['e2e_min'])}–{fmt(off['e2e_max'])}) "
+            f"| **{fmt(on['e2e'])}** ({fmt(on['e2e_min'])}–{fmt(on['e2e_max'])}) | {ratio} "
+            f"| {fmt(off['mta_cpu'], '.2f')} | {fmt(on['mta_cpu'], '.2f')} "
+            f"| {fmt(off['box_cpu'], '.2f')} | {fmt(on['box_cpu'], '.2f')} |"
+        )
     return "\n".join(out)
 
 
-def write_dkim_markdown(path: Path, rows: list[dict[str, Any]], info: dict[str, Any],
-                        args: argparse.Namespace, cmds: dict[str, list[str]], results_rel: str,
-                        problems: list[str], started: str) -> None:
+def write_dkim_markdown(
+    path: Path,
+    rows: list[dict[str, Any]],
+    info: dict[str, Any],
+    args: argparse.Namespace,
+    cmds: dict[str, list[str]],
+    results_rel: str,
+    problems: list[str],
+    started: str,
+) -> None:
     section = f"""{MD_DKIM_BEGIN}
 ## DKIM signing cost: nimbus with DKIM off vs on (bench/run_bench.py --dkim)
 
-Run {started} on `{info['hostname']}`: {info['nproc']} CPUs ({info['cpu_model']}), {info['mem_gib']} GiB,
-kernel {info['kernel']}, Python {info['python']}, Postfix {info['postfix']}, nimbus {info['nimbus']}
-(git `{info['git']}`). Same method as the relay section: {args.messages} messages of
-{', '.join(str(s) for s in args.size_list)} B per trial, {args.sessions} parallel sessions, {args.runs} run(s),
-MTAs {', '.join(args.mta_list)} interleaved (order alternating per run), medians shown; the
+Run {started} on `{info["hostname"]}`: {info["nproc"]} CPUs ({info["cpu_model"]}), {info["mem_gib"]} GiB,
+kernel {info["kernel"]}, Python {info["python"]}, Postfix {info["postfix"]}, nimbus {info["nimbus"]}
+(git `{info["git"]}`). Same method as the relay section: {args.messages} messages of
+{", ".join(str(s) for s in args.size_list)} B per trial, {args.sessions} parallel sessions, {args.runs} run(s),
+MTAs {", ".join(args.mta_list)} interleaved (order alternating per run), medians shown; the
 machine is shared and noisy, so compare within this run only. **nimbus-dkim** is the same
 `nimbus mta` with the same policy as nimbus (the bundled one minus the default shaping rate
 limits) plus a `dkim_data.toml` naming a key, so the bundled policy signs every message
@@ -986,7 +1211,7 @@ nimbus-dkim e2e / median nimbus e2e (per-run paired ratios in brackets).
 # policy/dkim_data.toml (added to the benchmark's copy of the bundled policy)
 {DKIM_DATA.rstrip()}
 # nimbus-dkim
-{chr(10).join(cmds['nimbus-dkim'])}
+{chr(10).join(cmds["nimbus-dkim"])}
 ```
 
 {table_dkim_md(rows)}
@@ -996,7 +1221,7 @@ All MTAs of the run:
 {table_md(rows)}
 
 Raw per-trial JSON and nimbus stderr logs: `{results_rel}/` (not committed).
-{('Problems seen:' + chr(10) + chr(10).join('- ' + p for p in problems)) if problems else 'No trial errors; no warnings or errors in nimbus stderr.'}
+{("Problems seen:" + chr(10) + chr(10).join("- " + p for p in problems)) if problems else "No trial errors; no warnings or errors in nimbus stderr."}
 {MD_DKIM_END}
 """
     replace_section(path, MD_DKIM_BEGIN, MD_DKIM_END, section)
@@ -1004,28 +1229,57 @@ Raw per-trial JSON and nimbus stderr logs: `{results_rel}/` (not committed).
 
 # --------------------------------------------------------------------------- main
 
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--messages", type=int, default=10000, help="messages per trial (default 10000)")
-    p.add_argument("--sizes", default="4096,40960", help="comma-separated payload sizes for smtp-source -l")
+    p.add_argument(
+        "--sizes", default="4096,40960", help="comma-separated payload sizes for smtp-source -l"
+    )
     p.add_argument("--sessions", type=int, default=20, help="smtp-source -s (default 20)")
-    p.add_argument("--runs", type=int, default=3, help="interleaved runs per size and MTA (default 3)")
-    p.add_argument("--mtas", default="postfix,nimbus",
-                   help="which MTAs: postfix, nimbus, nimbus-dkim (default postfix,nimbus)")
-    p.add_argument("--dkim", action="store_true",
-                   help="also run nimbus-dkim (signs every message) and write the DKIM section")
+    p.add_argument(
+        "--runs", type=int, default=3, help="interleaved runs per size and MTA (default 3)"
+    )
+    p.add_argument(
+        "--mtas",
+        default="postfix,nimbus",
+        help="which MTAs: postfix, nimbus, nimbus-dkim (default postfix,nimbus)",
+    )
+    p.add_argument(
+        "--dkim",
+        action="store_true",
+        help="also run nimbus-dkim (signs every message) and write the DKIM section",
+    )
     p.add_argument("--reuse-sessions", action="store_true", help="smtp-source -d (reuse sessions)")
-    p.add_argument("--postfix-no-log", action="store_true",
-                   help="no maillog_file for Postfix (default: log to a file, like a real install)")
-    p.add_argument("--trial-timeout", type=float, default=0, help="seconds per trial (default 120 + N/20)")
-    p.add_argument("--stall-timeout", type=float, default=60,
-                   help="fail a trial if the sink count stops moving this long after ingress ended")
-    p.add_argument("--settle", type=float, default=2.0, help="idle seconds before each trial's load")
-    p.add_argument("--workdir", default="/var/tmp", help="parent of per-trial temp dirs (a real disk)")
-    p.add_argument("--keep-workdir", action="store_true", help="keep spool/queue dirs for inspection")
+    p.add_argument(
+        "--postfix-no-log",
+        action="store_true",
+        help="no maillog_file for Postfix (default: log to a file, like a real install)",
+    )
+    p.add_argument(
+        "--trial-timeout", type=float, default=0, help="seconds per trial (default 120 + N/20)"
+    )
+    p.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=60,
+        help="fail a trial if the sink count stops moving this long after ingress ended",
+    )
+    p.add_argument(
+        "--settle", type=float, default=2.0, help="idle seconds before each trial's load"
+    )
+    p.add_argument(
+        "--workdir", default="/var/tmp", help="parent of per-trial temp dirs (a real disk)"
+    )
+    p.add_argument(
+        "--keep-workdir", action="store_true", help="keep spool/queue dirs for inspection"
+    )
     p.add_argument("--results-dir", default=str(REPO / "bench" / "results"))
-    p.add_argument("--markdown", default=str(REPO / "BENCHMARKS.md"), help="file to update ('' = none)")
+    p.add_argument(
+        "--markdown", default=str(REPO / "BENCHMARKS.md"), help="file to update ('' = none)"
+    )
     args = p.parse_args(argv)
     args.size_list = [int(s) for s in args.sizes.split(",") if s.strip()]
     args.mta_list = [m.strip() for m in args.mtas.split(",") if m.strip()]
@@ -1045,6 +1299,7 @@ def preflight(args: argparse.Namespace) -> None:
     if os.geteuid() != 0:
         raise BenchError("run as root: Postfix needs root to start, smtp-sink drops to 'nobody'")
     import pwd
+
     for tool in ("smtp-sink", "smtp-source", "postfix", "postconf", "postqueue"):
         if shutil.which(tool) is None:
             raise BenchError(f"{tool} not found (Debian package 'postfix')")
@@ -1052,7 +1307,9 @@ def preflight(args: argparse.Namespace) -> None:
         try:
             pwd.getpwnam(user)
         except KeyError:
-            raise BenchError(f"no user {user!r}: is the Debian postfix package installed?") from None
+            raise BenchError(
+                f"no user {user!r}: is the Debian postfix package installed?"
+            ) from None
     if not Path(args.workdir).is_dir():
         raise BenchError(f"--workdir {args.workdir} is not a directory")
 
@@ -1062,6 +1319,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def on_signal(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
 
@@ -1070,14 +1328,16 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"run_bench: {exc}", file=sys.stderr)
         return 2
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     outdir = Path(args.results_dir) / stamp
     outdir.mkdir(parents=True, exist_ok=True)
     info = machine_info()
     etc_before = etc_postfix_fingerprint()
-    log(f"results -> {outdir}; {args.messages} msgs x sizes {args.size_list} x {args.runs} runs; "
-        f"{info['nproc']} CPUs {info['cpu_model']}")
+    log(
+        f"results -> {outdir}; {args.messages} msgs x sizes {args.size_list} x {args.runs} runs; "
+        f"{info['nproc']} CPUs {info['cpu_model']}"
+    )
     trials: list[dict[str, Any]] = []
     interrupted = False
     try:
@@ -1090,10 +1350,16 @@ def main(argv: list[str] | None = None) -> int:
                     trials.append(t)
                     (outdir / "trials.json").write_text(json.dumps(trials, indent=1))
                     if t.get("ok"):
-                        log(f"run {run_no} size {size} {mta}: e2e {t['e2e_msgs_per_s']}/s "
+                        log(
+                            f"run {run_no} size {size} {mta}: e2e {t['e2e_msgs_per_s']}/s "
                             f"ingress {t['ingress_msgs_per_s']}/s MTA cpu {t['mta_cpu_ms_per_msg']} ms/msg "
                             f"box cpu {t['box_cpu_ms_per_msg']} ms/msg"
-                            + (f" peak RSS {t['peak_rss_kb'] // 1024} MiB" if mta in NIMBUS_MTAS else ""))
+                            + (
+                                f" peak RSS {t['peak_rss_kb'] // 1024} MiB"
+                                if mta in NIMBUS_MTAS
+                                else ""
+                            )
+                        )
                     else:
                         log(f"run {run_no} size {size} {mta}: FAILED: {t.get('error')}")
     except KeyboardInterrupt as exc:
@@ -1112,17 +1378,25 @@ def main(argv: list[str] | None = None) -> int:
         for line in post.get("stderr_problem_lines", [])[:3]:
             problems.append(f"{tag}: nimbus stderr: `{line[:300]}`")
         if post.get("maillog_problem_lines"):
-            problems.append(f"{tag}: {post['maillog_problem_lines']} warning/error lines in Postfix maillog "
-                            f"({post['maillog_problems_file']})")
+            problems.append(
+                f"{tag}: {post['maillog_problem_lines']} warning/error lines in Postfix maillog "
+                f"({post['maillog_problems_file']})"
+            )
         if t["mta"] in NIMBUS_MTAS and post.get("exit_code") not in (0, None):
             problems.append(f"{tag}: nimbus exit code {post['exit_code']} after SIGTERM")
     if etc_before != etc_after:
         problems.append("/etc/postfix changed during the run (it must not)")
 
     rows = summarize(trials, args.size_list)
-    summary = {"started": started.isoformat(timespec="seconds"), "machine": info, "args": {
-        k: v for k, v in vars(args).items()}, "rows": rows, "problems": problems,
-        "etc_postfix_unchanged": etc_before == etc_after, "interrupted": interrupted}
+    summary = {
+        "started": started.isoformat(timespec="seconds"),
+        "machine": info,
+        "args": {k: v for k, v in vars(args).items()},
+        "rows": rows,
+        "problems": problems,
+        "etc_postfix_unchanged": etc_before == etc_after,
+        "interrupted": interrupted,
+    }
     (outdir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print()
     print(table_text(rows))
@@ -1136,17 +1410,27 @@ def main(argv: list[str] | None = None) -> int:
         pf = PostfixInstance(Path("$TMP"), "SINKPORT", outdir, "x", not args.postfix_no_log)  # type: ignore[arg-type]
         pf.port = "PORT"  # type: ignore[assignment]
         nb = NimbusInstance(Path("$TMP"), "SINKPORT", outdir, "x", False)  # type: ignore[arg-type]
-        nb.env_settings.update({"NIMBUS_SMTP_LISTEN": "127.0.0.1:PORT", "NIMBUS_HTTP_LISTEN": "127.0.0.1:HTTPPORT",
-                                "NIMBUS_SINK_ENDPOINT": "127.0.0.1:SINKPORT"})
+        nb.env_settings.update(
+            {
+                "NIMBUS_SMTP_LISTEN": "127.0.0.1:PORT",
+                "NIMBUS_HTTP_LISTEN": "127.0.0.1:HTTPPORT",
+                "NIMBUS_SINK_ENDPOINT": "127.0.0.1:SINKPORT",
+            }
+        )
         cmds = {
             "sink": ["smtp-sink -c -m 1024 -u nobody 127.0.0.1:SINKPORT 1024"],
-            "source": [f"smtp-source -s {args.sessions} -m {args.messages} -l SIZE -f {SENDER} -t {RECIPIENT}"
-                       + (" -d" if args.reuse_sessions else "") + " 127.0.0.1:PORT"],
+            "source": [
+                f"smtp-source -s {args.sessions} -m {args.messages} -l SIZE -f {SENDER} -t {RECIPIENT}"
+                + (" -d" if args.reuse_sessions else "")
+                + " 127.0.0.1:PORT"
+            ],
             "postfix": pf.setup_commands(),
             "nimbus": nb.setup_commands(),
         }
         nd = NimbusInstance(Path("$TMP"), "SINKPORT", outdir, "x", False, dkim=True)  # type: ignore[arg-type]
-        nd.env_settings.update({k: v for k, v in nb.env_settings.items() if k != "NIMBUS_POLICY_DIR"})
+        nd.env_settings.update(
+            {k: v for k, v in nb.env_settings.items() if k != "NIMBUS_POLICY_DIR"}
+        )
         cmds["nimbus-dkim"] = nd.setup_commands()
         md = Path(args.markdown)
         try:

@@ -14,9 +14,9 @@ import asyncio
 import tempfile
 import time
 
-from engine.config import SpoolSettings
+from engine.config.settings import SpoolSettings
 from engine.records import Message, new_message_id
-from engine.spool import Spool
+from engine.storage.spool import Spool
 
 
 async def trial(writers: int, messages: int, size: int) -> dict[str, float]:
@@ -35,8 +35,15 @@ async def trial(writers: int, messages: int, size: int) -> dict[str, float]:
         async def writer() -> None:
             for _ in range(per_writer):
                 now = time.time()
-                msg = Message(id=new_message_id(), sender="a@b.test", recipient="c@d.test",
-                              queue="d.test", created=now, due=now, size=size)
+                msg = Message(
+                    id=new_message_id(),
+                    sender="a@b.test",
+                    recipient="c@d.test",
+                    queue="d.test",
+                    created=now,
+                    due=now,
+                    size=size,
+                )
                 await spool.save([(msg, body)])
 
         started = time.perf_counter()
@@ -46,8 +53,13 @@ async def trial(writers: int, messages: int, size: int) -> dict[str, float]:
         cpu = time.process_time() - cpu0
         await spool.close()
         total = per_writer * writers
-        return {"writers": writers, "saves_per_s": total / elapsed, "commits_per_s": commits / elapsed,
-                "per_commit": total / max(commits, 1), "cpu_ms_per_save": cpu * 1000 / total}
+        return {
+            "writers": writers,
+            "saves_per_s": total / elapsed,
+            "commits_per_s": commits / elapsed,
+            "per_commit": total / max(commits, 1),
+            "cpu_ms_per_save": cpu * 1000 / total,
+        }
 
 
 async def main() -> None:
@@ -56,11 +68,15 @@ async def main() -> None:
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--writers", default="1,20,100")
     args = parser.parse_args()
-    print(f"{'writers':>8} {'saves/s':>9} {'commits/s':>10} {'saves/commit':>13} {'CPU ms/save':>12}")
+    print(
+        f"{'writers':>8} {'saves/s':>9} {'commits/s':>10} {'saves/commit':>13} {'CPU ms/save':>12}"
+    )
     for w in (int(x) for x in args.writers.split(",")):
         r = await trial(w, args.messages, args.size)
-        print(f"{r['writers']:>8} {r['saves_per_s']:>9.0f} {r['commits_per_s']:>10.0f} "
-              f"{r['per_commit']:>13.1f} {r['cpu_ms_per_save']:>12.3f}")
+        print(
+            f"{r['writers']:>8} {r['saves_per_s']:>9.0f} {r['commits_per_s']:>10.0f} "
+            f"{r['per_commit']:>13.1f} {r['cpu_ms_per_save']:>12.3f}"
+        )
 
 
 if __name__ == "__main__":

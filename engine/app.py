@@ -22,34 +22,36 @@ import asyncio
 import logging
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
-from pathlib import Path
-
-from .admin import AdminApi, AdminState
-from .admin_ops import AdminOps
-from .gate import Gate
-from .log_hooks import LogHookPublisher, tsa_hooks
-from .overlay import Overlay
-from .throttle import make_store
-from .tsa_client import TsaSubscriber
-from .config import ConfigError, Settings
-from .controls import Controls
-from .delivery.mx import MxResolver
-from .dkim import DkimService
-from .events import PolicyFailure, PolicyLoadError, Registry, Rejected
-from .logs import LogWriter
-from .metrics import Metrics
-from .outcomes import Attempt, Outcomes
-from .policy_loader import load_policy
-from .reception.accept import Acceptor
-from .reception.auth import Credentials
-from .reception.http import HttpListener, build_app
-from .reception.smtp import SmtpListener
-from .routing import Router
-from .scheduled import Scheduler
-from .spool import Spool
-from .units import parse_hostport
+from engine.admin.http import add_admin_routes
+from engine.admin.ops import AdminOps
+from engine.admin.state import AdminApi, AdminState
+from engine.config.settings import ConfigError, Settings
+from engine.config.units import parse_hostport
+from engine.delivery.mx import MxResolver
+from engine.dkim.service import DkimService
+from engine.logs.hooks.publisher import LogHookPublisher
+from engine.logs.metrics import Metrics
+from engine.logs.writer import LogWriter
+from engine.policy.events import PolicyFailure, PolicyLoadError, Registry, Rejected
+from engine.policy.loader import load_policy
+from engine.policy.log_hook import tsa_hooks
+from engine.queues.controls import Controls
+from engine.queues.outcomes import Attempt, Outcomes
+from engine.queues.routing import Router
+from engine.queues.scheduled import Scheduler
+from engine.reception.accept import Acceptor
+from engine.reception.auth import Credentials
+from engine.reception.http import build_app
+from engine.reception.http_listener import HttpListener
+from engine.reception.smtp import SmtpListener
+from engine.shaping.gate import Gate
+from engine.shaping.overlay import Overlay
+from engine.shaping.throttle.factory import make_store
+from engine.shaping.tsa_client import TsaSubscriber
+from engine.storage.spool import Spool
 
 __all__ = ["Node", "run_mta"]
 
@@ -59,8 +61,10 @@ def _fingerprint(directory: str) -> tuple:
     swaps a ``..data`` symlink, which changes what each file resolves to)."""
     out = []
     for path in sorted(Path(directory).rglob("*")):
-        if any(part == "__pycache__" or part.startswith("..") for part in path.parts) \
-                or not path.is_file():
+        if (
+            any(part == "__pycache__" or part.startswith("..") for part in path.parts)
+            or not path.is_file()
+        ):
             continue
         try:
             st = path.stat()
@@ -68,6 +72,7 @@ def _fingerprint(directory: str) -> tuple:
             continue
         out.append((str(path), st.st_mtime_ns, st.st_size))
     return tuple(out)
+
 
 log = logging.getLogger("nimbus.node")
 
@@ -87,42 +92,79 @@ class Node:
         self._registry = Registry()
         self.scheduler = Scheduler(self._on_due)
         self.resolver = MxResolver(settings.dns)
-        self.outcomes = Outcomes(spool=self.spool, scheduler=self.scheduler, logs=self.logs,
-                                 queue_config=self._queue_config,
-                                 node_id=settings.effective_node_id, policy=self.policy)
+        self.outcomes = Outcomes(
+            spool=self.spool,
+            scheduler=self.scheduler,
+            logs=self.logs,
+            queue_config=self._queue_config,
+            node_id=settings.effective_node_id,
+            policy=self.policy,
+        )
         self.admin_state = AdminState()
         self.overlay = Overlay()
-        self.tsa_subscriber = (TsaSubscriber(settings.redis, self.overlay,
-                                             resync_interval=settings.tsa.resync_interval)
-                               if settings.redis.url else None)
+        self.tsa_subscriber = (
+            TsaSubscriber(
+                settings.redis, self.overlay, resync_interval=settings.tsa.resync_interval
+            )
+            if settings.redis.url
+            else None
+        )
         self.controls = Controls(self.admin_state, self.overlay)
-        self.throttles = make_store(settings.redis, settings.cluster,
-                                    on_state_change=self._redis_state)
+        self.throttles = make_store(
+            settings.redis, settings.cluster, on_state_change=self._redis_state
+        )
         self.gate = Gate(self.throttles, settings.redis.key_prefix)
-        self.router = Router(settings=settings, policy=self.policy, resolver=self.resolver,
-                             spool=self.spool, outcomes=self.outcomes, controls=self.controls,
-                             gate=self.gate)
+        self.router = Router(
+            settings=settings,
+            policy=self.policy,
+            resolver=self.resolver,
+            spool=self.spool,
+            outcomes=self.outcomes,
+            controls=self.controls,
+            gate=self.gate,
+        )
         self.log_hooks: LogHookPublisher | None = None
         self._background: list[asyncio.Task] = []  # run until shutdown cancels them
-        ops = AdminOps(scheduler=self.scheduler, router=self.router, spool=self.spool,
-                       outcomes=self.outcomes)
-        self.admin = AdminApi(bounce_now=ops.bounce_now, rebind=ops.rebind,
-                              inspect_message=ops.inspect_message,
-                              inspect_sched_q=ops.inspect_sched_q,
-                              ready_q_states=ops.ready_q_states,
-                              queue_summary=ops.queue_summary, state=self.admin_state)
+        ops = AdminOps(
+            scheduler=self.scheduler, router=self.router, spool=self.spool, outcomes=self.outcomes
+        )
+        self.admin = AdminApi(
+            bounce_now=ops.bounce_now,
+            rebind=ops.rebind,
+            inspect_message=ops.inspect_message,
+            inspect_sched_q=ops.inspect_sched_q,
+            ready_q_states=ops.ready_q_states,
+            queue_summary=ops.queue_summary,
+            state=self.admin_state,
+        )
         # Signing processes start on the first dkim_sign (none for policies that never sign).
         self.dkim = DkimService(workers=settings.dkim.workers, timeout=settings.dkim.timeout)
-        self.acceptor = Acceptor(spool=self.spool, scheduler=self.scheduler, logs=self.logs,
-                                 policy=self.policy, node_id=settings.effective_node_id,
-                                 dkim=self.dkim)
+        self.acceptor = Acceptor(
+            spool=self.spool,
+            scheduler=self.scheduler,
+            logs=self.logs,
+            policy=self.policy,
+            node_id=settings.effective_node_id,
+            dkim=self.dkim,
+        )
         self.credentials = Credentials(settings.http.auth_dir or None)
         sessions = self.metrics.connections.labels("esmtp_listener")
-        self.smtp = SmtpListener(settings=settings, acceptor=self.acceptor, policy=self.policy,
-                                 credentials=self.credentials, on_connection=sessions.inc)
-        self.http = HttpListener(build_app(settings=settings, acceptor=self.acceptor,
-                                           credentials=self.credentials, metrics_=self.metrics,
-                                           policy=self.policy, admin=self.admin))
+        self.smtp = SmtpListener(
+            settings=settings,
+            acceptor=self.acceptor,
+            policy=self.policy,
+            credentials=self.credentials,
+            on_connection=sessions.inc,
+        )
+        http_app = build_app(
+            settings=settings,
+            acceptor=self.acceptor,
+            credentials=self.credentials,
+            metrics_=self.metrics,
+            policy=self.policy,
+        )
+        add_admin_routes(http_app, admin=self.admin, settings=settings)
+        self.http = HttpListener(http_app)
         self.metrics.attach_gauges(self._gauges)
         self.ports: dict[str, int] = {}
         self.ready = asyncio.Event()
@@ -160,8 +202,12 @@ class Node:
 
     def _load(self) -> Registry:
         s = self.settings
-        return load_policy(s.policy.dir, timeout=s.policy.event_timeout,
-                           on_dispatch=self.metrics.on_policy_dispatch, services=self)
+        return load_policy(
+            s.policy.dir,
+            timeout=s.policy.event_timeout,
+            on_dispatch=self.metrics.on_policy_dispatch,
+            services=self,
+        )
 
     async def reload_policy(self, reason: str) -> bool:
         """Load the policy again; on success swap it in, else keep the running one.
@@ -173,8 +219,10 @@ class Node:
             await registry.dispatch("init")
         except (PolicyLoadError, ConfigError, PolicyFailure, Rejected) as exc:
             self.metrics.policy_reloads.labels("error").inc()
-            log.error("policy reload failed; the running policy stays in force",
-                      extra={"reason": reason, "error": str(exc)})
+            log.error(
+                "policy reload failed; the running policy stays in force",
+                extra={"reason": reason, "error": str(exc)},
+            )
             return False
         self._registry = registry
         self.router.forget_policy_answers()
@@ -218,16 +266,22 @@ class Node:
             await self._start_log_hooks(tg)
             if self.tsa_subscriber is not None:
                 self._background.append(
-                    tg.create_task(self.tsa_subscriber.run(), name="tsa-subscriber"))
+                    tg.create_task(self.tsa_subscriber.run(), name="tsa-subscriber")
+                )
             await self._recover()
             scheduler = tg.create_task(self.scheduler.run(), name="scheduler")
             watcher = tg.create_task(self._watch_policy(loaded), name="policy-watcher")
             self.ports["smtp"] = (await self.smtp.start(*parse_hostport(s.smtp.listen)))[1]
             self.acceptor.set_ready()
-            log.info("ready", extra={"smtp_port": self.ports["smtp"],
-                                     "http_port": self.ports["http"],
-                                     "node_id": s.effective_node_id,
-                                     "spooled": self.spool.count})
+            log.info(
+                "ready",
+                extra={
+                    "smtp_port": self.ports["smtp"],
+                    "http_port": self.ports["http"],
+                    "node_id": s.effective_node_id,
+                    "spooled": self.spool.count,
+                },
+            )
             self.ready.set()
             await self._stop.wait()
             watcher.cancel()
@@ -245,7 +299,8 @@ class Node:
         if not hooks:
             return
         self.log_hooks = LogHookPublisher(
-            hooks, db_path=Path(self.settings.spool.dir) / "loghooks.db", policy=self.policy)
+            hooks, db_path=Path(self.settings.spool.dir) / "loghooks.db", policy=self.policy
+        )
         await self.log_hooks.open()
         self.log_hooks.attach(self.logs)
         self._background.append(tg.create_task(self.log_hooks.run(), name="log-hooks"))
@@ -264,9 +319,15 @@ class Node:
                 expired += 1
             else:
                 self.scheduler.insert(msg)
-        log.info("spool recovered", extra={"messages": len(messages) - expired,
-                                           "expired": expired, "quarantined": len(quarantined),
-                                           "seconds": round(time.monotonic() - started, 3)})
+        log.info(
+            "spool recovered",
+            extra={
+                "messages": len(messages) - expired,
+                "expired": expired,
+                "quarantined": len(quarantined),
+                "seconds": round(time.monotonic() - started, 3),
+            },
+        )
 
     async def _shutdown(self, scheduler: asyncio.Task) -> None:
         s = self.settings

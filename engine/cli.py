@@ -20,10 +20,13 @@ import asyncio
 import sys
 from typing import Any
 
-from . import __version__, admin_cli, cluster, diag
-from .config import ConfigError, dotted_tree, load_settings
-from .events import PolicyLoadError
-from .spool import SpoolLocked
+from engine import __version__
+from engine.admin import cli as admin_cli
+from engine.cluster import command as cluster
+from engine.config.settings import ConfigError, dotted_tree, load_settings
+from engine.logs import diagnostics as diag
+from engine.policy.events import PolicyLoadError
+from engine.storage.spool import SpoolLocked
 
 __all__ = ["main"]
 
@@ -39,8 +42,11 @@ _MTA_FLAGS = {
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Flags as a settings tree: the named flags, then each ``--set section.key=value``."""
-    dotted = {key: getattr(args, attr) for attr, key in _MTA_FLAGS.items()
-              if getattr(args, attr, None) is not None}
+    dotted = {
+        key: getattr(args, attr)
+        for attr, key in _MTA_FLAGS.items()
+        if getattr(args, attr, None) is not None
+    }
     for item in getattr(args, "set", None) or []:
         path, sep, value = item.partition("=")
         if not sep:
@@ -61,27 +67,39 @@ def _parser() -> argparse.ArgumentParser:
     mta.add_argument("--log-dir", help="log-record directory")
     mta.add_argument("--policy-dir", help="policy directory")
     mta.add_argument("--node-id", help="node identity in log records")
-    mta.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                     help="any setting, e.g. --set smtp.max_recipients=500")
-    for role, text in (("tsa", "run the traffic-shaping automation service"),
-                       ("sink", "run the sink: an SMTP receiver that discards (test traffic)")):
+    mta.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
+        help="any setting, e.g. --set smtp.max_recipients=500",
+    )
+    for role, text in (
+        ("tsa", "run the traffic-shaping automation service"),
+        ("sink", "run the sink: an SMTP receiver that discards (test traffic)"),
+    ):
         cmd = sub.add_parser(role, help=text)
         cmd.add_argument("--config", help="TOML settings file (default: $NIMBUS_CONFIG)")
-        cmd.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                         help="any setting, e.g. --set tsa.listen=0.0.0.0:8008")
+        cmd.add_argument(
+            "--set",
+            action="append",
+            metavar="SECTION.KEY=VALUE",
+            help="any setting, e.g. --set tsa.listen=0.0.0.0:8008",
+        )
     admin_cli.add_subcommands(sub)
     cluster.add_subcommand(sub)
     validate = sub.add_parser("validate", help="load and check the settings and the policy")
     validate.add_argument("--config", help="TOML settings file (default: $NIMBUS_CONFIG)")
-    validate.add_argument("--policy", dest="policy_dir",
-                          help="policy directory (default: the configured one)")
+    validate.add_argument(
+        "--policy", dest="policy_dir", help="policy directory (default: the configured one)"
+    )
     return parser
 
 
 def _validate(settings: Any) -> int:
     """``nimbus validate``: load everything the node would load; report the first problem."""
-    from .events import EVENTS
-    from .policy_loader import load_policy
+    from engine.policy.events import EVENTS
+    from engine.policy.loader import load_policy
+
     try:
         registry = load_policy(settings.policy.dir)
     except (ConfigError, PolicyLoadError) as exc:
@@ -117,12 +135,15 @@ def main(argv: list[str] | None = None) -> int:
         return _validate(settings)
     if args.command == "tsa":
         from tsa.app import run as run_tsa
+
         return _serve(run_tsa(settings))
     if args.command == "sink":
         from sink.app import run as run_sink
+
         return _serve(run_sink(settings))
     if args.command == "mta":
-        from .app import run_mta
+        from engine.app import run_mta
+
         try:
             _run(run_mta(settings))
         except (PolicyLoadError, SpoolLocked, BaseExceptionGroup) as exc:

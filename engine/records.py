@@ -15,14 +15,21 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = [
-    "EnhancedCode", "Response", "Message", "PeerAddress", "LogRecord", "RecordType",
-    "new_message_id", "rfc3339",
+    "EnhancedCode",
+    "Response",
+    "Message",
+    "PeerAddress",
+    "LogRecord",
+    "RecordType",
+    "new_message_id",
+    "rfc3339",
 ]
 
 
@@ -33,7 +40,7 @@ def new_message_id() -> str:
 
 def rfc3339(ts: float) -> str:
     """Unix seconds -> RFC 3339 UTC with microseconds (``2026-11-21T19:00:00.123456Z``)."""
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +84,7 @@ class Response:
         enhanced = None
         if m:
             enhanced = EnhancedCode(int(m.group(1)), int(m.group(2)), int(m.group(3)))
-            line = line[m.end():]
+            line = line[m.end() :]
         return cls(code=int(code), enhanced_code=enhanced, content=line, command=command)
 
     @property

@@ -1,7 +1,7 @@
 """Nimbus default policy: KumoMTA's policy-extras, wired together, in Python.
 
 The node loads this module and calls ``register(nimbus)``; handlers are registered
-explicitly with ``@nimbus.on(event)`` (event names: engine/events.py). Everything here
+explicitly with ``@nimbus.on(event)`` (event names: engine/policy/events.py). Everything here
 is driven by the TOML files next to it, in KumoMTA's formats:
 
     queues.toml       tenant/campaign headers -> queue, per-queue retry/expiry/pool
@@ -17,10 +17,11 @@ them without starting a node.
 
 import asyncio
 
-from engine.helpers.dkim_data import DkimData
-from engine.helpers.queues import QueueHelper
-from engine.helpers.shaping import Shaping, resolve
-from engine.helpers.sources import SourcesHelper
+from engine.policy.helpers.dkim_data import DkimData
+from engine.policy.helpers.queues import QueueHelper
+from engine.policy.helpers.shaping import resolve
+from engine.policy.helpers.shaping_load import load_shaping
+from engine.policy.helpers.sources import SourcesHelper
 
 ROLLUP_LOOKUP_TIMEOUT = 10.0
 """Longest start-up wait for the MX lookups that key mx_rollup shaping blocks."""
@@ -29,7 +30,7 @@ ROLLUP_LOOKUP_TIMEOUT = 10.0
 def register(nimbus):
     queues = QueueHelper.load(nimbus.path("queues.toml"))
     sources = SourcesHelper.load(nimbus.path("sources.toml"))
-    shaping = Shaping.load([nimbus.path("shaping.toml")])
+    shaping = load_shaping([nimbus.path("shaping.toml")])
     dkim = DkimData.load(nimbus.path("dkim_data.toml"))
     nimbus.configure_bounce_classifier(["bounce_rules.toml"])
     sources.validate((), referenced_pools=queues.egress_pools())
@@ -92,6 +93,12 @@ def register(nimbus):
                 mx_hosts = (await nimbus.resolve_mx(routing_domain)).hosts
             except Exception:
                 mx_hosts = ()
-        resolved = resolve(shaping, domain=routing_domain, source=egress_source,
-                           site_name=site_name, mx_hosts=mx_hosts, site_of=site_of)
+        resolved = resolve(
+            shaping,
+            domain=routing_domain,
+            source=egress_source,
+            site_name=site_name,
+            mx_hosts=mx_hosts,
+            site_of=site_of,
+        )
         return resolved.config

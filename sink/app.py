@@ -19,12 +19,13 @@ import asyncio
 import logging
 import os
 import signal
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from engine.config import ConfigError, Settings
-from engine.reception.http import HttpListener
-from engine.units import parse_hostport
+from engine.config.settings import ConfigError, Settings
+from engine.config.units import parse_hostport
+from engine.reception.http_listener import HttpListener
 
 from .responses import Responses, load_responses
 from .server import SinkListener, SinkMetrics
@@ -69,16 +70,20 @@ class Sink:
         self.http_port = 0
         self.ready = asyncio.Event()
         self.reloaded = asyncio.Event()  # set after each reload attempt (tests wait on it)
-        self._interval = (settings.policy.reload_interval if reload_interval is None
-                          else reload_interval)
+        self._interval = (
+            settings.policy.reload_interval if reload_interval is None else reload_interval
+        )
         self._path = settings.sink.responses
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.smtp = SinkListener(
-            hostname=settings.effective_hostname, responses=lambda: self.responses,
-            metrics=self.metrics, max_message_size=settings.smtp.max_message_size,
-            idle_timeout=settings.smtp.idle_timeout)
+            hostname=settings.effective_hostname,
+            responses=lambda: self.responses,
+            metrics=self.metrics,
+            max_message_size=settings.smtp.max_message_size,
+            idle_timeout=settings.smtp.idle_timeout,
+        )
         app = web.Application()
         app[_SINK] = self
         app.router.add_get("/api/check-liveness/v1", check_liveness_v1)
@@ -124,10 +129,19 @@ class Sink:
             self.http_port = (await self.http.start(*parse_hostport(s.http_listen)))[1]
             self.smtp_port = (await self.smtp.start(*parse_hostport(s.listen)))[1]
             async with asyncio.TaskGroup() as tg:
-                watcher = (tg.create_task(self._watch(seen), name="sink-responses-watcher")
-                           if self._path else None)
-                log.info("ready", extra={"smtp_port": self.smtp_port, "http_port": self.http_port,
-                                         "responses": self._path or "accept-all"})
+                watcher = (
+                    tg.create_task(self._watch(seen), name="sink-responses-watcher")
+                    if self._path
+                    else None
+                )
+                log.info(
+                    "ready",
+                    extra={
+                        "smtp_port": self.smtp_port,
+                        "http_port": self.http_port,
+                        "responses": self._path or "accept-all",
+                    },
+                )
                 self.ready.set()
                 await self._stop.wait()
                 if watcher is not None:
@@ -143,8 +157,10 @@ class Sink:
             fresh = await asyncio.to_thread(load_responses, self._path)
         except ConfigError as exc:
             self.metrics.reloads["error"] += 1
-            log.error("responses reload failed; the running responses stay in force",
-                      extra={"reason": reason, "error": str(exc)})
+            log.error(
+                "responses reload failed; the running responses stay in force",
+                extra={"reason": reason, "error": str(exc)},
+            )
             return False
         finally:
             self.reloaded.set()

@@ -30,15 +30,14 @@ Before the percentages, the local part can ask for an answer (KumoMTA's conventi
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
+from engine.config.settings import ConfigError, read_toml
+from engine.config.units import parse_duration
 
-from engine.config import ConfigError, read_toml
-from engine.units import parse_duration
-
-__all__ = ["Responses", "Decision", "Rule", "Reply", "load_responses", "parse_responses",
-           "ACCEPT"]
+__all__ = ["Responses", "Decision", "Rule", "Reply", "load_responses", "parse_responses", "ACCEPT"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -109,8 +108,7 @@ class Responses:
     defers: Mapping[str, tuple[Reply, ...]] = field(default_factory=dict)
     source: str = ""
 
-    def decide(self, recipient: str, *, rand: float, rand2: float,
-               rand3: float = 0.0) -> Decision:
+    def decide(self, recipient: str, *, rand: float, rand2: float, rand3: float = 0.0) -> Decision:
         """The answer for ``recipient``.
 
         rand: uniform in [0, 1); picks bounce (below ``bounce`` %), then defer (below
@@ -155,8 +153,9 @@ def convention(local: str) -> Decision | None:
     return Decision(code=int(m.group(1) + m.group(2)), text=f"{m.group(1)}.0.0 you said {local}")
 
 
-def _pick(lists: Mapping[str, tuple[Reply, ...]], domain: str, fallback: tuple[Reply, ...],
-          rand2: float) -> Decision:
+def _pick(
+    lists: Mapping[str, tuple[Reply, ...]], domain: str, fallback: tuple[Reply, ...], rand2: float
+) -> Decision:
     choices = lists.get(domain) or lists.get("default") or fallback
     choice = choices[min(int(rand2 * len(choices)), len(choices) - 1)]
     return Decision(code=choice.code, text=choice.text)
@@ -184,13 +183,16 @@ def parse_responses(tree: Mapping[str, Any], source: str) -> Responses:
         if name in _RESERVED:
             continue
         if not isinstance(table, Mapping):
-            raise ConfigError(f"{source}: {name}: unknown key (expected tables: default, "
-                              f"domain, bounce, defer, or a domain's table)")
+            raise ConfigError(
+                f"{source}: {name}: unknown key (expected tables: default, "
+                f"domain, bounce, defer, or a domain's table)"
+            )
         domains[name.lower()] = _rule(table, default, source, f'["{name}"]')
     bounces = _reply_lists(tree.get("bounce", {}), source, "bounce")
     defers = _reply_lists(tree.get("defer", {}), source, "defer")
-    return Responses(default=default, domains=domains, bounces=bounces, defers=defers,
-                     source=source)
+    return Responses(
+        default=default, domains=domains, bounces=bounces, defers=defers, source=source
+    )
 
 
 def _table(value: Any, source: str, where: str) -> Mapping[str, Any]:
@@ -203,8 +205,9 @@ def _rule(value: Any, base: Rule, source: str, where: str) -> Rule:
     table = _table(value, source, where)
     for key in table:
         if key not in _RULE_KEYS:
-            raise ConfigError(f"{source}: {where} {key}: unknown key "
-                              f"(known keys: {', '.join(_RULE_KEYS)})")
+            raise ConfigError(
+                f"{source}: {where} {key}: unknown key (known keys: {', '.join(_RULE_KEYS)})"
+            )
     bounce = _percent(table.get("bounce", base.bounce), source, where, "bounce")
     defer = _percent(table.get("defer", base.defer), source, where, "defer")
     if bounce + defer > 100:
@@ -244,8 +247,9 @@ def _reply_lists(value: Any, source: str, kind: str) -> dict[str, tuple[Reply, .
         where = f'[[{kind}."{name}"]]'
         if not isinstance(items, list) or not items:
             raise ConfigError(f"{source}: {where} must be a non-empty array of tables")
-        out[name.lower()] = tuple(_reply(item, source, f"{where} #{n}")
-                                  for n, item in enumerate(items, 1))
+        out[name.lower()] = tuple(
+            _reply(item, source, f"{where} #{n}") for n, item in enumerate(items, 1)
+        )
     return out
 
 
@@ -256,8 +260,7 @@ def _reply(item: Any, source: str, where: str) -> Reply:
             raise ConfigError(f"{source}: {where} {key}: unknown key (known keys: code, msg)")
     code = table.get("code")
     if isinstance(code, bool) or not isinstance(code, int) or not 400 <= code <= 599:
-        raise ConfigError(f"{source}: {where} code: expected a refusal code 400-599, "
-                          f"got {code!r}")
+        raise ConfigError(f"{source}: {where} code: expected a refusal code 400-599, got {code!r}")
     msg = table.get("msg")
     if not isinstance(msg, str) or not msg.strip():
         raise ConfigError(f"{source}: {where} msg: expected a non-empty string, got {msg!r}")

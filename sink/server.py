@@ -29,14 +29,15 @@ import asyncio
 import functools
 import inspect
 import random
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from engine.reception.smtp import _Session
+from engine.reception.smtp_session import SmtpSession
 
 from .responses import ACCEPT, Responses
 
@@ -62,32 +63,40 @@ class SinkMetrics(Collector):
         self.registry.register(self)
 
     def counts(self) -> dict[str, int]:
-        return {"accepted": self.accepted, "deferred": self.deferred, "bounced": self.bounced,
-                "connections": self.connections, "bytes": self.bytes}
+        return {
+            "accepted": self.accepted,
+            "deferred": self.deferred,
+            "bounced": self.bounced,
+            "connections": self.connections,
+            "bytes": self.bytes,
+        }
 
     def collect(self) -> Iterable[CounterMetricFamily]:
-        messages = CounterMetricFamily("nimbus_sink_messages",
-                                       "Recipients answered by the sink, by result",
-                                       labels=["result"])
+        messages = CounterMetricFamily(
+            "nimbus_sink_messages", "Recipients answered by the sink, by result", labels=["result"]
+        )
         for result in ("accepted", "deferred", "bounced"):
             messages.add_metric([result], getattr(self, result))
         yield messages
-        yield CounterMetricFamily("nimbus_sink_connections", "SMTP connections accepted",
-                                  value=self.connections)
-        yield CounterMetricFamily("nimbus_sink_bytes", "DATA bytes received and discarded",
-                                  value=self.bytes)
-        reloads = CounterMetricFamily("nimbus_sink_reloads", "Responses file reloads, by result",
-                                      labels=["result"])
+        yield CounterMetricFamily(
+            "nimbus_sink_connections", "SMTP connections accepted", value=self.connections
+        )
+        yield CounterMetricFamily(
+            "nimbus_sink_bytes", "DATA bytes received and discarded", value=self.bytes
+        )
+        reloads = CounterMetricFamily(
+            "nimbus_sink_reloads", "Responses file reloads, by result", labels=["result"]
+        )
         for result, n in self.reloads.items():
             reloads.add_metric([result], n)
         yield reloads
 
 
-class _SinkSession(_Session):
+class _SinkSession(SmtpSession):
     """An aiosmtpd session that discards DATA and can hang up after a 421 RCPT reply."""
 
-    _dir_cache = None  # this class's own (see _Session.__dir__)
-    hang_up = False    # set by the handler when its reply was 421
+    _dir_cache = None  # this class's own (see SmtpSession.__dir__)
+    hang_up = False  # set by the handler when its reply was 421
 
     def __init__(self, *args: Any, metrics: SinkMetrics, **kw: Any) -> None:
         super().__init__(*args, **kw)
@@ -153,14 +162,26 @@ class SinkHandler:
         self._metrics = metrics
         self._responses = responses
 
-    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
-                          hostname: str, responses: list[str]) -> list[str]:
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
         session.host_name = hostname
         # aiosmtpd handles pipelined input but doesn't advertise it (RFC 2920).
         return [responses[0], "250-PIPELINING", *responses[1:]]
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
         responses = self._responses()
         if responses is None:
             envelope.rcpt_tos.append(address)
@@ -187,8 +208,15 @@ SinkHandler.handle_EHLO.__signature__ = inspect.signature(SinkHandler.handle_EHL
 class SinkListener:
     """One SMTP listening socket for the sink, and its open sessions."""
 
-    def __init__(self, *, hostname: str, responses: GetResponses, metrics: SinkMetrics,
-                 max_message_size: int, idle_timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        hostname: str,
+        responses: GetResponses,
+        metrics: SinkMetrics,
+        max_message_size: int,
+        idle_timeout: float,
+    ) -> None:
         self._hostname = hostname
         self._metrics = metrics
         self._handler = SinkHandler(metrics=metrics, responses=responses)
@@ -205,9 +233,17 @@ class SinkListener:
     def _protocol(self) -> asyncio.BaseProtocol:
         self._metrics.connections += 1
         session = _SinkSession(
-            self._handler, hostname=self._hostname, ident="ESMTP Nimbus sink", loop=self._loop,
-            data_size_limit=self._max_size, enable_SMTPUTF8=True, decode_data=False,
-            timeout=self._timeout, on_close=_nothing, metrics=self._metrics)
+            self._handler,
+            hostname=self._hostname,
+            ident="ESMTP Nimbus sink",
+            loop=self._loop,
+            data_size_limit=self._max_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            timeout=self._timeout,
+            on_close=_nothing,
+            metrics=self._metrics,
+        )
         session._on_close = functools.partial(self._sessions.discard, session)
         self._sessions.add(session)
         return session
@@ -215,8 +251,9 @@ class SinkListener:
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen; returns the bound (host, port) (port 0 picks a free one)."""
         loop = self._loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._protocol, host, port, backlog=1024,
-                                                reuse_address=True)
+        self._server = await loop.create_server(
+            self._protocol, host, port, backlog=1024, reuse_address=True
+        )
         sock = self._server.sockets[0].getsockname()
         return sock[0], sock[1]
 

@@ -3,7 +3,7 @@
 MTAs POST their delivery log records; the ``shaping.toml`` automation rules decide which
 records matter; the resulting suspensions, bounces and config overrides are kept in
 Redis, shared by every replica, and pushed to MTAs over Redis pub/sub
-(``engine.tsa_client``) or served in KumoMTA's formats over HTTP.
+(``engine.shaping.tsa_client``) or served in KumoMTA's formats over HTTP.
 
 Modules, in the order a record flows:
     rules          pure: record -> matching rules -> planned overlay entries

@@ -43,9 +43,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from engine import __version__
-from engine.config import ConfigError, Settings
-from engine.overlay import OverlayEntry
-from engine.units import parse_hostport
+from engine.config.settings import ConfigError, Settings
+from engine.config.units import parse_hostport
+from engine.shaping.overlay import OverlayEntry
 
 from .exports import bounces_json, render_shaping_toml, suspensions_json
 from .ingest import Ingestor
@@ -72,8 +72,9 @@ class _Tsa:
         self.metrics = TsaMetrics()
         self.state = TsaState(redis, settings.redis.key_prefix)
         self.shaping = ShapingFile(Path(settings.policy.dir) / "shaping.toml", self.metrics)
-        self.ingestor = Ingestor(self.state, self.shaping, self.metrics, clock=clock,
-                                 timeout=settings.redis.timeout)
+        self.ingestor = Ingestor(
+            self.state, self.shaping, self.metrics, clock=clock, timeout=settings.redis.timeout
+        )
         self.redis_error: str | None = None
 
     def redis_failed(self, exc: BaseException) -> str:
@@ -126,8 +127,9 @@ async def publish_log_v1(request: web.Request) -> web.Response:
     return web.json_response(counts.to_json())
 
 
-async def _view(request: web.Request, render: Callable[[list[OverlayEntry], float], Any],
-                *, text: bool = False) -> web.Response:
+async def _view(
+    request: web.Request, render: Callable[[list[OverlayEntry], float], Any], *, text: bool = False
+) -> web.Response:
     tsa = _tsa(request)
     try:
         entries = await tsa.entries()
@@ -163,8 +165,12 @@ async def tsa_status(request: web.Request) -> web.Response:
         "actions": {},
         "records": dict(tsa.ingestor.totals),
         "cluster": {},
-        "shaping": {"path": str(tsa.shaping.path), "rules": tsa.shaping.rule_count,
-                    "loaded_at": tsa.shaping.loaded_at, "error": tsa.shaping.error},
+        "shaping": {
+            "path": str(tsa.shaping.path),
+            "rules": tsa.shaping.rule_count,
+            "loaded_at": tsa.shaping.loaded_at,
+            "error": tsa.shaping.error,
+        },
     }
     try:
         entries = await tsa.entries()
@@ -231,11 +237,13 @@ def _lifetime(tsa: _Tsa, owns_redis: bool) -> Callable[[web.Application], AsyncI
                 await task
             if owns_redis:
                 await tsa.redis.aclose()
+
     return lifetime
 
 
-def build_app(settings: Settings, *, redis: Redis | None = None,
-              clock: Callable[[], float] = time.time) -> web.Application:
+def build_app(
+    settings: Settings, *, redis: Redis | None = None, clock: Callable[[], float] = time.time
+) -> web.Application:
     """The TSA application.
 
     settings: ``[redis]`` url/key_prefix/timeout, ``[policy]`` dir (its shaping.toml) and
@@ -247,11 +255,13 @@ def build_app(settings: Settings, *, redis: Redis | None = None,
     owns = redis is None
     if redis is None:
         if not settings.redis.url:
-            raise ConfigError("[redis] url: the TSA keeps its state in Redis; set it "
-                              "(NIMBUS_REDIS_URL)")
+            raise ConfigError(
+                "[redis] url: the TSA keeps its state in Redis; set it (NIMBUS_REDIS_URL)"
+            )
         timeout = settings.redis.timeout
-        redis = Redis.from_url(settings.redis.url, socket_timeout=timeout,
-                               socket_connect_timeout=timeout)
+        redis = Redis.from_url(
+            settings.redis.url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
     tsa = _Tsa(settings, redis, clock)
     app = web.Application(client_max_size=_MAX_BODY)
     app[_TSA] = tsa
@@ -281,8 +291,15 @@ async def run(settings: Settings) -> None:
         site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()
         bound = runner.addresses[0]
-        log.info("listening", extra={"service": "tsa", "host": bound[0], "port": bound[1],
-                                     "redis_prefix": settings.redis.key_prefix})
+        log.info(
+            "listening",
+            extra={
+                "service": "tsa",
+                "host": bound[0],
+                "port": bound[1],
+                "redis_prefix": settings.redis.key_prefix,
+            },
+        )
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from engine.overlay import OverlayEntry
+from engine.shaping.overlay import OverlayEntry
 
 from .metrics import TsaMetrics
 from .rules import IGNORED_TYPES, Match, RecordInvalid, RecordView, evaluate, parse_record
@@ -58,15 +58,26 @@ class Ingestor:
     """state: the Redis state. shaping: the rules file. metrics: counters.
     clock: wall-clock seconds (tests pass a fixed one). timeout: per-record Redis budget."""
 
-    def __init__(self, state: TsaState, shaping: ShapingFile, metrics: TsaMetrics, *,
-                 clock: Callable[[], float], timeout: float) -> None:
+    def __init__(
+        self,
+        state: TsaState,
+        shaping: ShapingFile,
+        metrics: TsaMetrics,
+        *,
+        clock: Callable[[], float],
+        timeout: float,
+    ) -> None:
         self.state = state
         self.shaping = shaping
         self.metrics = metrics
         self.clock = clock
         self.timeout = timeout
-        self.totals: dict[str, int] = {"received": 0, "matched": 0, "duplicates": 0,
-                                       "entries_written": 0}
+        self.totals: dict[str, int] = {
+            "received": 0,
+            "matched": 0,
+            "duplicates": 0,
+            "entries_written": 0,
+        }
 
     async def ingest(self, records: Sequence[Any]) -> Counts:
         """Apply the rules to each record. Raises RedisError/TimeoutError (the records
@@ -119,8 +130,14 @@ class Ingestor:
         for m in matches:
             self.metrics.rule_matches.labels("threshold" if m.window else "immediate").inc()
             if m.window is not None:
-                n = await self.state.count(m.window.key, member=view.key, ts=view.timestamp,
-                                           period=m.window.period, hold=m.window.hold, now=now)
+                n = await self.state.count(
+                    m.window.key,
+                    member=view.key,
+                    ts=view.timestamp,
+                    period=m.window.period,
+                    hold=m.window.hold,
+                    now=now,
+                )
                 if n < m.window.limit:
                     continue
             for entry in m.entries:
@@ -129,7 +146,14 @@ class Ingestor:
         for entry in fired.values():
             self.metrics.actions.labels(entry.kind).inc()
         if fired:
-            log.info("tsa_actions", extra={"record": view.key, "site": view.ready_queue,
-                                           "entries": len(fired), "written": written})
+            log.info(
+                "tsa_actions",
+                extra={
+                    "record": view.key,
+                    "site": view.ready_queue,
+                    "entries": len(fired),
+                    "written": written,
+                },
+            )
         await self.state.add_stats(matched=1, entries=written)
         return written

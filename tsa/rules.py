@@ -55,17 +55,43 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from engine.helpers.shaping import Action, ActionKind, Rule, Shaping, match_rules
-from engine.overlay import READY, SCHEDULED, BounceRule, ConfigOverride, OverlayEntry, Suspension
-from engine.queue_name import QueueName
+from engine.policy.helpers.shaping import Action, ActionKind, Rule, Shaping, match_rules
+from engine.queues.naming import QueueName
+from engine.shaping.overlay import (
+    READY,
+    SCHEDULED,
+    BounceRule,
+    ConfigOverride,
+    OverlayEntry,
+    Suspension,
+)
 
-__all__ = ["RecordView", "RecordInvalid", "parse_record", "Window", "Match", "evaluate",
-           "window_count", "action_id", "reason_for", "IGNORED_TYPES"]
+__all__ = [
+    "RecordView",
+    "RecordInvalid",
+    "parse_record",
+    "Window",
+    "Match",
+    "evaluate",
+    "window_count",
+    "action_id",
+    "reason_for",
+    "IGNORED_TYPES",
+]
 
 # Record types kumod's TSA log hook never ships (shaping.lua setup_publish): they say
 # nothing about how a destination treats us.
-IGNORED_TYPES = frozenset({"Reception", "Delayed", "Rejection", "AdminRebind",
-                           "DeferredInjectionRebind", "XferIn", "XferOut"})
+IGNORED_TYPES = frozenset(
+    {
+        "Reception",
+        "Delayed",
+        "Rejection",
+        "AdminRebind",
+        "DeferredInjectionRebind",
+        "XferIn",
+        "XferOut",
+    }
+)
 _PROTO_SUFFIX = "@smtp_client"
 
 
@@ -128,18 +154,21 @@ def _timestamp(value: Any) -> float:
 
 def _response_line(response: Any) -> str:
     if not isinstance(response, Mapping) or not isinstance(response.get("code"), int):
-        raise RecordInvalid(f"response: expected {{code, enhanced_code, content}}, "
-                            f"got {response!r}")
+        raise RecordInvalid(
+            f"response: expected {{code, enhanced_code, content}}, got {response!r}"
+        )
     content = " ".join(str(response.get("content") or "").split())
     enhanced = response.get("enhanced_code")
     parts = [str(response["code"])]
     if isinstance(enhanced, Mapping):
         try:
-            parts.append(f"{int(enhanced['class'])}.{int(enhanced['subject'])}."
-                         f"{int(enhanced['detail'])}")
+            parts.append(
+                f"{int(enhanced['class'])}.{int(enhanced['subject'])}.{int(enhanced['detail'])}"
+            )
         except (KeyError, TypeError, ValueError):
-            raise RecordInvalid(f"response.enhanced_code: expected {{class, subject, "
-                                f"detail}}, got {enhanced!r}") from None
+            raise RecordInvalid(
+                f"response.enhanced_code: expected {{class, subject, detail}}, got {enhanced!r}"
+            ) from None
     if content:
         parts.append(content)
     return " ".join(parts)
@@ -192,12 +221,23 @@ def parse_record(obj: Any) -> RecordView:
         raise RecordInvalid("site and queue: expected strings")
     source, bare = _site_parts(site, obj.get("egress_source"))
     peer = obj.get("peer_address")
-    mx = (peer["name"],) if isinstance(peer, Mapping) and isinstance(peer.get("name"), str) \
-        and peer["name"] else ()
-    return RecordView(id=ident, type=kind, timestamp=_record_time(obj),
-                      domains=_domains(obj.get("recipient", "")), ready_queue=site,
-                      source=source, site=bare, queue=queue,
-                      response_line=_response_line(obj.get("response")), mx_hosts=mx)
+    mx = (
+        (peer["name"],)
+        if isinstance(peer, Mapping) and isinstance(peer.get("name"), str) and peer["name"]
+        else ()
+    )
+    return RecordView(
+        id=ident,
+        type=kind,
+        timestamp=_record_time(obj),
+        domains=_domains(obj.get("recipient", "")),
+        ready_queue=site,
+        source=source,
+        site=bare,
+        queue=queue,
+        response_line=_response_line(obj.get("response")),
+        mx_hosts=mx,
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -236,8 +276,7 @@ def window_count(scores: Iterable[float], *, ts: float, period: float) -> int:
 
 def action_id(fingerprint: str, action: Action, scope: str) -> str:
     """``sha256(rule fingerprint, action, scope)`` as hex."""
-    text = json.dumps([fingerprint, action.kind, action.name, action.value, scope],
-                      default=str)
+    text = json.dumps([fingerprint, action.kind, action.name, action.value, scope], default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -248,16 +287,21 @@ def reason_for(rule: Rule) -> str:
     return f"automation rule: {text}"
 
 
-def _sched_entry(rule: Rule, action: Action, view: RecordView, recipient_domain: str,
-                 expires: float, fp: str) -> OverlayEntry | None:
+def _sched_entry(
+    rule: Rule, action: Action, view: RecordView, recipient_domain: str, expires: float, fp: str
+) -> OverlayEntry | None:
     try:
         queue = QueueName.parse(view.queue)
         domain, tenant, campaign = queue.domain, queue.tenant, queue.campaign
     except ValueError:
         domain, tenant, campaign = recipient_domain, None, None
     kind = action.kind
-    needs_tenant = kind in (ActionKind.SUSPEND_TENANT, ActionKind.SUSPEND_CAMPAIGN,
-                            ActionKind.BOUNCE_TENANT, ActionKind.BOUNCE_CAMPAIGN)
+    needs_tenant = kind in (
+        ActionKind.SUSPEND_TENANT,
+        ActionKind.SUSPEND_CAMPAIGN,
+        ActionKind.BOUNCE_TENANT,
+        ActionKind.BOUNCE_CAMPAIGN,
+    )
     if needs_tenant and tenant is None:
         return None
     if kind not in (ActionKind.SUSPEND_CAMPAIGN, ActionKind.BOUNCE_CAMPAIGN):
@@ -265,29 +309,51 @@ def _sched_entry(rule: Rule, action: Action, view: RecordView, recipient_domain:
     reason = f"{reason_for(rule)} domain={domain}"
     reason += f" tenant={tenant}" if tenant else ""
     reason += f" campaign={campaign}" if campaign else ""
-    common = {"id": action_id(fp, action, f"sched:{domain}:{tenant or ''}:{campaign or ''}"),
-              "reason": reason, "expires": expires, "rule": fp, "domain": domain,
-              "tenant": tenant, "campaign": campaign}
+    common = {
+        "id": action_id(fp, action, f"sched:{domain}:{tenant or ''}:{campaign or ''}"),
+        "reason": reason,
+        "expires": expires,
+        "rule": fp,
+        "domain": domain,
+        "tenant": tenant,
+        "campaign": campaign,
+    }
     if kind in (ActionKind.SUSPEND_TENANT, ActionKind.SUSPEND_CAMPAIGN):
         return Suspension(scope=SCHEDULED, **common)
     return BounceRule(**common)
 
 
-def _entry(rule: Rule, action: Action, view: RecordView, domain: str,
-           expires: float) -> OverlayEntry | None:
+def _entry(
+    rule: Rule, action: Action, view: RecordView, domain: str, expires: float
+) -> OverlayEntry | None:
     """The overlay entry one action makes for one record (None: nothing to do)."""
     fp = rule.fingerprint()
     if action.kind == ActionKind.SUSPEND:
-        return Suspension(id=action_id(fp, action, f"ready:{view.source}->{view.site}"),
-                          scope=READY, reason=reason_for(rule), expires=expires, rule=fp,
-                          source=view.source, site=view.site, queue=view.ready_queue)
+        return Suspension(
+            id=action_id(fp, action, f"ready:{view.source}->{view.site}"),
+            scope=READY,
+            reason=reason_for(rule),
+            expires=expires,
+            rule=fp,
+            source=view.source,
+            site=view.site,
+            queue=view.ready_queue,
+        )
     if action.kind in (ActionKind.SET_CONFIG, ActionKind.SET_DOMAIN_CONFIG):
         rollup = action.kind == ActionKind.SET_CONFIG and rule.rollup and bool(view.site)
         target = view.site if rollup else domain
-        return ConfigOverride(id=action_id(fp, action, f"config:{view.source}->{target}"),
-                              reason=reason_for(rule), expires=expires, rule=fp,
-                              domain=domain, site=view.site or None, source=view.source,
-                              mx_rollup=rollup, name=action.name or "", value=action.value)
+        return ConfigOverride(
+            id=action_id(fp, action, f"config:{view.source}->{target}"),
+            reason=reason_for(rule),
+            expires=expires,
+            rule=fp,
+            domain=domain,
+            site=view.site or None,
+            source=view.source,
+            mx_rollup=rollup,
+            name=action.name or "",
+            value=action.value,
+        )
     return _sched_entry(rule, action, view, domain, expires, fp)
 
 
@@ -301,20 +367,33 @@ def evaluate(shaping: Shaping, record: RecordView, *, now: float) -> list[Match]
         return []
     out: list[Match] = []
     for domain in record.domains:
-        rules = match_rules(shaping, domain=domain, site_name=record.site,
-                            mx_hosts=record.mx_hosts,
-                            site_of={domain: record.site} if record.site else {},
-                            response_line=record.response_line)
+        rules = match_rules(
+            shaping,
+            domain=domain,
+            site_name=record.site,
+            mx_hosts=record.mx_hosts,
+            site_of={domain: record.site} if record.site else {},
+            response_line=record.response_line,
+        )
         for rule in rules:
             expires = record.timestamp + rule.duration
             if expires <= now:
                 continue
             window = None
             if rule.trigger is not None:
-                window = Window(key=f"{rule.fingerprint()}:{record.ready_queue}",
-                                limit=rule.trigger.limit, period=rule.trigger.period,
-                                hold=rule.duration + rule.trigger.period)
+                window = Window(
+                    key=f"{rule.fingerprint()}:{record.ready_queue}",
+                    limit=rule.trigger.limit,
+                    period=rule.trigger.period,
+                    hold=rule.duration + rule.trigger.period,
+                )
             entries = (_entry(rule, a, record, domain, expires) for a in rule.actions)
-            out.append(Match(rule=rule, domain=domain, window=window,
-                             entries=tuple(e for e in entries if e is not None)))
+            out.append(
+                Match(
+                    rule=rule,
+                    domain=domain,
+                    window=window,
+                    entries=tuple(e for e in entries if e is not None),
+                )
+            )
     return out

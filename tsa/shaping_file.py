@@ -16,8 +16,9 @@ import os
 import time
 from pathlib import Path
 
-from engine.config import ConfigError
-from engine.helpers.shaping import Shaping
+from engine.config.settings import ConfigError
+from engine.policy.helpers.shaping import Shaping
+from engine.policy.helpers.shaping_load import load_shaping
 
 from .metrics import TsaMetrics
 
@@ -48,7 +49,7 @@ class ShapingFile:
             log.warning("tsa_shaping_missing", extra={"path": str(self.path)})
 
     def _load_now(self) -> Shaping:
-        shaping = Shaping.load([self.path])
+        shaping = load_shaping([self.path])
         self.loaded_at = time.time()
         if self.metrics:
             self.metrics.shaping_reloads.labels("ok").inc()
@@ -58,8 +59,8 @@ class ShapingFile:
     def rule_count(self) -> int:
         s = self.shaping
         return (len(s.default.automation) if s.default else 0) + sum(
-            len(b.automation) for b in (*s.domains.values(), *s.rollups,
-                                        *s.providers.values()))
+            len(b.automation) for b in (*s.domains.values(), *s.rollups, *s.providers.values())
+        )
 
     async def check(self) -> bool:
         """Reload if the file changed since the last look; True when new rules apply."""
@@ -77,10 +78,10 @@ class ShapingFile:
             self.error = str(exc)
             if self.metrics:
                 self.metrics.shaping_reloads.labels("error").inc()
-            log.error("tsa_shaping_reload_failed", extra={"path": str(self.path),
-                                                          "error": self.error})
+            log.error(
+                "tsa_shaping_reload_failed", extra={"path": str(self.path), "error": self.error}
+            )
             return False
         self.error = None
-        log.info("tsa_shaping_reloaded", extra={"path": str(self.path),
-                                                "rules": self.rule_count})
+        log.info("tsa_shaping_reloaded", extra={"path": str(self.path), "rules": self.rule_count})
         return True

@@ -7,7 +7,7 @@ Exports:
 
 Key layout (``{p}`` = ``[redis] key_prefix``)::
 
-    {p}:tsa:actions             HASH   entry id -> entry JSON (engine.overlay form)
+    {p}:tsa:actions             HASH   entry id -> entry JSON (engine.shaping.overlay form)
     {p}:tsa:expiry              ZSET   entry id -> expires (Unix s); drives pruning and the
                                        "only extend, never shorten" rule
     {p}:tsa:actions (channel)   PUBLISH of each new or extended entry's JSON, and of
@@ -36,7 +36,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from engine.overlay import OverlayEntry, entry_from_json
+from engine.shaping.overlay import OverlayEntry, entry_from_json
 
 __all__ = ["TsaState", "TsaKeys", "keys", "SEEN_TTL"]
 
@@ -137,16 +137,21 @@ class TsaState:
         """Forget a mark, so a record whose processing failed is taken on its retry."""
         await self.redis.delete(self.keys.seen(record_key))
 
-    async def count(self, window: str, *, member: str, ts: float, period: float,
-                    hold: float, now: float) -> int:
+    async def count(
+        self, window: str, *, member: str, ts: float, period: float, hold: float, now: float
+    ) -> int:
         """Add one sample and count the samples in ``(ts - period, ts]``, atomically.
 
         window: the window name (rule fingerprint + ready queue). member: the record
         key (a duplicate adds nothing). hold: seconds to keep samples before ``now``.
         """
         ttl = max(1, int(hold) + 60)
-        return int(await self._window(keys=[self.keys.window(window)], args=[
-            member, repr(ts), repr(now - hold), repr(ts - period), ttl]))
+        return int(
+            await self._window(
+                keys=[self.keys.window(window)],
+                args=[member, repr(ts), repr(now - hold), repr(ts - period), ttl],
+            )
+        )
 
     async def upsert(self, entries: Iterable[OverlayEntry], *, force: bool = False) -> int:
         """Write entries that are new or last longer than what is stored (all of them
@@ -182,8 +187,7 @@ class TsaState:
 
     async def prune(self, now: float) -> int:
         """Delete entries expired at ``now``; returns how many."""
-        return int(await self._prune(keys=[self.keys.actions, self.keys.expiry],
-                                     args=[repr(now)]))
+        return int(await self._prune(keys=[self.keys.actions, self.keys.expiry], args=[repr(now)]))
 
     async def add_stats(self, **counts: int) -> None:
         """Add to the cluster-wide counters (matched, entries)."""

@@ -26,16 +26,21 @@ import ipaddress
 import re
 import socket
 import ssl
-from typing import Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import aiosmtplib
 
-from engine.egress import EgressPathConfig, EgressSource, TlsMode
+from engine.policy.egress import EgressPathConfig, EgressSource, TlsMode
 from engine.records import PeerAddress, Response
 
 __all__ = [
-    "SmtpClientConnection", "DeliveryError", "ConnectFailed", "TlsRequiredError",
-    "TlsFailed", "ConnectionLost",
+    "SmtpClientConnection",
+    "DeliveryError",
+    "ConnectFailed",
+    "TlsRequiredError",
+    "TlsFailed",
+    "ConnectionLost",
 ]
 
 T = TypeVar("T")
@@ -103,8 +108,15 @@ class SmtpClientConnection:
     tls_cipher / tls_protocol_version: negotiated TLS, or None for plaintext.
     """
 
-    def __init__(self, smtp: aiosmtplib.SMTP, *, host_name: str, address: str, port: int,
-                 path: EgressPathConfig) -> None:
+    def __init__(
+        self,
+        smtp: aiosmtplib.SMTP,
+        *,
+        host_name: str,
+        address: str,
+        port: int,
+        path: EgressPathConfig,
+    ) -> None:
         self._smtp = smtp
         self._path = path
         self._host = host_name
@@ -119,10 +131,17 @@ class SmtpClientConnection:
         return not self._broken and self._smtp.is_connected
 
     @classmethod
-    async def open(cls, *, host_name: str, address: str, port: int, path: EgressPathConfig,
-                   source: EgressSource, ehlo_domain: str,
-                   tls_context_factory: TlsContextFactory | None = None,
-                   ) -> SmtpClientConnection:
+    async def open(
+        cls,
+        *,
+        host_name: str,
+        address: str,
+        port: int,
+        path: EgressPathConfig,
+        source: EgressSource,
+        ehlo_domain: str,
+        tls_context_factory: TlsContextFactory | None = None,
+    ) -> SmtpClientConnection:
         """Connect, read the banner, EHLO (or HELO), and STARTTLS per ``path.enable_tls``.
 
         host_name: the MX name, used for SNI and certificate verification.
@@ -137,15 +156,18 @@ class SmtpClientConnection:
             async with asyncio.timeout(path.connect_timeout):
                 sock = await _connect_socket(address, port, source.source_address)
         except TimeoutError:
-            raise ConnectFailed(Response.parse(
-                421, f"4.4.1 {target}: timeout connecting")) from None
+            raise ConnectFailed(
+                Response.parse(421, f"4.4.1 {target}: timeout connecting")
+            ) from None
         except OSError as exc:
-            raise ConnectFailed(Response.parse(
-                421, f"4.4.1 {target}: connection failed: {exc}")) from exc
+            raise ConnectFailed(
+                Response.parse(421, f"4.4.1 {target}: connection failed: {exc}")
+            ) from exc
         # aiosmtplib: timeout=None because asyncio.timeout bounds every phase here;
         # start_tls=False so it does not EHLO/STARTTLS on its own.
-        smtp = aiosmtplib.SMTP(hostname=address, local_hostname=ehlo_domain, timeout=None,
-                               start_tls=False, sock=sock)
+        smtp = aiosmtplib.SMTP(
+            hostname=address, local_hostname=ehlo_domain, timeout=None, start_tls=False, sock=sock
+        )
         conn = cls(smtp, host_name=host_name, address=address, port=port, path=path)
         try:
             await conn._read_banner(target)
@@ -170,13 +192,15 @@ class SmtpClientConnection:
             async with asyncio.timeout(self._path.banner_timeout):
                 await self._smtp.connect()
         except TimeoutError:
-            raise ConnectFailed(Response.parse(
-                421, f"4.4.1 {target}: timeout waiting for banner")) from None
+            raise ConnectFailed(
+                Response.parse(421, f"4.4.1 {target}: timeout waiting for banner")
+            ) from None
         except aiosmtplib.SMTPConnectResponseError as exc:
             raise ConnectFailed(Response.parse(exc.code, exc.message)) from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
-            raise ConnectFailed(Response.parse(
-                421, f"4.4.1 {target}: connection lost before banner: {exc}")) from exc
+            raise ConnectFailed(
+                Response.parse(421, f"4.4.1 {target}: connection lost before banner: {exc}")
+            ) from exc
 
     async def _hello(self) -> None:
         """EHLO, falling back to HELO when EHLO is refused (RFC 5321 4.1.4)."""
@@ -199,20 +223,25 @@ class SmtpClientConnection:
             return
         if not self._smtp.supports_extension("starttls"):
             if mode.requires_tls:
-                raise TlsRequiredError(Response.parse(
-                    451, f"4.7.5 TLS required but not advertised by {self._host}",
-                    "EHLO"))
+                raise TlsRequiredError(
+                    Response.parse(
+                        451, f"4.7.5 TLS required but not advertised by {self._host}", "EHLO"
+                    )
+                )
             return
         verify = mode.verifies_certificate
-        ctx = factory(verify) if factory else await asyncio.to_thread(
-            _default_tls_context, verify)
+        ctx = factory(verify) if factory else await asyncio.to_thread(_default_tls_context, verify)
         try:
             await self._starttls(ctx)
         except aiosmtplib.SMTPResponseException as exc:
             if exc.code == 421 or mode.requires_tls:
-                raise TlsFailed(Response.parse(
-                    451, f"4.7.5 STARTTLS refused by {self._host}: {exc.code} {exc.message}",
-                    "STARTTLS")) from exc
+                raise TlsFailed(
+                    Response.parse(
+                        451,
+                        f"4.7.5 STARTTLS refused by {self._host}: {exc.code} {exc.message}",
+                        "STARTTLS",
+                    )
+                ) from exc
             return  # RFC 3207 4: opportunistic, so carry on in plaintext.
         cipher = self._smtp.get_transport_info("cipher")
         if cipher:
@@ -224,8 +253,7 @@ class SmtpClientConnection:
         detail: object
         try:
             async with asyncio.timeout(self._path.starttls_timeout):
-                await self._smtp.starttls(server_hostname=self._host, tls_context=ctx,
-                                          timeout=None)
+                await self._smtp.starttls(server_hostname=self._host, tls_context=ctx, timeout=None)
             return
         except aiosmtplib.SMTPResponseException:
             raise  # STARTTLS refused: the caller decides (plaintext or TlsFailed)
@@ -234,11 +262,15 @@ class SmtpClientConnection:
         except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as exc:
             detail = exc
         self._smtp.close()
-        raise TlsFailed(Response.parse(
-            451, f"4.7.5 TLS handshake with {self._host} failed: {detail}", "STARTTLS"))
+        raise TlsFailed(
+            Response.parse(
+                451, f"4.7.5 TLS handshake with {self._host} failed: {detail}", "STARTTLS"
+            )
+        )
 
-    async def _timed(self, phase: str, timeout: float, aw: Awaitable[T],
-                     command: str | None = None) -> T:
+    async def _timed(
+        self, phase: str, timeout: float, aw: Awaitable[T], command: str | None = None
+    ) -> T:
         """Await ``aw`` under ``timeout``; transport failures become ConnectionLost.
 
         phase: names the wait in the synthetic reply; command: what the reply answers.
@@ -249,27 +281,38 @@ class SmtpClientConnection:
                 return await aw
         except TimeoutError:
             self._fail()
-            raise ConnectionLost(Response.parse(
-                451, f"4.4.2 timeout waiting for {phase} reply from {self._host}",
-                command)) from None
+            raise ConnectionLost(
+                Response.parse(
+                    451, f"4.4.2 timeout waiting for {phase} reply from {self._host}", command
+                )
+            ) from None
         except aiosmtplib.SMTPResponseException as exc:
             if exc.code != aiosmtplib.SMTPStatus.invalid_response:
                 raise
             error: Exception = exc  # a malformed reply: the session is out of step
-        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError,
-                ConnectionError) as exc:
+        except (
+            aiosmtplib.SMTPServerDisconnected,
+            aiosmtplib.SMTPTimeoutError,
+            ConnectionError,
+        ) as exc:
             error = exc
         self._fail()
-        raise ConnectionLost(Response.parse(
-            421, f"4.4.2 {self._host}: connection lost during {phase}: {error}",
-            command)) from error
+        raise ConnectionLost(
+            Response.parse(
+                421, f"4.4.2 {self._host}: connection lost during {phase}: {error}", command
+            )
+        ) from error
 
-    async def _command(self, phase: str, timeout: float, command: str,
-                       encoding: str = "ascii") -> Response:
+    async def _command(
+        self, phase: str, timeout: float, command: str, encoding: str = "ascii"
+    ) -> Response:
         """Send one command line; return the reply, or raise ConnectionLost on 421."""
         smtp_reply = await self._timed(
-            phase, timeout,
-            self._smtp.execute_command(command.encode(encoding), timeout=None), command)
+            phase,
+            timeout,
+            self._smtp.execute_command(command.encode(encoding), timeout=None),
+            command,
+        )
         response = Response.parse(smtp_reply.code, smtp_reply.message, command)
         if response.code == 421:  # RFC 5321 3.8: the peer is closing the channel.
             self._fail()
@@ -291,16 +334,20 @@ class SmtpClientConnection:
         utf8 = not (sender.isascii() and recipient.isascii())
         if utf8 and not self._smtp.supports_extension("smtputf8"):
             # RFC 6531 3.2: never send a non-ASCII address to a server without SMTPUTF8.
-            return Response.parse(550, f"5.6.7 {self._host} does not support SMTPUTF8",
-                                  "MAIL FROM")
+            return Response.parse(550, f"5.6.7 {self._host} does not support SMTPUTF8", "MAIL FROM")
         self.deliveries += 1
         encoding = "utf-8" if utf8 else "ascii"
-        reply = await self._command("MAIL FROM", self._path.mail_from_timeout,
-                                    self._mail_command(sender, data, utf8), encoding)
+        reply = await self._command(
+            "MAIL FROM",
+            self._path.mail_from_timeout,
+            self._mail_command(sender, data, utf8),
+            encoding,
+        )
         if reply.code != 250:
             return await self._reset(reply)
-        reply = await self._command("RCPT TO", self._path.rcpt_to_timeout,
-                                    f"RCPT TO:<{recipient}>", encoding)
+        reply = await self._command(
+            "RCPT TO", self._path.rcpt_to_timeout, f"RCPT TO:<{recipient}>", encoding
+        )
         if reply.code not in (250, 251):
             return await self._reset(reply)
         return await self._data(data)
@@ -324,8 +371,9 @@ class SmtpClientConnection:
         # (aiosmtplib's data() would also re-normalize line endings).
         payload = (b"." if payload.startswith(b".") else b"") + payload.replace(b"\r\n.", b"\r\n..")
         payload += b".\r\n"
-        final = await self._timed("end-of-data", self._path.data_dot_timeout,
-                                  self._write_payload(payload), "DATA")
+        final = await self._timed(
+            "end-of-data", self._path.data_dot_timeout, self._write_payload(payload), "DATA"
+        )
         response = Response.parse(final.code, final.message, "DATA")
         if response.code == 421:
             self._fail()

@@ -36,12 +36,17 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
-from ..config import DnsSettings
-from ..units import parse_hostport
+from engine.config.settings import DnsSettings
+from engine.config.units import parse_hostport
 
 __all__ = [
-    "MailExchanger", "MxResolver", "factor_names",
-    "MxError", "MxTemporaryError", "MxPermanentError", "HostResolutionError",
+    "MailExchanger",
+    "MxResolver",
+    "factor_names",
+    "MxError",
+    "MxTemporaryError",
+    "MxPermanentError",
+    "HostResolutionError",
 ]
 
 NEGATIVE_TTL_MAX = 300
@@ -220,7 +225,9 @@ class MxResolver:
     Raises ValueError when a nameserver entry is not an IP address with a valid port.
     """
 
-    def __init__(self, settings: DnsSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, settings: DnsSettings, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._settings = settings
         self._clock = clock
         self._resolver = _build_resolver(settings)
@@ -281,7 +288,8 @@ class MxResolver:
         qname = dns.name.from_text(name)
         async with asyncio.timeout(self._settings.lifetime + _BACKSTOP):
             answer = await self._resolver.resolve(
-                qname, rdtype, search=False, raise_on_no_answer=False)
+                qname, rdtype, search=False, raise_on_no_answer=False
+            )
         return list(answer.rrset or ()), answer.chaining_result.minimum_ttl
 
     async def _lookup_mx(self, domain: str) -> MailExchanger:
@@ -289,8 +297,12 @@ class MxResolver:
         try:
             records, ttl = await self._query(domain, dns.rdatatype.MX)
         except dns.resolver.NXDOMAIN as exc:
-            raise self._remember(key, MxPermanentError(
-                550, "5.1.2", f"{domain}: no such domain (NXDOMAIN)"), _nxdomain_ttl(exc), now)
+            raise self._remember(
+                key,
+                MxPermanentError(550, "5.1.2", f"{domain}: no such domain (NXDOMAIN)"),
+                _nxdomain_ttl(exc),
+                now,
+            ) from None
         except (dns.exception.DNSException, OSError, TimeoutError) as exc:
             raise MxTemporaryError(451, "4.4.3", f"{domain}: MX lookup failed: {exc}") from exc
         if not records:
@@ -298,11 +310,16 @@ class MxResolver:
         exchanges = [r for r in records if r.exchange != dns.name.root]
         if not exchanges:
             # RFC 7505 3: a lone MX of "." says the domain accepts no mail.
-            raise self._remember(key, MxPermanentError(
-                556, "5.1.10", f"{domain}: domain does not accept mail (null MX)"), ttl, now)
+            raise self._remember(
+                key,
+                MxPermanentError(556, "5.1.10", f"{domain}: domain does not accept mail (null MX)"),
+                ttl,
+                now,
+            )
         hosts = _order_hosts(exchanges)
-        mx = MailExchanger(domain=domain, hosts=hosts, site_name=factor_names(hosts),
-                           expires=now + ttl)
+        mx = MailExchanger(
+            domain=domain, hosts=hosts, site_name=factor_names(hosts), expires=now + ttl
+        )
         self._cache.put(key, mx, mx.expires)
         return mx
 
@@ -313,23 +330,39 @@ class MxResolver:
         except HostResolutionError as exc:
             if exc.transient:
                 raise MxTemporaryError(451, "4.4.3", exc.message) from exc
-            raise self._remember(("mx", domain), MxPermanentError(
-                550, "5.1.2", f"{domain}: no MX and no A/AAAA record"), mx_ttl, now) from exc
-        mx = MailExchanger(domain=domain, hosts=(domain,), site_name=domain,
-                           is_implicit=True, expires=min(now + mx_ttl, expires))
+            raise self._remember(
+                ("mx", domain),
+                MxPermanentError(550, "5.1.2", f"{domain}: no MX and no A/AAAA record"),
+                mx_ttl,
+                now,
+            ) from exc
+        mx = MailExchanger(
+            domain=domain,
+            hosts=(domain,),
+            site_name=domain,
+            is_implicit=True,
+            expires=min(now + mx_ttl, expires),
+        )
         self._cache.put(("mx", domain), mx, mx.expires)
         return mx
 
     async def _lookup_addresses(self, host: str) -> _Addresses:
         key, now = ("addr", host), self._clock()
         results = await asyncio.gather(
-            self._query(host, dns.rdatatype.A), self._query(host, dns.rdatatype.AAAA),
-            return_exceptions=True)
+            self._query(host, dns.rdatatype.A),
+            self._query(host, dns.rdatatype.AAAA),
+            return_exceptions=True,
+        )
         for result in results:
             if isinstance(result, dns.resolver.NXDOMAIN):
-                raise self._remember(key, HostResolutionError(
-                    host, transient=False, message=f"{host}: no such host (NXDOMAIN)"),
-                    _nxdomain_ttl(result), now)
+                raise self._remember(
+                    key,
+                    HostResolutionError(
+                        host, transient=False, message=f"{host}: no such host (NXDOMAIN)"
+                    ),
+                    _nxdomain_ttl(result),
+                    now,
+                )
         answers = [r for r in results if not isinstance(r, BaseException)]
         failures = [r for r in results if isinstance(r, BaseException)]
         for failure in failures:
@@ -345,9 +378,14 @@ class MxResolver:
             return addresses, now + ttl
         if failures:
             raise HostResolutionError(
-                host, transient=True, message=f"{host}: address lookup failed: {failures[0]}")
-        raise self._remember(key, HostResolutionError(
-            host, transient=False, message=f"{host}: no A/AAAA record"), ttl, now)
+                host, transient=True, message=f"{host}: address lookup failed: {failures[0]}"
+            )
+        raise self._remember(
+            key,
+            HostResolutionError(host, transient=False, message=f"{host}: no A/AAAA record"),
+            ttl,
+            now,
+        )
 
 
 def _order_hosts(records: Sequence[Any]) -> tuple[str, ...]:

@@ -1,1 +1,13 @@
-"""Reception: SMTP (aiosmtpd) and HTTP (/api/inject/v1) listeners feeding the spool."""
+"""Reception: SMTP and HTTP listeners that take mail in and hand it to the spool.
+
+Modules:
+    smtp_session   the SMTP protocol session (aiosmtpd's SMTP: bulk DATA, fast addresses)
+    smtp           the SMTP handler and listener: relay rules, limits, policy events, replies
+    http           HTTP routes: /api/inject/v1, liveness, metrics
+    http_listener  the HTTP socket serving an aiohttp app (MTA, TSA, sink)
+    inject/        injection requests -> messages
+    auth           basic-auth users from a directory, constant-time check
+    accept         the shared accept path: policy event, queue name, DKIM, one spool
+                   commit per batch, Reception record, schedule
+Reception never imports delivery: they meet through storage and queues.
+"""

@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from ..dkim import DkimError, DkimService
-from ..events import PolicyFailure, Registry, Rejected
-from ..logs import LogWriter
-from ..message import PolicyMessage
-from ..queue_name import NULL_QUEUE, scheduled_queue_name
-from ..records import LogRecord, Message, PeerAddress, RecordType, Response, new_message_id
-from ..scheduled import Scheduler
-from ..spool import Spool
+from engine.dkim.service import DkimService
+from engine.dkim.signer import DkimError
+from engine.logs.writer import LogWriter
+from engine.policy.events import PolicyFailure, Registry, Rejected
+from engine.policy.message import PolicyMessage
+from engine.queues.naming import NULL_QUEUE, scheduled_queue_name
+from engine.queues.scheduled import Scheduler
+from engine.records import LogRecord, Message, PeerAddress, RecordType, Response, new_message_id
+from engine.storage.spool import Spool
 
 __all__ = ["Incoming", "Accepted", "Acceptor", "RECEIVED"]
 
@@ -56,10 +58,17 @@ class Acceptor:
     dkim: signs messages whose policy called ``msg.dkim_sign`` (default: a DkimService).
     """
 
-    def __init__(self, *, spool: Spool, scheduler: Scheduler, logs: LogWriter,
-                 policy: Callable[[], Registry], node_id: str,
-                 clock: Callable[[], float] = time.time,
-                 dkim: DkimService | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        spool: Spool,
+        scheduler: Scheduler,
+        logs: LogWriter,
+        policy: Callable[[], Registry],
+        node_id: str,
+        clock: Callable[[], float] = time.time,
+        dkim: DkimService | None = None,
+    ) -> None:
         self._dkim = DkimService() if dkim is None else dkim
         self._spool = spool
         self._scheduler = scheduler
@@ -75,9 +84,15 @@ class Acceptor:
     def set_draining(self) -> None:
         self.not_ready = "shutting down"
 
-    async def accept(self, batch: list[Incoming], *, event: str, event_arg: Any,
-                     protocol: str, peer: PeerAddress | None
-                     ) -> list[Accepted | Rejected | PolicyFailure]:
+    async def accept(
+        self,
+        batch: list[Incoming],
+        *,
+        event: str,
+        event_arg: Any,
+        protocol: str,
+        peer: PeerAddress | None,
+    ) -> list[Accepted | Rejected | PolicyFailure]:
         """Accept a batch; each result is Accepted, or the Rejected/PolicyFailure for it.
 
         Raises SpoolFull / SpoolError when the batch could not be stored (nothing was).
@@ -105,36 +120,77 @@ class Acceptor:
             data = pm.get_data()
             scheduling = pm.get_scheduling()
             due = scheduling.adjust(now) if scheduling else now
-            msg = Message(id=item.id, sender=pm.sender(), recipient=pm.recipient(), queue=queue,
-                          meta=pm.meta, created=now, due=due, size=len(data))
+            msg = Message(
+                id=item.id,
+                sender=pm.sender(),
+                recipient=pm.recipient(),
+                queue=queue,
+                meta=pm.meta,
+                created=now,
+                due=due,
+                size=len(data),
+            )
             to_store.append((msg, data))
         if to_store:
             await asyncio.shield(asyncio.ensure_future(self._store(to_store, protocol, peer)))
         return results
 
-    async def _store(self, items: list[tuple[Message, bytes]], protocol: str,
-                     peer: PeerAddress | None) -> None:
+    async def _store(
+        self, items: list[tuple[Message, bytes]], protocol: str, peer: PeerAddress | None
+    ) -> None:
         await self._spool.save(items)
         for msg, _ in items:
             self._logs.emit(self._reception(msg, protocol, peer))
             self._scheduler.insert(msg)
 
     def _reception(self, msg: Message, protocol: str, peer: PeerAddress | None) -> LogRecord:
-        return LogRecord(type=RecordType.RECEPTION, id=msg.id, sender=msg.sender,
-                         recipient=msg.recipient, queue=msg.queue, site="", size=msg.size,
-                         response=RECEIVED, timestamp=self._clock(), created=msg.created,
-                         nodeid=self._node_id, peer_address=peer, meta=msg.meta,
-                         reception_protocol=protocol)
+        return LogRecord(
+            type=RecordType.RECEPTION,
+            id=msg.id,
+            sender=msg.sender,
+            recipient=msg.recipient,
+            queue=msg.queue,
+            site="",
+            size=msg.size,
+            response=RECEIVED,
+            timestamp=self._clock(),
+            created=msg.created,
+            nodeid=self._node_id,
+            peer_address=peer,
+            meta=msg.meta,
+            reception_protocol=protocol,
+        )
 
-    def log_rejection(self, *, sender: str, recipient: str, response: Response, protocol: str,
-                      peer: PeerAddress | None) -> None:
+    def log_rejection(
+        self,
+        *,
+        sender: str,
+        recipient: str,
+        response: Response,
+        protocol: str,
+        peer: PeerAddress | None,
+    ) -> None:
         """Log a ``Rejection`` record: our 4xx/5xx to a client."""
         now = self._clock()
         classifier = self._policy().bounce_classifier
-        classification = ("Uncategorized" if classifier is None
-                          else classifier.classify(response.single_line()))
-        self._logs.emit(LogRecord(
-            type=RecordType.REJECTION, id=new_message_id(), sender=sender, recipient=recipient,
-            queue="", site="", size=0, response=response, timestamp=now, created=now,
-            nodeid=self._node_id, peer_address=peer, reception_protocol=protocol,
-            bounce_classification=classification))
+        classification = (
+            "Uncategorized" if classifier is None else classifier.classify(response.single_line())
+        )
+        self._logs.emit(
+            LogRecord(
+                type=RecordType.REJECTION,
+                id=new_message_id(),
+                sender=sender,
+                recipient=recipient,
+                queue="",
+                site="",
+                size=0,
+                response=response,
+                timestamp=now,
+                created=now,
+                nodeid=self._node_id,
+                peer_address=peer,
+                reception_protocol=protocol,
+                bounce_classification=classification,
+            )
+        )

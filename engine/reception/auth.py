@@ -89,8 +89,9 @@ class Credentials:
             try:
                 users[entry.name] = _digest(entry.read_text("utf-8").rstrip("\r\n"))
             except (OSError, UnicodeDecodeError) as exc:
-                log.warning("skipping unreadable auth file",
-                            extra={"file": str(entry), "error": str(exc)})
+                log.warning(
+                    "skipping unreadable auth file", extra={"file": str(entry), "error": str(exc)}
+                )
         self._users, self._mtime = users, mtime
         log.info("auth users loaded", extra={"count": len(users), "dir": str(self._dir)})
 

@@ -1,8 +1,9 @@
-"""The HTTP listener: injection, liveness and metrics (aiohttp, on the engine's loop).
+"""The HTTP routes of reception: injection, liveness and metrics (aiohttp, on the engine's loop).
 
 Exports:
-    HttpListener     start(host, port) / close()
-    build_app(...)   the aiohttp Application (one handler per versioned route)
+    build_app(...)   the aiohttp Application (one handler per versioned route); the node
+                     adds the admin routes (``engine.admin.http``) and serves it with
+                     ``engine.reception.http_listener.HttpListener``
 
 Routes:
     POST /api/inject/v1        KumoMTA-compatible injection (basic auth)
@@ -21,22 +22,27 @@ import hashlib
 import json
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..config import Settings
-from ..events import PolicyFailure, Registry, Rejected
-from ..records import PeerAddress
-from ..spool import SpoolError, SpoolFull
-from .accept import Accepted, Acceptor, Incoming
-from .admin_http import add_admin_routes
-from .auth import Credentials, MalformedAuthorization, parse_basic
-from .inject import (InjectError, RequestInvalid, TemplateFailed, Templates, build_message,
-                     parse_request)
+from engine.config.settings import Settings
+from engine.policy.events import PolicyFailure, Registry, Rejected
+from engine.reception.accept import Accepted, Acceptor, Incoming
+from engine.reception.auth import Credentials, MalformedAuthorization, parse_basic
+from engine.reception.inject.build import Templates, build_message
+from engine.reception.inject.request import (
+    InjectError,
+    RequestInvalid,
+    TemplateFailed,
+    parse_request,
+)
+from engine.records import PeerAddress
+from engine.storage.spool import SpoolError, SpoolFull
 
-__all__ = ["HttpListener", "build_app"]
+__all__ = ["build_app"]
 
 log = logging.getLogger("nimbus.http")
 
@@ -77,8 +83,9 @@ class _AuthCache:
     def __init__(self) -> None:
         self._entries: dict[tuple[str, bytes], tuple[float, bool]] = {}
 
-    async def check(self, registry: Registry, credentials: Credentials, user: str,
-                    password: str) -> bool:
+    async def check(
+        self, registry: Registry, credentials: Credentials, user: str, password: str
+    ) -> bool:
         if not registry.has("http_server_validate_auth_basic"):
             return credentials.check(user, password)
         key = (user, hashlib.sha256(password.encode()).digest())
@@ -107,8 +114,9 @@ async def _authenticate(request: web.Request) -> str | web.Response:
     if creds is None:
         return _error(401, "only Basic authentication is supported", **challenge)
     try:
-        ok = await request.app[_AUTH_CACHE].check(request.app[_POLICY](), request.app[_CREDENTIALS],
-                                                  *creds)
+        ok = await request.app[_AUTH_CACHE].check(
+            request.app[_POLICY](), request.app[_CREDENTIALS], *creds
+        )
     except (PolicyFailure, Rejected):
         return _error(500, "authentication hook failed; try again later")
     if not ok:
@@ -142,15 +150,26 @@ async def inject_v1(request: web.Request) -> web.Response:
     except TemplateFailed as exc:
         return _error(422, exc.reason, exc.field)
     peer_ip = request.remote or ""
-    base_meta = {"http_auth": user, "reception_protocol": "HTTP", "received_from": peer_ip,
-                 "received_via": settings.http.listen, "hostname": settings.effective_hostname}
+    base_meta = {
+        "http_auth": user,
+        "reception_protocol": "HTTP",
+        "received_from": peer_ip,
+        "received_via": settings.http.listen,
+        "hostname": settings.effective_hostname,
+    }
     batch, failed, errors = [], [], []
     now = time.time()
     for rcpt in req.recipients:
         meta = {**base_meta, **({"extra": dict(rcpt.metadata)} if rcpt.metadata else {})}
         try:
-            data = build_message(req, templates, rcpt, message_id_domain=settings.effective_hostname,
-                                 now=now, meta=meta)
+            data = build_message(
+                req,
+                templates,
+                rcpt,
+                message_id_domain=settings.effective_hostname,
+                now=now,
+                meta=meta,
+            )
         except TemplateFailed as exc:
             if isinstance(req.content, str) or len(req.recipients) == 1:
                 return _error(422, exc.reason, exc.field)
@@ -161,26 +180,37 @@ async def inject_v1(request: web.Request) -> web.Response:
             failed.append(rcpt.email)
             errors.append(f"{rcpt.email}: {exc}")
             continue
-        batch.append(Incoming(sender=req.envelope_sender, recipient=rcpt.email, data=data,
-                              meta=meta))
+        batch.append(
+            Incoming(sender=req.envelope_sender, recipient=rcpt.email, data=data, meta=meta)
+        )
     try:
-        results = await acceptor.accept(batch, event="http_message_generated",
-                                        event_arg={"user": user, "peer": peer_ip},
-                                        protocol="HTTP", peer=PeerAddress(name="", addr=peer_ip))
+        results = await acceptor.accept(
+            batch,
+            event="http_message_generated",
+            event_arg={"user": user, "peer": peer_ip},
+            protocol="HTTP",
+            peer=PeerAddress(name="", addr=peer_ip),
+        )
     except SpoolFull:
         return _error(503, "disk is too full")
     except SpoolError:
         log.exception("spool write failed")
         return _error(500, "internal error storing the message; try again later")
     success = 0
-    for item, result in zip(batch, results):
+    for item, result in zip(batch, results, strict=False):
         if isinstance(result, Accepted):
             success += 1
         else:
             failed.append(item.recipient)
             errors.append(f"{item.recipient}: {result.response}")
-    return web.json_response({"success_count": success, "fail_count": len(failed),
-                              "failed_recipients": failed, "errors": errors})
+    return web.json_response(
+        {
+            "success_count": success,
+            "fail_count": len(failed),
+            "failed_recipients": failed,
+            "errors": errors,
+        }
+    )
 
 
 async def check_liveness_v1(request: web.Request) -> web.Response:
@@ -195,9 +225,14 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def build_app(*, settings: Settings, acceptor: Acceptor, credentials: Credentials,
-              metrics_: object, policy: Callable[[], Registry],
-              admin: Any = None) -> web.Application:
+def build_app(
+    *,
+    settings: Settings,
+    acceptor: Acceptor,
+    credentials: Credentials,
+    metrics_: object,
+    policy: Callable[[], Registry],
+) -> web.Application:
     # Our own cap (_read_capped) applies to inject; aiohttp's client_max_size is set
     # just above it so other routes stay bounded too.
     app = web.Application(client_max_size=settings.http.max_request_size + 1)
@@ -210,24 +245,4 @@ def build_app(*, settings: Settings, acceptor: Acceptor, credentials: Credential
     app.router.add_post("/api/inject/v1", inject_v1)
     app.router.add_get("/api/check-liveness/v1", check_liveness_v1)
     app.router.add_get("/metrics", metrics)
-    if admin is not None:
-        add_admin_routes(app, admin=admin, settings=settings)
     return app
-
-
-class HttpListener:
-    """The HTTP listening socket."""
-
-    def __init__(self, app: web.Application) -> None:
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        self._site: web.TCPSite | None = None
-
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        await self._runner.setup()
-        self._site = web.TCPSite(self._runner, host, port, reuse_address=True, backlog=1024)
-        await self._site.start()
-        sock = self._runner.addresses[0]
-        return sock[0], sock[1]
-
-    async def close(self) -> None:
-        await self._runner.cleanup()

@@ -25,52 +25,30 @@ import asyncio
 import inspect
 import ipaddress
 import logging
-import re
 import ssl
-from dataclasses import dataclass
+from collections.abc import Callable
 from email.utils import formatdate
-from typing import Any, Callable
+from typing import Any
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from ..config import Settings
-from ..events import PolicyFailure, Registry, Rejected
-from ..records import PeerAddress, Response, new_message_id
-from ..spool import SpoolError, SpoolFull
-from .accept import Accepted, Acceptor, Incoming
-from .auth import Credentials
+from engine.config.settings import Settings
+from engine.policy.events import PolicyFailure, Registry, Rejected
+from engine.reception.accept import Accepted, Acceptor, Incoming
+from engine.reception.auth import Credentials
+from engine.reception.smtp_session import Refuse, SmtpSession
+from engine.records import PeerAddress, Response, new_message_id
+from engine.storage.spool import SpoolError, SpoolFull
 
-__all__ = ["SmtpListener", "SmtpHandler", "ListenerDomain"]
+__all__ = ["SmtpListener", "SmtpHandler"]
 
 log = logging.getLogger("nimbus.smtp")
 
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LABEL = r"[A-Za-z0-9-]+"
-_SIMPLE_ADDRESS = re.compile(rf"<({_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*)>(?:\s+(.*))?\Z",
-                             re.DOTALL)
-
 
 def _reply(resp: Response) -> str:
     return resp.single_line()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ListenerDomain:
-    """What ``get_listener_domain`` returns (KumoMTA make_listener_domain).
-
-    relay_to: accept mail addressed to this domain from any peer (inbound domains).
-    relay_from: CIDRs that may relay mail for this domain.
-    log_oob / log_arf: "Ignore", "LogThenRelay" or "LogThenDrop" for out-of-band
-        bounces and ARF reports sent to this domain (recorded; OOB/ARF parsing is not
-        built yet, so these are not acted on).
-    """
-
-    relay_to: bool = False
-    relay_from: tuple[str, ...] = ()
-    log_oob: str = "Ignore"
-    log_arf: str = "Ignore"
 
 
 def _in_networks(address: str, networks: Any) -> bool:
@@ -87,160 +65,29 @@ def _in_networks(address: str, networks: Any) -> bool:
     return False
 
 
-class _Refuse(asyncio.Protocol):
-    """Answers one line (421) and hangs up: over the connection limit, or draining."""
-
-    def __init__(self, line: str) -> None:
-        self._line = line
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.write(self._line.encode() + b"\r\n")  # type: ignore[attr-defined]
-        transport.close()
-
-
-class _Session(SMTP):
-    """aiosmtpd's SMTP with an RFC 5321 §4.5.3.2 reply on idle timeout and session counting."""
-
-    _dir_cache: list[str] | None = None
-
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        """``(address, rest)`` of a MAIL/RCPT argument. The common ``<local@domain>``
-        (dot-atoms, RFC 5321 §4.1.2) is matched by one regex: aiosmtpd's general parser
-        (email's header parser plus a Protocol class built per call) costs ~0.2 ms per
-        address — ~0.4 ms of every message. Anything else goes to aiosmtpd's parser."""
-        m = _SIMPLE_ADDRESS.match(arg)
-        if m is None or self.local_part_limit:
-            return super()._getaddr(arg)
-        return m.group(1), m.group(2) or ""
-
-    def __init__(self, *args: Any, on_close: Callable[[], None],
-                 data_timeout: float = 600.0, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self._on_close = on_close
-        self._data_timeout = data_timeout
-
-    def __dir__(self) -> list[str]:
-        # aiosmtpd's __init__ runs inspect.getmembers(self) and dir(self) on every
-        # connection only to find its smtp_*/auth_* methods: ~0.6 ms per session, the
-        # largest per-connection cost in a profile. Listing just those names (computed
-        # once per class) gives it the same answer cheaply.
-        cls = type(self)
-        if cls._dir_cache is None:
-            cls._dir_cache = [n for n in super().__dir__() if n.startswith(("smtp_", "auth_"))]
-        return cls._dir_cache
-
-    @syntax("DATA")
-    async def smtp_DATA(self, arg: str) -> None:
-        """DATA (RFC 5321 §4.1.1.4), reading the body in bulk.
-
-        aiosmtpd reads DATA one line at a time (a readuntil and a debug log call per
-        line): for 40 KB messages that was half the node's CPU. Here the body is read
-        up to each ``.\r\n`` (normally once per message), checked for line length
-        and size, and dot-unstuffed with one ``replace``. Bytes after the terminator
-        stay in the reader, so a pipelining client's next MAIL (RFC 2920) is kept.
-        """
-        body, too_much = await self._begin_data(arg)
-        if body is None:
-            return  # refused before 354, or the connection was lost mid-DATA
-        if too_much:
-            await self.push("552 Error: Too much mail data")
-            self._set_post_data_state()
-            return
-        if body and max(map(len, body.split(b"\r\n"))) + 2 > self.line_length_limit:
-            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
-            self._set_post_data_state()
-            return
-        content = (b"\r\n" + body).replace(b"\r\n.", b"\r\n")[2:]  # RFC 5321 §4.5.2
-        self.envelope.content = self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()
-        await self.push("250 OK" if status is MISSING else status)
-
-    async def _begin_data(self, arg: str) -> tuple[bytes | None, bool]:
-        """DATA's preconditions (greeting, AUTH, a recipient, no argument), the 354, and the
-        body read in bulk: (body, over the size limit). body is None when DATA was refused
-        (the reply is sent) or the connection was lost."""
-        if await self.check_helo_needed():
-            return None, False
-        if await self.check_auth_needed("DATA"):
-            return None, False
-        assert self.envelope is not None
-        if not self.envelope.rcpt_tos:
-            await self.push("503 5.5.1 Error: need RCPT command")
-            return None, False
-        if arg:
-            await self.push("501 Syntax: DATA")
-            return None, False
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        # The per-command idle timer would cut off a large upload on a slow link; the body
-        # gets data_timeout instead (RFC 5321 §4.5.3.2.6: wait ≥ 10 minutes for the end).
-        self._reset_timeout(max(self._data_timeout, self._timeout_duration))
-        try:
-            return await self._read_body()
-        finally:
-            if self.transport is not None:
-                self._reset_timeout()
-
-    async def _read_body(self) -> tuple[bytes | None, bool]:
-        """The raw body up to the terminating ``.\r\n`` (excluded), and whether it was
-        over ``data_size_limit`` (then its bytes were discarded while reading)."""
-        reader = self._reader
-        limit = self.data_size_limit or 2**31
-        saved = reader._limit  # the reader's line limit; raised for the body only
-        reader._limit = limit + 1024
-        buf = bytearray()
-        too_much = False
-        try:
-            while True:
-                try:
-                    buf += await reader.readuntil(b".\r\n")
-                except asyncio.LimitOverrunError as exc:
-                    chunk = await reader.read(exc.consumed)
-                    too_much = True
-                    buf = bytearray(chunk[-2:])  # keep only what marks a line start
-                    continue
-                except asyncio.IncompleteReadError:
-                    return None, False
-                dot = len(buf) - 3
-                if dot == 0 or buf[dot - 2:dot] == b"\r\n":
-                    del buf[dot:]
-                    break
-                if len(buf) > limit:
-                    too_much = True
-                    del buf[:-2]
-        finally:
-            reader._limit = saved
-        return (b"" if too_much else bytes(buf)), too_much
-
-    def _timeout_cb(self) -> None:  # aiosmtpd just hangs up; say why first
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n"
-                                 .encode())
-        super()._timeout_cb()
-
-    def connection_lost(self, error: Exception | None) -> None:
-        if self._on_close is not None:
-            self._on_close()
-            self._on_close = None  # type: ignore[assignment]
-        super().connection_lost(error)
-
-
 class SmtpHandler:
     """aiosmtpd handler hooks."""
 
     def __dir__(self) -> list[str]:
         # aiosmtpd looks up handle_*/auth_* hooks with dir()/getmembers() on every new
-        # session; list only those (see _Session.__dir__).
+        # session; list only those (see SmtpSession.__dir__).
         return _HANDLER_HOOKS
 
-    def __init__(self, *, settings: Settings, acceptor: Acceptor,
-                 policy: Callable[[], Registry], draining: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        acceptor: Acceptor,
+        policy: Callable[[], Registry],
+        draining: Callable[[], bool],
+    ) -> None:
         self._settings = settings
         self._acceptor = acceptor
         self._policy = policy
         self._draining = draining
-        self._relay_nets = [ipaddress.ip_network(c, strict=False)
-                            for c in settings.smtp.relay_hosts]
+        self._relay_nets = [
+            ipaddress.ip_network(c, strict=False) for c in settings.smtp.relay_hosts
+        ]
         self._hostname = settings.effective_hostname
 
     def _peer(self, session: Session) -> PeerAddress:
@@ -253,39 +100,64 @@ class SmtpHandler:
         return _in_networks((session.peer or ("",))[0], self._relay_nets)
 
     def _conn_meta(self, session: Session) -> dict[str, Any]:
-        return {"received_from": self._peer(session).addr, "ehlo_domain": session.host_name,
-                "authenticated": bool(session.authenticated), "tls": session.ssl is not None}
+        return {
+            "received_from": self._peer(session).addr,
+            "ehlo_domain": session.host_name,
+            "authenticated": bool(session.authenticated),
+            "tls": session.ssl is not None,
+        }
 
-    def _reject(self, session: Session, envelope: Envelope, resp: Response,
-                recipient: str = "") -> str:
-        self._acceptor.log_rejection(sender=envelope.mail_from or "", recipient=recipient,
-                                     response=resp, protocol="ESMTP", peer=self._peer(session))
+    def _reject(
+        self, session: Session, envelope: Envelope, resp: Response, recipient: str = ""
+    ) -> str:
+        self._acceptor.log_rejection(
+            sender=envelope.mail_from or "",
+            recipient=recipient,
+            response=resp,
+            protocol="ESMTP",
+            peer=self._peer(session),
+        )
         return _reply(resp)
 
-    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
-                          hostname: str, responses: list[str]) -> list[str]:
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
         session.host_name = hostname
         # aiosmtpd handles pipelined input correctly but doesn't advertise it (RFC 2920).
         extensions = ["PIPELINING", *(line[4:] for line in responses[1:])]
         try:
-            chosen = await self._policy().dispatch("smtp_server_ehlo", hostname,
-                                                   self._conn_meta(session), list(extensions))
+            chosen = await self._policy().dispatch(
+                "smtp_server_ehlo", hostname, self._conn_meta(session), list(extensions)
+            )
         except (Rejected, PolicyFailure) as exc:
             session.host_name = None  # a refused EHLO leaves the session un-greeted
             return [self._reject(session, envelope, exc.response)]
         if chosen is not None:
             extensions = [str(e) for e in chosen]
         lines = [responses[0]] + [f"250-{e}" for e in extensions]
-        return [*lines[:-1], "250 " + lines[-1][4:]] if len(lines) > 1 else [
-            "250 " + responses[0][4:]]
+        return (
+            [*lines[:-1], "250 " + lines[-1][4:]] if len(lines) > 1 else ["250 " + responses[0][4:]]
+        )
 
-    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, mail_options: list[str]) -> str:
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
         if self._draining():
             return SHUTTING_DOWN
         try:
-            await self._policy().dispatch("smtp_server_mail_from", address,
-                                          self._conn_meta(session))
+            await self._policy().dispatch(
+                "smtp_server_mail_from", address, self._conn_meta(session)
+            )
         except (Rejected, PolicyFailure) as exc:
             return self._reject(session, envelope, exc.response)
         envelope.mail_from = address
@@ -298,9 +170,9 @@ class SmtpHandler:
         if self._may_relay(session):
             return True
         domain = address.rpartition("@")[2].lower()
-        listener = await self._policy().dispatch("get_listener_domain", domain,
-                                                 self._settings.smtp.listen,
-                                                 self._conn_meta(session))
+        listener = await self._policy().dispatch(
+            "get_listener_domain", domain, self._settings.smtp.listen, self._conn_meta(session)
+        )
         if listener is None:
             return False
         if listener.relay_to:
@@ -308,21 +180,28 @@ class SmtpHandler:
         peer = (session.peer or ("",))[0]
         return bool(listener.relay_from) and _in_networks(peer, listener.relay_from)
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
         try:
             allowed = await self._relay_allowed(session, address)
         except (Rejected, PolicyFailure) as exc:
             return self._reject(session, envelope, exc.response, address)
         if not allowed:
-            return self._reject(session, envelope,
-                                Response.parse(550, "5.7.1 Relaying denied"), address)
+            return self._reject(
+                session, envelope, Response.parse(550, "5.7.1 Relaying denied"), address
+            )
         if len(envelope.rcpt_tos) >= self._settings.smtp.max_recipients:
-            return self._reject(session, envelope,
-                                Response.parse(452, "4.5.3 Too many recipients"), address)
+            return self._reject(
+                session, envelope, Response.parse(452, "4.5.3 Too many recipients"), address
+            )
         try:
-            await self._policy().dispatch("smtp_server_rcpt_to", address,
-                                          self._conn_meta(session))
+            await self._policy().dispatch("smtp_server_rcpt_to", address, self._conn_meta(session))
         except (Rejected, PolicyFailure) as exc:
             return self._reject(session, envelope, exc.response, address)
         envelope.rcpt_tos.append(address)
@@ -333,35 +212,61 @@ class SmtpHandler:
         data: bytes = envelope.original_content or b""
         crlf = data.count(b"\r\n")
         if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
-            return self._reject(session, envelope, Response.parse(
-                550, "5.6.0 Message contains a bare CR or LF; lines must end with CRLF "
-                "(RFC 5321 2.3.8)"))
+            return self._reject(
+                session,
+                envelope,
+                Response.parse(
+                    550,
+                    "5.6.0 Message contains a bare CR or LF; lines must end with CRLF "
+                    "(RFC 5321 2.3.8)",
+                ),
+            )
         if self._acceptor.not_ready:
             return SHUTTING_DOWN if self._draining() else "451 4.3.2 Not ready, try again later"
         peer = self._peer(session)
-        meta = {"reception_protocol": "ESMTP", "received_from": peer.addr,
-                "received_via": self._settings.smtp.listen, "hostname": self._hostname,
-                "ehlo_domain": session.host_name}
+        meta = {
+            "reception_protocol": "ESMTP",
+            "received_from": peer.addr,
+            "received_via": self._settings.smtp.listen,
+            "hostname": self._hostname,
+            "ehlo_domain": session.host_name,
+        }
         if session.authenticated and session.auth_data:
             # KumoMTA's names: the AUTH identity (we have no separate authz identity).
             meta["authn_id"] = meta["authz_id"] = str(session.auth_data)
         batch = []
         for rcpt in envelope.rcpt_tos:
             id = new_message_id()  # also named in this copy's Received: header
-            batch.append(Incoming(sender=envelope.mail_from or "", recipient=rcpt, id=id,
-                                  meta=dict(meta),
-                                  data=self._trace_header(session, id, rcpt) + data))
+            batch.append(
+                Incoming(
+                    sender=envelope.mail_from or "",
+                    recipient=rcpt,
+                    id=id,
+                    meta=dict(meta),
+                    data=self._trace_header(session, id, rcpt) + data,
+                )
+            )
         try:
             results = await self._acceptor.accept(
-                batch, event="smtp_server_message_received", event_arg=self._conn_meta(session),
-                protocol="ESMTP", peer=peer)
+                batch,
+                event="smtp_server_message_received",
+                event_arg=self._conn_meta(session),
+                protocol="ESMTP",
+                peer=peer,
+            )
         except SpoolFull:
-            return self._reject(session, envelope, Response.parse(
-                452, "4.3.1 Insufficient system storage, try again later"))
+            return self._reject(
+                session,
+                envelope,
+                Response.parse(452, "4.3.1 Insufficient system storage, try again later"),
+            )
         except SpoolError:
             log.exception("spool write failed")
-            return self._reject(session, envelope, Response.parse(
-                451, "4.3.0 Local error in processing, try again later"))
+            return self._reject(
+                session,
+                envelope,
+                Response.parse(451, "4.3.0 Local error in processing, try again later"),
+            )
         for result in results:  # one DATA reply for the transaction: the first refusal wins
             if not isinstance(result, Accepted):
                 return self._reject(session, envelope, result.response)
@@ -375,9 +280,11 @@ class SmtpHandler:
             with_ += "S"
         if session.authenticated:
             with_ += "A"
-        return (f"Received: from {session.host_name or 'unknown'} ([{host}])\r\n"
-                f"\tby {self._hostname} (Nimbus) with {with_} id {id}\r\n"
-                f"\tfor <{recipient}>; {formatdate()}\r\n").encode("utf-8", "replace")
+        return (
+            f"Received: from {session.host_name or 'unknown'} ([{host}])\r\n"
+            f"\tby {self._hostname} (Nimbus) with {with_} id {id}\r\n"
+            f"\tfor <{recipient}>; {formatdate()}\r\n"
+        ).encode("utf-8", "replace")
 
 
 _HANDLER_HOOKS = sorted(n for n in vars(SmtpHandler) if n.startswith(("handle_", "auth_")))
@@ -389,14 +296,21 @@ SmtpHandler.handle_EHLO.__signature__ = inspect.signature(SmtpHandler.handle_EHL
 class SmtpListener:
     """One SMTP listening socket and its sessions."""
 
-    def __init__(self, *, settings: Settings, acceptor: Acceptor,
-                 policy: Callable[[], Registry], credentials: Credentials,
-                 on_connection: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        acceptor: Acceptor,
+        policy: Callable[[], Registry],
+        credentials: Credentials,
+        on_connection: Callable[[], None] = lambda: None,
+    ) -> None:
         self._settings = settings
         self._on_connection = on_connection
         self._draining = False
-        self._handler = SmtpHandler(settings=settings, acceptor=acceptor, policy=policy,
-                                    draining=lambda: self._draining)
+        self._handler = SmtpHandler(
+            settings=settings, acceptor=acceptor, policy=policy, draining=lambda: self._draining
+        )
         self._credentials = credentials
         self._tls = self._tls_context()
         self._hostname = settings.effective_hostname
@@ -412,8 +326,9 @@ class SmtpListener:
         ctx.load_cert_chain(s.tls_certificate, s.tls_private_key)
         return ctx
 
-    def _authenticate(self, server: SMTP, session: Session, envelope: Envelope,
-                      mechanism: str, auth_data: Any) -> AuthResult:
+    def _authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
         if isinstance(auth_data, LoginPassword):
             user = auth_data.login.decode("utf-8", "replace")
             if self._credentials.check(user, auth_data.password.decode("utf-8", "replace")):
@@ -422,18 +337,27 @@ class SmtpListener:
 
     def _protocol(self) -> asyncio.BaseProtocol:
         if self._draining:
-            return _Refuse(SHUTTING_DOWN)
+            return Refuse(SHUTTING_DOWN)
         if self.open_sessions >= self._settings.smtp.max_connections:
-            return _Refuse("421 4.7.0 Too many connections, try again later")
+            return Refuse("421 4.7.0 Too many connections, try again later")
         self.open_sessions += 1
         self._on_connection()
-        return _Session(
-            self._handler, hostname=self._hostname, ident="ESMTP Nimbus", loop=self._loop,
-            data_size_limit=self._settings.smtp.max_message_size, enable_SMTPUTF8=True,
-            decode_data=False, tls_context=self._tls, require_starttls=False,
-            auth_require_tls=True, authenticator=self._authenticate if self._tls else None,
-            timeout=self._settings.smtp.idle_timeout, on_close=self._session_closed,
-            data_timeout=self._settings.smtp.data_timeout)
+        return SmtpSession(
+            self._handler,
+            hostname=self._hostname,
+            ident="ESMTP Nimbus",
+            loop=self._loop,
+            data_size_limit=self._settings.smtp.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            tls_context=self._tls,
+            require_starttls=False,
+            auth_require_tls=True,
+            authenticator=self._authenticate if self._tls else None,
+            timeout=self._settings.smtp.idle_timeout,
+            on_close=self._session_closed,
+            data_timeout=self._settings.smtp.data_timeout,
+        )
 
     def _session_closed(self) -> None:
         self.open_sessions -= 1
@@ -441,8 +365,9 @@ class SmtpListener:
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen; returns the bound (host, port) (port 0 picks a free one)."""
         loop = self._loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._protocol, host, port, backlog=1024,
-                                                reuse_address=True)
+        self._server = await loop.create_server(
+            self._protocol, host, port, backlog=1024, reuse_address=True
+        )
         sock = self._server.sockets[0].getsockname()
         return sock[0], sock[1]
 

@@ -23,8 +23,18 @@ import yaml
 from helm_python.errors import HelmRenderError as RenderError
 from helm_python.errors import HelmValuesError as ValuesError
 
-__all__ = ["CHART", "VALUES_DIR", "load_values", "validate_schema", "render_templates", "render",
-           "lint", "parse_set_file", "RenderError", "ValuesError"]
+__all__ = [
+    "CHART",
+    "VALUES_DIR",
+    "load_values",
+    "validate_schema",
+    "render_templates",
+    "render",
+    "lint",
+    "parse_set_file",
+    "RenderError",
+    "ValuesError",
+]
 
 CHART = Path(__file__).resolve().parents[2] / "chart"
 VALUES_DIR = Path(__file__).resolve().parent / "values"
@@ -44,13 +54,21 @@ def validate_schema(values: dict[str, Any]) -> None:
         chart.validate_schema(values)
 
 
-def render_templates(values: dict[str, Any] | None = None, *, is_install: bool = True,
-                     ) -> dict[str, str]:
+def render_templates(
+    values: dict[str, Any] | None = None,
+    *,
+    is_install: bool = True,
+) -> dict[str, str]:
     """Render as ``helm install --dry-run`` would (schema checked first), offline."""
     with helm_python.Chart.load(CHART) as chart:
         chart.validate_schema(values or {})
-        return chart.render(values or {}, name=RELEASE, namespace=NAMESPACE,
-                            is_install=is_install, is_upgrade=not is_install)
+        return chart.render(
+            values or {},
+            name=RELEASE,
+            namespace=NAMESPACE,
+            is_install=is_install,
+            is_upgrade=not is_install,
+        )
 
 
 def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -65,8 +83,9 @@ def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
 
 def lint(values: dict[str, Any] | None = None, kube_version: str = "v1.31.0") -> dict[str, Any]:
     """``helm lint --strict`` (note: it does not report missing ``required`` values)."""
-    return helm_python.lint(CHART, values or {}, strict=True, namespace=NAMESPACE,
-                            kube_version=kube_version)
+    return helm_python.lint(
+        CHART, values or {}, strict=True, namespace=NAMESPACE, kube_version=kube_version
+    )
 
 
 def parse_set_file(expression: str) -> dict[str, Any]:

@@ -9,8 +9,9 @@ import base64
 import dataclasses
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -20,9 +21,9 @@ yaml = pytest.importorskip("yaml", reason="PyYAML is not installed")
 yamllint_config = pytest.importorskip("yamllint.config", reason="yamllint is not installed")
 yamllint_linter = pytest.importorskip("yamllint.linter", reason="yamllint is not installed")
 
-from engine import config as nimbus_config  # noqa: E402
-from engine.metrics import Metrics  # noqa: E402
-from engine.units import parse_duration, parse_hostport  # noqa: E402
+from engine.config import settings as nimbus_config  # noqa: E402
+from engine.config.units import parse_duration, parse_hostport  # noqa: E402
+from engine.logs.metrics import Metrics  # noqa: E402
 
 from . import helm  # noqa: E402
 
@@ -50,9 +51,12 @@ def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 
 def one(docs: list[dict[str, Any]], kind: str, component: str | None = None) -> dict[str, Any]:
-    found = [d for d in of_kind(docs, kind)
-             if component is None
-             or d["metadata"]["labels"].get("app.kubernetes.io/component") == component]
+    found = [
+        d
+        for d in of_kind(docs, kind)
+        if component is None
+        or d["metadata"]["labels"].get("app.kubernetes.io/component") == component
+    ]
     assert len(found) == 1, f"expected one {kind} {component or ''}, got {len(found)}"
     return found[0]
 
@@ -73,8 +77,9 @@ def containers(docs: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dic
 
 def env_of(container: dict[str, Any]) -> dict[str, Any]:
     """name -> literal value, or the valueFrom dict."""
-    return {e["name"]: e["value"] if "value" in e else e["valueFrom"]
-            for e in container.get("env", [])}
+    return {
+        e["name"]: e["value"] if "value" in e else e["valueFrom"] for e in container.get("env", [])
+    }
 
 
 def mta(docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -108,14 +113,15 @@ def service_port(docs: list[dict[str, Any]], name: str, port: int) -> dict[str, 
 
 
 def nimbus_env_names() -> set[str]:
-    """Every environment name engine.config accepts: NIMBUS_<SECTION>_<KEY>, top-level
+    """Every environment name engine.config.settings accepts: NIMBUS_<SECTION>_<KEY>, top-level
     NIMBUS_<KEY> (NIMBUS_NODE_ID), and the aliases NIMBUS_RELAY_HOSTS and NIMBUS_CONFIG."""
     names = {"NIMBUS_CONFIG", "NIMBUS_RELAY_HOSTS"}
     for f in dataclasses.fields(nimbus_config.Settings):
         section = f.default_factory if f.default_factory is not dataclasses.MISSING else None
         if section is not None and dataclasses.is_dataclass(section):
-            names |= {f"NIMBUS_{f.name.upper()}_{g.name.upper()}"
-                      for g in dataclasses.fields(section)}
+            names |= {
+                f"NIMBUS_{f.name.upper()}_{g.name.upper()}" for g in dataclasses.fields(section)
+            }
         else:
             names.add(f"NIMBUS_{f.name.upper()}")
     return names
@@ -125,12 +131,20 @@ def exported_metric_names() -> set[str]:
     """The series names of Nimbus's /metrics exposition, from a real Metrics registry with
     its live gauges attached (counters as <name>_total, histograms as _bucket/_sum/_count)."""
     metrics = Metrics()
-    metrics.attach_gauges(lambda: {"scheduled": {"q": 1}, "ready": {"q": 1},
-                                   "connections_in": {"esmtp": 1},
-                                   "connections_out": {"q": 1},
-                                   "spool_bytes": 1, "spool_messages": 1})
-    suffixes = {"counter": ("_total", "_created"),
-                "histogram": ("_bucket", "_sum", "_count", "_created")}
+    metrics.attach_gauges(
+        lambda: {
+            "scheduled": {"q": 1},
+            "ready": {"q": 1},
+            "connections_in": {"esmtp": 1},
+            "connections_out": {"q": 1},
+            "spool_bytes": 1,
+            "spool_messages": 1,
+        }
+    )
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+    }
     names: set[str] = set()
     for family in metrics.registry.collect():
         names |= {family.name + s for s in suffixes.get(family.type, ("",))}
@@ -138,24 +152,37 @@ def exported_metric_names() -> set[str]:
     return names
 
 
-_PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "offset",
-                 "bool", "and", "or", "unless", "inf", "nan"}
+_PROMQL_WORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "offset",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "inf",
+    "nan",
+}
 
 
 def promql_metric_names(expr: str) -> set[str]:
     """Metric names in a PromQL expression: identifiers that are not functions, keywords,
     label names (inside {...} or by/without (...)), durations or strings."""
-    expr = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)                  # strings
-    expr = re.sub(r"\{[^}]*\}", "", expr)                           # label matchers
-    expr = re.sub(r"\[[^\]]*\]", "", expr)                          # range selectors
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)  # strings
+    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # range selectors
     expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
     names = set()
     for m in re.finditer(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr):
-        word, rest = m.group(), expr[m.end():].lstrip()
+        word, rest = m.group(), expr[m.end() :].lstrip()
         if rest.startswith("(") or word.lower() in _PROMQL_WORDS:
             continue
         if m.start() > 0 and (expr[m.start() - 1].isdigit() or expr[m.start() - 1] == "."):
-            continue                                                # 1e-9, 0.5
+            continue  # 1e-9, 0.5
         names.add(word)
     return names
 
@@ -171,6 +198,7 @@ def dashboard_exprs(dashboard: dict[str, Any]) -> list[str]:
 
 
 # --- lint, schema, Kubernetes validity -------------------------------------------------------
+
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_lint_is_clean_in_strict_mode(variant: str) -> None:
@@ -192,8 +220,10 @@ def test_manifests_are_valid_kubernetes_objects(variant: str, version: str) -> N
         try:
             kv.validate(doc, version, strict=True)
         except kv.ValidationError as exc:
-            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} @ {version}: "
-                        f"{'.'.join(map(str, exc.path))}: {exc.message}")
+            pytest.fail(
+                f"{doc['kind']}/{doc['metadata']['name']} @ {version}: "
+                f"{'.'.join(map(str, exc.path))}: {exc.message}"
+            )
 
 
 def test_service_monitors_scrape_each_metrics_endpoint() -> None:
@@ -201,28 +231,38 @@ def test_service_monitors_scrape_each_metrics_endpoint() -> None:
     reaches the pod's HTTP listener; the MTA one the NIMBUS_HTTP_LISTEN port."""
     docs = rendered("everything-on")
     monitors = of_kind(docs, "ServiceMonitor")
-    assert sorted(m["metadata"]["name"] for m in monitors) == \
-        [f"{helm.RELEASE}-nimbus-{p}" for p in ("mta", "sink", "tsa")]
+    assert sorted(m["metadata"]["name"] for m in monitors) == [
+        f"{helm.RELEASE}-nimbus-{p}" for p in ("mta", "sink", "tsa")
+    ]
     for sm in monitors:
         assert sm["apiVersion"] == "monitoring.coreos.com/v1"
         assert set(sm) == {"apiVersion", "kind", "metadata", "spec"}
         assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
         assert sm["spec"]["namespaceSelector"] == {"matchNames": [helm.NAMESPACE]}
-        (svc,) = [s for s in of_kind(docs, "Service")
-                  if selects(sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
+        (svc,) = [
+            s
+            for s in of_kind(docs, "Service")
+            if selects(sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+        ]
         (endpoint,) = sm["spec"]["endpoints"]
         assert endpoint["path"] == "/metrics"
         (port,) = [p for p in svc["spec"]["ports"] if p["name"] == endpoint["port"]]
-        (workload,) = [w for w in workloads(docs)
-                       if selects(svc["spec"]["selector"],
-                                  w["spec"]["template"]["metadata"]["labels"])]
+        (workload,) = [
+            w
+            for w in workloads(docs)
+            if selects(svc["spec"]["selector"], w["spec"]["template"]["metadata"]["labels"])
+        ]
         container = pod_spec(workload)["containers"][0]
-        listen = {parse_hostport(v)[1] for k, v in env_of(container).items()
-                  if k.endswith("_LISTEN")}
+        listen = {
+            parse_hostport(v)[1] for k, v in env_of(container).items() if k.endswith("_LISTEN")
+        }
         assert container_port(container, port["targetPort"]) in listen
     mta_sm = next(m for m in monitors if m["metadata"]["name"].endswith("-mta"))
-    (svc,) = [s for s in of_kind(docs, "Service")
-              if selects(mta_sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
+    (svc,) = [
+        s
+        for s in of_kind(docs, "Service")
+        if selects(mta_sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+    ]
     port = next(p for p in svc["spec"]["ports"] if p["name"] == "http")
     http_listen = env_of(mta_container(docs))["NIMBUS_HTTP_LISTEN"]
     assert container_port(mta_container(docs), port["targetPort"]) == parse_hostport(http_listen)[1]
@@ -231,25 +271,36 @@ def test_service_monitors_scrape_each_metrics_endpoint() -> None:
 def test_optional_objects_are_off_by_default() -> None:
     """Defaults render no ServiceMonitor, dashboard, HPA, PDB or NetworkPolicy."""
     kinds = {d["kind"] for d in rendered("")}
-    assert not kinds & {"ServiceMonitor", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-                        "NetworkPolicy"}
-    assert not [d for d in of_kind(rendered(""), "ConfigMap")
-                if d["metadata"]["labels"].get("grafana_dashboard")]
+    assert not kinds & {
+        "ServiceMonitor",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    }
+    assert not [
+        d
+        for d in of_kind(rendered(""), "ConfigMap")
+        if d["metadata"]["labels"].get("grafana_dashboard")
+    ]
 
 
-@pytest.mark.parametrize("bad", [
-    {"mta": {"replicas": 0}},
-    {"surprise": True},
-    {"mta": {"replicaz": 2}},
-    {"mta": {"relayHosts": ["not-a-cidr"]}},
-    {"mta": {"ports": {"smtp": 70000}}},
-    {"sink": {"enabled": "yes"}},
-    {"redis": {"url": "http://redis:6379"}},
-    {"auth": {"users": {"bad/name": "x"}}},
-    {"auth": {"users": {"nimbus": None}}},
-    {"metrics": {"serviceMonitor": {"enabled": True, "interval": "often"}}},
-    {"dkim": {"keys": [{"domain": "example.com"}]}},
-], ids=lambda v: json.dumps(v, sort_keys=True))
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"mta": {"replicas": 0}},
+        {"surprise": True},
+        {"mta": {"replicaz": 2}},
+        {"mta": {"relayHosts": ["not-a-cidr"]}},
+        {"mta": {"ports": {"smtp": 70000}}},
+        {"sink": {"enabled": "yes"}},
+        {"redis": {"url": "http://redis:6379"}},
+        {"auth": {"users": {"bad/name": "x"}}},
+        {"auth": {"users": {"nimbus": None}}},
+        {"metrics": {"serviceMonitor": {"enabled": True, "interval": "often"}}},
+        {"dkim": {"keys": [{"domain": "example.com"}]}},
+    ],
+    ids=lambda v: json.dumps(v, sort_keys=True),
+)
 def test_schema_rejects_bad_values(bad: dict[str, Any]) -> None:
     """values.schema.json refuses a bad value before anything renders."""
     with pytest.raises(helm.ValuesError):
@@ -273,6 +324,7 @@ def test_schema_describes_every_property() -> None:
             if "description" not in sub:
                 yield f"{where}.{name}"
             yield from walk(sub, f"{where}.{name}")
+
     assert list(walk(schema, "")) == []
 
 
@@ -292,8 +344,9 @@ def test_values_yaml_comments_every_key() -> None:
             line = key.start_mark.line
             if line == 0 or not lines[line - 1].strip().startswith("#"):
                 missing.append(f"{where}{key.value} (line {line + 1})")
-            if key.value != "resources":          # a Kubernetes block, not chart keys
+            if key.value != "resources":  # a Kubernetes block, not chart keys
                 walk(value, sub["properties"][key.value], f"{where}{key.value}.")
+
     walk(yaml.compose(text), schema, "")
     assert missing == []
 
@@ -320,6 +373,7 @@ def test_yamllint_rendered_output(variant: str) -> None:
 
 # --- the sink toggle, Redis, TSA -------------------------------------------------------------
 
+
 def test_sink_enabled_routes_all_mail_to_the_sink_service() -> None:
     """By default the MTA sends everything to the sink Service's SMTP port."""
     docs = rendered("")
@@ -339,8 +393,9 @@ def test_sink_disabled_sends_real_mail_and_deploys_no_sink() -> None:
     env = env_of(mta_container(docs))
     assert env["NIMBUS_SINK_ENABLED"] == "false"
     assert "NIMBUS_SINK_ENDPOINT" not in env
-    assert not [d for d in docs if d["metadata"]["labels"].get("app.kubernetes.io/component")
-                == "sink"]
+    assert not [
+        d for d in docs if d["metadata"]["labels"].get("app.kubernetes.io/component") == "sink"
+    ]
 
 
 def test_bundled_redis_url_points_at_the_redis_service() -> None:
@@ -358,8 +413,10 @@ def test_bundled_redis_url_points_at_the_redis_service() -> None:
 def test_external_redis_url_is_passed_through() -> None:
     """redis.enabled=false uses redis.url and deploys no Redis."""
     docs = rendered("sink-off-external-redis")
-    assert env_of(mta_container(docs))["NIMBUS_REDIS_URL"] == \
-        "redis://redis.shared.svc.cluster.local:6379/2"
+    assert (
+        env_of(mta_container(docs))["NIMBUS_REDIS_URL"]
+        == "redis://redis.shared.svc.cluster.local:6379/2"
+    )
     assert not [d for d in workloads(docs) if d["metadata"]["name"].endswith("-redis")]
 
 
@@ -393,11 +450,13 @@ def test_tsa_disabled_drops_the_urls() -> None:
     """tsa.enabled=false deploys no TSA and sets no NIMBUS_TSA_URLS."""
     docs = helm.render({"tsa": {"enabled": False}})
     assert "NIMBUS_TSA_URLS" not in env_of(mta_container(docs))
-    assert not [d for d in docs if d["metadata"]["labels"].get("app.kubernetes.io/component")
-                == "tsa"]
+    assert not [
+        d for d in docs if d["metadata"]["labels"].get("app.kubernetes.io/component") == "tsa"
+    ]
 
 
 # --- secrets ----------------------------------------------------------------------------------
+
 
 def test_auth_secret_is_generated_with_a_password() -> None:
     """Without existingSecret the chart creates the users' Secret, generating empty passwords."""
@@ -420,14 +479,17 @@ def test_existing_auth_secret_is_mounted_not_rendered() -> None:
     volumes = {v["name"]: v for v in pod_spec(mta(docs))["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     assert volumes[mounts[env["NIMBUS_HTTP_AUTH_DIR"]]]["secret"]["secretName"] == "mail-api-users"
-    assert volumes[mounts[env["NIMBUS_HTTP_ADMIN_AUTH_DIR"]]]["secret"]["secretName"] == \
-        "mail-admins"
+    assert (
+        volumes[mounts[env["NIMBUS_HTTP_ADMIN_AUTH_DIR"]]]["secret"]["secretName"] == "mail-admins"
+    )
 
 
 def test_dkim_keys_are_mounted_as_domain_selector_files() -> None:
     """DKIM keys land at <mountPath>/<domain>/<selector>.key, as dkim_data.toml expects."""
-    for variant, secret_name in (("existing-secrets", "mail-dkim-keys"),
-                                 ("everything-on", f"{helm.RELEASE}-nimbus-dkim")):
+    for variant, secret_name in (
+        ("existing-secrets", "mail-dkim-keys"),
+        ("everything-on", f"{helm.RELEASE}-nimbus-dkim"),
+    ):
         docs = rendered(variant)
         volumes = {v["name"]: v for v in pod_spec(mta(docs))["volumes"]}
         mounts = {m["name"]: m["mountPath"] for m in mta_container(docs)["volumeMounts"]}
@@ -449,6 +511,7 @@ def test_no_dkim_volume_without_keys() -> None:
 
 # --- policy ConfigMap -----------------------------------------------------------------------
 
+
 def bundled_policy_files() -> dict[str, str]:
     policy = REPO / "policy"
     paths = [policy / "init.py", *sorted(policy.glob("*.toml"))]
@@ -468,16 +531,24 @@ def test_policy_configmap_holds_the_bundled_files_at_the_policy_dir() -> None:
     cm = one(docs, "ConfigMap", "policy")
     assert cm["data"] == bundled_policy_files()
     container = mta_container(docs)
-    mount = next(m for m in container["volumeMounts"]
-                 if m["mountPath"] == env_of(container)["NIMBUS_POLICY_DIR"])
+    mount = next(
+        m
+        for m in container["volumeMounts"]
+        if m["mountPath"] == env_of(container)["NIMBUS_POLICY_DIR"]
+    )
     volume = next(v for v in pod_spec(mta(docs))["volumes"] if v["name"] == mount["name"])
     assert volume["configMap"]["name"] == cm["metadata"]["name"]
 
 
 def test_policy_file_override_and_addition() -> None:
     """policy.files replaces a bundled file by name and adds new ones."""
-    docs = helm.render({"policy": {"files": {"shaping.toml": "# mine\n", "extra.toml": "x = 1\n",
-                                             "queues.toml": ""}}})
+    docs = helm.render(
+        {
+            "policy": {
+                "files": {"shaping.toml": "# mine\n", "extra.toml": "x = 1\n", "queues.toml": ""}
+            }
+        }
+    )
     data = one(docs, "ConfigMap", "policy")["data"]
     assert data["shaping.toml"] == "# mine\n"
     assert data["extra.toml"] == "x = 1\n"
@@ -495,10 +566,14 @@ def test_policy_file_from_set_file(tmp_path: Path) -> None:
 
 def test_policy_change_rolls_the_pods() -> None:
     """The MTA and TSA checksum annotations change when a policy file changes."""
+
     def checksums(values: dict[str, Any]) -> tuple[str, str]:
         docs = helm.render(values)
-        return tuple(w["spec"]["template"]["metadata"]["annotations"]["checksum/policy"]
-                     for w in (mta(docs), one(docs, "Deployment", "tsa")))
+        return tuple(
+            w["spec"]["template"]["metadata"]["annotations"]["checksum/policy"]
+            for w in (mta(docs), one(docs, "Deployment", "tsa"))
+        )
+
     a = checksums({"policy": {"files": {"shaping.toml": "# version 1\n"}}})
     b = checksums({"policy": {"files": {"shaping.toml": "# version 2\n"}}})
     assert a[0] != b[0] and a[1] != b[1]
@@ -507,21 +582,26 @@ def test_policy_change_rolls_the_pods() -> None:
 
 # --- the runtime contract ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_nimbus_env_var_is_a_real_setting(variant: str) -> None:
-    """Each NIMBUS_* variable a pod sets is a name engine.config accepts."""
+    """Each NIMBUS_* variable a pod sets is a name engine.config.settings accepts."""
     known = nimbus_env_names()
     assert {"NIMBUS_SMTP_LISTEN", "NIMBUS_NODE_ID", "NIMBUS_TSA_URLS"} <= known
-    used = {name for _, c in containers(rendered(variant)) for name in env_of(c)
-            if name.startswith("NIMBUS_")}
+    used = {
+        name
+        for _, c in containers(rendered(variant))
+        for name in env_of(c)
+        if name.startswith("NIMBUS_")
+    }
     assert used and used <= known, sorted(used - known)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_env_values_load_as_settings(variant: str) -> None:
-    """Each Nimbus container's environment loads with engine.config.load_settings (values
+    """Each Nimbus container's environment loads with engine.config.settings.load_settings (values
     from fieldRef/secretKeyRef stand in as placeholders)."""
-    for w, c in containers(rendered(variant)):
+    for _, c in containers(rendered(variant)):
         if c["command"] != ["nimbus"]:
             continue
         env = {}
@@ -539,7 +619,7 @@ def test_env_values_load_as_settings(variant: str) -> None:
 def test_containers_are_explicit_for_the_local_cluster(variant: str) -> None:
     """Containers name their command and args as lists (no shell), with env values that are
     literal strings or fieldRef/secretKeyRef only."""
-    for w, c in containers(rendered(variant)):
+    for _, c in containers(rendered(variant)):
         assert c["command"] and all(isinstance(a, str) for a in c["command"] + c.get("args", []))
         assert Path(c["command"][0]).name not in {"sh", "bash", "dash", "ash"}
         for e in c.get("env", []):
@@ -556,8 +636,11 @@ def test_listen_ports_match_container_and_service_ports(variant: str) -> None:
     docs = rendered(variant)
     for w, c in containers(docs):
         env = env_of(c)
-        listen = {parse_hostport(v)[1] for k, v in env.items()
-                  if k.startswith("NIMBUS_") and k.endswith("_LISTEN")}
+        listen = {
+            parse_hostport(v)[1]
+            for k, v in env.items()
+            if k.startswith("NIMBUS_") and k.endswith("_LISTEN")
+        }
         declared = {p["containerPort"] for p in c.get("ports", [])}
         if c["command"] == ["nimbus"]:
             assert listen == declared, (w["metadata"]["name"], listen, declared)
@@ -576,10 +659,14 @@ def test_mta_service_ports() -> None:
     svc = next(s for s in services_for(docs, mta(docs)) if s["spec"].get("clusterIP") != "None")
     ports = {p["name"]: p for p in svc["spec"]["ports"]}
     assert ports["smtp"]["port"] == 25 and ports["http"]["port"] == 8000
-    assert container_port(container, ports["smtp"]["targetPort"]) == \
-        parse_hostport(env["NIMBUS_SMTP_LISTEN"])[1]
-    assert container_port(container, ports["http"]["targetPort"]) == \
-        parse_hostport(env["NIMBUS_HTTP_LISTEN"])[1]
+    assert (
+        container_port(container, ports["smtp"]["targetPort"])
+        == parse_hostport(env["NIMBUS_SMTP_LISTEN"])[1]
+    )
+    assert (
+        container_port(container, ports["http"]["targetPort"])
+        == parse_hostport(env["NIMBUS_HTTP_LISTEN"])[1]
+    )
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -587,19 +674,29 @@ def test_selectors_match_pod_labels(variant: str) -> None:
     """Workload selectors match their pods; each Service, PDB and NetworkPolicy selects the
     pods of exactly one workload."""
     docs = rendered(variant)
-    pods = {w["metadata"]["name"]: w["spec"]["template"]["metadata"]["labels"]
-            for w in workloads(docs)}
+    pods = {
+        w["metadata"]["name"]: w["spec"]["template"]["metadata"]["labels"] for w in workloads(docs)
+    }
     for w in workloads(docs):
         assert selects(w["spec"]["selector"]["matchLabels"], pods[w["metadata"]["name"]])
     for svc in of_kind(docs, "Service"):
-        assert len([n for n, labels in pods.items()
-                    if selects(svc["spec"]["selector"], labels)]) == 1, svc["metadata"]["name"]
+        assert (
+            len([n for n, labels in pods.items() if selects(svc["spec"]["selector"], labels)]) == 1
+        ), svc["metadata"]["name"]
     for obj in of_kind(docs, "PodDisruptionBudget") + of_kind(docs, "NetworkPolicy"):
-        selector = (obj["spec"]["selector"] if obj["kind"] == "PodDisruptionBudget"
-                    else obj["spec"]["podSelector"])
-        matched = [n for n, labels in pods.items() if selects(selector["matchLabels"], labels)
-                   and all(labels.get(e["key"]) in e["values"]
-                           for e in selector.get("matchExpressions", []))]
+        selector = (
+            obj["spec"]["selector"]
+            if obj["kind"] == "PodDisruptionBudget"
+            else obj["spec"]["podSelector"]
+        )
+        matched = [
+            n
+            for n, labels in pods.items()
+            if selects(selector["matchLabels"], labels)
+            and all(
+                labels.get(e["key"]) in e["values"] for e in selector.get("matchExpressions", [])
+            )
+        ]
         assert matched, obj["metadata"]["name"]
 
 
@@ -615,8 +712,9 @@ def test_mta_statefulset_shape() -> None:
     (claim,) = sts["spec"]["volumeClaimTemplates"]
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     assert mounts[env["NIMBUS_SPOOL_DIR"]] == claim["metadata"]["name"]
-    headless = next(s for s in of_kind(docs, "Service")
-                    if s["metadata"]["name"] == sts["spec"]["serviceName"])
+    headless = next(
+        s for s in of_kind(docs, "Service") if s["metadata"]["name"] == sts["spec"]["serviceName"]
+    )
     assert headless["spec"]["clusterIP"] == "None"
     probe = container["readinessProbe"]["httpGet"]
     assert probe["path"] == "/api/check-liveness/v1"
@@ -660,14 +758,18 @@ def test_pods_run_as_non_root(variant: str) -> None:
 
 # --- optional objects --------------------------------------------------------------------------
 
+
 def test_hpa_scales_the_statefulset() -> None:
     """The HPA targets the MTA StatefulSet, which then leaves replicas to it, and the MTAs
     split limits by maxReplicas."""
     docs = rendered("everything-on")
     hpa = one(docs, "HorizontalPodAutoscaler")
     sts = mta(docs)
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet",
-                                             "name": sts["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "name": sts["metadata"]["name"],
+    }
     assert "replicas" not in sts["spec"]
     assert env_of(mta_container(docs))["NIMBUS_CLUSTER_NODES"] == str(hpa["spec"]["maxReplicas"])
 
@@ -676,8 +778,9 @@ def test_pdb_covers_the_mta_pods() -> None:
     """The PodDisruptionBudget selects the MTA pods."""
     docs = rendered("everything-on")
     pdb = one(docs, "PodDisruptionBudget")
-    assert selects(pdb["spec"]["selector"]["matchLabels"],
-                   mta(docs)["spec"]["template"]["metadata"]["labels"])
+    assert selects(
+        pdb["spec"]["selector"]["matchLabels"], mta(docs)["spec"]["template"]["metadata"]["labels"]
+    )
     assert pdb["spec"]["maxUnavailable"] == 1
 
 
@@ -685,31 +788,42 @@ def test_network_policy_limits_injection_to_allowed_sources() -> None:
     """The MTA NetworkPolicy admits SMTP/HTTP only from the release, the allowed namespaces
     and the allowed CIDRs (never an empty `from`, which would admit everyone)."""
     docs = rendered("everything-on")
-    policy = next(p for p in of_kind(docs, "NetworkPolicy")
-                  if p["spec"]["podSelector"]["matchLabels"].get("app.kubernetes.io/component")
-                  == "mta")
+    policy = next(
+        p
+        for p in of_kind(docs, "NetworkPolicy")
+        if p["spec"]["podSelector"]["matchLabels"].get("app.kubernetes.io/component") == "mta"
+    )
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     (rule,) = policy["spec"]["ingress"]
     sources = rule["from"]
     assert {"ipBlock": {"cidr": "203.0.113.0/24"}} in sources
-    namespaces = {s["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
-                  for s in sources if "namespaceSelector" in s}
+    namespaces = {
+        s["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        for s in sources
+        if "namespaceSelector" in s
+    }
     assert namespaces == {"monitoring", "apps"}
-    assert {"podSelector": {}} not in sources                     # allowSameNamespace: false
+    assert {"podSelector": {}} not in sources  # allowSameNamespace: false
     container = mta_container(docs)
     env = env_of(container)
     assert {container_port(container, p["port"]) for p in rule["ports"]} == {
-        parse_hostport(env["NIMBUS_SMTP_LISTEN"])[1], parse_hostport(env["NIMBUS_HTTP_LISTEN"])[1]}
+        parse_hostport(env["NIMBUS_SMTP_LISTEN"])[1],
+        parse_hostport(env["NIMBUS_HTTP_LISTEN"])[1],
+    }
     for p in of_kind(docs, "NetworkPolicy"):
         assert all(r.get("from") for r in p["spec"]["ingress"])
 
 
 def test_dashboard_configmap_embeds_the_dashboard_json() -> None:
     """The dashboard ConfigMap carries dashboards/nimbus.json with the sidecar's label."""
-    cm = next(d for d in of_kind(rendered("everything-on"), "ConfigMap")
-              if d["metadata"]["labels"].get("grafana_dashboard") == "1")
-    assert json.loads(cm["data"]["nimbus.json"]) == \
-        json.loads((helm.CHART / "dashboards" / "nimbus.json").read_text())
+    cm = next(
+        d
+        for d in of_kind(rendered("everything-on"), "ConfigMap")
+        if d["metadata"]["labels"].get("grafana_dashboard") == "1"
+    )
+    assert json.loads(cm["data"]["nimbus.json"]) == json.loads(
+        (helm.CHART / "dashboards" / "nimbus.json").read_text()
+    )
 
 
 def test_dashboard_promql_uses_only_exported_metrics() -> None:
@@ -726,8 +840,10 @@ def test_dashboard_promql_uses_only_exported_metrics() -> None:
 
 def test_promql_name_extraction() -> None:
     """The PromQL scanner finds metric names and skips functions, labels and numbers."""
-    expr = ('histogram_quantile(0.99, sum by (le, event) (rate(x_bucket{a="b"}[5m]))) '
-            '/ clamp_min(y_total offset 1h, 1e-9)')
+    expr = (
+        'histogram_quantile(0.99, sum by (le, event) (rate(x_bucket{a="b"}[5m]))) '
+        "/ clamp_min(y_total offset 1h, 1e-9)"
+    )
     assert promql_metric_names(expr) == {"x_bucket", "y_total"}
 
 
@@ -737,6 +853,9 @@ def test_notes_explain_injecting_a_first_message() -> None:
     assert "/api/inject/v1" in notes and "curl" in notes
     assert f"get secret {helm.RELEASE}-nimbus-http-auth" in notes
     assert "NIMBUS_USER=nimbus" in notes
-    existing = next(t for p, t in helm.render_templates(helm.load_values("existing-secrets"))
-                    .items() if p.endswith("NOTES.txt"))
+    existing = next(
+        t
+        for p, t in helm.render_templates(helm.load_values("existing-secrets")).items()
+        if p.endswith("NOTES.txt")
+    )
     assert "get secret mail-api-users" in existing

@@ -8,25 +8,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from engine import admin_cli
-from engine.admin import AdminApi, Criteria
-from engine.config import HttpSettings, Settings
-from engine.reception.admin_http import add_admin_routes
+from engine.admin import cli as admin_cli
+from engine.admin.entries import Criteria
+from engine.admin.http import add_admin_routes
+from engine.admin.state import AdminApi
+from engine.config.settings import HttpSettings, Settings
 
-MESSAGE = {"id": "m1", "message": {"sender": "a@x.com", "recipient": "b@y.com", "meta": {},
-                                   "data": None, "due": "2030-01-01T00:00:00Z",
-                                   "num_attempts": 0, "scheduling": None}}
+MESSAGE = {
+    "id": "m1",
+    "message": {
+        "sender": "a@x.com",
+        "recipient": "b@y.com",
+        "meta": {},
+        "data": None,
+        "due": "2030-01-01T00:00:00Z",
+        "num_attempts": 0,
+        "scheduling": None,
+    },
+}
 SUMMARY = {
-    "scheduled": [{"name": "example.com", "count": 3},
-                  {"name": "big:tenant@example.org", "count": 1200}],
-    "ready": [{"name": "unspecified->mx.example.com@smtp_client", "site": "mx.example.com",
-               "count": 2, "connections": 1}],
+    "scheduled": [
+        {"name": "example.com", "count": 3},
+        {"name": "big:tenant@example.org", "count": 1200},
+    ],
+    "ready": [
+        {
+            "name": "unspecified->mx.example.com@smtp_client",
+            "site": "mx.example.com",
+            "count": 2,
+            "connections": 1,
+        }
+    ],
 }
 
 
@@ -52,9 +71,15 @@ class FakeNode:
         self.calls.append(("inspect_sched_q", (name, want_body, limit)))
         if name != "example.com":
             return None
-        return {"queue_name": name, "queue_config": {}, "num_scheduled": 3, "delayed_metric": 3,
-                "last_changed": "2030-01-01T00:00:00Z", "now": "2030-01-01T00:00:00Z",
-                "messages": [MESSAGE][:limit]}
+        return {
+            "queue_name": name,
+            "queue_config": {},
+            "num_scheduled": 3,
+            "delayed_metric": 3,
+            "last_changed": "2030-01-01T00:00:00Z",
+            "now": "2030-01-01T00:00:00Z",
+            "messages": [MESSAGE][:limit],
+        }
 
     def ready_q_states(self, queues):
         self.calls.append(("ready_q_states", queues))
@@ -64,10 +89,14 @@ class FakeNode:
         return SUMMARY
 
     def api(self) -> AdminApi:
-        return AdminApi(bounce_now=self.bounce_now, rebind=self.rebind,
-                        inspect_message=self.inspect_message,
-                        inspect_sched_q=self.inspect_sched_q,
-                        ready_q_states=self.ready_q_states, queue_summary=self.queue_summary)
+        return AdminApi(
+            bounce_now=self.bounce_now,
+            rebind=self.rebind,
+            inspect_message=self.inspect_message,
+            inspect_sched_q=self.inspect_sched_q,
+            ready_q_states=self.ready_q_states,
+            queue_summary=self.queue_summary,
+        )
 
 
 class Server:
@@ -76,8 +105,15 @@ class Server:
         self.node = node
         self.session = session
 
-    async def call(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-                   headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
         kwargs: dict[str, Any] = {"headers": headers}
         if raw is not None:
             kwargs["data"] = raw
@@ -124,18 +160,21 @@ async def trusted():
 @pytest.fixture
 async def untrusted(admin_dir):
     """A server that does not trust 127.0.0.1 but has admin user ops:pw."""
-    settings = Settings(http=HttpSettings(trusted_hosts=["10.255.0.0/16"],
-                                          admin_auth_dir=str(admin_dir)))
+    settings = Settings(
+        http=HttpSettings(trusted_hosts=["10.255.0.0/16"], admin_auth_dir=str(admin_dir))
+    )
     async with serve(settings) as server:
         yield server
 
 
 # -- bounce ------------------------------------------------------------------------
 
+
 async def test_bounce_post_list_cancel(trusted):
     """POST bounces now and returns the id; GET lists it; DELETE cancels it."""
-    status, body = await trusted.call("POST", "/api/admin/bounce/v1",
-                                      {"domain": "example.com", "reason": "bad send"})
+    status, body = await trusted.call(
+        "POST", "/api/admin/bounce/v1", {"domain": "example.com", "reason": "bad send"}
+    )
     assert status == 200
     assert body == {"id": body["id"], "bounced": {"example.com": 3}, "total_bounced": 3}
     [(name, entry)] = trusted.node.calls
@@ -143,7 +182,8 @@ async def test_bounce_post_list_cancel(trusted):
     status, listed = await trusted.call("GET", "/api/admin/bounce/v1")
     assert status == 200
     assert [(e["id"], e["domain"], e["total_bounced"]) for e in listed] == [
-        (body["id"], "example.com", 3)]
+        (body["id"], "example.com", 3)
+    ]
     status, _ = await trusted.call("DELETE", "/api/admin/bounce/v1", {"id": body["id"]})
     assert status == 200
     assert (await trusted.call("GET", "/api/admin/bounce/v1"))[1] == []
@@ -164,32 +204,37 @@ async def test_bounce_missing_reason_is_400_naming_it(trusted):
 
 async def test_bounce_unknown_field_is_400(trusted):
     """A misspelt criterion is refused instead of bouncing everything."""
-    status, body = await trusted.call("POST", "/api/admin/bounce/v1",
-                                      {"domian": "x.com", "reason": "r"})
+    status, body = await trusted.call(
+        "POST", "/api/admin/bounce/v1", {"domian": "x.com", "reason": "r"}
+    )
     assert (status, body["field"]) == (400, "domian")
     assert trusted.node.calls == []
 
 
 async def test_bad_json_is_400(trusted):
     """A body that isn't JSON is refused with a JSON error."""
-    status, body = await trusted.call("POST", "/api/admin/bounce/v1", raw=b"{nope",
-                                      headers={"Content-Type": "application/json"})
+    status, body = await trusted.call(
+        "POST", "/api/admin/bounce/v1", raw=b"{nope", headers={"Content-Type": "application/json"}
+    )
     assert status == 400 and "malformed JSON" in body["error"]
 
 
 async def test_bad_duration_is_400_naming_it(trusted):
     """An unparseable duration names the duration field."""
-    status, body = await trusted.call("POST", "/api/admin/suspend/v1",
-                                      {"reason": "r", "duration": "soon"})
+    status, body = await trusted.call(
+        "POST", "/api/admin/suspend/v1", {"reason": "r", "duration": "soon"}
+    )
     assert (status, body["field"]) == (400, "duration")
 
 
 # -- suspend -----------------------------------------------------------------------
 
+
 async def test_suspend_post_list_cancel(trusted):
     """Suspensions are added, listed with time left, and cancelled."""
-    status, body = await trusted.call("POST", "/api/admin/suspend/v1",
-                                      {"tenant": "t", "reason": "warmup", "duration": "1h"})
+    status, body = await trusted.call(
+        "POST", "/api/admin/suspend/v1", {"tenant": "t", "reason": "warmup", "duration": "1h"}
+    )
     assert status == 200 and set(body) == {"id"}
     _, listed = await trusted.call("GET", "/api/admin/suspend/v1")
     assert [(e["id"], e["tenant"], e["duration"]) for e in listed] == [(body["id"], "t", "1h")]
@@ -200,8 +245,9 @@ async def test_suspend_post_list_cancel(trusted):
 async def test_suspend_ready_q_post_list_cancel(trusted):
     """A ready-queue suspension is added, listed with its expiry, and cancelled."""
     name = "unspecified->mx.example.com@smtp_client"
-    status, body = await trusted.call("POST", "/api/admin/suspend-ready-q/v1",
-                                      {"name": name, "reason": "maint"})
+    status, body = await trusted.call(
+        "POST", "/api/admin/suspend-ready-q/v1", {"name": name, "reason": "maint"}
+    )
     assert status == 200
     _, listed = await trusted.call("GET", "/api/admin/suspend-ready-q/v1")
     assert [(e["name"], e["reason"]) for e in listed] == [(name, "maint")]
@@ -218,13 +264,21 @@ async def test_suspend_ready_q_needs_name(trusted):
 
 # -- rebind, inspection, states, summary -------------------------------------------
 
+
 async def test_rebind(trusted):
     """Rebind hands the parsed request to the node and answers {}."""
-    status, body = await trusted.call("POST", "/api/admin/rebind/v1", {
-        "domain": "example.com", "reason": "reroute", "data": {"routing_domain": "relay.x"}})
+    status, body = await trusted.call(
+        "POST",
+        "/api/admin/rebind/v1",
+        {"domain": "example.com", "reason": "reroute", "data": {"routing_domain": "relay.x"}},
+    )
     assert (status, body) == (200, {})
-    assert trusted.node.calls == [("rebind", (Criteria(domain="example.com"),
-                                              {"routing_domain": "relay.x"}, "reroute", False))]
+    assert trusted.node.calls == [
+        (
+            "rebind",
+            (Criteria(domain="example.com"), {"routing_domain": "relay.x"}, "reroute", False),
+        )
+    ]
 
 
 async def test_rebind_without_data_is_400(trusted):
@@ -252,17 +306,21 @@ async def test_inspect_message_bad_query(trusted, query, field):
 async def test_inspect_sched_q(trusted):
     """inspect-sched-q passes queue name, want_body and limit."""
     status, body = await trusted.call(
-        "GET", "/api/admin/inspect-sched-q/v1?queue_name=example.com&limit=1")
+        "GET", "/api/admin/inspect-sched-q/v1?queue_name=example.com&limit=1"
+    )
     assert status == 200 and body["num_scheduled"] == 3 and len(body["messages"]) == 1
     assert trusted.node.calls == [("inspect_sched_q", ("example.com", False, 1))]
 
 
-@pytest.mark.parametrize(("query", "status", "field"), [
-    ("?queue_name=example.com&limit=lots", 400, "limit"),
-    ("?queue_name=example.com&limit=-2", 400, "limit"),
-    ("?limit=1", 400, "queue_name"),
-    ("?queue_name=unknown.example", 404, "queue_name"),
-])
+@pytest.mark.parametrize(
+    ("query", "status", "field"),
+    [
+        ("?queue_name=example.com&limit=lots", 400, "limit"),
+        ("?queue_name=example.com&limit=-2", 400, "limit"),
+        ("?limit=1", 400, "queue_name"),
+        ("?queue_name=unknown.example", 404, "queue_name"),
+    ],
+)
 async def test_inspect_sched_q_errors(trusted, query, status, field):
     """Bad parameters are 400 and an unknown queue is 404, each naming the parameter."""
     got, body = await trusted.call("GET", "/api/admin/inspect-sched-q/v1" + query)
@@ -273,8 +331,11 @@ async def test_ready_q_states(trusted):
     """ready-q-states splits the comma-separated queues and wraps the node's answer."""
     status, body = await trusted.call("GET", "/api/admin/ready-q-states/v1?queues=q1,q2")
     assert status == 200
-    assert body == {"states_by_ready_queue": {
-        "q1": {"connection_limited": {"context": "limit 1", "since": "x"}}}}
+    assert body == {
+        "states_by_ready_queue": {
+            "q1": {"connection_limited": {"context": "limit 1", "since": "x"}}
+        }
+    }
     assert trusted.node.calls == [("ready_q_states", ["q1", "q2"])]
 
 
@@ -284,11 +345,14 @@ async def test_queue_summary(trusted):
     status, body = await trusted.call("GET", "/api/admin/queue-summary/v1")
     assert status == 200
     assert [(q["name"], q["suspended"]) for q in body["scheduled"]] == [
-        ("example.com", None), ("big:tenant@example.org", "hold")]
+        ("example.com", None),
+        ("big:tenant@example.org", "hold"),
+    ]
     assert body["ready"][0]["connections"] == 1
 
 
 # -- access ------------------------------------------------------------------------
+
 
 async def test_untrusted_peer_without_credentials_is_401(untrusted):
     """Outside trusted_hosts, no credentials gets a 401 with a JSON reason."""
@@ -298,22 +362,30 @@ async def test_untrusted_peer_without_credentials_is_401(untrusted):
 
 async def test_untrusted_peer_with_wrong_credentials_is_401(untrusted):
     """Wrong admin credentials get a 401."""
-    status, body = await untrusted.call("GET", "/api/admin/bounce/v1",
-                                        headers={"Authorization": aiohttp.encode_basic_auth("ops", "wrong")})
+    status, body = await untrusted.call(
+        "GET",
+        "/api/admin/bounce/v1",
+        headers={"Authorization": aiohttp.encode_basic_auth("ops", "wrong")},
+    )
     assert status == 401 and body["error"] == "invalid admin credentials"
 
 
 async def test_untrusted_peer_with_admin_credentials_is_allowed(untrusted):
     """Admin credentials open the API from an untrusted peer."""
-    status, body = await untrusted.call("POST", "/api/admin/suspend/v1", {"reason": "r"},
-                                        headers={"Authorization": aiohttp.encode_basic_auth("ops", "pw")})
+    status, body = await untrusted.call(
+        "POST",
+        "/api/admin/suspend/v1",
+        {"reason": "r"},
+        headers={"Authorization": aiohttp.encode_basic_auth("ops", "pw")},
+    )
     assert status == 200 and "id" in body
 
 
 async def test_malformed_authorization_is_400(untrusted):
     """A Basic header that isn't base64 user:password is a 400."""
-    status, _ = await untrusted.call("GET", "/api/admin/bounce/v1",
-                                     headers={"Authorization": "Basic !!!"})
+    status, _ = await untrusted.call(
+        "GET", "/api/admin/bounce/v1", headers={"Authorization": "Basic !!!"}
+    )
     assert status == 400
 
 
@@ -325,6 +397,7 @@ async def test_untrusted_peer_without_admin_users_is_403():
 
 
 # -- CLI ---------------------------------------------------------------------------
+
 
 async def cli(*argv: str) -> int:
     return await asyncio.to_thread(admin_cli.main, list(argv))
@@ -344,13 +417,28 @@ async def test_cli_queue_summary_prints_tables(trusted, capsys):
 
 async def test_cli_bounce_then_list_and_cancel(trusted, capsys):
     """bounce posts the criteria and prints the id; bounce-cancel removes it."""
-    assert await cli("bounce", "--endpoint", trusted.url, "--domain", "example.com",
-                     "--reason", "bad send", "--duration", "10m") == 0
+    assert (
+        await cli(
+            "bounce",
+            "--endpoint",
+            trusted.url,
+            "--domain",
+            "example.com",
+            "--reason",
+            "bad send",
+            "--duration",
+            "10m",
+        )
+        == 0
+    )
     answer = json.loads(capsys.readouterr().out)
     assert answer["total_bounced"] == 3
     entry = trusted.node.calls[0][1]
     assert (entry.domain, entry.reason, entry.expires - entry.created) == (
-        "example.com", "bad send", 600)
+        "example.com",
+        "bad send",
+        600,
+    )
     assert await cli("bounce-list", "--endpoint", trusted.url) == 0
     assert [e["id"] for e in json.loads(capsys.readouterr().out)] == [answer["id"]]
     assert await cli("bounce-cancel", "--endpoint", trusted.url, "--id", answer["id"]) == 0
@@ -377,29 +465,58 @@ async def test_cli_suspend_and_list(trusted, capsys, monkeypatch):
     [entry] = json.loads(capsys.readouterr().out)
     assert (entry["id"], entry["queue_names"]) == (sid, ["example.com"])
     assert await cli("queue-summary") == 0
-    assert any(line.split()[-1] == "hold" and line.startswith("example.com")
-               for line in capsys.readouterr().out.splitlines())
+    assert any(
+        line.split()[-1] == "hold" and line.startswith("example.com")
+        for line in capsys.readouterr().out.splitlines()
+    )
 
 
 async def test_cli_suspend_ready_q_and_rebind(trusted, capsys):
     """suspend-ready-q and rebind --set reach the API."""
-    assert await cli("suspend-ready-q", "--endpoint", trusted.url, "--name", "a->b@smtp_client",
-                     "--reason", "maint") == 0
+    assert (
+        await cli(
+            "suspend-ready-q",
+            "--endpoint",
+            trusted.url,
+            "--name",
+            "a->b@smtp_client",
+            "--reason",
+            "maint",
+        )
+        == 0
+    )
     assert await cli("suspend-ready-q-list", "--endpoint", trusted.url) == 0
     assert "a->b@smtp_client" in capsys.readouterr().out
-    assert await cli("rebind", "--endpoint", trusted.url, "--tenant", "t", "--set",
-                     "routing_domain=relay.x", "--reason", "move") == 0
-    assert trusted.node.calls[-1] == ("rebind", (Criteria(tenant="t"),
-                                                 {"routing_domain": "relay.x"}, "move", False))
+    assert (
+        await cli(
+            "rebind",
+            "--endpoint",
+            trusted.url,
+            "--tenant",
+            "t",
+            "--set",
+            "routing_domain=relay.x",
+            "--reason",
+            "move",
+        )
+        == 0
+    )
+    assert trusted.node.calls[-1] == (
+        "rebind",
+        (Criteria(tenant="t"), {"routing_domain": "relay.x"}, "move", False),
+    )
 
 
 async def test_cli_inspect(trusted, capsys):
     """inspect-message and inspect-sched-q print the node's JSON."""
-    assert await cli("inspect-message", "--endpoint", trusted.url, "--id", "m1",
-                     "--want-body") == 0
+    assert await cli("inspect-message", "--endpoint", trusted.url, "--id", "m1", "--want-body") == 0
     assert json.loads(capsys.readouterr().out) == MESSAGE
-    assert await cli("inspect-sched-q", "--endpoint", trusted.url, "--queue", "example.com",
-                     "--limit", "0") == 0
+    assert (
+        await cli(
+            "inspect-sched-q", "--endpoint", trusted.url, "--queue", "example.com", "--limit", "0"
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["messages"] == []
 
 
@@ -407,8 +524,10 @@ async def test_cli_credentials_against_untrusted_node(untrusted, capsys):
     """From an untrusted host the CLI fails without credentials and works with them."""
     assert await cli("suspend-list", "--endpoint", untrusted.url) == 1
     assert "401" in capsys.readouterr().err
-    assert await cli("suspend-list", "--endpoint", untrusted.url, "--user", "ops",
-                     "--password", "pw") == 0
+    assert (
+        await cli("suspend-list", "--endpoint", untrusted.url, "--user", "ops", "--password", "pw")
+        == 0
+    )
 
 
 async def test_cli_unreachable_endpoint(capsys):

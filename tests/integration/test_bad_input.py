@@ -19,11 +19,13 @@ NORMAL = b"Subject: ok\r\n\r\nhello\r\n"
 
 
 def node_for(tmp_path, rx: Receiver, **settings):
-    return running_node(tmp_path, **{"sink.enabled": True,
-                                     "sink.endpoint": f"127.0.0.1:{rx.port}", **settings})
+    return running_node(
+        tmp_path, **{"sink.enabled": True, "sink.endpoint": f"127.0.0.1:{rx.port}", **settings}
+    )
 
 
 # -- SMTP helpers --------------------------------------------------------------------
+
 
 class RawSmtp:
     """An SMTP client over raw asyncio streams, for input smtplib would not send."""
@@ -32,7 +34,7 @@ class RawSmtp:
         self.reader, self.writer = reader, writer
 
     @classmethod
-    async def open(cls, port: int) -> "RawSmtp":
+    async def open(cls, port: int) -> RawSmtp:
         client = cls(*await asyncio.open_connection("127.0.0.1", port))
         assert (await client.reply()).startswith("220")
         return client
@@ -66,11 +68,13 @@ class RawSmtp:
         await self.writer.wait_closed()
 
 
-def smtp_send(port: int, recipients: list[str], data: bytes = NORMAL,
-              source: str | None = None) -> tuple[int, str]:
+def smtp_send(
+    port: int, recipients: list[str], data: bytes = NORMAL, source: str | None = None
+) -> tuple[int, str]:
     """One transaction with smtplib (call in a thread); the DATA reply."""
-    with smtplib.SMTP("127.0.0.1", port, timeout=10,
-                      source_address=(source, 0) if source else None) as client:
+    with smtplib.SMTP(
+        "127.0.0.1", port, timeout=10, source_address=(source, 0) if source else None
+    ) as client:
         client.ehlo("client.test")
         assert client.mail("s@src.test")[0] == 250
         for rcpt in recipients:
@@ -80,23 +84,35 @@ def smtp_send(port: int, recipients: list[str], data: bytes = NORMAL,
 
 
 async def still_serving_smtp(node, source: str | None = None) -> None:
-    code, text = await asyncio.to_thread(smtp_send, node.smtp_port, ["ok@dst.test"],
-                                         source=source)
+    code, text = await asyncio.to_thread(smtp_send, node.smtp_port, ["ok@dst.test"], source=source)
     assert code == 250 and text.startswith("OK ids="), text
 
 
 # -- SMTP ----------------------------------------------------------------------------
 
+
 async def test_relay_from_untrusted_peer_is_denied(tmp_path, rx):
     """A client outside relay_hosts gets 550 5.7.1 at RCPT (seen by swaks), logged as a
     Rejection; a trusted peer still relays."""
     swaks = tool("swaks")
-    async with node_for(tmp_path, rx, **{"smtp.relay_hosts": ["10.255.0.0/16",
-                                                              "127.0.0.2/32"]}) as node:
+    async with node_for(
+        tmp_path, rx, **{"smtp.relay_hosts": ["10.255.0.0/16", "127.0.0.2/32"]}
+    ) as node:
         proc = await asyncio.create_subprocess_exec(
-            swaks, "--server", "127.0.0.1", "--port", str(node.smtp_port),
-            "--from", "s@src.test", "--to", "u@dst.test", "--ehlo", "client.test",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            swaks,
+            "--server",
+            "127.0.0.1",
+            "--port",
+            str(node.smtp_port),
+            "--from",
+            "s@src.test",
+            "--to",
+            "u@dst.test",
+            "--ehlo",
+            "client.test",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         async with asyncio.timeout(20):
             out, _ = await proc.communicate()
         [rec] = await node.records.wait(lambda r: r["type"] == "Rejection")
@@ -205,16 +221,20 @@ async def test_data_reply_carries_one_id_per_recipient(tmp_path, rx):
 
 # -- HTTP ----------------------------------------------------------------------------
 
-GOOD_REQUEST = {"envelope_sender": "s@src.test", "content": "Subject: ok\r\n\r\nhello\r\n",
-                "recipients": [{"email": "ok@dst.test"}]}
+GOOD_REQUEST = {
+    "envelope_sender": "s@src.test",
+    "content": "Subject: ok\r\n\r\nhello\r\n",
+    "recipients": [{"email": "ok@dst.test"}],
+}
 
 
 def url(node, path: str = "/api/inject/v1") -> str:
     return f"http://127.0.0.1:{node.http_port}{path}"
 
 
-async def post(node, *, data: object = None, json_body: object = None,
-               headers: dict[str, str] | None = None) -> tuple[int, dict, dict[str, str]]:
+async def post(
+    node, *, data: object = None, json_body: object = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict, dict[str, str]]:
     """POST to the inject API (with alice's credentials unless ``headers`` is given)."""
     headers = AUTH if headers is None else headers
     async with aiohttp.ClientSession() as http:
@@ -230,8 +250,9 @@ async def still_serving_http(node) -> None:
 async def test_malformed_json_is_400(tmp_path, rx, auth_dir):
     """A body that is not JSON gets 400 with a JSON error."""
     async with node_for(tmp_path, rx, **{"http.auth_dir": str(auth_dir)}) as node:
-        status, body, _ = await post(node, data=b"{not json",
-                                     headers={**AUTH, "Content-Type": "application/json"})
+        status, body, _ = await post(
+            node, data=b"{not json", headers={**AUTH, "Content-Type": "application/json"}
+        )
         await still_serving_http(node)
     assert status == 400
     assert "malformed JSON" in body["error"]
@@ -240,8 +261,7 @@ async def test_malformed_json_is_400(tmp_path, rx, auth_dir):
 async def test_field_error_is_400_naming_the_field(tmp_path, rx, auth_dir):
     """``recipients`` that is not a list gets 400 naming the field."""
     async with node_for(tmp_path, rx, **{"http.auth_dir": str(auth_dir)}) as node:
-        status, body, _ = await post(node, json_body={**GOOD_REQUEST,
-                                                      "recipients": "ok@dst.test"})
+        status, body, _ = await post(node, json_body={**GOOD_REQUEST, "recipients": "ok@dst.test"})
         await still_serving_http(node)
     assert status == 400
     assert body["field"] == "recipients" and body["error"]
@@ -260,8 +280,10 @@ async def test_wrong_password_is_401(tmp_path, rx, auth_dir):
     """A wrong password gets 401."""
     async with node_for(tmp_path, rx, **{"http.auth_dir": str(auth_dir)}) as node:
         status, body, headers = await post(
-            node, json_body=GOOD_REQUEST,
-            headers={"Authorization": aiohttp.encode_basic_auth("alice", "wrong")})
+            node,
+            json_body=GOOD_REQUEST,
+            headers={"Authorization": aiohttp.encode_basic_auth("alice", "wrong")},
+        )
         await still_serving_http(node)
     assert status == 401 and body["error"]
     assert headers["WWW-Authenticate"].startswith("Basic")
@@ -279,8 +301,7 @@ async def test_no_auth_dir_is_401(tmp_path, rx):
 async def test_template_syntax_error_is_422(tmp_path, rx, auth_dir):
     """A template that does not compile gets 422 naming the field."""
     async with node_for(tmp_path, rx, **{"http.auth_dir": str(auth_dir)}) as node:
-        status, body, _ = await post(node, json_body={**GOOD_REQUEST,
-                                                      "content": "Hello {{ name "})
+        status, body, _ = await post(node, json_body={**GOOD_REQUEST, "content": "Hello {{ name "})
         await still_serving_http(node)
     assert status == 422
     assert body["field"] == "content" and body["error"]
@@ -294,10 +315,12 @@ def oversized_body(size: int) -> bytes:
 
 async def test_body_over_max_request_size_is_413(tmp_path, rx, auth_dir):
     """A body over http.max_request_size (with Content-Length) gets 413."""
-    async with node_for(tmp_path, rx, **{"http.auth_dir": str(auth_dir),
-                                         "http.max_request_size": 50000}) as node:
-        status, body, _ = await post(node, data=oversized_body(60000),
-                                     headers={**AUTH, "Content-Type": "application/json"})
+    async with node_for(
+        tmp_path, rx, **{"http.auth_dir": str(auth_dir), "http.max_request_size": 50000}
+    ) as node:
+        status, body, _ = await post(
+            node, data=oversized_body(60000), headers={**AUTH, "Content-Type": "application/json"}
+        )
         await still_serving_http(node)
     assert status == 413 and body["error"]
 
@@ -308,12 +331,14 @@ async def test_streamed_body_over_max_request_size_is_413(tmp_path, rx, auth_dir
 
     async def chunks():
         for i in range(0, len(raw), 10000):
-            yield raw[i:i + 10000]
+            yield raw[i : i + 10000]
 
-    async with node_for(tmp_path, rx, **{"http.auth_dir": str(auth_dir),
-                                         "http.max_request_size": 50000}) as node:
-        status, body, _ = await post(node, data=chunks(),
-                                     headers={**AUTH, "Content-Type": "application/json"})
+    async with node_for(
+        tmp_path, rx, **{"http.auth_dir": str(auth_dir), "http.max_request_size": 50000}
+    ) as node:
+        status, body, _ = await post(
+            node, data=chunks(), headers={**AUTH, "Content-Type": "application/json"}
+        )
         await still_serving_http(node)
     assert status == 413 and body["error"]
 

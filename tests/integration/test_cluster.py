@@ -25,12 +25,13 @@ def sink_env(rx: Receiver) -> dict[str, str]:
     return {"NIMBUS_SINK_ENABLED": "true", "NIMBUS_SINK_ENDPOINT": f"127.0.0.1:{rx.port}"}
 
 
-def path_policy(path_args: str, *, retry_interval: float = 1, mx: dict[str, int] | None = None
-                ) -> str:
+def path_policy(
+    path_args: str, *, retry_interval: float = 1, mx: dict[str, int] | None = None
+) -> str:
     """init.py: every path gets ``EgressPathConfig(<path_args>)`` (TLS off, loopback ok);
     queues retry after ``retry_interval``; ``mx`` maps domains to receiver ports."""
     return f"""
-from engine.throttle_spec import ThrottleSpec
+from engine.config.throttle_spec import ThrottleSpec
 
 MX = {mx or {}!r}
 
@@ -54,7 +55,7 @@ def recipients(prefix: str, count: int, domain: str) -> list[str]:
 
 async def spread(nodes: list[NimbusProcess], rcpts: list[str]) -> None:
     """Inject ``rcpts`` round-robin over ``nodes``, one SMTP transaction per node."""
-    await asyncio.gather(*[send(node, rcpts[i::len(nodes)]) for i, node in enumerate(nodes)])
+    await asyncio.gather(*[send(node, rcpts[i :: len(nodes)]) for i, node in enumerate(nodes)])
 
 
 def max_in_window(times: list[float], window: float) -> int:
@@ -92,8 +93,10 @@ async def test_max_message_rate_holds_cluster_wide(tmp_path):
         arrivals.append(time.monotonic())  # at end of DATA, when the message is accepted
 
     policy = path_policy(f'max_message_rate=ThrottleSpec.parse("{RATE}/s,max_burst={BURST}")')
-    async with Receiver(data=stamp) as rx, \
-            Cluster(tmp_path, policy=policy, mtas=MTAS, env=sink_env(rx)) as cluster:
+    async with (
+        Receiver(data=stamp) as rx,
+        Cluster(tmp_path, policy=policy, mtas=MTAS, env=sink_env(rx)) as cluster,
+    ):
         rcpts = recipients("r", RATE_MESSAGES, "rate.test")
         await spread(cluster.mtas, rcpts)
         await rx.wait_for(RATE_MESSAGES, timeout=40)
@@ -112,8 +115,9 @@ CONN_LIMIT, CONN_MESSAGES = 2, 24
 
 async def waiting(node: NimbusProcess) -> int:
     """Messages the node holds, scheduled or ready (its queue summary)."""
-    status, summary = await get_json(f"http://127.0.0.1:{node.http_port}"
-                                     "/api/admin/queue-summary/v1")
+    status, summary = await get_json(
+        f"http://127.0.0.1:{node.http_port}/api/admin/queue-summary/v1"
+    )
     assert status == 200, summary
     return sum(q["count"] for q in summary["scheduled"] + summary["ready"])
 
@@ -123,8 +127,10 @@ async def test_connection_limit_holds_cluster_wide(tmp_path):
     # Each connection idles 1 s after its last message, holding its lease: without a
     # shared limit every node would keep two connections open at once (peak 6).
     policy = path_policy(f"connection_limit={CONN_LIMIT}, idle_timeout=1.0")
-    async with Receiver() as rx, \
-            Cluster(tmp_path, policy=policy, mtas=MTAS, env=sink_env(rx)) as cluster:
+    async with (
+        Receiver() as rx,
+        Cluster(tmp_path, policy=policy, mtas=MTAS, env=sink_env(rx)) as cluster,
+    ):
         rcpts = recipients("c", CONN_MESSAGES, "conn.test")
         await spread(cluster.mtas, rcpts)
         await rx.wait_for(1)
@@ -140,10 +146,14 @@ async def test_waiting_for_a_shared_connection_slot_does_not_busy_loop(tmp_path)
     bounded rate, not in a loop, while its one connection works through its queue."""
     # Node 1 keeps one slot by idling 10 s after its message; node 0's one connection
     # sends ten messages at a local 2/s (so its queue stays longer than its connections).
-    policy = path_policy('connection_limit=2, idle_timeout=10, '
-                         'max_message_rate=ThrottleSpec.parse("local:2/s,max_burst=1")')
-    async with Receiver() as rx, \
-            Cluster(tmp_path, policy=policy, mtas=2, env=sink_env(rx)) as cluster:
+    policy = path_policy(
+        "connection_limit=2, idle_timeout=10, "
+        'max_message_rate=ThrottleSpec.parse("local:2/s,max_burst=1")'
+    )
+    async with (
+        Receiver() as rx,
+        Cluster(tmp_path, policy=policy, mtas=2, env=sink_env(rx)) as cluster,
+    ):
         assert cluster.redis is not None
         await send(cluster.mtas[1], ["holder@slot.test"])
         await rx.wait_for(1)
@@ -187,8 +197,9 @@ class TsaScene:
         self.b = Receiver()
 
     def policy(self) -> str:
-        return path_policy("idle_timeout=0.5", retry_interval=2,
-                           mx={"a.test": self.a.port, "b.test": self.b.port})
+        return path_policy(
+            "idle_timeout=0.5", retry_interval=2, mx={"a.test": self.a.port, "b.test": self.b.port}
+        )
 
     def a_queue(self) -> str:
         return f"unspecified->mx_list:127.0.0.1:{self.a.port}@smtp_client"
@@ -218,19 +229,26 @@ class TsaScene:
         await self.b.wait_for(len(cluster.mtas))
 
         async def a_mail_waiting(node: NimbusProcess) -> bool:
-            _, summary = await get_json(f"http://127.0.0.1:{node.http_port}"
-                                        "/api/admin/queue-summary/v1")
+            _, summary = await get_json(
+                f"http://127.0.0.1:{node.http_port}/api/admin/queue-summary/v1"
+            )
             return any(q["name"] == "a.test" and q["count"] >= 1 for q in summary["scheduled"])
 
         for node in cluster.mtas:
-            await until(lambda: a_mail_waiting(node), timeout=5, what="a.test mail delayed")
+            await until(
+                lambda node=node: a_mail_waiting(node), timeout=5, what="a.test mail delayed"
+            )
         assert time.time() < expires, "too slow to observe the suspension before it ended"
         assert len(self.a_attempts) == seen  # no node connected to A meanwhile
 
         for i, node in enumerate(cluster.mtas):
             [retry] = await node.wait_records(
-                lambda r, i=i: r["type"] == "TransientFailure"
-                and r["recipient"] == f"held{i}@a.test", count=1, timeout=SUSPEND_SECONDS + 10)
+                lambda r, i=i: (
+                    r["type"] == "TransientFailure" and r["recipient"] == f"held{i}@a.test"
+                ),
+                count=1,
+                timeout=SUSPEND_SECONDS + 10,
+            )
             assert rfc3339_seconds(retry["event_time"]) >= expires - 0.05
             assert "[TS04]" in retry["response"]["content"]
         assert len(self.a_attempts) > seen
@@ -241,19 +259,26 @@ async def test_tsa_suspension_reaches_every_node(tmp_path):
     """A TS04 reply seen by one node suspends A's ready queue on all three nodes (both TSA
     replicas agree) until the rule's duration ends; b.test mail flows meanwhile."""
     scene = TsaScene()
-    async with scene.a, scene.b, Cluster(tmp_path, policy=scene.policy(), mtas=MTAS, tsas=2,
-                                         shaping=SHAPING) as cluster:
+    async with (
+        scene.a,
+        scene.b,
+        Cluster(tmp_path, policy=scene.policy(), mtas=MTAS, tsas=2, shaping=SHAPING) as cluster,
+    ):
         expires = await scene.suspend_a(cluster)
         await scene.assert_a_held_everywhere(cluster, expires)
-    assert sorted(r for m in scene.b.messages for r in m.recipients) == \
-        [f"flow{i}@b.test" for i in range(MTAS)]
+    assert sorted(r for m in scene.b.messages for r in m.recipients) == [
+        f"flow{i}@b.test" for i in range(MTAS)
+    ]
 
 
 async def test_nodes_keep_suspension_when_tsa_dies(tmp_path):
     """With both TSA replicas killed, every node keeps the suspension until it expires."""
     scene = TsaScene()
-    async with scene.a, scene.b, Cluster(tmp_path, policy=scene.policy(), mtas=MTAS, tsas=2,
-                                         shaping=SHAPING) as cluster:
+    async with (
+        scene.a,
+        scene.b,
+        Cluster(tmp_path, policy=scene.policy(), mtas=MTAS, tsas=2, shaping=SHAPING) as cluster,
+    ):
         expires = await scene.suspend_a(cluster)
         for tsa in cluster.tsas:
             tsa.kill9()
@@ -265,8 +290,9 @@ async def test_nodes_keep_suspension_when_tsa_dies(tmp_path):
 
 # A shared 10/s spreads the 30 messages over ~3 s, so Redis dies while they flow; each
 # connection's lease and every message's token come from Redis until then.
-OUTAGE_POLICY = path_policy('max_message_rate=ThrottleSpec.parse("10/s,max_burst=1"), '
-                            "connection_limit=6, idle_timeout=0.5")
+OUTAGE_POLICY = path_policy(
+    'max_message_rate=ThrottleSpec.parse("10/s,max_burst=1"), connection_limit=6, idle_timeout=0.5'
+)
 OUTAGE_MESSAGES = 30
 
 
@@ -277,9 +303,15 @@ async def degraded(cluster: Cluster) -> list[float | None]:
 async def test_redis_outage_delivers_everything_on_local_limits(tmp_path):
     """Redis killed mid-run: nodes deliver on local shares (degraded 1), lose nothing, and
     use the shared buckets again (degraded 0) once Redis is back."""
-    async with Receiver() as rx, \
-            Cluster(tmp_path, policy=OUTAGE_POLICY, mtas=MTAS,
-                    env={"NIMBUS_REDIS_TIMEOUT": "0.5", **sink_env(rx)}) as cluster:
+    async with (
+        Receiver() as rx,
+        Cluster(
+            tmp_path,
+            policy=OUTAGE_POLICY,
+            mtas=MTAS,
+            env={"NIMBUS_REDIS_TIMEOUT": "0.5", **sink_env(rx)},
+        ) as cluster,
+    ):
         assert cluster.redis is not None
         assert await degraded(cluster) == [0.0] * MTAS
         sent = recipients("m", OUTAGE_MESSAGES, "out.test")
@@ -315,16 +347,21 @@ async def test_redis_outage_delivers_everything_on_local_limits(tmp_path):
 def outage_gaps(node: NimbusProcess, start: float, end: float) -> list[float]:
     """Seconds between the node's consecutive deliveries while Redis was down, leaving out
     the first (its token may still have come from Redis)."""
-    times = sorted(rfc3339_seconds(r["event_time"]) for r in node.records()
-                   if r["type"] == "Delivery" and start < rfc3339_seconds(r["event_time"]) < end)
-    return [b - a for a, b in zip(times[1:], times[2:])]
+    times = sorted(
+        rfc3339_seconds(r["event_time"])
+        for r in node.records()
+        if r["type"] == "Delivery" and start < rfc3339_seconds(r["event_time"]) < end
+    )
+    return [b - a for a, b in zip(times[1:], times[2:], strict=False)]
 
 
 # -- admin API and CLI on a real node -------------------------------------------------
 
+
 async def admin(node: NimbusProcess, method: str, path: str, body: object = None):
-    return await get_json(f"http://127.0.0.1:{node.http_port}/api/admin/{path}",
-                          method=method, body=body)
+    return await get_json(
+        f"http://127.0.0.1:{node.http_port}/api/admin/{path}", method=method, body=body
+    )
 
 
 async def test_admin_bounce_and_cli_queue_summary(tmp_path):
@@ -338,20 +375,23 @@ async def test_admin_bounce_and_cli_queue_summary(tmp_path):
             ids = await send(node, rcpts)
             await node.wait_records(lambda r: r["type"] == "TransientFailure", count=3)
 
-            code, out, err = await nimbus_cli("queue-summary", "--endpoint",
-                                              f"http://127.0.0.1:{node.http_port}")
+            code, out, err = await nimbus_cli(
+                "queue-summary", "--endpoint", f"http://127.0.0.1:{node.http_port}"
+            )
             assert code == 0, err
             [row] = [line.split() for line in out.splitlines() if line.startswith("hold.test")]
             assert row[:2] == ["hold.test", "3"]
 
-            status, result = await admin(node, "POST", "bounce/v1",
-                                         {"domain": "hold.test", "reason": "cleanup"})
+            status, result = await admin(
+                node, "POST", "bounce/v1", {"domain": "hold.test", "reason": "cleanup"}
+            )
             assert status == 200, result
             assert result["bounced"] == {"hold.test": 3} and result["total_bounced"] == 3
             bounces = await node.wait_records(lambda r: r["type"] == "AdminBounce", count=3)
             await until(lambda: _spool_empty(node), timeout=10, what="spool emptied")
-            code, out, _ = await nimbus_cli("queue-summary", "--endpoint",
-                                            f"http://127.0.0.1:{node.http_port}")
+            code, out, _ = await nimbus_cli(
+                "queue-summary", "--endpoint", f"http://127.0.0.1:{node.http_port}"
+            )
     assert sorted(r["id"] for r in bounces) == sorted(ids)
     for record in bounces:
         assert record["response"]["code"] == 551
@@ -371,8 +411,12 @@ async def test_admin_suspend_holds_domain_until_deleted(tmp_path):
         policy = path_policy("", mx={"held.test": rx.port, "free.test": rx.port})
         async with Cluster(tmp_path, policy=policy, mtas=1, redis=False) as cluster:
             [node] = cluster.mtas
-            status, body = await admin(node, "POST", "suspend/v1", {
-                "domain": "held.test", "reason": "maintenance", "duration": "10m"})
+            status, body = await admin(
+                node,
+                "POST",
+                "suspend/v1",
+                {"domain": "held.test", "reason": "maintenance", "duration": "10m"},
+            )
             assert status == 200, body
             await send(node, ["early@held.test", "other@free.test"])
             await rx.wait_for(1)

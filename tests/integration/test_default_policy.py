@@ -7,7 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from engine.config import BUNDLED_POLICY_DIR
+from engine.config.settings import BUNDLED_POLICY_DIR
 from tests.support.node import running_node
 from tests.support.receiver import Receiver
 
@@ -25,9 +25,13 @@ async def send(port: int, message: bytes, recipient: str = "user@dst.test") -> b
         async with asyncio.timeout(10):
             await reader.readline()
             last = b""
-            for command in (b"EHLO c.test\r\n", b"MAIL FROM:<a@src.test>\r\n",
-                            f"RCPT TO:<{recipient}>\r\n".encode(), b"DATA\r\n",
-                            message + b".\r\n"):
+            for command in (
+                b"EHLO c.test\r\n",
+                b"MAIL FROM:<a@src.test>\r\n",
+                f"RCPT TO:<{recipient}>\r\n".encode(),
+                b"DATA\r\n",
+                message + b".\r\n",
+            ):
                 writer.write(command)
                 await writer.drain()
                 while True:
@@ -45,10 +49,18 @@ async def test_tenant_and_campaign_headers_choose_the_queue_and_are_removed(tmp_
     recipient."""
     policy = bundled_policy(tmp_path)
     async with Receiver() as rx:
-        async with running_node(tmp_path, **{"policy.dir": str(policy), "sink.enabled": True,
-                                             "sink.endpoint": f"127.0.0.1:{rx.port}"}) as node:
-            reply = await send(node.smtp_port, b"Subject: hi\r\nX-Tenant: default\r\n"
-                                               b"X-Campaign: spring-sale\r\n\r\nbody\r\n")
+        async with running_node(
+            tmp_path,
+            **{
+                "policy.dir": str(policy),
+                "sink.enabled": True,
+                "sink.endpoint": f"127.0.0.1:{rx.port}",
+            },
+        ) as node:
+            reply = await send(
+                node.smtp_port,
+                b"Subject: hi\r\nX-Tenant: default\r\nX-Campaign: spring-sale\r\n\r\nbody\r\n",
+            )
             [rec] = await node.records.wait(lambda r: r["type"] == "Delivery")
             [msg] = await rx.wait_for(1)
     assert reply.startswith(b"250 OK ids=")
@@ -61,8 +73,14 @@ async def test_messages_without_tenant_get_the_default_tenant(tmp_path):
     """Without X-Tenant the message belongs to queues.toml's default_tenant."""
     policy = bundled_policy(tmp_path)
     async with Receiver() as rx:
-        async with running_node(tmp_path, **{"policy.dir": str(policy), "sink.enabled": True,
-                                             "sink.endpoint": f"127.0.0.1:{rx.port}"}) as node:
+        async with running_node(
+            tmp_path,
+            **{
+                "policy.dir": str(policy),
+                "sink.enabled": True,
+                "sink.endpoint": f"127.0.0.1:{rx.port}",
+            },
+        ) as node:
             await send(node.smtp_port, b"Subject: hi\r\n\r\nbody\r\n")
             [rec] = await node.records.wait(lambda r: r["type"] == "Delivery")
     assert rec["queue"] == "default@dst.test"
@@ -82,12 +100,21 @@ async def test_unknown_tenant_is_refused_with_the_helpers_reply(tmp_path):
 async def test_queue_config_comes_from_queues_toml(tmp_path):
     """A deferral is retried on queues.toml's retry_interval (edited here to 0.2 s)."""
     policy = bundled_policy(tmp_path)
-    text = (policy / "queues.toml").read_text().replace('retry_interval = "20m"',
-                                                        'retry_interval = "200ms"')
+    text = (
+        (policy / "queues.toml")
+        .read_text()
+        .replace('retry_interval = "20m"', 'retry_interval = "200ms"')
+    )
     (policy / "queues.toml").write_text(text)
     async with Receiver(rcpt=lambda addr, n: "451 4.3.0 later" if n == 1 else None) as rx:
-        async with running_node(tmp_path, **{"policy.dir": str(policy), "sink.enabled": True,
-                                             "sink.endpoint": f"127.0.0.1:{rx.port}"}) as node:
+        async with running_node(
+            tmp_path,
+            **{
+                "policy.dir": str(policy),
+                "sink.enabled": True,
+                "sink.endpoint": f"127.0.0.1:{rx.port}",
+            },
+        ) as node:
             await send(node.smtp_port, b"Subject: hi\r\n\r\nbody\r\n")
             [rec] = await node.records.wait(lambda r: r["type"] == "Delivery", timeout=10)
             [fail] = node.records.of("TransientFailure")
@@ -97,8 +124,14 @@ async def test_queue_config_comes_from_queues_toml(tmp_path):
 
 async def run_validate(*args: str) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "engine.cli", "validate", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        sys.executable,
+        "-m",
+        "engine.cli",
+        "validate",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     async with asyncio.timeout(60):
         out, _ = await proc.communicate()
     return proc.returncode, out.decode()
@@ -115,8 +148,9 @@ async def test_validate_names_file_table_and_key_of_a_typo(tmp_path):
     """A typo'd key in queues.toml fails validation with the file, table and key named."""
     policy = bundled_policy(tmp_path)
     path = policy / "queues.toml"
-    path.write_text(path.read_text().replace('max_retry_interval = "8h"',
-                                             'max_retry_intervall = "8h"'))
+    path.write_text(
+        path.read_text().replace('max_retry_interval = "8h"', 'max_retry_intervall = "8h"')
+    )
     code, out = await run_validate("--policy", str(policy))
     assert code == 1
     assert str(path) in out
@@ -128,8 +162,9 @@ async def test_validate_names_a_typo_in_shaping_toml(tmp_path):
     """A typo'd option in shaping.toml fails validation naming file, block and key."""
     policy = bundled_policy(tmp_path)
     path = policy / "shaping.toml"
-    path.write_text(path.read_text().replace("max_deliveries_per_connection",
-                                             "max_deliveries_per_conection", 1))
+    path.write_text(
+        path.read_text().replace("max_deliveries_per_connection", "max_deliveries_per_conection", 1)
+    )
     code, out = await run_validate("--policy", str(policy))
     assert code == 1
     assert str(path) in out and "max_deliveries_per_conection" in out

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import aiosmtplib
 
-from tests.support.node import NimbusProcess, nimbus_process as nimbus, write_policy
+from tests.support.node import NimbusProcess, write_policy
+from tests.support.node import nimbus_process as nimbus
 from tests.support.peers import free_port
 from tests.support.receiver import Receiver
 
@@ -27,19 +28,24 @@ def register(nimbus):
 TRACE_ID = re.compile(rb"\(Nimbus\) with ESMTP\w* id (\S+)")
 
 
-def node_env(tmp_path: Path, sink_port: int, *, retry: float = 1.0,
-             cap: float | None = 1.0) -> dict[str, str]:
+def node_env(
+    tmp_path: Path, sink_port: int, *, retry: float = 1.0, cap: float | None = 1.0
+) -> dict[str, str]:
     policy = write_policy(tmp_path / "policy", FAST_RETRY.format(retry=retry, cap=cap))
-    return {"NIMBUS_SINK_ENABLED": "true", "NIMBUS_SINK_ENDPOINT": f"127.0.0.1:{sink_port}",
-            "NIMBUS_POLICY_DIR": str(policy), "NIMBUS_SMTP_HOSTNAME": "mta.test",
-            "NIMBUS_DELIVERY_SHUTDOWN_DEADLINE": "5s"}
-
-
+    return {
+        "NIMBUS_SINK_ENABLED": "true",
+        "NIMBUS_SINK_ENDPOINT": f"127.0.0.1:{sink_port}",
+        "NIMBUS_POLICY_DIR": str(policy),
+        "NIMBUS_SMTP_HOSTNAME": "mta.test",
+        "NIMBUS_DELIVERY_SHUTDOWN_DEADLINE": "5s",
+    }
 
 
 def message(subject: str, lines: int = 16) -> bytes:
-    return (f"From: s@src.test\r\nTo: u@dst.test\r\nSubject: {subject}\r\n\r\n".encode()
-            + (b"x" * 76 + b"\r\n") * lines)
+    return (
+        f"From: s@src.test\r\nTo: u@dst.test\r\nSubject: {subject}\r\n\r\n".encode()
+        + (b"x" * 76 + b"\r\n") * lines
+    )
 
 
 def ack_id(reply: str) -> str:
@@ -50,9 +56,14 @@ def ack_id(reply: str) -> str:
 
 async def send(port: int, subject: str) -> str:
     """Send one message; returns its id from the DATA reply."""
-    _, reply = await aiosmtplib.send(message(subject), sender="s@src.test",
-                                     recipients=["u@dst.test"], hostname="127.0.0.1",
-                                     port=port, start_tls=False)
+    _, reply = await aiosmtplib.send(
+        message(subject),
+        sender="s@src.test",
+        recipients=["u@dst.test"],
+        hostname="127.0.0.1",
+        port=port,
+        start_tls=False,
+    )
     return ack_id(reply)
 
 
@@ -86,8 +97,9 @@ def spool_rows(spool_dir: Path, table: str = "messages") -> list[sqlite3.Row]:
         conn.close()
 
 
-async def inject_until_killed(proc: NimbusProcess, kill_after: int, *, senders: int = 20
-                              ) -> set[str]:
+async def inject_until_killed(
+    proc: NimbusProcess, kill_after: int, *, senders: int = 20
+) -> set[str]:
     """Send from ``senders`` concurrent sessions; SIGKILL ``proc`` after ``kill_after`` acks.
 
     Returns every id acknowledged with 250, including replies read after the kill.
@@ -96,13 +108,15 @@ async def inject_until_killed(proc: NimbusProcess, kill_after: int, *, senders: 
     enough = asyncio.Event()
 
     async def sender(n: int) -> None:
-        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=proc.smtp_port, start_tls=False,
-                               timeout=10)
+        smtp = aiosmtplib.SMTP(
+            hostname="127.0.0.1", port=proc.smtp_port, start_tls=False, timeout=10
+        )
         try:
             await smtp.connect()
             for i in range(10_000):
-                _, reply = await smtp.sendmail("s@src.test", ["u@dst.test"],
-                                               message(f"kill9 {n}-{i}"))
+                _, reply = await smtp.sendmail(
+                    "s@src.test", ["u@dst.test"], message(f"kill9 {n}-{i}")
+                )
                 acked.add(ack_id(reply))
                 if len(acked) >= kill_after:
                     enough.set()
@@ -171,19 +185,25 @@ async def test_kill9_mid_stream_loses_no_acknowledged_message_while_delivering(t
 async def test_restart_preserves_attempt_count_and_due_time(tmp_path):
     """A deferred message's attempt count and due time survive a SIGTERM restart: the next
     attempt is numbered after the persisted count and does not start before the persisted due."""
-    async with Receiver("127.0.0.1", 0,
-                        rcpt=lambda addr, n: "451 4.3.0 try later" if n <= 2 else None) as rx:
+    async with Receiver(
+        "127.0.0.1", 0, rcpt=lambda addr, n: "451 4.3.0 try later" if n <= 2 else None
+    ) as rx:
         env = node_env(tmp_path, rx.port, retry=1.5, cap=None)
         async with nimbus(tmp_path, env) as first:
             id = await send(first.smtp_port, "deferred")
-            await first.wait_records(lambda r: r["type"] == "TransientFailure"
-                                     and r["id"] == id and r["num_attempts"] == 2, count=1)
+            await first.wait_records(
+                lambda r: (
+                    r["type"] == "TransientFailure" and r["id"] == id and r["num_attempts"] == 2
+                ),
+                count=1,
+            )
             first.terminate()
             assert await first.wait() == 0
         [row] = spool_rows(tmp_path / "spool")
         async with nimbus(tmp_path, env) as second:
             [delivery] = await second.wait_records(
-                lambda r: r["type"] == "Delivery" and r["id"] == id, count=1)
+                lambda r: r["type"] == "Delivery" and r["id"] == id, count=1
+            )
     assert (row["id"], row["attempts"]) == (id, 2)
     assert delivery["num_attempts"] == 3
     assert delivery["timestamp"] >= int(row["due"])  # record timestamps are whole seconds

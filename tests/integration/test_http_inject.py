@@ -16,20 +16,29 @@ PDF = b"%PDF-1.4\n\x00\x01\x02 binary \xff\xfe\n%%EOF\n"
 
 
 def node_for(tmp_path, rx: Receiver, auth_dir):
-    return running_node(tmp_path, **{"http.auth_dir": str(auth_dir), "sink.enabled": True,
-                                     "sink.endpoint": f"127.0.0.1:{rx.port}"})
+    return running_node(
+        tmp_path,
+        **{
+            "http.auth_dir": str(auth_dir),
+            "sink.enabled": True,
+            "sink.endpoint": f"127.0.0.1:{rx.port}",
+        },
+    )
 
 
 async def inject(node, body: dict) -> tuple[int, dict]:
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"http://127.0.0.1:{node.http_port}/api/inject/v1",
-                             json=body, headers=AUTH) as resp:
+        async with http.post(
+            f"http://127.0.0.1:{node.http_port}/api/inject/v1", json=body, headers=AUTH
+        ) as resp:
             return resp.status, await resp.json()
 
 
 def by_recipient(rx: Receiver) -> dict[str, email.message.EmailMessage]:
-    return {m.recipients[0]: email.message_from_bytes(m.data, policy=email.policy.default)
-            for m in rx.messages}
+    return {
+        m.recipients[0]: email.message_from_bytes(m.data, policy=email.policy.default)
+        for m in rx.messages
+    }
 
 
 BUILDER_REQUEST = {
@@ -39,8 +48,14 @@ BUILDER_REQUEST = {
         "from": {"email": "news@src.test", "name": "News"},
         "text_body": "Hello {{ name }}, code {{ code }}",
         "html_body": "<p>Hello {{ name }}, code {{ code }}</p>",
-        "attachments": [{"data": base64.b64encode(PDF).decode(), "base64": True,
-                         "content_type": "application/pdf", "file_name": "a.pdf"}],
+        "attachments": [
+            {
+                "data": base64.b64encode(PDF).decode(),
+                "base64": True,
+                "content_type": "application/pdf",
+                "file_name": "a.pdf",
+            }
+        ],
     },
     "substitutions": {"code": "X1"},
     "recipients": [
@@ -95,9 +110,11 @@ async def test_string_content_is_rendered_per_recipient(tmp_path, auth_dir):
     request = {
         "envelope_sender": "s@src.test",
         "content": "From: s@src.test\r\nTo: {{ email }}\r\nSubject: For {{ who }}\r\n\r\n"
-                   "Dear {{ who }}\r\n",
-        "recipients": [{"email": "ann@dst.test", "substitutions": {"who": "Ann"}},
-                       {"email": "bob@dst.test", "substitutions": {"who": "Bob"}}],
+        "Dear {{ who }}\r\n",
+        "recipients": [
+            {"email": "ann@dst.test", "substitutions": {"who": "Ann"}},
+            {"email": "bob@dst.test", "substitutions": {"who": "Bob"}},
+        ],
     }
     async with Receiver() as rx, node_for(tmp_path, rx, auth_dir) as node:
         status, body = await inject(node, request)

@@ -81,11 +81,19 @@ async def test_routing_domain_sends_mail_to_the_routing_domains_mx(tmp_path):
         dns.add("relay.test", "MX", "10 mx.relay.test.")
         dns.add("mx.relay.test", "A", "127.0.0.6")
         async with Receiver("127.0.0.5", port) as direct, Receiver("127.0.0.6", port) as relay:
-            async with running_node(tmp_path, policy=ROUTING_POLICY.format(port=port),
-                                    **{"dns.nameservers": [dns.nameserver]}) as node:
-                await aiosmtplib.send(b"Subject: r\r\n\r\nbody\r\n", sender="a@src.test",
-                                      recipients=["u@customer.test"], hostname="127.0.0.1",
-                                      port=node.smtp_port, start_tls=False)
+            async with running_node(
+                tmp_path,
+                policy=ROUTING_POLICY.format(port=port),
+                **{"dns.nameservers": [dns.nameserver]},
+            ) as node:
+                await aiosmtplib.send(
+                    b"Subject: r\r\n\r\nbody\r\n",
+                    sender="a@src.test",
+                    recipients=["u@customer.test"],
+                    hostname="127.0.0.1",
+                    port=node.smtp_port,
+                    start_tls=False,
+                )
                 [rec] = await node.records.wait(lambda r: r["type"] == "Delivery")
     assert rec["queue"] == "customer.test!relay.test"
     assert rec["site"] == "unspecified->mx.relay.test@smtp_client"
@@ -96,8 +104,9 @@ async def test_routing_domain_sends_mail_to_the_routing_domains_mx(tmp_path):
 async def test_slow_body_within_data_timeout_is_accepted(tmp_path):
     """A body trickling in for longer than smtp.idle_timeout is still accepted: the body gets
     smtp.data_timeout (RFC 5321 4.5.3.2.6), and the idle timer applies again afterwards."""
-    async with running_node(tmp_path, **{"smtp.idle_timeout": 0.3,
-                                         "smtp.data_timeout": 10}) as node:
+    async with running_node(
+        tmp_path, **{"smtp.idle_timeout": 0.3, "smtp.data_timeout": 10}
+    ) as node:
         reader, writer, banner = await open_session(node.smtp_port)
 
         async def command(line: bytes) -> bytes:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from engine.log_hooks import LogHook, LogHookPublisher
+from engine.logs.hooks.publisher import LogHookPublisher
+from engine.policy.log_hook import LogHook
 from engine.records import LogRecord, RecordType, Response
 from tests.support.peers import free_port
 
@@ -24,10 +25,20 @@ WAIT = 10.0
 
 
 def record(n: int, type: RecordType = RecordType.BOUNCE) -> LogRecord:
-    return LogRecord(type=type, id=f"{n:032x}", sender="s@example.com",
-                     recipient="r@example.net", queue="example.net", site="mx.example.net",
-                     size=n, response=Response.parse(550, "5.1.1 no such user"),
-                     timestamp=T, created=T, nodeid="node-1", reception_protocol="ESMTP")
+    return LogRecord(
+        type=type,
+        id=f"{n:032x}",
+        sender="s@example.com",
+        recipient="r@example.net",
+        queue="example.net",
+        site="mx.example.net",
+        size=n,
+        response=Response.parse(550, "5.1.1 no such user"),
+        timestamp=T,
+        created=T,
+        nodeid="node-1",
+        reception_protocol="ESMTP",
+    )
 
 
 class Endpoint:
@@ -97,8 +108,15 @@ async def endpoint(statuses: list[int | None] | None = None, port: int = 0):
 
 
 def hook(url: str, **overrides) -> LogHook:
-    fields = dict(name="h", url=url, batch_size=100, max_latency=0.0, timeout=5.0,
-                  backoff_base=0.02, backoff_max=0.1)
+    fields = dict(
+        name="h",
+        url=url,
+        batch_size=100,
+        max_latency=0.0,
+        timeout=5.0,
+        backoff_base=0.02,
+        backoff_max=0.1,
+    )
     fields.update(overrides)
     return LogHook(**fields)
 
@@ -139,8 +157,9 @@ def watch_failures():
 async def test_records_arrive_in_order_in_bounded_batches(tmp_path):
     """Every record arrives once, in order, as JSON arrays of at most batch_size."""
     async with endpoint() as ep:
-        pub = LogHookPublisher([hook(ep.url(), batch_size=40, max_latency=0.05)],
-                               db_path=tmp_path / "loghooks.db")
+        pub = LogHookPublisher(
+            [hook(ep.url(), batch_size=40, max_latency=0.05)], db_path=tmp_path / "loghooks.db"
+        )
         async with running(pub):
             for n in range(250):
                 pub.offer(record(n))
@@ -154,8 +173,7 @@ async def test_records_arrive_in_order_in_bounded_batches(tmp_path):
 async def test_server_error_then_success_is_retried(tmp_path):
     """A 500 answer is retried with the same batch until a 200; nothing is lost."""
     async with endpoint([500, 500, 200]) as ep:
-        pub = LogHookPublisher([hook(ep.url(), max_latency=0.05)],
-                               db_path=tmp_path / "loghooks.db")
+        pub = LogHookPublisher([hook(ep.url(), max_latency=0.05)], db_path=tmp_path / "loghooks.db")
         async with running(pub):
             for n in range(5):
                 pub.offer(record(n))
@@ -178,8 +196,9 @@ async def test_endpoint_down_then_up(tmp_path):
     """Connections refused at first: records wait and are delivered once it listens."""
     port = free_port()
     with watch_failures() as failures:
-        pub = LogHookPublisher([hook(f"http://127.0.0.1:{port}/log")],
-                               db_path=tmp_path / "loghooks.db")
+        pub = LogHookPublisher(
+            [hook(f"http://127.0.0.1:{port}/log")], db_path=tmp_path / "loghooks.db"
+        )
         async with running(pub):
             for n in range(3):
                 pub.offer(record(n))
@@ -230,7 +249,8 @@ async def test_pending_records_survive_abandoned_publisher(tmp_path):
 
 CHILD = """
 import asyncio, sys
-from engine.log_hooks import LogHook, LogHookPublisher
+from engine.policy.log_hook import LogHook
+from engine.logs.hooks.publisher import LogHookPublisher
 from engine.records import LogRecord, RecordType, Response
 
 async def main():
@@ -255,8 +275,15 @@ async def test_pending_records_survive_kill_9(tmp_path):
     db = tmp_path / "loghooks.db"
     down = f"http://127.0.0.1:{free_port()}/log"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", CHILD, str(db), down, "50", stdout=asyncio.subprocess.PIPE,
-        cwd=Path(__file__).resolve().parents[2])
+        sys.executable,
+        "-c",
+        CHILD,
+        str(db),
+        down,
+        "50",
+        stdout=asyncio.subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     try:
         async with asyncio.timeout(30):
             assert (await proc.stdout.readline()).strip() == b"persisted"
@@ -273,16 +300,21 @@ async def test_pending_records_survive_kill_9(tmp_path):
 async def test_each_hook_gets_its_own_record_types(tmp_path):
     """Two hooks with different record_types each receive only their types."""
     async with endpoint() as ep:
-        hooks = [hook(ep.url("bounces"), name="bounces", record_types={"Bounce"}),
-                 hook(ep.url("other"), name="other",
-                      record_types={"Delivery", "TransientFailure"})]
+        hooks = [
+            hook(ep.url("bounces"), name="bounces", record_types={"Bounce"}),
+            hook(ep.url("other"), name="other", record_types={"Delivery", "TransientFailure"}),
+        ]
         pub = LogHookPublisher(hooks, db_path=tmp_path / "loghooks.db")
-        types = [RecordType.BOUNCE, RecordType.DELIVERY, RecordType.TRANSIENT_FAILURE,
-                 RecordType.RECEPTION, RecordType.BOUNCE]
+        types = [
+            RecordType.BOUNCE,
+            RecordType.DELIVERY,
+            RecordType.TRANSIENT_FAILURE,
+            RecordType.RECEPTION,
+            RecordType.BOUNCE,
+        ]
         async with running(pub):
             for n, t in enumerate(types):
                 pub.offer(record(n, t))
-            await ep.until(lambda: len(ep.sizes("/bounces")) == 2
-                           and len(ep.sizes("/other")) == 2)
+            await ep.until(lambda: len(ep.sizes("/bounces")) == 2 and len(ep.sizes("/other")) == 2)
         assert ep.sizes("/bounces") == [0, 4]
         assert ep.sizes("/other") == [1, 2]

@@ -26,11 +26,17 @@ async def test_metrics_count_reception_and_delivery(tmp_path):
     """After one SMTP message is relayed, received and delivered counters read 1 and the
     gauges for spool, queues and connections are exported."""
     async with Receiver() as rx:
-        async with running_node(tmp_path, **{"sink.enabled": True,
-                                             "sink.endpoint": f"127.0.0.1:{rx.port}"}) as node:
-            await aiosmtplib.send(b"Subject: m\r\n\r\nbody\r\n", sender="a@src.test",
-                                  recipients=["b@dst.test"], hostname="127.0.0.1",
-                                  port=node.smtp_port, start_tls=False)
+        async with running_node(
+            tmp_path, **{"sink.enabled": True, "sink.endpoint": f"127.0.0.1:{rx.port}"}
+        ) as node:
+            await aiosmtplib.send(
+                b"Subject: m\r\n\r\nbody\r\n",
+                sender="a@src.test",
+                recipients=["b@dst.test"],
+                hostname="127.0.0.1",
+                port=node.smtp_port,
+                start_tls=False,
+            )
             [delivery] = await node.records.wait(lambda r: r["type"] == "Delivery")
             samples = await scrape(node)
     site = delivery["site"]
@@ -39,7 +45,9 @@ async def test_metrics_count_reception_and_delivery(tmp_path):
     assert ("nimbus_spool_messages", ()) in samples
     assert ("nimbus_spool_bytes", ()) in samples and samples[("nimbus_spool_bytes", ())] > 0
     assert samples[("nimbus_spool_commits_total", ())] >= 1
-    assert ("nimbus_connections_open",
-            (("direction", "inbound"), ("service", "esmtp_listener"))) in samples
+    assert (
+        "nimbus_connections_open",
+        (("direction", "inbound"), ("service", "esmtp_listener")),
+    ) in samples
     assert samples[("nimbus_smtp_connections_total", (("listener", "esmtp_listener"),))] == 1
     assert samples[("nimbus_delivery_duration_seconds_count", ())] == 1

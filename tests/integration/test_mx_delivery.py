@@ -31,16 +31,24 @@ async def dns():
 
 
 def node_for(tmp_path, dns, port):
-    return running_node(tmp_path, policy=POLICY.format(port=port),
-                        **{"dns.nameservers": [dns.nameserver], "dns.timeout": 0.5,
-                           "dns.lifetime": 1.0})
+    return running_node(
+        tmp_path,
+        policy=POLICY.format(port=port),
+        **{"dns.nameservers": [dns.nameserver], "dns.timeout": 0.5, "dns.lifetime": 1.0},
+    )
 
 
 async def send(node, recipient: str) -> None:
     import aiosmtplib
-    await aiosmtplib.send(b"Subject: t\r\n\r\nhello\r\n", sender="s@src.test",
-                          recipients=[recipient], hostname="127.0.0.1", port=node.smtp_port,
-                          start_tls=False)
+
+    await aiosmtplib.send(
+        b"Subject: t\r\n\r\nhello\r\n",
+        sender="s@src.test",
+        recipients=[recipient],
+        hostname="127.0.0.1",
+        port=node.smtp_port,
+        start_tls=False,
+    )
 
 
 async def test_lowest_preference_mx_is_used(tmp_path, dns):

@@ -8,28 +8,41 @@ import time
 import aiosmtplib
 from aiohttp import web
 
-from engine.overlay import ConfigOverride
+from engine.shaping.overlay import ConfigOverride
 from tests.support.node import running_node
 from tests.support.receiver import Receiver
 
 
 async def send(node, recipient: str) -> None:
-    await aiosmtplib.send(b"Subject: o\r\n\r\nbody\r\n", sender="a@src.test",
-                          recipients=[recipient], hostname="127.0.0.1", port=node.smtp_port,
-                          start_tls=False)
+    await aiosmtplib.send(
+        b"Subject: o\r\n\r\nbody\r\n",
+        sender="a@src.test",
+        recipients=[recipient],
+        hostname="127.0.0.1",
+        port=node.smtp_port,
+        start_tls=False,
+    )
 
 
 async def test_tsa_set_config_override_changes_the_egress_path(tmp_path):
     """A SetConfig override (enable_tls=Required) in the overlay applies to new deliveries:
     a receiver without STARTTLS now gets a TLS-required transient failure, not the mail."""
     async with Receiver() as rx:
-        async with running_node(tmp_path, **{"sink.enabled": True,
-                                             "sink.endpoint": f"127.0.0.1:{rx.port}"}) as node:
+        async with running_node(
+            tmp_path, **{"sink.enabled": True, "sink.endpoint": f"127.0.0.1:{rx.port}"}
+        ) as node:
             await send(node, "first@dst.test")
             await node.records.wait(lambda r: r["type"] == "Delivery")
-            node.overlay.upsert(ConfigOverride(id="tsa-1", expires=time.time() + 60,
-                                               domain="dst.test", name="enable_tls",
-                                               value="Required", reason="test rule"))
+            node.overlay.upsert(
+                ConfigOverride(
+                    id="tsa-1",
+                    expires=time.time() + 60,
+                    domain="dst.test",
+                    name="enable_tls",
+                    value="Required",
+                    reason="test rule",
+                )
+            )
             await send(node, "second@dst.test")
             [fail] = await node.records.wait(lambda r: r["type"] == "TransientFailure")
     assert [m.recipients for m in rx.messages] == [["first@dst.test"]]
@@ -61,8 +74,11 @@ async def test_policy_log_hook_receives_matching_records(tmp_path):
     """
     try:
         async with Receiver() as rx:
-            async with running_node(tmp_path, policy=policy, **{
-                    "sink.enabled": True, "sink.endpoint": f"127.0.0.1:{rx.port}"}) as node:
+            async with running_node(
+                tmp_path,
+                policy=policy,
+                **{"sink.enabled": True, "sink.endpoint": f"127.0.0.1:{rx.port}"},
+            ) as node:
                 await send(node, "hooked@dst.test")
                 async with asyncio.timeout(15):
                     await arrived.wait()
@@ -72,7 +88,7 @@ async def test_policy_log_hook_receives_matching_records(tmp_path):
 
 
 SELECTION_POLICY = """
-from engine.throttle_spec import ThrottleSpec
+from engine.config.throttle_spec import ThrottleSpec
 
 def register(nimbus):
     @nimbus.on("get_egress_pool")
@@ -93,8 +109,11 @@ async def test_source_selection_rate_moves_on_to_the_next_source_then_waits(tmp_
     """With source_selection_rate 1/min, a second message takes the pool's other source and
     a third, with both spent, stays scheduled instead of being sent."""
     async with Receiver() as rx:
-        async with running_node(tmp_path, policy=SELECTION_POLICY, **{
-                "sink.enabled": True, "sink.endpoint": f"127.0.0.1:{rx.port}"}) as node:
+        async with running_node(
+            tmp_path,
+            policy=SELECTION_POLICY,
+            **{"sink.enabled": True, "sink.endpoint": f"127.0.0.1:{rx.port}"},
+        ) as node:
             for n in range(2):
                 await send(node, f"u{n}@dst.test")
                 await node.records.wait(lambda r: r["type"] == "Delivery", count=n + 1)

@@ -54,8 +54,12 @@ async def test_mail_from_reject_gives_the_exact_reply(tmp_path):
                 nimbus.reject(550, "5.7.1 sender blocked by policy")
     """
     async with running_node(tmp_path, policy=policy) as node:
-        replies = await smtp(node.smtp_port, b"EHLO c.test\r\n",
-                             b"MAIL FROM:<x@blocked.test>\r\n", b"MAIL FROM:<x@ok.test>\r\n")
+        replies = await smtp(
+            node.smtp_port,
+            b"EHLO c.test\r\n",
+            b"MAIL FROM:<x@blocked.test>\r\n",
+            b"MAIL FROM:<x@ok.test>\r\n",
+        )
     assert replies[2] == b"550 5.7.1 sender blocked by policy"
     assert replies[3].startswith(b"250")
 
@@ -78,19 +82,29 @@ async def test_message_received_reject_is_the_data_reply_and_an_http_failure(tmp
             check(msg)
     """
     async with Receiver() as rx:
-        async with running_node(tmp_path, policy=policy, **sink(rx),
-                                **{"http.auth_dir": str(auth_dir)}) as node:
-            replies = await smtp(node.smtp_port, b"EHLO c.test\r\n", b"MAIL FROM:<a@src.test>\r\n",
-                                 b"RCPT TO:<b@dst.test>\r\n", b"DATA\r\n",
-                                 b"Subject: spam\r\n\r\nbuy\r\n.\r\n")
-            body = {"envelope_sender": "a@src.test",
-                    "recipients": [{"email": "b@dst.test"}, {"email": "c@dst.test"}],
-                    "content": "Subject: {% if email == 'b@dst.test' %}spam{% else %}ok"
-                               "{% endif %}\r\n\r\nhi\r\n"}
+        async with running_node(
+            tmp_path, policy=policy, **sink(rx), **{"http.auth_dir": str(auth_dir)}
+        ) as node:
+            replies = await smtp(
+                node.smtp_port,
+                b"EHLO c.test\r\n",
+                b"MAIL FROM:<a@src.test>\r\n",
+                b"RCPT TO:<b@dst.test>\r\n",
+                b"DATA\r\n",
+                b"Subject: spam\r\n\r\nbuy\r\n.\r\n",
+            )
+            body = {
+                "envelope_sender": "a@src.test",
+                "recipients": [{"email": "b@dst.test"}, {"email": "c@dst.test"}],
+                "content": "Subject: {% if email == 'b@dst.test' %}spam{% else %}ok"
+                "{% endif %}\r\n\r\nhi\r\n",
+            }
             async with aiohttp.ClientSession() as http:
-                async with http.post(f"http://127.0.0.1:{node.http_port}/api/inject/v1",
-                                     json=body, headers={"Authorization": aiohttp.encode_basic_auth(
-                                         "alice", "s3cret")}) as resp:
+                async with http.post(
+                    f"http://127.0.0.1:{node.http_port}/api/inject/v1",
+                    json=body,
+                    headers={"Authorization": aiohttp.encode_basic_auth("alice", "s3cret")},
+                ) as resp:
                     result = await resp.json()
             await rx.wait_for(1)
     assert replies[-1] == b"554 5.7.1 content refused"
@@ -134,10 +148,16 @@ async def test_listener_domain_relay_to_accepts_inbound_mail_from_anyone(tmp_pat
             if domain == "inbound.test":
                 return nimbus.ListenerDomain(relay_to=True)
     """
-    async with running_node(tmp_path, policy=policy,
-                            **{"smtp.relay_hosts": ["10.255.0.0/16"]}) as node:
-        replies = await smtp(node.smtp_port, b"EHLO c.test\r\n", b"MAIL FROM:<a@src.test>\r\n",
-                             b"RCPT TO:<u@inbound.test>\r\n", b"RCPT TO:<u@elsewhere.test>\r\n")
+    async with running_node(
+        tmp_path, policy=policy, **{"smtp.relay_hosts": ["10.255.0.0/16"]}
+    ) as node:
+        replies = await smtp(
+            node.smtp_port,
+            b"EHLO c.test\r\n",
+            b"MAIL FROM:<a@src.test>\r\n",
+            b"RCPT TO:<u@inbound.test>\r\n",
+            b"RCPT TO:<u@elsewhere.test>\r\n",
+        )
     assert replies[3].startswith(b"250")
     assert replies[4].startswith(b"550 5.7.1")
 
@@ -150,17 +170,26 @@ async def test_basic_auth_hook_decides_http_credentials(tmp_path):
         async def check(user, password):
             return user == "bob" and password == "hunter2"
     """
-    body = {"envelope_sender": "a@src.test", "recipients": [{"email": "b@dst.test"}],
-            "content": "Subject: x\r\n\r\nhi\r\n"}
+    body = {
+        "envelope_sender": "a@src.test",
+        "recipients": [{"email": "b@dst.test"}],
+        "content": "Subject: x\r\n\r\nhi\r\n",
+    }
     async with Receiver() as rx:
         async with running_node(tmp_path, policy=policy, **sink(rx)) as node:
             url = f"http://127.0.0.1:{node.http_port}/api/inject/v1"
             async with aiohttp.ClientSession() as http:
-                async with http.post(url, json=body, headers={
-                        "Authorization": aiohttp.encode_basic_auth("bob", "hunter2")}) as ok:
+                async with http.post(
+                    url,
+                    json=body,
+                    headers={"Authorization": aiohttp.encode_basic_auth("bob", "hunter2")},
+                ) as ok:
                     ok_status = ok.status
-                async with http.post(url, json=body, headers={
-                        "Authorization": aiohttp.encode_basic_auth("bob", "wrong")}) as bad:
+                async with http.post(
+                    url,
+                    json=body,
+                    headers={"Authorization": aiohttp.encode_basic_auth("bob", "wrong")},
+                ) as bad:
                     bad_status = bad.status
             await rx.wait_for(1)
     assert (ok_status, bad_status) == (200, 401)
@@ -176,8 +205,14 @@ async def test_requeue_message_reject_turns_a_deferral_into_a_bounce(tmp_path):
     """
     async with Receiver(rcpt=lambda addr, n: "451 4.3.0 busy") as rx:
         async with running_node(tmp_path, policy=policy, **sink(rx)) as node:
-            await smtp(node.smtp_port, b"EHLO c.test\r\n", b"MAIL FROM:<a@src.test>\r\n",
-                       b"RCPT TO:<b@dst.test>\r\n", b"DATA\r\n", MESSAGE)
+            await smtp(
+                node.smtp_port,
+                b"EHLO c.test\r\n",
+                b"MAIL FROM:<a@src.test>\r\n",
+                b"RCPT TO:<b@dst.test>\r\n",
+                b"DATA\r\n",
+                MESSAGE,
+            )
             [bounce] = await node.records.wait(lambda r: r["type"] == "Bounce")
     assert bounce["response"]["code"] == 550
     assert bounce["response"]["content"] == "not retrying 451"
@@ -198,8 +233,14 @@ async def test_requeue_message_can_rebind_to_another_queue(tmp_path):
     """
     async with Receiver(rcpt=lambda addr, n: "451 4.3.0 busy") as rx:
         async with running_node(tmp_path, policy=policy, **sink(rx)) as node:
-            await smtp(node.smtp_port, b"EHLO c.test\r\n", b"MAIL FROM:<a@src.test>\r\n",
-                       b"RCPT TO:<b@dst.test>\r\n", b"DATA\r\n", MESSAGE)
+            await smtp(
+                node.smtp_port,
+                b"EHLO c.test\r\n",
+                b"MAIL FROM:<a@src.test>\r\n",
+                b"RCPT TO:<b@dst.test>\r\n",
+                b"DATA\r\n",
+                MESSAGE,
+            )
             await node.records.wait(lambda r: r["type"] == "TransientFailure")
             [msg] = node.scheduler.messages()
     assert msg.queue == "dst.test!fallback.test"
@@ -218,8 +259,14 @@ async def test_delivery_status_rewrite_turns_a_bounce_into_a_retry(tmp_path):
     """
     async with Receiver(rcpt=lambda addr, n: "550 5.7.1 busy, try again later") as rx:
         async with running_node(tmp_path, policy=policy, **sink(rx)) as node:
-            await smtp(node.smtp_port, b"EHLO c.test\r\n", b"MAIL FROM:<a@src.test>\r\n",
-                       b"RCPT TO:<b@dst.test>\r\n", b"DATA\r\n", MESSAGE)
+            await smtp(
+                node.smtp_port,
+                b"EHLO c.test\r\n",
+                b"MAIL FROM:<a@src.test>\r\n",
+                b"RCPT TO:<b@dst.test>\r\n",
+                b"DATA\r\n",
+                MESSAGE,
+            )
             [rec] = await node.records.wait(lambda r: r["type"] == "TransientFailure")
     assert rec["response"]["code"] == 450
     assert rec["response"]["content"].endswith("(nimbus: status was rewritten from 550 -> 450)")
@@ -240,8 +287,13 @@ async def test_broken_or_slow_handler_gives_451_and_the_node_keeps_serving(tmp_p
                 await asyncio.sleep(30)
     """
     async with running_node(tmp_path, policy=policy, **{"policy.event_timeout": 0.2}) as node:
-        replies = await smtp(node.smtp_port, b"EHLO c.test\r\n", b"MAIL FROM:<crash@src.test>\r\n",
-                             b"MAIL FROM:<slow@src.test>\r\n", b"MAIL FROM:<fine@src.test>\r\n")
+        replies = await smtp(
+            node.smtp_port,
+            b"EHLO c.test\r\n",
+            b"MAIL FROM:<crash@src.test>\r\n",
+            b"MAIL FROM:<slow@src.test>\r\n",
+            b"MAIL FROM:<fine@src.test>\r\n",
+        )
     assert replies[2].startswith(b"451 4.3.0 ")
     assert replies[3].startswith(b"451 4.3.0 ")
     assert replies[4].startswith(b"250")
@@ -273,8 +325,7 @@ def register(nimbus):
 
 async def test_edited_policy_takes_effect_without_restart(tmp_path):
     """Editing init.py is picked up by the file watch; the new handler applies at once."""
-    async with running_node(tmp_path, policy=ACCEPT_ALL,
-                            **{"policy.reload_interval": 0.1}) as node:
+    async with running_node(tmp_path, policy=ACCEPT_ALL, **{"policy.reload_interval": 0.1}) as node:
         before = await smtp(node.smtp_port, b"EHLO c.test\r\n", b"MAIL FROM:<x@src.test>\r\n")
         write_policy(tmp_path / "policy" / "init.py", REJECT_X)
         await wait_reloads(node, "ok", 1)
@@ -285,8 +336,7 @@ async def test_edited_policy_takes_effect_without_restart(tmp_path):
 
 async def test_broken_policy_edit_keeps_the_last_good_policy(tmp_path):
     """A syntax error in an edit is refused (logged, counted) and the running policy stays."""
-    async with running_node(tmp_path, policy=REJECT_X,
-                            **{"policy.reload_interval": 0.1}) as node:
+    async with running_node(tmp_path, policy=REJECT_X, **{"policy.reload_interval": 0.1}) as node:
         write_policy(tmp_path / "policy" / "init.py", "def register(nimbus):\n    this is broken\n")
         await wait_reloads(node, "error", 1)
         replies = await smtp(node.smtp_port, b"EHLO c.test\r\n", b"MAIL FROM:<x@src.test>\r\n")
@@ -295,8 +345,7 @@ async def test_broken_policy_edit_keeps_the_last_good_policy(tmp_path):
 
 async def test_reload_request_reloads_even_without_file_changes(tmp_path):
     """request_reload (what SIGHUP calls) reloads the policy even when no file changed."""
-    async with running_node(tmp_path, policy=ACCEPT_ALL,
-                            **{"policy.reload_interval": 0}) as node:
+    async with running_node(tmp_path, policy=ACCEPT_ALL, **{"policy.reload_interval": 0}) as node:
         node.request_reload()
         await wait_reloads(node, "ok", 1)
 
@@ -304,16 +353,21 @@ async def test_reload_request_reloads_even_without_file_changes(tmp_path):
 async def test_bounce_records_carry_the_policy_classification(tmp_path):
     """configure_bounce_classifier rules classify Bounce records (first match wins)."""
     rules = tmp_path / "rules.toml"
-    rules.write_text('[rules]\nInvalidRecipient = ["^550 5\\\\.1\\\\.1 "]\n'
-                     'SpamBlock = ["^550 "]\n')
+    rules.write_text('[rules]\nInvalidRecipient = ["^550 5\\\\.1\\\\.1 "]\nSpamBlock = ["^550 "]\n')
     policy = f"""
     def register(nimbus):
         nimbus.configure_bounce_classifier([{str(rules)!r}])
     """
     async with Receiver(rcpt=lambda addr, n: "550 5.1.1 no such user") as rx:
         async with running_node(tmp_path, policy=policy, **sink(rx)) as node:
-            await smtp(node.smtp_port, b"EHLO c.test\r\n", b"MAIL FROM:<a@src.test>\r\n",
-                       b"RCPT TO:<b@dst.test>\r\n", b"DATA\r\n", MESSAGE)
+            await smtp(
+                node.smtp_port,
+                b"EHLO c.test\r\n",
+                b"MAIL FROM:<a@src.test>\r\n",
+                b"RCPT TO:<b@dst.test>\r\n",
+                b"DATA\r\n",
+                MESSAGE,
+            )
             [rec] = await node.records.wait(lambda r: r["type"] == "Bounce")
     assert rec["bounce_classification"] == "InvalidRecipient"
 
@@ -331,7 +385,13 @@ async def test_set_scheduling_first_attempt_delays_delivery(tmp_path):
     async with Receiver() as rx:
         async with running_node(tmp_path, policy=policy, **sink(rx)) as node:
             started = time.time()
-            await smtp(node.smtp_port, b"EHLO c.test\r\n", b"MAIL FROM:<a@src.test>\r\n",
-                       b"RCPT TO:<b@dst.test>\r\n", b"DATA\r\n", MESSAGE)
+            await smtp(
+                node.smtp_port,
+                b"EHLO c.test\r\n",
+                b"MAIL FROM:<a@src.test>\r\n",
+                b"RCPT TO:<b@dst.test>\r\n",
+                b"DATA\r\n",
+                MESSAGE,
+            )
             await rx.wait_for(1)
     assert time.time() - started >= 0.75

@@ -12,11 +12,13 @@ async def test_thousand_messages_relayed_with_records_one_to_one(tmp_path):
     """1,000 messages from smtp-source all reach smtp-sink; Reception and Delivery match 1:1."""
     sink_port = free_port()
     async with SmtpSink(sink_port):
-        async with running_node(tmp_path, **{"sink.enabled": True,
-                                             "sink.endpoint": f"127.0.0.1:{sink_port}"}) as node:
+        async with running_node(
+            tmp_path, **{"sink.enabled": True, "sink.endpoint": f"127.0.0.1:{sink_port}"}
+        ) as node:
             await smtp_source(node.smtp_port, messages=1000, sessions=20, size=4096)
-            delivered = await node.records.wait(lambda r: r["type"] == "Delivery", count=1000,
-                                                timeout=60)
+            delivered = await node.records.wait(
+                lambda r: r["type"] == "Delivery", count=1000, timeout=60
+            )
             received = node.records.of("Reception")
     assert len(received) == 1000
     assert len(delivered) == 1000

@@ -17,15 +17,24 @@ LATER = "451 4.3.0 later"
 
 
 def node_for(tmp_path, rx: Receiver, max_age: float = 60):
-    return running_node(tmp_path, policy=POLICY.format(max_age=max_age),
-                        **{"sink.enabled": True, "sink.endpoint": f"127.0.0.1:{rx.port}"})
+    return running_node(
+        tmp_path,
+        policy=POLICY.format(max_age=max_age),
+        **{"sink.enabled": True, "sink.endpoint": f"127.0.0.1:{rx.port}"},
+    )
 
 
 async def send(node, recipient: str = "u@dst.test") -> None:
     import aiosmtplib
-    await aiosmtplib.send(b"Subject: t\r\n\r\nhello\r\n", sender="s@src.test",
-                          recipients=[recipient], hostname="127.0.0.1", port=node.smtp_port,
-                          start_tls=False)
+
+    await aiosmtplib.send(
+        b"Subject: t\r\n\r\nhello\r\n",
+        sender="s@src.test",
+        recipients=[recipient],
+        hostname="127.0.0.1",
+        port=node.smtp_port,
+        start_tls=False,
+    )
 
 
 async def test_rcpt_451_is_retried_then_delivered(tmp_path):

@@ -8,14 +8,15 @@ import contextlib
 import re
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import aiohttp
 import aiosmtplib
 from aiosmtpd.smtp import SMTP
 
-from tests.support.node import NimbusProcess, nimbus_process as nimbus, running_node, write_policy
+from tests.support.node import NimbusProcess, running_node, write_policy
+from tests.support.node import nimbus_process as nimbus
 
 DEADLINE = 10.0
 
@@ -76,7 +77,7 @@ class GatedReceiver:
                 self._arrived.clear()
                 await self._arrived.wait()
 
-    async def __aenter__(self) -> "GatedReceiver":
+    async def __aenter__(self) -> GatedReceiver:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._factory, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -86,8 +87,11 @@ class GatedReceiver:
         self.gate.set()
         assert self._server is not None
         self._server.close()
-        tasks = [s._handler_coroutine for s in self._sessions
-                 if getattr(s, "_handler_coroutine", None) is not None]
+        tasks = [
+            s._handler_coroutine
+            for s in self._sessions
+            if getattr(s, "_handler_coroutine", None) is not None
+        ]
         for session in list(self._sessions):
             if session.transport is not None:
                 session.transport.close()
@@ -101,20 +105,27 @@ def message(subject: str) -> bytes:
 
 async def send(port: int, subject: str) -> str:
     """Send one message; returns its id from the ``250 OK ids=<id>`` DATA reply."""
-    _, reply = await aiosmtplib.send(message(subject), sender="s@src.test",
-                                     recipients=["u@dst.test"], hostname="127.0.0.1",
-                                     port=port, start_tls=False)
+    _, reply = await aiosmtplib.send(
+        message(subject),
+        sender="s@src.test",
+        recipients=["u@dst.test"],
+        hostname="127.0.0.1",
+        port=port,
+        start_tls=False,
+    )
     assert reply.startswith("OK ids="), reply
     return reply.removeprefix("OK ids=").split()[0]
 
 
 def process_env(tmp_path: Path, sink_port: int) -> dict[str, str]:
     policy = write_policy(tmp_path / "policy", ONE_CONNECTION)
-    return {"NIMBUS_SINK_ENABLED": "true", "NIMBUS_SINK_ENDPOINT": f"127.0.0.1:{sink_port}",
-            "NIMBUS_POLICY_DIR": str(policy), "NIMBUS_SMTP_HOSTNAME": "mta.test",
-            "NIMBUS_DELIVERY_SHUTDOWN_DEADLINE": f"{DEADLINE}s"}
-
-
+    return {
+        "NIMBUS_SINK_ENABLED": "true",
+        "NIMBUS_SINK_ENDPOINT": f"127.0.0.1:{sink_port}",
+        "NIMBUS_POLICY_DIR": str(policy),
+        "NIMBUS_SMTP_HOSTNAME": "mta.test",
+        "NIMBUS_DELIVERY_SHUTDOWN_DEADLINE": f"{DEADLINE}s",
+    }
 
 
 async def stderr_event(proc: NimbusProcess, event: str, timeout: float = 20.0) -> dict:
@@ -246,14 +257,20 @@ async def draining_node(tmp_path: Path) -> AsyncIterator[tuple[object, aiosmtpli
     """A node whose shutdown is held in its drain by a gated delivery, plus an SMTP session
     (after EHLO) that was opened before ``stop()``."""
     async with GatedReceiver() as rx:
-        async with running_node(tmp_path, policy=ONE_CONNECTION,
-                                **{"sink.enabled": True,
-                                   "sink.endpoint": f"127.0.0.1:{rx.port}",
-                                   "delivery.shutdown_deadline": DEADLINE}) as node:
+        async with running_node(
+            tmp_path,
+            policy=ONE_CONNECTION,
+            **{
+                "sink.enabled": True,
+                "sink.endpoint": f"127.0.0.1:{rx.port}",
+                "delivery.shutdown_deadline": DEADLINE,
+            },
+        ) as node:
             await send(node.smtp_port, "in flight")
             await rx.entered.wait()
-            session = aiosmtplib.SMTP(hostname="127.0.0.1", port=node.smtp_port,
-                                      start_tls=False, timeout=10)
+            session = aiosmtplib.SMTP(
+                hostname="127.0.0.1", port=node.smtp_port, start_tls=False, timeout=10
+            )
             await session.connect()
             await session.ehlo()
             try:

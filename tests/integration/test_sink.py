@@ -9,15 +9,15 @@ import json
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import aiohttp
 import aiosmtplib
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.config import ConfigError, dotted_tree, load_settings
+from engine.config.settings import ConfigError, dotted_tree, load_settings
 from sink.app import Sink, build
 from tests.support.node import running_node
 
@@ -59,17 +59,27 @@ defer = 100
 
 
 @contextlib.asynccontextmanager
-async def running_sink(tmp_path: Path, responses: str | None = None,
-                       reload_interval: float = 0, **settings: object) -> AsyncIterator[Sink]:
+async def running_sink(
+    tmp_path: Path, responses: str | None = None, reload_interval: float = 0, **settings: object
+) -> AsyncIterator[Sink]:
     """A started sink on free loopback ports; ``responses``: the smart-mode TOML text;
     ``settings``: more dotted overrides."""
     path = ""
     if responses is not None:
         path = str(tmp_path / "responses.toml")
         Path(path).write_text(responses)
-    settings = load_settings(env={}, overrides=dotted_tree({
-        "sink.listen": "127.0.0.1:0", "sink.http_listen": "127.0.0.1:0",
-        "sink.responses": path, "smtp.hostname": "sink.test", **settings}))
+    settings = load_settings(
+        env={},
+        overrides=dotted_tree(
+            {
+                "sink.listen": "127.0.0.1:0",
+                "sink.http_listen": "127.0.0.1:0",
+                "sink.responses": path,
+                "smtp.hostname": "sink.test",
+                **settings,
+            }
+        ),
+    )
     sink = build(settings, reload_interval=reload_interval)
     await sink.start()
     try:
@@ -83,15 +93,23 @@ async def scrape(sink: Sink) -> dict[tuple[str, tuple], float]:
         async with http.get(f"http://127.0.0.1:{sink.http_port}/metrics") as resp:
             assert resp.status == 200
             text = await resp.text()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 @contextlib.asynccontextmanager
 async def session(sink: Sink) -> AsyncIterator[aiosmtplib.SMTP]:
     """An EHLO'd client session with MAIL FROM sent."""
-    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=sink.smtp_port, start_tls=False,
-                             local_hostname="client.test", timeout=10)
+    client = aiosmtplib.SMTP(
+        hostname="127.0.0.1",
+        port=sink.smtp_port,
+        start_tls=False,
+        local_hostname="client.test",
+        timeout=10,
+    )
     await client.connect()
     await client.ehlo()
     await client.mail("s@src.test")
@@ -109,6 +127,7 @@ async def rcpt(client: aiosmtplib.SMTP, address: str) -> aiosmtplib.SMTPResponse
 
 # --- accept-all ---------------------------------------------------------------------------
 
+
 async def test_accept_all_parallel_messages_counted(tmp_path):
     """200 messages sent over 20 parallel connections at a time all get 250, and the
     counters say 200 recipients, 200 connections and every body byte."""
@@ -118,8 +137,13 @@ async def test_accept_all_parallel_messages_counted(tmp_path):
         async def send(n: int) -> str:
             async with gate:
                 _, reply = await aiosmtplib.send(
-                    MESSAGE, sender="s@src.test", recipients=[f"u{n}@dst.test"],
-                    hostname="127.0.0.1", port=sink.smtp_port, start_tls=False)
+                    MESSAGE,
+                    sender="s@src.test",
+                    recipients=[f"u{n}@dst.test"],
+                    hostname="127.0.0.1",
+                    port=sink.smtp_port,
+                    start_tls=False,
+                )
                 return reply
 
         replies = await asyncio.gather(*(send(n) for n in range(200)))
@@ -189,6 +213,7 @@ async def test_idle_session_gets_421_after_idle_timeout(tmp_path):
 
 # --- smart mode ---------------------------------------------------------------------------
 
+
 async def test_tempfail_local_part_defers_at_rcpt(tmp_path):
     """tempfail@ gets a 4xx reply to RCPT."""
     async with running_sink(tmp_path, SMART) as sink:
@@ -222,9 +247,11 @@ async def test_bounce_100_refuses_every_recipient_with_configured_text(tmp_path)
         async with session(sink) as client:
             replies = [await rcpt(client, f"u{n}@bounce.test") for n in range(20)]
         samples = await scrape(sink)
-    texts = {"5.1.1 The email account that you tried to reach does not exist. - gsmtp",
-             "5.7.9 Message not accepted for policy reasons. See "
-             "https://postmaster.yahooinc.com/error-codes"}
+    texts = {
+        "5.1.1 The email account that you tried to reach does not exist. - gsmtp",
+        "5.7.9 Message not accepted for policy reasons. See "
+        "https://postmaster.yahooinc.com/error-codes",
+    }
     assert {r.code for r in replies} <= {550, 554}
     assert {r.message for r in replies} <= texts
     assert samples[("nimbus_sink_messages_total", (("result", "bounced"),))] == 20
@@ -234,8 +261,10 @@ async def test_per_recipient_replies_in_one_transaction(tmp_path):
     """One transaction gets a different reply per recipient; DATA carries the accepted ones."""
     async with running_sink(tmp_path, SMART) as sink:
         async with session(sink) as client:
-            codes = [(await rcpt(client, a)).code
-                     for a in ("a@ok.test", "b@defer.test", "c@bounce.test", "d@ok.test")]
+            codes = [
+                (await rcpt(client, a)).code
+                for a in ("a@ok.test", "b@defer.test", "c@bounce.test", "d@ok.test")
+            ]
             data = await client.data(MESSAGE)
         samples = await scrape(sink)
     assert codes[0] == 250 and codes[1] == 451 and codes[2] in (550, 554) and codes[3] == 250
@@ -250,8 +279,10 @@ async def test_421_reply_closes_the_connection(tmp_path):
         reader, writer = await asyncio.open_connection("127.0.0.1", sink.smtp_port)
         try:
             await reader.readline()
-            writer.write(b"HELO client.test\r\nMAIL FROM:<a@src.test>\r\n"
-                         b"RCPT TO:<u@hangup.test>\r\nRCPT TO:<v@ok.test>\r\n")
+            writer.write(
+                b"HELO client.test\r\nMAIL FROM:<a@src.test>\r\n"
+                b"RCPT TO:<u@hangup.test>\r\nRCPT TO:<v@ok.test>\r\n"
+            )
             lines = [await reader.readline() for _ in range(3)]
             rest = await asyncio.wait_for(reader.read(), 5)
         finally:
@@ -325,8 +356,8 @@ async def test_start_fails_on_broken_responses_file(tmp_path):
 
 RUN_SINK = """
 import asyncio
-from engine import diag
-from engine.config import load_settings
+from engine.logs import diagnostics as diag
+from engine.config.settings import load_settings
 import sink.app
 diag.configure("info")
 asyncio.run(sink.app.run(load_settings()))
@@ -335,20 +366,35 @@ asyncio.run(sink.app.run(load_settings()))
 
 async def test_run_logs_ready_with_ports_and_stops_on_sigterm(tmp_path):
     """run() logs a JSON "ready" line with both ports, serves, and exits 0 on SIGTERM."""
-    env = {**os.environ, "NIMBUS_SINK_LISTEN": "127.0.0.1:0",
-           "NIMBUS_SINK_HTTP_LISTEN": "127.0.0.1:0", "NIMBUS_SMTP_HOSTNAME": "sink.test"}
+    env = {
+        **os.environ,
+        "NIMBUS_SINK_LISTEN": "127.0.0.1:0",
+        "NIMBUS_SINK_HTTP_LISTEN": "127.0.0.1:0",
+        "NIMBUS_SMTP_HOSTNAME": "sink.test",
+    }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", RUN_SINK, env=env, cwd=tmp_path,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-c",
+        RUN_SINK,
+        env=env,
+        cwd=tmp_path,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         assert proc.stderr is not None
         async with asyncio.timeout(30):
             while (ready := json.loads(await proc.stderr.readline()))["event"] != "ready":
                 pass
-        _, reply = await aiosmtplib.send(MESSAGE, sender="s@src.test", recipients=["u@x.test"],
-                                         hostname="127.0.0.1", port=ready["smtp_port"],
-                                         start_tls=False)
+        _, reply = await aiosmtplib.send(
+            MESSAGE,
+            sender="s@src.test",
+            recipients=["u@x.test"],
+            hostname="127.0.0.1",
+            port=ready["smtp_port"],
+            start_tls=False,
+        )
         async with aiohttp.ClientSession() as http:
             url = f"http://127.0.0.1:{ready['http_port']}/api/check-liveness/v1"
             async with http.get(url) as resp:
@@ -381,14 +427,26 @@ async def test_node_records_match_sink_replies(tmp_path):
     carrying the sink's configured replies, and deferred messages stay queued."""
     (tmp_path / "sink").mkdir()
     async with running_sink(tmp_path / "sink", SMART) as sink:
-        async with running_node(tmp_path / "node", policy=NODE_POLICY,
-                                **{"sink.enabled": True,
-                                   "sink.endpoint": f"127.0.0.1:{sink.smtp_port}"}) as node:
-            for rcpt_to in ("u@ok.test", "u@defer.test", "u@bounce.test", "tempfail@ok.test",
-                            "permfail@ok.test"):
-                await aiosmtplib.send(MESSAGE, sender="s@src.test", recipients=[rcpt_to],
-                                      hostname="127.0.0.1", port=node.smtp_port,
-                                      start_tls=False)
+        async with running_node(
+            tmp_path / "node",
+            policy=NODE_POLICY,
+            **{"sink.enabled": True, "sink.endpoint": f"127.0.0.1:{sink.smtp_port}"},
+        ) as node:
+            for rcpt_to in (
+                "u@ok.test",
+                "u@defer.test",
+                "u@bounce.test",
+                "tempfail@ok.test",
+                "permfail@ok.test",
+            ):
+                await aiosmtplib.send(
+                    MESSAGE,
+                    sender="s@src.test",
+                    recipients=[rcpt_to],
+                    hostname="127.0.0.1",
+                    port=node.smtp_port,
+                    start_tls=False,
+                )
             final = {"Delivery", "TransientFailure", "Bounce"}
             await node.records.wait(lambda r: r["type"] in final, count=5)
             by_rcpt = {r["recipient"]: r for r in node.records.items if r["type"] in final}

@@ -40,9 +40,12 @@ async def test_dot_stuffed_lines_arrive_unstuffed_and_restuffed_correctly(tmp_pa
     stuffed = b"Subject: dots\r\n\r\n..leading dot\r\n...two dots\r\n..\r\nend\r\n"
     async with Receiver() as rx:
         async with running_node(tmp_path, **sink(rx)) as node:
-            replies = await dialogue(node.smtp_port, b"EHLO c.test\r\nMAIL FROM:<a@src.test>\r\n"
-                                     b"RCPT TO:<b@dst.test>\r\nDATA\r\n" + stuffed + b".\r\n",
-                                     replies=5)
+            replies = await dialogue(
+                node.smtp_port,
+                b"EHLO c.test\r\nMAIL FROM:<a@src.test>\r\n"
+                b"RCPT TO:<b@dst.test>\r\nDATA\r\n" + stuffed + b".\r\n",
+                replies=5,
+            )
             [msg] = await rx.wait_for(1)
     assert replies[-1].startswith(b"250 OK ids=")
     assert msg.data.endswith(body)  # after our Received: header
@@ -52,22 +55,27 @@ async def test_pipelined_command_after_the_dot_is_kept(tmp_path):
     """A second transaction sent right behind the terminating dot (RFC 2920) is answered."""
     async with Receiver() as rx:
         async with running_node(tmp_path, **sink(rx)) as node:
-            txn = (b"MAIL FROM:<a@src.test>\r\nRCPT TO:<b@dst.test>\r\nDATA\r\n"
-                   b"Subject: p\r\n\r\nbody\r\n.\r\n")
-            replies = await dialogue(node.smtp_port, b"EHLO c.test\r\n" + txn + txn + b"QUIT\r\n",
-                                     replies=10)
+            txn = (
+                b"MAIL FROM:<a@src.test>\r\nRCPT TO:<b@dst.test>\r\nDATA\r\n"
+                b"Subject: p\r\n\r\nbody\r\n.\r\n"
+            )
+            replies = await dialogue(
+                node.smtp_port, b"EHLO c.test\r\n" + txn + txn + b"QUIT\r\n", replies=10
+            )
             await rx.wait_for(2)
     codes = [r[:3] for r in replies]
-    assert codes == [b"250", b"250", b"250", b"354", b"250", b"250", b"250", b"354", b"250",
-                     b"221"]
+    assert codes == [b"250", b"250", b"250", b"354", b"250", b"250", b"250", b"354", b"250", b"221"]
 
 
 async def test_empty_body_is_accepted(tmp_path):
     """A DATA with no content at all (just the dot) is a valid, empty message."""
     async with Receiver() as rx:
         async with running_node(tmp_path, **sink(rx)) as node:
-            replies = await dialogue(node.smtp_port, b"EHLO c.test\r\nMAIL FROM:<a@src.test>\r\n"
-                                     b"RCPT TO:<b@dst.test>\r\nDATA\r\n.\r\n", replies=5)
+            replies = await dialogue(
+                node.smtp_port,
+                b"EHLO c.test\r\nMAIL FROM:<a@src.test>\r\nRCPT TO:<b@dst.test>\r\nDATA\r\n.\r\n",
+                replies=5,
+            )
             [msg] = await rx.wait_for(1)
     assert replies[-1].startswith(b"250 OK ids=")
     assert msg.data.startswith(b"Received: ")
@@ -77,9 +85,13 @@ async def test_line_ending_with_a_dot_does_not_end_the_message(tmp_path):
     """A line that merely ends in '.' is body, not the terminator."""
     async with Receiver() as rx:
         async with running_node(tmp_path, **sink(rx)) as node:
-            replies = await dialogue(node.smtp_port, b"EHLO c.test\r\nMAIL FROM:<a@src.test>\r\n"
-                                     b"RCPT TO:<b@dst.test>\r\nDATA\r\nSubject: s\r\n\r\n"
-                                     b"Sentence one.\r\nSentence two.\r\n.\r\n", replies=5)
+            replies = await dialogue(
+                node.smtp_port,
+                b"EHLO c.test\r\nMAIL FROM:<a@src.test>\r\n"
+                b"RCPT TO:<b@dst.test>\r\nDATA\r\nSubject: s\r\n\r\n"
+                b"Sentence one.\r\nSentence two.\r\n.\r\n",
+                replies=5,
+            )
             [msg] = await rx.wait_for(1)
     assert replies[-1].startswith(b"250 OK ids=")
     assert msg.data.endswith(b"\r\n\r\nSentence one.\r\nSentence two.\r\n")

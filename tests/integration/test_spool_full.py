@@ -7,8 +7,9 @@ import base64
 import contextlib
 import re
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 import aiosmtplib
@@ -34,10 +35,16 @@ async def node_at(tmp_path: Path, sink_port: int) -> AsyncIterator[Any]:
     auth = tmp_path / "auth"
     auth.mkdir(exist_ok=True)
     (auth / "tester").write_text("secret\n")
-    async with running_node(tmp_path, policy=FAST_RETRY,
-                            **{"spool.max_size": "300KB", "http.auth_dir": str(auth),
-                               "sink.enabled": True,
-                               "sink.endpoint": f"127.0.0.1:{sink_port}"}) as node:
+    async with running_node(
+        tmp_path,
+        policy=FAST_RETRY,
+        **{
+            "spool.max_size": "300KB",
+            "http.auth_dir": str(auth),
+            "sink.enabled": True,
+            "sink.endpoint": f"127.0.0.1:{sink_port}",
+        },
+    ) as node:
         yield node
 
 
@@ -47,8 +54,7 @@ async def fill(node: Any) -> tuple[list[str], aiosmtplib.SMTPResponseException]:
     Returns the acknowledged ids and the refusal.
     """
     acked: list[str] = []
-    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=node.smtp_port, start_tls=False,
-                           timeout=10)
+    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=node.smtp_port, start_tls=False, timeout=10)
     await smtp.connect()
     try:
         for i in range(60):
@@ -88,13 +94,19 @@ async def test_http_inject_is_503_disk_too_full_when_the_spool_is_full(tmp_path)
     """With the spool full, HTTP injection answers 503 {"error": "disk is too full"}."""
     async with node_at(tmp_path, free_port()) as node:
         acked, _ = await fill(node)
-        request = {"envelope_sender": "s@src.test", "template_dialect": "Static",
-                   "content": "Subject: http\r\n\r\n" + BODY.decode(),
-                   "recipients": [{"email": "u@dst.test"}]}
+        request = {
+            "envelope_sender": "s@src.test",
+            "template_dialect": "Static",
+            "content": "Subject: http\r\n\r\n" + BODY.decode(),
+            "recipients": [{"email": "u@dst.test"}],
+        }
         auth = "Basic " + base64.b64encode(b"tester:secret").decode()
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"http://127.0.0.1:{node.http_port}/api/inject/v1",
-                                 json=request, headers={"Authorization": auth}) as resp:
+            async with http.post(
+                f"http://127.0.0.1:{node.http_port}/api/inject/v1",
+                json=request,
+                headers={"Authorization": auth},
+            ) as resp:
                 status, body = resp.status, await resp.json()
         count = node.spool.count
     assert (status, body) == (503, {"error": "disk is too full"})
@@ -110,8 +122,9 @@ async def test_node_stays_up_when_the_spool_is_full(tmp_path):
             url = f"http://127.0.0.1:{node.http_port}/api/check-liveness/v1"
             async with http.get(url) as resp:
                 liveness = (resp.status, await resp.text())
-        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=node.smtp_port, start_tls=False,
-                               timeout=10)
+        smtp = aiosmtplib.SMTP(
+            hostname="127.0.0.1", port=node.smtp_port, start_tls=False, timeout=10
+        )
         greeting = await smtp.connect()
         ehlo = await smtp.ehlo()
         await smtp.quit()

@@ -6,18 +6,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
 
-from engine.config import ClusterSettings, RedisSettings
-from engine.throttle_redis import RedisStore
-from engine.throttle_spec import ThrottleSpec
+from engine.config.settings import ClusterSettings, RedisSettings
+from engine.config.throttle_spec import ThrottleSpec
+from engine.shaping.throttle.redis import RedisStore
 from tests.support.redis_server import RedisServer
 
 TIMEOUT = 5.0  # generous: a loaded CI machine must not look like an outage
-SHORT = 1.0    # for the tests that time an outage
+SHORT = 1.0  # for the tests that time an outage
 UNAVAILABLE = "redis unavailable; enforcing local limits"
 AVAILABLE = "redis available again; shared limits resumed"
 
@@ -30,11 +30,14 @@ async def server() -> AsyncIterator[RedisServer]:
 
 
 @contextlib.asynccontextmanager
-async def open_store(server: RedisServer, nodes: int = 2, states: list[bool] | None = None,
-                     timeout: float = TIMEOUT) -> AsyncIterator[RedisStore]:
-    store = RedisStore(RedisSettings(url=server.url, timeout=timeout),
-                       ClusterSettings(nodes=nodes),
-                       on_state_change=None if states is None else states.append)
+async def open_store(
+    server: RedisServer, nodes: int = 2, states: list[bool] | None = None, timeout: float = TIMEOUT
+) -> AsyncIterator[RedisStore]:
+    store = RedisStore(
+        RedisSettings(url=server.url, timeout=timeout),
+        ClusterSettings(nodes=nodes),
+        on_state_change=None if states is None else states.append,
+    )
     try:
         yield store
     finally:
@@ -77,8 +80,7 @@ async def test_gcra_budget_shared_by_two_nodes(server):
 async def test_gcra_concurrent_calls_share_one_budget(server):
     """Concurrent calls from two stores still allow exactly the burst (atomic script)."""
     async with open_store(server) as a, open_store(server) as b:
-        results = await asyncio.gather(*[(a, b)[i % 2].throttle("t:conc", SPEC)
-                                         for i in range(40)])
+        results = await asyncio.gather(*[(a, b)[i % 2].throttle("t:conc", SPEC) for i in range(40)])
     assert sum(r.allowed for r in results) == 10
 
 
@@ -102,8 +104,7 @@ async def test_local_spec_stays_in_process(server):
 async def test_leases_across_two_nodes_respect_the_limit(server):
     """Five acquires across two stores get three slots; a release lets one more in."""
     async with open_store(server) as a, open_store(server) as b:
-        waits = [await (a, b)[i % 2].acquire_lease("t:conn", 3, f"l{i}", 60.0)
-                 for i in range(5)]
+        waits = [await (a, b)[i % 2].acquire_lease("t:conn", 3, f"l{i}", 60.0) for i in range(5)]
         assert waits[:3] == [None, None, None]
         assert all(w is not None and 59.0 < w <= 60.0 for w in waits[3:])
         assert await a.count_leases("t:conn") == await b.count_leases("t:conn") == 3

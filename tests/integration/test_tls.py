@@ -29,9 +29,24 @@ async def cert(tmp_path):
     directory = tmp_path / "cert"
     directory.mkdir()
     proc = await asyncio.create_subprocess_exec(
-        "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        "-subj", "/CN=rx.test", "-keyout", "k", "-out", "c", cwd=directory,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=rx.test",
+        "-keyout",
+        "k",
+        "-out",
+        "c",
+        cwd=directory,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     _, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     return directory / "c", directory / "k"
@@ -50,12 +65,19 @@ def node_for(tmp_path, rx: Receiver, mode: str):
 
 async def send(node, recipient: str = "u@dst.test") -> None:
     import aiosmtplib
-    await aiosmtplib.send(b"Subject: t\r\n\r\nhello\r\n", sender="s@src.test",
-                          recipients=[recipient], hostname="127.0.0.1", port=node.smtp_port,
-                          start_tls=False)
+
+    await aiosmtplib.send(
+        b"Subject: t\r\n\r\nhello\r\n",
+        sender="s@src.test",
+        recipients=[recipient],
+        hostname="127.0.0.1",
+        port=node.smtp_port,
+        start_tls=False,
+    )
 
 
 # -- outbound ----------------------------------------------------------------------
+
 
 async def test_required_tls_never_falls_back_to_plaintext(tmp_path):
     """With TLS Required and a peer that offers no STARTTLS, the message is deferred (4xx)
@@ -95,12 +117,20 @@ async def test_disabled_tls_delivers_in_plaintext_even_when_offered(tmp_path, se
 
 # -- inbound -----------------------------------------------------------------------
 
+
 def tls_node(tmp_path, cert, auth_dir, rx: Receiver):
     """A node with STARTTLS and AUTH, relaying only for 10.255.0.0/16 (not for us)."""
-    return running_node(tmp_path, **{
-        "smtp.tls_certificate": str(cert[0]), "smtp.tls_private_key": str(cert[1]),
-        "http.auth_dir": str(auth_dir), "smtp.relay_hosts": ["10.255.0.0/16"],
-        "sink.enabled": True, "sink.endpoint": f"127.0.0.1:{rx.port}"})
+    return running_node(
+        tmp_path,
+        **{
+            "smtp.tls_certificate": str(cert[0]),
+            "smtp.tls_private_key": str(cert[1]),
+            "http.auth_dir": str(auth_dir),
+            "smtp.relay_hosts": ["10.255.0.0/16"],
+            "sink.enabled": True,
+            "sink.endpoint": f"127.0.0.1:{rx.port}",
+        },
+    )
 
 
 def unverified() -> ssl.SSLContext:
@@ -112,6 +142,7 @@ def unverified() -> ssl.SSLContext:
 
 async def test_auth_is_advertised_only_after_starttls(tmp_path, cert, auth_dir):
     """EHLO offers STARTTLS but not AUTH in plaintext, and AUTH once TLS is up."""
+
     def session(port: int) -> tuple[dict[str, str], dict[str, str]]:
         with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
             client.ehlo("client.test")
@@ -128,6 +159,7 @@ async def test_auth_is_advertised_only_after_starttls(tmp_path, cert, auth_dir):
 
 async def test_authenticated_client_may_relay(tmp_path, cert, auth_dir):
     """After STARTTLS and AUTH PLAIN as alice, a client outside relay_hosts may relay."""
+
     def session(port: int) -> tuple[tuple[int, bytes], tuple[int, bytes], tuple[int, bytes]]:
         with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
             client.starttls(context=unverified())
@@ -150,6 +182,7 @@ async def test_authenticated_client_may_relay(tmp_path, cert, auth_dir):
 
 async def test_unauthenticated_client_outside_relay_hosts_is_denied(tmp_path, cert, auth_dir):
     """Without AUTH, a client outside relay_hosts gets 550 5.7.1 at RCPT, even over TLS."""
+
     def session(port: int) -> tuple[int, bytes]:
         with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
             client.starttls(context=unverified())

@@ -6,16 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from engine.config import PolicySettings, RedisSettings, Settings
-from engine.overlay import Overlay
-from engine.tsa_client import TsaSubscriber
+from engine.config.settings import PolicySettings, RedisSettings, Settings
+from engine.shaping.overlay import Overlay
+from engine.shaping.tsa_client import TsaSubscriber
 from tests.support.redis_server import RedisServer
 from tsa.app import build_app
 
@@ -52,8 +53,10 @@ def settings(tmp_path: Path, redis_server: RedisServer) -> Settings:
     policy = tmp_path / "policy"
     policy.mkdir()
     (policy / "shaping.toml").write_text(SHAPING)
-    return Settings(redis=RedisSettings(url=redis_server.url, key_prefix="t", timeout=2.0),
-                    policy=PolicySettings(dir=str(policy), reload_interval=0.1))
+    return Settings(
+        redis=RedisSettings(url=redis_server.url, key_prefix="t", timeout=2.0),
+        policy=PolicySettings(dir=str(policy), reload_interval=0.1),
+    )
 
 
 class Replica:
@@ -101,8 +104,9 @@ async def replicas(settings: Settings) -> AsyncIterator[tuple[Replica, Replica]]
 
 
 @contextlib.asynccontextmanager
-async def subscriber(settings: Settings, overlay: Overlay,
-                     resync: float = 60.0) -> AsyncIterator[TsaSubscriber]:
+async def subscriber(
+    settings: Settings, overlay: Overlay, resync: float = 60.0
+) -> AsyncIterator[TsaSubscriber]:
     sub = TsaSubscriber(settings.redis, overlay, resync_interval=resync)
     task = asyncio.create_task(sub.run())
     try:
@@ -124,14 +128,32 @@ async def until(predicate: Callable[[], Any], timeout: float = WAIT) -> Any:
     return result
 
 
-def record(content: str = TS04, *, rid: str = "r1", ts: float | None = None,
-           queue: str = "example.net", code: int = 421) -> dict[str, Any]:
-    return {"type": "TransientFailure", "id": rid, "sender": "s@x.test",
-            "recipient": "u@example.net", "queue": queue, "site": SITE, "size": 100,
-            "timestamp": int(time.time()) if ts is None else ts, "egress_source": "ip-1",
-            "response": {"code": code, "enhanced_code": {"class": 4, "subject": 7, "detail": 0},
-                         "content": content, "command": None},
-            "peer_address": {"name": "mx.example.net", "addr": "192.0.2.9"}}
+def record(
+    content: str = TS04,
+    *,
+    rid: str = "r1",
+    ts: float | None = None,
+    queue: str = "example.net",
+    code: int = 421,
+) -> dict[str, Any]:
+    return {
+        "type": "TransientFailure",
+        "id": rid,
+        "sender": "s@x.test",
+        "recipient": "u@example.net",
+        "queue": queue,
+        "site": SITE,
+        "size": 100,
+        "timestamp": int(time.time()) if ts is None else ts,
+        "egress_source": "ip-1",
+        "response": {
+            "code": code,
+            "enhanced_code": {"class": 4, "subject": 7, "detail": 0},
+            "content": content,
+            "command": None,
+        },
+        "peer_address": {"name": "mx.example.net", "addr": "192.0.2.9"},
+    }
 
 
 async def test_suspension_is_shared_by_replicas(replicas):
@@ -180,8 +202,9 @@ async def test_subscriber_sees_new_action_quickly(settings, replicas):
     async with subscriber(settings, overlay):
         assert len(overlay) == 0
         await a.post(record())
-        found = await until(lambda: overlay.ready_suspension("ip-1", "mx.example.net",
-                                                             time.time()), timeout=2.0)
+        found = await until(
+            lambda: overlay.ready_suspension("ip-1", "mx.example.net", time.time()), timeout=2.0
+        )
         assert found.origin == "tsa" and found.queue == SITE
 
 
@@ -201,12 +224,13 @@ async def test_subscriber_keeps_overlay_while_redis_is_down(settings, replicas, 
         assert status == 503
         status, _ = await a.post(record(rid="during-outage"))
         assert status == 503
-        await redis_server.start()          # back, with an empty dataset
+        await redis_server.start()  # back, with an empty dataset
         await until(lambda: sub.healthy, timeout=10.0)
         await a.post(record("RL0000", rid="x1"))
         await a.post(record("RL0000", rid="x2"))
-        got = await until(lambda: overlay.config_overrides("example.net", "mx.example.net",
-                                                           "ip-1", time.time()))
+        got = await until(
+            lambda: overlay.config_overrides("example.net", "mx.example.net", "ip-1", time.time())
+        )
         assert set(got) == {"max_message_rate"}
 
 
@@ -225,10 +249,12 @@ async def test_tenant_actions_and_bounce_view(replicas):
     await a.post(record("tenant-block", queue="acme@example.net", code=451))
     status, bounces = await b.get("/get_bounce_v1/bounced.json")
     assert status == 200 and [(x["domain"], x["tenant"]) for x in bounces] == [
-        ("example.net", "acme")]
+        ("example.net", "acme")
+    ]
     sched = (await b.suspended())["sched_q"]
     assert [(x["domain"], x["tenant"], x["campaign"]) for x in sched] == [
-        ("example.net", "acme", None)]
+        ("example.net", "acme", None)
+    ]
 
 
 async def test_publish_rejects_bad_input(replicas):
@@ -262,8 +288,10 @@ async def test_shaping_reload_and_broken_edit(settings, replicas):
     """An edited shaping.toml applies within the reload interval; a broken one is ignored."""
     a, _ = replicas
     path = Path(settings.policy.dir) / "shaping.toml"
-    path.write_text(SHAPING + '\n[["default".automation]]\nregex = "NEW1"\n'
-                    'action = "Suspend"\nduration = "5m"\n')
+    path.write_text(
+        SHAPING + '\n[["default".automation]]\nregex = "NEW1"\n'
+        'action = "Suspend"\nduration = "5m"\n'
+    )
 
     async def rules() -> int:
         return (await a.get("/tsa/status"))[1]["shaping"]["rules"]

@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 import aiosmtplib
@@ -47,13 +48,22 @@ class TsaProcess(NimbusProcess):
         return f"http://127.0.0.1:{self.port}"
 
     @classmethod
-    async def start(cls, workdir: Path, env: dict[str, str],  # type: ignore[override]
-                    timeout: float = 30.0) -> "TsaProcess":
+    async def start(
+        cls,
+        workdir: Path,
+        env: dict[str, str],  # type: ignore[override]
+        timeout: float = 30.0,
+    ) -> TsaProcess:
         """Start with ``env`` (NIMBUS_REDIS_URL, NIMBUS_POLICY_DIR, ...) on a free port and
         wait for the ``listening`` line, which carries the port."""
         workdir.mkdir(parents=True, exist_ok=True)
-        proc = await super().start(workdir, {"NIMBUS_TSA_LISTEN": "127.0.0.1:0", **env},
-                                   timeout, role="tsa", ready_event="listening")
+        proc = await super().start(
+            workdir,
+            {"NIMBUS_TSA_LISTEN": "127.0.0.1:0", **env},
+            timeout,
+            role="tsa",
+            ready_event="listening",
+        )
         return proc  # type: ignore[return-value]
 
     async def suspended(self) -> dict[str, Any]:
@@ -72,10 +82,18 @@ class Cluster:
     tsa_env: extra variables for every TSA.
     """
 
-    def __init__(self, tmp_path: Path, *, policy: str, mtas: int = 3, tsas: int = 0,
-                 shaping: str | None = None, redis: bool | RedisServer = True,
-                 env: dict[str, str] | None = None,
-                 tsa_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        policy: str,
+        mtas: int = 3,
+        tsas: int = 0,
+        shaping: str | None = None,
+        redis: bool | RedisServer = True,
+        env: dict[str, str] | None = None,
+        tsa_env: dict[str, str] | None = None,
+    ) -> None:
         self.tmp_path = tmp_path
         self.policy = policy
         self.mta_count = mtas
@@ -89,7 +107,7 @@ class Cluster:
         self.tsas: list[TsaProcess] = []
         self._stack = contextlib.AsyncExitStack()
 
-    async def __aenter__(self) -> "Cluster":
+    async def __aenter__(self) -> Cluster:
         try:
             await self._start()
         except BaseException:
@@ -113,27 +131,35 @@ class Cluster:
             tsa_policy.mkdir(parents=True, exist_ok=True)
             (tsa_policy / "shaping.toml").write_text(self.shaping)
             tsa_env = {**common, "NIMBUS_POLICY_DIR": str(tsa_policy), **self.tsa_env}
-            started = await asyncio.gather(*[
-                TsaProcess.start(self.tmp_path / f"tsa-{i}", tsa_env)
-                for i in range(self.tsa_count)], return_exceptions=True)
+            started = await asyncio.gather(
+                *[
+                    TsaProcess.start(self.tmp_path / f"tsa-{i}", tsa_env)
+                    for i in range(self.tsa_count)
+                ],
+                return_exceptions=True,
+            )
             self.tsas = self._keep(started, TsaProcess, _end_tsa)
         policy_dir = write_policy(self.tmp_path / "policy", self.policy)
-        mta_env = {**common, "NIMBUS_POLICY_DIR": str(policy_dir),
-                   "NIMBUS_CLUSTER_NODES": str(self.mta_count), **self.env}
+        mta_env = {
+            **common,
+            "NIMBUS_POLICY_DIR": str(policy_dir),
+            "NIMBUS_CLUSTER_NODES": str(self.mta_count),
+            **self.env,
+        }
         if self.tsas:
             mta_env["NIMBUS_TSA_URLS"] = ",".join(t.url for t in self.tsas)
         starts = []
         for i in range(self.mta_count):
             workdir = self.tmp_path / f"mta-{i}"
             workdir.mkdir(parents=True, exist_ok=True)
-            env = {**mta_env, "NIMBUS_NODE_ID": f"node{i}",
-                   "NIMBUS_SMTP_HOSTNAME": f"node{i}.test"}
+            env = {**mta_env, "NIMBUS_NODE_ID": f"node{i}", "NIMBUS_SMTP_HOSTNAME": f"node{i}.test"}
             starts.append(NimbusProcess.start(workdir, env))
         started = await asyncio.gather(*starts, return_exceptions=True)
         self.mtas = self._keep(started, NimbusProcess, _end_mta)
 
-    def _keep(self, started: list[Any], kind: type[P], end: Callable[[P], Awaitable[None]]
-              ) -> list[P]:
+    def _keep(
+        self, started: list[Any], kind: type[P], end: Callable[[P], Awaitable[None]]
+    ) -> list[P]:
         """Register every process that started for teardown; then raise the first start
         failure, if any (so a half-started cluster is still torn down)."""
         procs = [p for p in started if isinstance(p, kind)]
@@ -158,13 +184,24 @@ async def _end_tsa(proc: TsaProcess) -> None:
 # -- small clients -----------------------------------------------------------------
 
 
-async def send(node: NimbusProcess, recipients: list[str], *,
-               sender: str = "sender@src.test", message: bytes = MESSAGE) -> list[str]:
+async def send(
+    node: NimbusProcess,
+    recipients: list[str],
+    *,
+    sender: str = "sender@src.test",
+    message: bytes = MESSAGE,
+) -> list[str]:
     """One SMTP transaction to ``node``; returns the spool ids from ``250 OK ids=...``
     (one message per recipient). Raises when any recipient is refused."""
-    errors, reply = await aiosmtplib.send(message, sender=sender, recipients=recipients,
-                                          hostname="127.0.0.1", port=node.smtp_port,
-                                          start_tls=False, timeout=30)
+    errors, reply = await aiosmtplib.send(
+        message,
+        sender=sender,
+        recipients=recipients,
+        hostname="127.0.0.1",
+        port=node.smtp_port,
+        start_tls=False,
+        timeout=30,
+    )
     assert not errors, errors
     text = reply.split("ids=", 1)[1] if "ids=" in reply else ""
     return text.split()
@@ -189,8 +226,13 @@ async def metric(node: NimbusProcess, name: str) -> float | None:
     return None
 
 
-async def until(probe: Callable[[], Awaitable[T]], *, timeout: float,
-                interval: float = 0.1, what: str = "condition") -> T:
+async def until(
+    probe: Callable[[], Awaitable[T]],
+    *,
+    timeout: float,
+    interval: float = 0.1,
+    what: str = "condition",
+) -> T:
     """Await ``probe()`` until it returns something truthy; TimeoutError naming ``what``.
 
     For state that is only visible by asking (HTTP, metrics): a poll with a deadline."""
@@ -207,8 +249,14 @@ async def nimbus_cli(*argv: str, timeout: float = 30.0) -> tuple[int, str, str]:
     """Run the ``nimbus`` console entry point (``python -m engine.cli``); returns
     (exit code, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "engine.cli", *argv, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "engine.cli",
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     async with asyncio.timeout(timeout):
         out, err = await proc.communicate()
     return proc.returncode or 0, out.decode(), err.decode()

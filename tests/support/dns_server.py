@@ -51,8 +51,14 @@ class FakeDns:
     udp_limit: largest UDP answer in bytes before truncation (EDNS sizes ignored).
     """
 
-    def __init__(self, *, ttl: int = 300, negative_ttl: int | None = None,
-                 udp_limit: int = 512, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        *,
+        ttl: int = 300,
+        negative_ttl: int | None = None,
+        udp_limit: int = 512,
+        host: str = "127.0.0.1",
+    ) -> None:
         self.ttl = ttl
         self.negative_ttl = ttl if negative_ttl is None else negative_ttl
         self.udp_limit = udp_limit
@@ -88,11 +94,12 @@ class FakeDns:
         kind = dns.rdatatype.from_text(rdtype)
         if kind == dns.rdatatype.TXT:
             raw = value.encode()
-            chunks = [raw[i:i + _TXT_CHUNK] for i in range(0, len(raw), _TXT_CHUNK)] or [b""]
+            chunks = [raw[i : i + _TXT_CHUNK] for i in range(0, len(raw), _TXT_CHUNK)] or [b""]
             rdata = dns.rdtypes.ANY.TXT.TXT(dns.rdataclass.IN, kind, chunks)
         else:
-            rdata = dns.rdata.from_text(dns.rdataclass.IN, kind, value,
-                                        origin=dns.name.root, relativize=False)
+            rdata = dns.rdata.from_text(
+                dns.rdataclass.IN, kind, value, origin=dns.name.root, relativize=False
+            )
         self.records.setdefault((owner, kind), []).append(rdata)
         if ttl is not None:
             self.ttls[(owner, kind)] = ttl
@@ -132,8 +139,7 @@ class FakeDns:
             response.set_rcode(dns.rcode.SERVFAIL)
         elif (name, kind) in self.records:
             ttl = self.ttls.get((name, kind), self.ttl)
-            response.answer.append(
-                dns.rrset.from_rdata_list(name, ttl, self.records[(name, kind)]))
+            response.answer.append(dns.rrset.from_rdata_list(name, ttl, self.records[(name, kind)]))
         else:
             if name not in self.names:
                 response.set_rcode(dns.rcode.NXDOMAIN)
@@ -143,15 +149,20 @@ class FakeDns:
     def _soa(self) -> dns.rrset.RRset:
         n = self.negative_ttl
         return dns.rrset.from_text(
-            dns.name.root, n, "IN", "SOA",
-            f"ns.fake.test. hostmaster.fake.test. 1 3600 600 86400 {n}")
+            dns.name.root,
+            n,
+            "IN",
+            "SOA",
+            f"ns.fake.test. hostmaster.fake.test. 1 3600 600 86400 {n}",
+        )
 
     async def start(self) -> None:
         """Bind UDP and TCP on one free port of ``host``; sets ``port``."""
         loop = asyncio.get_running_loop()
         for _ in range(20):
             udp, _proto = await loop.create_datagram_endpoint(
-                lambda: _UdpProtocol(self), local_addr=(self.host, 0))
+                lambda: _UdpProtocol(self), local_addr=(self.host, 0)
+            )
             port = udp.get_extra_info("sockname")[1]
             try:
                 self._tcp = await asyncio.start_server(self._serve_tcp, self.host, port)
@@ -183,8 +194,7 @@ class FakeDns:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
-    async def _serve_tcp(self, reader: asyncio.StreamReader,
-                         writer: asyncio.StreamWriter) -> None:
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)

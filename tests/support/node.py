@@ -20,11 +20,12 @@ import os
 import signal
 import sys
 import textwrap
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from engine.app import Node
-from engine.config import dotted_tree, load_settings
+from engine.config.settings import dotted_tree, load_settings
 
 Predicate = Callable[[dict[str, Any]], bool]
 
@@ -43,8 +44,9 @@ class Records:
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [r for r in self.items if r["type"] == kind]
 
-    async def wait(self, predicate: Predicate, count: int = 1,
-                   timeout: float = 20.0) -> list[dict[str, Any]]:
+    async def wait(
+        self, predicate: Predicate, count: int = 1, timeout: float = 20.0
+    ) -> list[dict[str, Any]]:
         """Wait until ``count`` records match; returns them. TimeoutError otherwise."""
         async with asyncio.timeout(timeout):
             while True:
@@ -63,8 +65,9 @@ def write_policy(directory: Path, source: str) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def running_node(tmp_path: Path, *, policy: str | None = None,
-                       **settings: Any) -> AsyncIterator[Node]:
+async def running_node(
+    tmp_path: Path, *, policy: str | None = None, **settings: Any
+) -> AsyncIterator[Node]:
     """A Node in this loop on free loopback ports, with tmp spool/log dirs.
 
     policy: init.py source for the policy directory (None: no handlers).
@@ -73,9 +76,13 @@ async def running_node(tmp_path: Path, *, policy: str | None = None,
     """
     policy_dir = write_policy(tmp_path / "policy", policy or "def register(nimbus):\n    pass\n")
     base = {
-        "smtp.listen": "127.0.0.1:0", "http.listen": "127.0.0.1:0",
-        "spool.dir": str(tmp_path / "spool"), "log.dir": str(tmp_path / "logs"),
-        "policy.dir": str(policy_dir), "node_id": "test-node", "smtp.hostname": "mta.test",
+        "smtp.listen": "127.0.0.1:0",
+        "http.listen": "127.0.0.1:0",
+        "spool.dir": str(tmp_path / "spool"),
+        "log.dir": str(tmp_path / "logs"),
+        "policy.dir": str(policy_dir),
+        "node_id": "test-node",
+        "smtp.hostname": "mta.test",
         "spool.min_free_space": 0,
     }
     base.update(settings)
@@ -101,7 +108,7 @@ async def running_node(tmp_path: Path, *, policy: str | None = None,
 
 
 @contextlib.asynccontextmanager
-async def nimbus_process(workdir: Path, env: dict[str, str]) -> AsyncIterator["NimbusProcess"]:
+async def nimbus_process(workdir: Path, env: dict[str, str]) -> AsyncIterator[NimbusProcess]:
     """A ``nimbus mta`` process on ``workdir``'s spool and logs; SIGKILLed if still running."""
     proc = await NimbusProcess.start(workdir, env)
     try:
@@ -125,19 +132,41 @@ class NimbusProcess:
         self._reader: asyncio.Task | None = None
 
     @classmethod
-    async def start(cls, workdir: Path, env: dict[str, str], timeout: float = 30.0, *,
-                    role: str = "mta", ready_event: str = "ready") -> "NimbusProcess":
+    async def start(
+        cls,
+        workdir: Path,
+        env: dict[str, str],
+        timeout: float = 30.0,
+        *,
+        role: str = "mta",
+        ready_event: str = "ready",
+    ) -> NimbusProcess:
         """Start ``nimbus <role>`` and wait for its ``ready_event`` log line (which carries
         the ports). An MTA gets free loopback ports and spool/log dirs under ``workdir``."""
         log_dir = Path(env.get("NIMBUS_LOG_DIR", workdir / "logs"))
-        defaults = {"NIMBUS_SMTP_LISTEN": "127.0.0.1:0", "NIMBUS_HTTP_LISTEN": "127.0.0.1:0",
-                    "NIMBUS_SPOOL_DIR": str(workdir / "spool"), "NIMBUS_LOG_DIR": str(log_dir),
-                    "NIMBUS_SPOOL_MIN_FREE_SPACE": "0"} if role == "mta" else {}
+        defaults = (
+            {
+                "NIMBUS_SMTP_LISTEN": "127.0.0.1:0",
+                "NIMBUS_HTTP_LISTEN": "127.0.0.1:0",
+                "NIMBUS_SPOOL_DIR": str(workdir / "spool"),
+                "NIMBUS_LOG_DIR": str(log_dir),
+                "NIMBUS_SPOOL_MIN_FREE_SPACE": "0",
+            }
+            if role == "mta"
+            else {}
+        )
         full_env = {**os.environ, **defaults, **env}
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "engine.cli", role, env=full_env, cwd=workdir,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "engine.cli",
+            role,
+            env=full_env,
+            cwd=workdir,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
         self = cls(proc, log_dir)
         self._ready_event = ready_event
         ready = asyncio.get_running_loop().create_future()
@@ -164,9 +193,8 @@ class NimbusProcess:
             if line.get("event") == self._ready_event and not ready.done():
                 ready.set_result(line)
         if not ready.done():
-            text = "".join(l.get("text", json.dumps(l)) for l in self.stderr_lines[-20:])
-            ready.set_exception(RuntimeError(
-                f"nimbus exited before {self._ready_event!r}: {text}"))
+            text = "".join(ln.get("text", json.dumps(ln)) for ln in self.stderr_lines[-20:])
+            ready.set_exception(RuntimeError(f"nimbus exited before {self._ready_event!r}: {text}"))
 
     def kill9(self) -> None:
         if self.proc.returncode is None:
@@ -193,8 +221,9 @@ class NimbusProcess:
                         out.append(json.loads(line))
         return out
 
-    async def wait_records(self, predicate: Predicate, count: int,
-                           timeout: float = 60.0) -> list[dict[str, Any]]:
+    async def wait_records(
+        self, predicate: Predicate, count: int, timeout: float = 60.0
+    ) -> list[dict[str, Any]]:
         """Wait until the log files hold ``count`` matching records (polls the files)."""
         async with asyncio.timeout(timeout):
             while True:

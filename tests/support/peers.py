@@ -66,8 +66,14 @@ async def wait_listening(host: str, port: int, timeout: float = 10.0) -> None:
 class SmtpSink:
     """Postfix ``smtp-sink`` on 127.0.0.1:port; ``dump`` writes received mail to a file."""
 
-    def __init__(self, port: int, *, dump: Path | None = None, extra: list[str] | None = None,
-                 backlog: int = 256) -> None:
+    def __init__(
+        self,
+        port: int,
+        *,
+        dump: Path | None = None,
+        extra: list[str] | None = None,
+        backlog: int = 256,
+    ) -> None:
         self.port = port
         self.dump = dump
         self._args = [tool("smtp-sink"), "-u", "nobody", *(extra or [])]
@@ -79,9 +85,10 @@ class SmtpSink:
         self._args += [f"127.0.0.1:{port}", str(backlog)]
         self.proc: asyncio.subprocess.Process | None = None
 
-    async def __aenter__(self) -> "SmtpSink":
+    async def __aenter__(self) -> SmtpSink:
         self.proc = await asyncio.create_subprocess_exec(
-            *self._args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            *self._args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        )
         await wait_listening("127.0.0.1", self.port)
         return self
 
@@ -98,14 +105,35 @@ class SmtpSink:
         return [b"X-Client-Addr:" + p for p in parts[1:]]
 
 
-async def smtp_source(port: int, *, messages: int, sessions: int = 20, size: int = 4096,
-                      sender: str = "src@source.test", recipient: str = "user@sink.test",
-                      timeout: float = 120.0) -> None:
+async def smtp_source(
+    port: int,
+    *,
+    messages: int,
+    sessions: int = 20,
+    size: int = 4096,
+    sender: str = "src@source.test",
+    recipient: str = "user@sink.test",
+    timeout: float = 120.0,
+) -> None:
     """Run Postfix ``smtp-source`` against 127.0.0.1:port; raises on a non-zero exit."""
     proc = await asyncio.create_subprocess_exec(
-        tool("smtp-source"), "-s", str(sessions), "-m", str(messages), "-l", str(size),
-        "-f", sender, "-t", recipient, "-M", "source.test", f"127.0.0.1:{port}",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        tool("smtp-source"),
+        "-s",
+        str(sessions),
+        "-m",
+        str(messages),
+        "-l",
+        str(size),
+        "-f",
+        sender,
+        "-t",
+        recipient,
+        "-M",
+        "source.test",
+        f"127.0.0.1:{port}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     async with asyncio.timeout(timeout):
         out, err = await proc.communicate()
     if proc.returncode != 0:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -33,11 +33,17 @@ class Received:
 
 
 class _Handler:
-    def __init__(self, rx: "Receiver") -> None:
+    def __init__(self, rx: Receiver) -> None:
         self.rx = rx
 
-    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
-                          hostname: str, responses: list[str]) -> list[str]:
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
         session.host_name = hostname
         return responses
 
@@ -61,9 +67,15 @@ class _Handler:
             reply = self.rx.data(envelope.rcpt_tos[0], self.rx.attempts[envelope.rcpt_tos[0]])
             if reply:
                 return reply
-        self.rx.messages.append(Received(
-            sender=envelope.mail_from, recipients=list(envelope.rcpt_tos),
-            data=envelope.original_content, peer=str(session.peer), tls=session.ssl is not None))
+        self.rx.messages.append(
+            Received(
+                sender=envelope.mail_from,
+                recipients=list(envelope.rcpt_tos),
+                data=envelope.original_content,
+                peer=str(session.peer),
+                tls=session.ssl is not None,
+            )
+        )
         self.rx._arrived.set()
         return "250 2.0.0 queued"
 
@@ -71,9 +83,16 @@ class _Handler:
 class Receiver:
     """An SMTP server on ``host:port`` (port 0: any free port, see ``.port``)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, rcpt: Script | None = None,
-                 data: Script | None = None, tls_context: ssl.SSLContext | None = None,
-                 hostname: str = "rx.test") -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        rcpt: Script | None = None,
+        data: Script | None = None,
+        tls_context: ssl.SSLContext | None = None,
+        hostname: str = "rx.test",
+    ) -> None:
         self.host, self.port = host, port
         self.rcpt, self.data = rcpt, data
         self._tls = tls_context
@@ -107,10 +126,15 @@ class Receiver:
                     rx._sessions.discard(self)
                 super().connection_lost(error)
 
-        return _Counted(_Handler(self), hostname=self._hostname, tls_context=self._tls,
-                        require_starttls=False, enable_SMTPUTF8=True)
+        return _Counted(
+            _Handler(self),
+            hostname=self._hostname,
+            tls_context=self._tls,
+            require_starttls=False,
+            enable_SMTPUTF8=True,
+        )
 
-    async def start(self) -> "Receiver":
+    async def start(self) -> Receiver:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._factory, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -122,14 +146,17 @@ class Receiver:
             for session in list(self._sessions):
                 if session.transport is not None:
                     session.transport.close()
-            tasks = [s._handler_coroutine for s in self._sessions
-                     if getattr(s, "_handler_coroutine", None) is not None]
+            tasks = [
+                s._handler_coroutine
+                for s in self._sessions
+                if getattr(s, "_handler_coroutine", None) is not None
+            ]
             await self._server.wait_closed()
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
             self._server = None
 
-    async def __aenter__(self) -> "Receiver":
+    async def __aenter__(self) -> Receiver:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:

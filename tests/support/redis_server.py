@@ -64,10 +64,21 @@ class RedisServer:
         if self.running:
             return
         self._proc = await asyncio.create_subprocess_exec(
-            self._binary, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", self._dir.name,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL)
+            self._binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self._dir.name,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
         await self._wait_ready()
 
     async def stop(self) -> None:
@@ -123,14 +134,16 @@ class RedisServer:
         deadline = time.monotonic() + self._ready_timeout
         while True:
             if self._proc is not None and self._proc.returncode is not None:
-                raise RuntimeError(f"redis-server exited with {self._proc.returncode} "
-                                   f"(port {self.port} in use?)")
+                raise RuntimeError(
+                    f"redis-server exited with {self._proc.returncode} (port {self.port} in use?)"
+                )
             try:
                 if await self.command("PING") == b"+PONG\r\n":
                     return
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"redis-server on port {self.port} not ready "
-                                   f"after {self._ready_timeout}s")
+                raise TimeoutError(
+                    f"redis-server on port {self.port} not ready after {self._ready_timeout}s"
+                )
             await asyncio.sleep(0.02)

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from engine.admin import (AdminApi, AdminInputError, AdminState, BounceEntry, Criteria,
-                          ReadyQSuspendEntry, SuspendEntry, UnknownEntry, matches_queue,
-                          parse_bounce, parse_ready_suspend, parse_rebind, parse_suspend)
-from engine.admin_cli import format_summary, format_table
+from engine.admin.cli import format_summary, format_table
+from engine.admin.entries import (
+    BounceEntry,
+    Criteria,
+    ReadyQSuspendEntry,
+    SuspendEntry,
+    matches_queue,
+)
+from engine.admin.requests import (
+    AdminInputError,
+    parse_bounce,
+    parse_ready_suspend,
+    parse_rebind,
+    parse_suspend,
+)
+from engine.admin.state import AdminApi, AdminState, UnknownEntry
 
 NOW = 1_800_000_000.0
 
@@ -58,8 +70,9 @@ def test_bounce_matches_queue(criteria, queue, expected):
     assert matches_queue(bounce(**criteria), queue) is expected
 
 
-@pytest.mark.parametrize(("criteria", "queue", "expected"),
-                         [m for m in MATCHES if "routing_domain" not in m[0]])
+@pytest.mark.parametrize(
+    ("criteria", "queue", "expected"), [m for m in MATCHES if "routing_domain" not in m[0]]
+)
 def test_suspension_matches_queue_like_a_bounce(criteria, queue, expected):
     """Suspensions use the same criteria rules (without routing_domain)."""
     assert matches_queue(suspend(**criteria), queue) is expected
@@ -77,14 +90,23 @@ def test_criteria_record_matches_like_entries():
 def test_parse_bounce_defaults_to_five_minutes():
     """No duration or expires gives KumoMTA's 5 minute lifetime."""
     entry = parse_bounce({"domain": "example.com", "reason": "bad send"}, id="x", now=NOW)
-    assert entry == BounceEntry(id="x", reason="bad send", created=NOW, expires=NOW + 300,
-                                domain="example.com")
+    assert entry == BounceEntry(
+        id="x", reason="bad send", created=NOW, expires=NOW + 300, domain="example.com"
+    )
 
 
 def test_parse_bounce_duration_and_queue_names():
     """duration is a humantime string; queue_names becomes a tuple."""
-    entry = parse_bounce({"queue_names": ["a.com", "t@b.com"], "reason": "r", "duration": "1h",
-                          "suppress_logging": True}, id="x", now=NOW)
+    entry = parse_bounce(
+        {
+            "queue_names": ["a.com", "t@b.com"],
+            "reason": "r",
+            "duration": "1h",
+            "suppress_logging": True,
+        },
+        id="x",
+        now=NOW,
+    )
     assert entry.expires == NOW + 3600
     assert entry.queue_names == ("a.com", "t@b.com")
     assert entry.suppress_logging is True
@@ -92,8 +114,9 @@ def test_parse_bounce_duration_and_queue_names():
 
 def test_parse_expires_wins_over_duration():
     """An RFC 3339 expires sets the expiry (as KumoMTA, it wins over duration)."""
-    entry = parse_suspend({"reason": "r", "duration": "1m", "expires": "2027-01-15T09:00:00Z"},
-                          id="x", now=NOW)  # NOW is 2027-01-15T08:00:00Z
+    entry = parse_suspend(
+        {"reason": "r", "duration": "1m", "expires": "2027-01-15T09:00:00Z"}, id="x", now=NOW
+    )  # NOW is 2027-01-15T08:00:00Z
     assert entry.expires == NOW + 3600
 
 
@@ -105,8 +128,9 @@ def test_parse_expires_in_the_past_clamps_to_now():
 
 def test_parse_expires_exact_timestamp():
     """expires is converted to unix seconds in UTC."""
-    entry = parse_ready_suspend({"name": "q", "reason": "r",
-                                 "expires": "2030-01-01T01:00:00+01:00"}, id="x", now=NOW)
+    entry = parse_ready_suspend(
+        {"name": "q", "reason": "r", "expires": "2030-01-01T01:00:00+01:00"}, id="x", now=NOW
+    )
     assert entry.expires == 1_893_456_000.0
 
 
@@ -145,20 +169,29 @@ def test_parse_rejects_a_non_object():
 
 def test_parse_rebind():
     """A rebind has criteria, string meta data and a reason."""
-    req = parse_rebind({"domain": "example.com", "reason": "move", "data": {"queue": "x.com"},
-                        "trigger_rebind_event": True})
+    req = parse_rebind(
+        {
+            "domain": "example.com",
+            "reason": "move",
+            "data": {"queue": "x.com"},
+            "trigger_rebind_event": True,
+        }
+    )
     assert req.criteria == Criteria(domain="example.com")
     assert req.data == {"queue": "x.com"}
     assert req.trigger_rebind_event is True
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ({"reason": "r"}, "data"),
-    ({"reason": "r", "data": {}}, "data"),
-    ({"reason": "r", "data": {"k": 1}}, "data"),
-    ({"data": {"k": "v"}}, "reason"),
-    ({"reason": "r", "data": {"k": "v"}, "queue_names": ["a"]}, "queue_names"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"reason": "r"}, "data"),
+        ({"reason": "r", "data": {}}, "data"),
+        ({"reason": "r", "data": {"k": 1}}, "data"),
+        ({"data": {"k": "v"}}, "reason"),
+        ({"reason": "r", "data": {"k": "v"}, "queue_names": ["a"]}, "queue_names"),
+    ],
+)
 def test_parse_rebind_rejects(body, field):
     """Rebind needs non-empty string data and a reason; it takes no queue_names."""
     with pytest.raises(AdminInputError) as err:
@@ -175,8 +208,7 @@ def test_state_add_list_cancel_each_kind():
     state.add_bounce(bounce("b1"))
     state.add_bounce(bounce("b2", domain="x.com"))
     state.add_suspension(suspend("s1"))
-    state.add_ready_suspension(ReadyQSuspendEntry(id="r1", name="q", reason="r",
-                                                  expires=NOW + 60))
+    state.add_ready_suspension(ReadyQSuspendEntry(id="r1", name="q", reason="r", expires=NOW + 60))
     assert [e.id for e in state.bounces(NOW)] == ["b1", "b2"]
     assert state.cancel_bounce("b1").id == "b1"
     assert [e.id for e in state.bounces(NOW)] == ["b2"]
@@ -186,8 +218,9 @@ def test_state_add_list_cancel_each_kind():
     assert state.ready_suspensions(NOW) == []
 
 
-@pytest.mark.parametrize("cancel", ["cancel_bounce", "cancel_suspension",
-                                    "cancel_ready_suspension"])
+@pytest.mark.parametrize(
+    "cancel", ["cancel_bounce", "cancel_suspension", "cancel_ready_suspension"]
+)
 def test_state_cancel_unknown_id_raises(cancel):
     """Cancelling an id that isn't there raises UnknownEntry."""
     with pytest.raises(UnknownEntry):
@@ -229,8 +262,9 @@ def test_state_lookup_returns_oldest_match():
 def test_state_ready_suspension_is_by_exact_name():
     """A ready-queue suspension applies to that one ready queue name."""
     state = AdminState()
-    state.add_ready_suspension(ReadyQSuspendEntry(id="r", name="ip-1->mx.x.com@smtp_client",
-                                                  reason="r", expires=NOW + 60))
+    state.add_ready_suspension(
+        ReadyQSuspendEntry(id="r", name="ip-1->mx.x.com@smtp_client", reason="r", expires=NOW + 60)
+    )
     assert state.ready_suspension_for("ip-1->mx.x.com@smtp_client", NOW).id == "r"
     assert state.ready_suspension_for("ip-2->mx.x.com@smtp_client", NOW) is None
     assert state.ready_suspension_for("ip-1->mx.x.com@smtp_client", NOW + 60) is None
@@ -269,12 +303,15 @@ def make_api(clock: Clock, *, bounced=0, summary=None):
         calls.append(("rebind", criteria, data, reason, trigger))
         return 1
 
-    api = AdminApi(bounce_now=bounce_now, rebind=rebind,
-                   inspect_message=lambda id, body: None,
-                   inspect_sched_q=lambda name, body, limit: None,
-                   ready_q_states=lambda queues: {},
-                   queue_summary=lambda: summary or {"scheduled": [], "ready": []},
-                   clock=clock)
+    api = AdminApi(
+        bounce_now=bounce_now,
+        rebind=rebind,
+        inspect_message=lambda id, body: None,
+        inspect_sched_q=lambda name, body, limit: None,
+        ready_q_states=lambda queues: {},
+        queue_summary=lambda: summary or {"scheduled": [], "ready": []},
+        clock=clock,
+    )
     return api, calls
 
 
@@ -311,8 +348,10 @@ async def test_api_lists_drop_expired_entries():
 
 async def test_api_queue_summary_marks_admin_suspensions():
     """queue_summary adds the suspension reason to matching queues."""
-    summary = {"scheduled": [{"name": "x.com", "count": 2}, {"name": "y.com", "count": 1}],
-               "ready": [{"name": "a->mx@smtp_client", "count": 1, "connections": 1}]}
+    summary = {
+        "scheduled": [{"name": "x.com", "count": 2}, {"name": "y.com", "count": 1}],
+        "ready": [{"name": "a->mx@smtp_client", "count": 1, "connections": 1}],
+    }
     api, _ = make_api(Clock(), summary=summary)
     api.suspend({"domain": "x.com", "reason": "blocked"})
     api.suspend_ready_q({"name": "a->mx@smtp_client", "reason": "maint"})
@@ -334,15 +373,18 @@ async def test_api_rebind_passes_parsed_request():
 def test_format_table_aligns_columns():
     """Text columns pad left-aligned, numeric ones right-aligned."""
     text = format_table(("NAME", "N"), [("a.com", 5), ("longer.example", 120)], (False, True))
-    assert text.splitlines() == ["NAME              N",
-                                 "a.com             5",
-                                 "longer.example  120"]
+    assert text.splitlines() == [
+        "NAME              N",
+        "a.com             5",
+        "longer.example  120",
+    ]
 
 
 def test_format_summary_sorts_by_count():
     """The busiest queues come first in each table."""
-    text = format_summary({"scheduled": [{"name": "a", "count": 1}, {"name": "b", "count": 9}],
-                           "ready": []})
+    text = format_summary(
+        {"scheduled": [{"name": "a", "count": 1}, {"name": "b", "count": 9}], "ready": []}
+    )
     lines = text.splitlines()
     assert lines[1].startswith("b") and lines[2].startswith("a")
     assert "(no ready queues)" in text

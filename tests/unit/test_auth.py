@@ -24,16 +24,19 @@ def secret_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize(("user", "password", "ok"), [
-    ("alice", "wonderland", True),
-    ("bob", "builder", True),
-    ("alice", "builder", False),
-    ("alice", "wonderland\n", False),
-    ("alice", "", False),
-    ("carol", "wonderland", False),
-    ("..data", "", False),
-    ("", "", False),
-])
+@pytest.mark.parametrize(
+    ("user", "password", "ok"),
+    [
+        ("alice", "wonderland", True),
+        ("bob", "builder", True),
+        ("alice", "builder", False),
+        ("alice", "wonderland\n", False),
+        ("alice", "", False),
+        ("carol", "wonderland", False),
+        ("..data", "", False),
+        ("", "", False),
+    ],
+)
 def test_check(secret_dir, user, password, ok):
     """check accepts the right password, and rejects wrong passwords and unknown users."""
     assert Credentials(str(secret_dir)).check(user, password) is ok
@@ -68,14 +71,17 @@ def basic(text: str) -> str:
     return "Basic " + base64.b64encode(text.encode()).decode()
 
 
-@pytest.mark.parametrize(("header", "expected"), [
-    (basic("alice:wonderland"), ("alice", "wonderland")),
-    (basic("alice:pass:with:colons"), ("alice", "pass:with:colons")),
-    (basic("alice:"), ("alice", "")),
-    (basic("jörg:pässword"), ("jörg", "pässword")),
-    ("basic " + base64.b64encode(b"u:p").decode(), ("u", "p")),
-    ("  Basic   " + base64.b64encode(b"u:p").decode() + "  ", ("u", "p")),
-])
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (basic("alice:wonderland"), ("alice", "wonderland")),
+        (basic("alice:pass:with:colons"), ("alice", "pass:with:colons")),
+        (basic("alice:"), ("alice", "")),
+        (basic("jörg:pässword"), ("jörg", "pässword")),
+        ("basic " + base64.b64encode(b"u:p").decode(), ("u", "p")),
+        ("  Basic   " + base64.b64encode(b"u:p").decode() + "  ", ("u", "p")),
+    ],
+)
 def test_parse_basic_valid(header, expected):
     """Valid Basic credentials parse to (user, password)."""
     assert parse_basic(header) == expected
@@ -87,12 +93,15 @@ def test_parse_basic_other_scheme_is_none(header):
     assert parse_basic(header) is None
 
 
-@pytest.mark.parametrize("header", [
-    "Basic !!!not-base64!!!",
-    "Basic YWxpY2U",                                        # bad padding
-    basic("no-colon"),
-    "Basic " + base64.b64encode(b"\xff\xfe:x").decode(),    # not UTF-8
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Basic !!!not-base64!!!",
+        "Basic YWxpY2U",  # bad padding
+        basic("no-colon"),
+        "Basic " + base64.b64encode(b"\xff\xfe:x").decode(),  # not UTF-8
+    ],
+)
 def test_parse_basic_malformed(header):
     """Malformed Basic credentials raise MalformedAuthorization."""
     with pytest.raises(MalformedAuthorization):

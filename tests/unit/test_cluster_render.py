@@ -1,4 +1,4 @@
-"""engine.cluster_render: rendered manifests -> local process specs (pure), and the real chart.
+"""engine.cluster.render: rendered manifests -> local process specs (pure), and the real chart.
 
 Hand-written manifests pin each rule (env resolution, volumes, address and path rewriting,
 replica naming, readiness, commands); the last tests translate the chart itself.
@@ -15,9 +15,11 @@ from typing import Any
 
 import pytest
 
-from engine import config as nimbus_config
-from engine.cluster import add_subcommand, compose_values
-from engine.cluster_render import DEFAULT_EXECUTABLES, Plan, TranslateError, translate
+from engine.cluster.chart import compose_values
+from engine.cluster.command import add_subcommand
+from engine.cluster.plan import Plan, TranslateError
+from engine.cluster.render import DEFAULT_EXECUTABLES, translate
+from engine.config import settings as nimbus_config
 
 WORK = "/w"
 NIMBUS = DEFAULT_EXECUTABLES["nimbus"]
@@ -25,14 +27,28 @@ NIMBUS = DEFAULT_EXECUTABLES["nimbus"]
 
 # --- manifest builders ------------------------------------------------------------------------
 
-def container(name: str = "app", *, command: list[str] | None = ("nimbus",), args=("mta",),
-              env: list[dict] = (), ports: dict[str, int] | None = None, mounts: list[dict] = (),
-              probe: dict | None = None, image: str = "ghcr.io/nimbus-mta/nimbus:0.1.0",
-              **extra: Any) -> dict[str, Any]:
-    c: dict[str, Any] = {"name": name, "image": image, "args": list(args), "env": list(env),
-                         "ports": [{"name": n, "containerPort": p}
-                                   for n, p in (ports or {}).items()],
-                         "volumeMounts": list(mounts), **extra}
+
+def container(
+    name: str = "app",
+    *,
+    command: list[str] | None = ("nimbus",),
+    args=("mta",),
+    env: list[dict] = (),
+    ports: dict[str, int] | None = None,
+    mounts: list[dict] = (),
+    probe: dict | None = None,
+    image: str = "ghcr.io/nimbus-mta/nimbus:0.1.0",
+    **extra: Any,
+) -> dict[str, Any]:
+    c: dict[str, Any] = {
+        "name": name,
+        "image": image,
+        "args": list(args),
+        "env": list(env),
+        "ports": [{"name": n, "containerPort": p} for n, p in (ports or {}).items()],
+        "volumeMounts": list(mounts),
+        **extra,
+    }
     if command is not None:
         c["command"] = list(command)
     if probe is not None:
@@ -40,12 +56,24 @@ def container(name: str = "app", *, command: list[str] | None = ("nimbus",), arg
     return c
 
 
-def workload(kind: str, name: str, containers: list[dict], *, replicas: int | None = 1,
-             volumes: list[dict] = (), claims: tuple[str, ...] = (), service_name: str = "",
-             labels: dict | None = None, annotations: dict | None = None) -> dict[str, Any]:
-    spec: dict[str, Any] = {"template": {"metadata": {"labels": labels or {"app": name}},
-                                         "spec": {"containers": containers,
-                                                  "volumes": list(volumes)}}}
+def workload(
+    kind: str,
+    name: str,
+    containers: list[dict],
+    *,
+    replicas: int | None = 1,
+    volumes: list[dict] = (),
+    claims: tuple[str, ...] = (),
+    service_name: str = "",
+    labels: dict | None = None,
+    annotations: dict | None = None,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "template": {
+            "metadata": {"labels": labels or {"app": name}},
+            "spec": {"containers": containers, "volumes": list(volumes)},
+        }
+    }
     if replicas is not None:
         spec["replicas"] = replicas
     if claims:
@@ -58,20 +86,26 @@ def workload(kind: str, name: str, containers: list[dict], *, replicas: int | No
     return {"apiVersion": "apps/v1", "kind": kind, "metadata": meta, "spec": spec}
 
 
-def service(name: str, selector: dict, ports: dict[str, tuple[int, Any]], *,
-            headless: bool = False) -> dict[str, Any]:
-    spec: dict[str, Any] = {"selector": selector,
-                            "ports": [{"name": n, "port": p, "targetPort": t}
-                                      for n, (p, t) in ports.items()]}
+def service(
+    name: str, selector: dict, ports: dict[str, tuple[int, Any]], *, headless: bool = False
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "selector": selector,
+        "ports": [{"name": n, "port": p, "targetPort": t} for n, (p, t) in ports.items()],
+    }
     if headless:
         spec["clusterIP"] = "None"
     return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": spec}
 
 
 def secret(name: str, data: dict[str, str] = (), string_data: dict[str, str] = ()) -> dict:
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
-            "data": {k: base64.b64encode(v.encode()).decode() for k, v in dict(data).items()},
-            "stringData": dict(string_data)}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in dict(data).items()},
+        "stringData": dict(string_data),
+    }
 
 
 def configmap(name: str, data: dict[str, str]) -> dict:
@@ -80,8 +114,9 @@ def configmap(name: str, data: dict[str, str]) -> dict:
 
 def run(manifests: list[dict], **kw: Any) -> Plan:
     ports = itertools.count(40000)
-    return translate(manifests, workdir=WORK, namespace="mail",
-                     allocate_port=lambda: next(ports), **kw)
+    return translate(
+        manifests, workdir=WORK, namespace="mail", allocate_port=lambda: next(ports), **kw
+    )
 
 
 def only(plan: Plan, name: str):
@@ -94,17 +129,28 @@ ENV_CASES = [
     ("literal", {"value": "info"}, "info"),
     ("number as text", {"value": "25"}, "25"),
     ("fieldRef pod name", {"valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}, "web-0"),
-    ("fieldRef namespace", {"valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-     "mail"),
+    (
+        "fieldRef namespace",
+        {"valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        "mail",
+    ),
     ("fieldRef pod IP", {"valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}, "127.0.0.1"),
-    ("fieldRef label", {"valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
-     "web"),
-    ("secretKeyRef data", {"valueFrom": {"secretKeyRef": {"name": "s", "key": "url"}}},
-     "redis://cache.example:6379/1"),
-    ("secretKeyRef stringData", {"valueFrom": {"secretKeyRef": {"name": "s", "key": "plain"}}},
-     "p@ss"),
-    ("configMapKeyRef", {"valueFrom": {"configMapKeyRef": {"name": "cm", "key": "level"}}},
-     "debug"),
+    ("fieldRef label", {"valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}}, "web"),
+    (
+        "secretKeyRef data",
+        {"valueFrom": {"secretKeyRef": {"name": "s", "key": "url"}}},
+        "redis://cache.example:6379/1",
+    ),
+    (
+        "secretKeyRef stringData",
+        {"valueFrom": {"secretKeyRef": {"name": "s", "key": "plain"}}},
+        "p@ss",
+    ),
+    (
+        "configMapKeyRef",
+        {"valueFrom": {"configMapKeyRef": {"name": "cm", "key": "level"}}},
+        "debug",
+    ),
     ("$(VAR) expansion", {"value": "node-$(POD)"}, "node-web-0"),
     ("$$ escape", {"value": "$$(POD)"}, "$(POD)"),
 ]
@@ -112,11 +158,17 @@ ENV_CASES = [
 
 @pytest.mark.parametrize("case,item,expected", ENV_CASES, ids=[c[0] for c in ENV_CASES])
 def test_env_resolution(case: str, item: dict, expected: str) -> None:
-    env = [{"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-           {"name": "X", **item}]
-    plan = run([secret("s", {"url": "redis://cache.example:6379/1"}, {"plain": "p@ss"}),
-                configmap("cm", {"level": "debug"}),
-                workload("StatefulSet", "web", [container(env=env)])])
+    env = [
+        {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "X", **item},
+    ]
+    plan = run(
+        [
+            secret("s", {"url": "redis://cache.example:6379/1"}, {"plain": "p@ss"}),
+            configmap("cm", {"level": "debug"}),
+            workload("StatefulSet", "web", [container(env=env)]),
+        ]
+    )
     assert only(plan, "web-0").env["X"] == expected
 
 
@@ -130,27 +182,43 @@ def test_env_optional_missing_is_left_out_and_required_missing_is_an_error() -> 
 
 
 def test_env_from_configmap_and_secret_with_prefix() -> None:
-    c = container(envFrom=[{"configMapRef": {"name": "cm"}},
-                           {"secretRef": {"name": "s"}, "prefix": "S_"}])
-    plan = run([configmap("cm", {"A": "1"}), secret("s", {"B": "2"}),
-                workload("Deployment", "d", [c])])
+    c = container(
+        envFrom=[{"configMapRef": {"name": "cm"}}, {"secretRef": {"name": "s"}, "prefix": "S_"}]
+    )
+    plan = run(
+        [configmap("cm", {"A": "1"}), secret("s", {"B": "2"}), workload("Deployment", "d", [c])]
+    )
     env = only(plan, "d-0").env
     assert env["A"] == "1" and env["S_B"] == "2"
 
 
 # --- volumes ----------------------------------------------------------------------------------
 
+
 def test_configmap_and_secret_volumes_become_files_under_the_pod_dir() -> None:
-    mounts = [{"name": "policy", "mountPath": "/etc/nimbus/policy"},
-              {"name": "auth", "mountPath": "/etc/nimbus/http-auth", "readOnly": True},
-              {"name": "picked", "mountPath": "/etc/picked"}]
-    volumes = [{"name": "policy", "configMap": {"name": "pol"}},
-               {"name": "auth", "secret": {"secretName": "users", "defaultMode": 288}},
-               {"name": "picked", "configMap": {"name": "pol", "items": [
-                   {"key": "init.py", "path": "sub/main.py", "mode": 0o600}]}}]
-    plan = run([configmap("pol", {"init.py": "x = 1\n", "a.toml": "[a]\n"}),
-                secret("users", {"alice": "s3cret"}),
-                workload("StatefulSet", "m", [container(mounts=mounts)], volumes=volumes)])
+    mounts = [
+        {"name": "policy", "mountPath": "/etc/nimbus/policy"},
+        {"name": "auth", "mountPath": "/etc/nimbus/http-auth", "readOnly": True},
+        {"name": "picked", "mountPath": "/etc/picked"},
+    ]
+    volumes = [
+        {"name": "policy", "configMap": {"name": "pol"}},
+        {"name": "auth", "secret": {"secretName": "users", "defaultMode": 288}},
+        {
+            "name": "picked",
+            "configMap": {
+                "name": "pol",
+                "items": [{"key": "init.py", "path": "sub/main.py", "mode": 0o600}],
+            },
+        },
+    ]
+    plan = run(
+        [
+            configmap("pol", {"init.py": "x = 1\n", "a.toml": "[a]\n"}),
+            secret("users", {"alice": "s3cret"}),
+            workload("StatefulSet", "m", [container(mounts=mounts)], volumes=volumes),
+        ]
+    )
     spec = only(plan, "m-0")
     files = {f.path: (f.content, f.mode) for f in spec.files}
     assert files == {
@@ -159,8 +227,10 @@ def test_configmap_and_secret_volumes_become_files_under_the_pod_dir() -> None:
         "/w/m-0/etc/nimbus/http-auth/alice": (b"s3cret", 0o440),
         "/w/m-0/etc/picked/sub/main.py": (b"x = 1\n", 0o600),
     }
-    assert {(d.path, d.wipe) for d in spec.dirs} >= {("/w/m-0/etc/nimbus/policy", True),
-                                                     ("/w/m-0/etc/nimbus/http-auth", True)}
+    assert {(d.path, d.wipe) for d in spec.dirs} >= {
+        ("/w/m-0/etc/nimbus/policy", True),
+        ("/w/m-0/etc/nimbus/http-auth", True),
+    }
 
 
 DIR_CASES = [
@@ -171,13 +241,23 @@ DIR_CASES = [
 
 
 @pytest.mark.parametrize("case,name,source,wipe", DIR_CASES, ids=[c[0] for c in DIR_CASES])
-def test_writable_volumes_are_per_pod_dirs(case: str, name: str, source: dict | None,
-                                           wipe: bool) -> None:
+def test_writable_volumes_are_per_pod_dirs(
+    case: str, name: str, source: dict | None, wipe: bool
+) -> None:
     volumes = [{"name": name, **source}] if source else []
     env = [{"name": "NIMBUS_SPOOL_DIR", "value": "/var/spool/nimbus"}]
-    plan = run([workload("StatefulSet", "m", [container(
-        env=env, mounts=[{"name": name, "mountPath": "/var/spool/nimbus"}])],
-        replicas=2, volumes=volumes, claims=("spool",) if source is None else ())])
+    plan = run(
+        [
+            workload(
+                "StatefulSet",
+                "m",
+                [container(env=env, mounts=[{"name": name, "mountPath": "/var/spool/nimbus"}])],
+                replicas=2,
+                volumes=volumes,
+                claims=("spool",) if source is None else (),
+            )
+        ]
+    )
     for i in range(2):
         spec = only(plan, f"m-{i}")
         assert spec.env["NIMBUS_SPOOL_DIR"] == f"/w/m-{i}/var/spool/nimbus"
@@ -194,24 +274,42 @@ def test_missing_volume_source_is_an_error() -> None:
 
 # --- address and path rewriting --------------------------------------------------------------
 
+
 def rewrite_plan(value: str, *, as_arg: bool = False) -> tuple[str, Plan]:
     """``value`` as env X (or an argument) of pod mta-0, next to redis, tsa and an 80 port."""
-    mounts = [{"name": "spool", "mountPath": "/var/spool/nimbus"},
-              {"name": "cfg", "mountPath": "/etc/cfg"},
-              {"name": "one", "mountPath": "/etc/one.toml", "subPath": "one.toml"}]
-    mta = container("mta", args=["mta", value] if as_arg else ["mta"],
-                    env=[] if as_arg else [{"name": "X", "value": value}],
-                    ports={"smtp": 2525, "http": 8000}, mounts=mounts)
+    mounts = [
+        {"name": "spool", "mountPath": "/var/spool/nimbus"},
+        {"name": "cfg", "mountPath": "/etc/cfg"},
+        {"name": "one", "mountPath": "/etc/one.toml", "subPath": "one.toml"},
+    ]
+    mta = container(
+        "mta",
+        args=["mta", value] if as_arg else ["mta"],
+        env=[] if as_arg else [{"name": "X", "value": value}],
+        ports={"smtp": 2525, "http": 8000},
+        mounts=mounts,
+    )
     manifests = [
         configmap("cfg", {"a.toml": "", "one.toml": ""}),
-        workload("StatefulSet", "mta", [mta], replicas=2, claims=("spool",),
-                 service_name="mta-headless",
-                 volumes=[{"name": "cfg", "configMap": {"name": "cfg"}},
-                          {"name": "one", "configMap": {"name": "cfg"}}]),
+        workload(
+            "StatefulSet",
+            "mta",
+            [mta],
+            replicas=2,
+            claims=("spool",),
+            service_name="mta-headless",
+            volumes=[
+                {"name": "cfg", "configMap": {"name": "cfg"}},
+                {"name": "one", "configMap": {"name": "cfg"}},
+            ],
+        ),
         service("mta", {"app": "mta"}, {"smtp": (25, "smtp"), "http": (8000, "http")}),
         service("mta-headless", {"app": "mta"}, {"smtp": (2525, "smtp")}, headless=True),
-        workload("Deployment", "redis", [container("redis", command=["redis-server"], args=[],
-                                                   ports={"redis": 6379})]),
+        workload(
+            "Deployment",
+            "redis",
+            [container("redis", command=["redis-server"], args=[], ports={"redis": 6379})],
+        ),
         service("redis", {"app": "redis"}, {"redis": (6379, "redis")}),
         workload("Deployment", "web", [container("web", args=["sink"], ports={"http": 8080})]),
         service("web", {"app": "web"}, {"http": (80, 8080)}),
@@ -230,8 +328,11 @@ REWRITE_CASES = [
     ("wildcard listen", "0.0.0.0:8000", "{mta-0:http}"),
     ("IPv6 wildcard listen", "[::]:2525", "{mta-0:smtp}"),
     ("port-only listen, undeclared port", ":9100", "{new}"),
-    ("loopback reference to own port", "http://localhost:8000/metrics",
-     "http://{mta-0:http}/metrics"),
+    (
+        "loopback reference to own port",
+        "http://localhost:8000/metrics",
+        "http://{mta-0:http}/metrics",
+    ),
     ("service:port", "redis:6379", "{redis-0:redis}"),
     ("redis URL", "redis://redis:6379/0", "redis://{redis-0:redis}/0"),
     ("redis URL with password", "redis://:pw@redis:6379/0", "redis://:pw@{redis-0:redis}/0"),
@@ -298,21 +399,27 @@ def test_service_references_are_dependencies_and_set_the_start_order() -> None:
 
 def test_services_table_lists_pod0_addresses() -> None:
     _, plan = rewrite_plan("x")
-    assert plan.services["mta"] == {"smtp": local(plan, "mta-0", "smtp"),
-                                    "http": local(plan, "mta-0", "http")}
+    assert plan.services["mta"] == {
+        "smtp": local(plan, "mta-0", "smtp"),
+        "http": local(plan, "mta-0", "http"),
+    }
 
 
 # --- workloads, commands, readiness -------------------------------------------------------------
 
+
 def test_replica_naming_and_distinct_ports() -> None:
-    plan = run([
-        workload("StatefulSet", "mta", [container(ports={"smtp": 2525})], replicas=3),
-        workload("Deployment", "sink", [container(args=["sink"], ports={"smtp": 2526})],
-                 replicas=2),
-        workload("Deployment", "defaulted", [container(args=["tsa"])], replicas=None),
-        workload("Deployment", "hooked", [container()], annotations={"helm.sh/hook": "test"}),
-        {"kind": "Job", "metadata": {"name": "j"}, "spec": {}},
-    ])
+    plan = run(
+        [
+            workload("StatefulSet", "mta", [container(ports={"smtp": 2525})], replicas=3),
+            workload(
+                "Deployment", "sink", [container(args=["sink"], ports={"smtp": 2526})], replicas=2
+            ),
+            workload("Deployment", "defaulted", [container(args=["tsa"])], replicas=None),
+            workload("Deployment", "hooked", [container()], annotations={"helm.sh/hook": "test"}),
+            {"kind": "Job", "metadata": {"name": "j"}, "spec": {}},
+        ]
+    )
     names = sorted(s.name for s in plan.specs)
     assert names == ["defaulted-0", "mta-0", "mta-1", "mta-2", "sink-0", "sink-1"]
     smtp_ports = [s.ports["smtp"] for s in plan.specs if "smtp" in s.ports]
@@ -321,17 +428,32 @@ def test_replica_naming_and_distinct_ports() -> None:
 
 COMMAND_CASES = [
     ("nimbus command", dict(command=["nimbus"], args=["mta"]), (*NIMBUS, "mta"), "mta"),
-    ("absolute nimbus path", dict(command=["/opt/nimbus/bin/nimbus"], args=["tsa"]),
-     (*NIMBUS, "tsa"), "tsa"),
+    (
+        "absolute nimbus path",
+        dict(command=["/opt/nimbus/bin/nimbus"], args=["tsa"]),
+        (*NIMBUS, "tsa"),
+        "tsa",
+    ),
     ("image ENTRYPOINT nimbus", dict(command=None, args=["sink"]), (*NIMBUS, "sink"), "sink"),
-    ("redis command: port and bind rewritten",
-     dict(command=["redis-server"], args=["--port", "6379", "--save", ""],
-          ports={"redis": 6379}),
-     ("redis-server", "--port", "{redis}", "--save", "", "--bind", "127.0.0.1"), "redis"),
-    ("redis image without command",
-     dict(command=None, image="redis:7.4-alpine", args=["--port=6379", "--bind", "0.0.0.0"],
-          ports={"redis": 6379}),
-     ("redis-server", "--port={redis}", "--bind", "127.0.0.1"), "redis"),
+    (
+        "redis command: port and bind rewritten",
+        dict(
+            command=["redis-server"], args=["--port", "6379", "--save", ""], ports={"redis": 6379}
+        ),
+        ("redis-server", "--port", "{redis}", "--save", "", "--bind", "127.0.0.1"),
+        "redis",
+    ),
+    (
+        "redis image without command",
+        dict(
+            command=None,
+            image="redis:7.4-alpine",
+            args=["--port=6379", "--bind", "0.0.0.0"],
+            ports={"redis": 6379},
+        ),
+        ("redis-server", "--port={redis}", "--bind", "127.0.0.1"),
+        "redis",
+    ),
 ]
 
 
@@ -349,21 +471,29 @@ def test_unknown_command_is_an_error() -> None:
 
 
 READINESS_CASES = [
-    ("httpGet named port", {"httpGet": {"path": "/api/check-liveness/v1", "port": "http"}},
-     ("http", "http://127.0.0.1:{http}/api/check-liveness/v1")),
-    ("httpGet numeric port, https", {"httpGet": {"path": "/h", "port": 8000, "scheme": "HTTPS"}},
-     ("https", "https://127.0.0.1:{http}/h")),
+    (
+        "httpGet named port",
+        {"httpGet": {"path": "/api/check-liveness/v1", "port": "http"}},
+        ("http", "http://127.0.0.1:{http}/api/check-liveness/v1"),
+    ),
+    (
+        "httpGet numeric port, https",
+        {"httpGet": {"path": "/h", "port": 8000, "scheme": "HTTPS"}},
+        ("https", "https://127.0.0.1:{http}/h"),
+    ),
     ("tcpSocket", {"tcpSocket": {"port": "smtp"}}, ("tcp", "{smtp}")),
     ("exec: no local probe", {"exec": {"command": ["true"]}}, ("none", None)),
     ("no probe", None, ("none", None)),
 ]
 
 
-@pytest.mark.parametrize("case,probe,expected", READINESS_CASES,
-                         ids=[c[0] for c in READINESS_CASES])
+@pytest.mark.parametrize(
+    "case,probe,expected", READINESS_CASES, ids=[c[0] for c in READINESS_CASES]
+)
 def test_readiness(case: str, probe: dict | None, expected: tuple) -> None:
-    plan = run([workload("Deployment", "p", [container(ports={"smtp": 2525, "http": 8000},
-                                                       probe=probe)])])
+    plan = run(
+        [workload("Deployment", "p", [container(ports={"smtp": 2525, "http": 8000}, probe=probe)])]
+    )
     spec = only(plan, "p-0")
     kind, target = expected
     if kind == "https":
@@ -376,12 +506,29 @@ def test_readiness(case: str, probe: dict | None, expected: tuple) -> None:
 
 
 def test_multi_container_pod_shares_volumes_and_localhost() -> None:
-    plan = run([workload("Deployment", "p", [
-        container("a", ports={"http": 8000}, mounts=[{"name": "tmp", "mountPath": "/tmp"}]),
-        container("b", args=["tsa"], env=[{"name": "U", "value": "http://localhost:8000"},
-                                          {"name": "T", "value": "/scratch/x"}],
-                  mounts=[{"name": "tmp", "mountPath": "/scratch"}]),
-    ], volumes=[{"name": "tmp", "emptyDir": {}}])])
+    plan = run(
+        [
+            workload(
+                "Deployment",
+                "p",
+                [
+                    container(
+                        "a", ports={"http": 8000}, mounts=[{"name": "tmp", "mountPath": "/tmp"}]
+                    ),
+                    container(
+                        "b",
+                        args=["tsa"],
+                        env=[
+                            {"name": "U", "value": "http://localhost:8000"},
+                            {"name": "T", "value": "/scratch/x"},
+                        ],
+                        mounts=[{"name": "tmp", "mountPath": "/scratch"}],
+                    ),
+                ],
+                volumes=[{"name": "tmp", "emptyDir": {}}],
+            )
+        ]
+    )
     a, b = only(plan, "p-0/a"), only(plan, "p-0/b")
     assert b.env["U"] == f"http://127.0.0.1:{a.ports['http']}"
     assert b.env["T"] == "/w/p-0/tmp/x"
@@ -389,21 +536,46 @@ def test_multi_container_pod_shares_volumes_and_localhost() -> None:
 
 
 def test_credentials_are_the_first_user_of_the_auth_dir() -> None:
-    c = container(env=[{"name": "NIMBUS_HTTP_AUTH_DIR", "value": "/etc/auth"}],
-                  mounts=[{"name": "auth", "mountPath": "/etc/auth"}])
-    plan = run([secret("users", {"zed": "z", "bob": "hunter2\n"}),
-                workload("StatefulSet", "m", [c],
-                         volumes=[{"name": "auth", "secret": {"secretName": "users"}}])])
+    c = container(
+        env=[{"name": "NIMBUS_HTTP_AUTH_DIR", "value": "/etc/auth"}],
+        mounts=[{"name": "auth", "mountPath": "/etc/auth"}],
+    )
+    plan = run(
+        [
+            secret("users", {"zed": "z", "bob": "hunter2\n"}),
+            workload(
+                "StatefulSet",
+                "m",
+                [c],
+                volumes=[{"name": "auth", "secret": {"secretName": "users"}}],
+            ),
+        ]
+    )
     assert plan.credentials == ("bob", "hunter2")
 
 
 # --- the CLI surface and values ----------------------------------------------------------------
 
+
 def test_add_subcommand_parses_cluster_up() -> None:
     parser = argparse.ArgumentParser(prog="nimbus")
     add_subcommand(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["cluster", "up", "-f", "a.yaml", "-f", "b.yaml", "--set",
-                              "mta.logLevel=debug", "--replicas", "3", "--workdir", "/tmp/c"])
+    args = parser.parse_args(
+        [
+            "cluster",
+            "up",
+            "-f",
+            "a.yaml",
+            "-f",
+            "b.yaml",
+            "--set",
+            "mta.logLevel=debug",
+            "--replicas",
+            "3",
+            "--workdir",
+            "/tmp/c",
+        ]
+    )
     assert (args.command, args.cluster_command) == ("cluster", "up")
     assert args.values == ["a.yaml", "b.yaml"] and args.set_args == ["mta.logLevel=debug"]
     assert args.replicas == 3 and args.workdir == "/tmp/c"
@@ -411,28 +583,35 @@ def test_add_subcommand_parses_cluster_up() -> None:
 
 
 def test_compose_values_overrides_last() -> None:
-    values = compose_values(set_values={"mta.logLevel": "debug", "policy.files.a\\.toml": "x"},
-                            replicas=4)
-    assert values == {"mta": {"logLevel": "debug", "replicas": 4},
-                      "policy": {"files": {"a.toml": "x"}}}
+    values = compose_values(
+        set_values={"mta.logLevel": "debug", "policy.files.a\\.toml": "x"}, replicas=4
+    )
+    assert values == {
+        "mta": {"logLevel": "debug", "replicas": 4},
+        "policy": {"files": {"a.toml": "x"}},
+    }
 
 
 def test_compose_values_files_then_set(tmp_path) -> None:
     pytest.importorskip("helm_python", reason="helm-python-sdk==0.2.2 is not installed")
-    (tmp_path / "a.yaml").write_text("mta:\n  logLevel: warning\n  replicas: 5\nsink:\n"
-                                     "  enabled: false\n")
+    (tmp_path / "a.yaml").write_text(
+        "mta:\n  logLevel: warning\n  replicas: 5\nsink:\n  enabled: false\n"
+    )
     (tmp_path / "b.yaml").write_text("sink:\n  enabled: true\n")
-    values = compose_values([tmp_path / "a.yaml", tmp_path / "b.yaml"],
-                            set_args=["mta.logLevel=error"], replicas=2)
+    values = compose_values(
+        [tmp_path / "a.yaml", tmp_path / "b.yaml"], set_args=["mta.logLevel=error"], replicas=2
+    )
     assert values == {"mta": {"logLevel": "error", "replicas": 2}, "sink": {"enabled": True}}
 
 
 # --- the real chart ------------------------------------------------------------------------------
 
+
 def _real_plan(replicas: int) -> tuple[Plan, list[dict]]:
     pytest.importorskip("helm_python", reason="helm-python-sdk==0.2.2 is not installed")
     pytest.importorskip("yaml", reason="PyYAML is not installed")
-    from engine.cluster import render_chart
+    from engine.cluster.chart import render_chart
+
     manifests = render_chart(values=compose_values(replicas=replicas), namespace="mail")
     return run(manifests), manifests
 
@@ -445,11 +624,10 @@ def test_real_chart_translates_to_mta_replicas_tsa_sink_redis() -> None:
     plan, manifests = _real_plan(3)
     roles = sorted(s.role for s in plan.specs)
     assert roles == ["mta", "mta", "mta", "redis", "sink", "tsa"]
-    assert [s.name for s in plan.by_role("mta")] == ["nimbus-mta-0", "nimbus-mta-1",
-                                                     "nimbus-mta-2"]
+    assert [s.name for s in plan.by_role("mta")] == ["nimbus-mta-0", "nimbus-mta-1", "nimbus-mta-2"]
     for spec in plan.specs:
         if spec.role != "redis":
-            assert spec.argv[:len(NIMBUS)] == NIMBUS and spec.argv[len(NIMBUS)] == spec.role
+            assert spec.argv[: len(NIMBUS)] == NIMBUS and spec.argv[len(NIMBUS)] == spec.role
             unknown = [n for n in spec.env if not _is_setting(n)]
             assert not unknown, f"{spec.name}: not Nimbus settings: {unknown}"
         for name, value in spec.env.items():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import BUNDLED_POLICY_DIR, ConfigError, Settings, load_settings
+from engine.config.settings import BUNDLED_POLICY_DIR, ConfigError, Settings, load_settings
 
 
 def write(tmp_path: Path, text: str) -> str:
@@ -16,23 +16,26 @@ def write(tmp_path: Path, text: str) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize(("section", "key", "value"), [
-    ("smtp", "listen", "0.0.0.0:2525"),
-    ("smtp", "relay_hosts", ["127.0.0.1/32", "::1/128"]),
-    ("smtp", "max_message_size", 20_000_000),
-    ("smtp", "max_recipients", 100),
-    ("smtp", "idle_timeout", 300.0),
-    ("http", "listen", "0.0.0.0:8000"),
-    ("http", "auth_dir", ""),
-    ("spool", "dir", "nimbus-data/spool"),
-    ("spool", "max_size", 0),
-    ("log", "dir", "nimbus-data/logs"),
-    ("policy", "dir", str(BUNDLED_POLICY_DIR)),
-    ("policy", "event_timeout", 5.0),
-    ("sink", "enabled", False),
-    ("sink", "endpoint", ""),
-    ("delivery", "allow_loopback_mx", False),
-])
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("smtp", "listen", "0.0.0.0:2525"),
+        ("smtp", "relay_hosts", ["127.0.0.1/32", "::1/128"]),
+        ("smtp", "max_message_size", 20_000_000),
+        ("smtp", "max_recipients", 100),
+        ("smtp", "idle_timeout", 300.0),
+        ("http", "listen", "0.0.0.0:8000"),
+        ("http", "auth_dir", ""),
+        ("spool", "dir", "nimbus-data/spool"),
+        ("spool", "max_size", 0),
+        ("log", "dir", "nimbus-data/logs"),
+        ("policy", "dir", str(BUNDLED_POLICY_DIR)),
+        ("policy", "event_timeout", 5.0),
+        ("sink", "enabled", False),
+        ("sink", "endpoint", ""),
+        ("delivery", "allow_loopback_mx", False),
+    ],
+)
 def test_defaults(section, key, value):
     """With no file, environment or overrides every setting has its built-in default."""
     settings = load_settings(None, env={})
@@ -46,7 +49,9 @@ def test_defaults_equal_settings_constructor():
 
 def test_file_values_applied(tmp_path):
     """Values in the TOML file replace the defaults, converted to their kinds."""
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 node_id = "node-a"
 [smtp]
 listen = "127.0.0.1:25"
@@ -55,11 +60,17 @@ idle_timeout = "2m"
 relay_hosts = ["10.0.0.0/8"]
 [spool]
 dir = "/var/spool/nimbus"
-""")
+""",
+    )
     s = load_settings(path, env={})
-    assert (s.node_id, s.smtp.listen, s.smtp.max_message_size, s.smtp.idle_timeout,
-            s.smtp.relay_hosts, s.spool.dir) == (
-        "node-a", "127.0.0.1:25", 10_000_000, 120.0, ["10.0.0.0/8"], "/var/spool/nimbus")
+    assert (
+        s.node_id,
+        s.smtp.listen,
+        s.smtp.max_message_size,
+        s.smtp.idle_timeout,
+        s.smtp.relay_hosts,
+        s.spool.dir,
+    ) == ("node-a", "127.0.0.1:25", 10_000_000, 120.0, ["10.0.0.0/8"], "/var/spool/nimbus")
 
 
 def test_file_leaves_unset_keys_at_default(tmp_path):
@@ -74,19 +85,27 @@ def test_config_path_from_nimbus_config_env(tmp_path):
     assert load_settings(None, env={"NIMBUS_CONFIG": path}).smtp.max_recipients == 7
 
 
-@pytest.mark.parametrize(("var", "value", "section", "key", "expected"), [
-    ("NIMBUS_SMTP_LISTEN", "127.0.0.1:2626", "smtp", "listen", "127.0.0.1:2626"),
-    ("NIMBUS_HTTP_LISTEN", "127.0.0.1:8080", "http", "listen", "127.0.0.1:8080"),
-    ("NIMBUS_SPOOL_DIR", "/data/spool", "spool", "dir", "/data/spool"),
-    ("NIMBUS_LOG_DIR", "/data/logs", "log", "dir", "/data/logs"),
-    ("NIMBUS_POLICY_DIR", "/etc/nimbus/policy", "policy", "dir", "/etc/nimbus/policy"),
-    ("NIMBUS_HTTP_AUTH_DIR", "/etc/nimbus/users", "http", "auth_dir", "/etc/nimbus/users"),
-    ("NIMBUS_RELAY_HOSTS", "10.0.0.0/8, 192.168.0.0/16", "smtp", "relay_hosts",
-     ["10.0.0.0/8", "192.168.0.0/16"]),
-    ("NIMBUS_SINK_ENABLED", "true", "sink", "enabled", True),
-    ("NIMBUS_SINK_ENDPOINT", "sink:2525", "sink", "endpoint", "sink:2525"),
-    ("NIMBUS_NODE_ID", "node-7", None, "node_id", "node-7"),
-])
+@pytest.mark.parametrize(
+    ("var", "value", "section", "key", "expected"),
+    [
+        ("NIMBUS_SMTP_LISTEN", "127.0.0.1:2626", "smtp", "listen", "127.0.0.1:2626"),
+        ("NIMBUS_HTTP_LISTEN", "127.0.0.1:8080", "http", "listen", "127.0.0.1:8080"),
+        ("NIMBUS_SPOOL_DIR", "/data/spool", "spool", "dir", "/data/spool"),
+        ("NIMBUS_LOG_DIR", "/data/logs", "log", "dir", "/data/logs"),
+        ("NIMBUS_POLICY_DIR", "/etc/nimbus/policy", "policy", "dir", "/etc/nimbus/policy"),
+        ("NIMBUS_HTTP_AUTH_DIR", "/etc/nimbus/users", "http", "auth_dir", "/etc/nimbus/users"),
+        (
+            "NIMBUS_RELAY_HOSTS",
+            "10.0.0.0/8, 192.168.0.0/16",
+            "smtp",
+            "relay_hosts",
+            ["10.0.0.0/8", "192.168.0.0/16"],
+        ),
+        ("NIMBUS_SINK_ENABLED", "true", "sink", "enabled", True),
+        ("NIMBUS_SINK_ENDPOINT", "sink:2525", "sink", "endpoint", "sink:2525"),
+        ("NIMBUS_NODE_ID", "node-7", None, "node_id", "node-7"),
+    ],
+)
 def test_environment_names(var, value, section, key, expected):
     """Each contract environment variable sets its setting."""
     env = {var: value}
@@ -97,25 +116,38 @@ def test_environment_names(var, value, section, key, expected):
     assert getattr(target, key) == expected
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("1", True), ("yes", True), ("on", True), ("TRUE", True),
-    ("0", False), ("no", False), ("off", False), ("false", False), ("", False),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1", True),
+        ("yes", True),
+        ("on", True),
+        ("TRUE", True),
+        ("0", False),
+        ("no", False),
+        ("off", False),
+        ("false", False),
+        ("", False),
+    ],
+)
 def test_environment_bool_spellings(value, expected):
     """Boolean environment values accept the usual spellings."""
     env = {"NIMBUS_DELIVERY_ALLOW_LOOPBACK_MX": value}
     assert load_settings(None, env=env).delivery.allow_loopback_mx is expected
 
 
-@pytest.mark.parametrize(("file_value", "env_value", "override", "expected"), [
-    (None, None, None, 100),
-    (10, None, None, 10),
-    (10, "20", None, 20),
-    (10, "20", 30, 30),
-    (None, "20", None, 20),
-    (None, None, 30, 30),
-    (10, None, 30, 30),
-])
+@pytest.mark.parametrize(
+    ("file_value", "env_value", "override", "expected"),
+    [
+        (None, None, None, 100),
+        (10, None, None, 10),
+        (10, "20", None, 20),
+        (10, "20", 30, 30),
+        (None, "20", None, 20),
+        (None, None, 30, 30),
+        (10, None, 30, 30),
+    ],
+)
 def test_precedence(tmp_path, file_value, env_value, override, expected):
     """Defaults < file < environment < overrides."""
     path = write(tmp_path, f"[smtp]\nmax_recipients = {file_value}\n") if file_value else None
@@ -135,22 +167,25 @@ def test_unknown_key_in_file_names_file_table_and_key(tmp_path):
 
 def test_unknown_table_in_file_is_error(tmp_path):
     """An unknown top-level table raises ConfigError naming the file and the table."""
-    path = write(tmp_path, "[smtpd]\nlisten = \"0.0.0.0:25\"\n")
+    path = write(tmp_path, '[smtpd]\nlisten = "0.0.0.0:25"\n')
     with pytest.raises(ConfigError) as exc:
         load_settings(path, env={})
     assert path in str(exc.value) and "smtpd" in str(exc.value)
 
 
-@pytest.mark.parametrize(("toml", "table", "key"), [
-    ('[smtp]\nmax_recipients = "lots"\n', "[smtp]", "max_recipients"),
-    ('[smtp]\nrelay_hosts = ["10.0.0.0/8", "not-a-cidr"]\n', "[smtp]", "relay_hosts"),
-    ('[smtp]\nlisten = "0.0.0.0"\n', "[smtp]", "listen"),
-    ('[smtp]\nmax_message_size = "huge"\n', "[smtp]", "max_message_size"),
-    ('[smtp]\nidle_timeout = "5 parsecs"\n', "[smtp]", "idle_timeout"),
-    ('[smtp]\nmax_connections = -1\n', "[smtp]", "max_connections"),
-    ('[sink]\nenabled = "maybe"\n', "[sink]", "enabled"),
-    ('[http]\ntrusted_hosts = ["300.1.1.1/8"]\n', "[http]", "trusted_hosts"),
-])
+@pytest.mark.parametrize(
+    ("toml", "table", "key"),
+    [
+        ('[smtp]\nmax_recipients = "lots"\n', "[smtp]", "max_recipients"),
+        ('[smtp]\nrelay_hosts = ["10.0.0.0/8", "not-a-cidr"]\n', "[smtp]", "relay_hosts"),
+        ('[smtp]\nlisten = "0.0.0.0"\n', "[smtp]", "listen"),
+        ('[smtp]\nmax_message_size = "huge"\n', "[smtp]", "max_message_size"),
+        ('[smtp]\nidle_timeout = "5 parsecs"\n', "[smtp]", "idle_timeout"),
+        ("[smtp]\nmax_connections = -1\n", "[smtp]", "max_connections"),
+        ('[sink]\nenabled = "maybe"\n', "[sink]", "enabled"),
+        ('[http]\ntrusted_hosts = ["300.1.1.1/8"]\n', "[http]", "trusted_hosts"),
+    ],
+)
 def test_bad_value_names_file_table_and_key(tmp_path, toml, table, key):
     """A value of the wrong kind raises ConfigError naming the file, the table and the key."""
     path = write(tmp_path, toml)
@@ -207,10 +242,13 @@ def test_sink_endpoint_without_enabled_is_accepted():
     assert load_settings(None, env={"NIMBUS_SINK_ENDPOINT": ""}).sink.enabled is False
 
 
-@pytest.mark.parametrize("toml", [
-    '[smtp]\ntls_certificate = "/etc/tls/cert.pem"\n',
-    '[smtp]\ntls_private_key = "/etc/tls/key.pem"\n',
-])
+@pytest.mark.parametrize(
+    "toml",
+    [
+        '[smtp]\ntls_certificate = "/etc/tls/cert.pem"\n',
+        '[smtp]\ntls_private_key = "/etc/tls/key.pem"\n',
+    ],
+)
 def test_tls_certificate_and_key_must_be_set_together(tmp_path, toml):
     """A TLS certificate without a key (or the reverse) raises ConfigError."""
     with pytest.raises(ConfigError, match="tls_certificate"):
@@ -232,6 +270,7 @@ def test_override_unknown_key_names_flags():
 
 def test_dkim_settings_from_environment():
     """NIMBUS_DKIM_WORKERS and NIMBUS_DKIM_TIMEOUT set the signing service's size and limit."""
-    from engine.config import load_settings
+    from engine.config.settings import load_settings
+
     s = load_settings(env={"NIMBUS_DKIM_WORKERS": "0", "NIMBUS_DKIM_TIMEOUT": "5s"})
     assert (s.dkim.workers, s.dkim.timeout) == (0, 5.0)

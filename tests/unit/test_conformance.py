@@ -8,42 +8,56 @@ import email.utils
 
 import pytest
 
-from engine.conformance import CHECKS, fix, parse_labels, problems
+from engine.policy.conformance import CHECKS, fix, parse_labels, problems
 
 NOW = 1709287200.0  # 2024-03-01T10:00:00Z
 
-HEAD = (b"From: Ann <ann@example.com>\r\n"
-        b"To: bob@example.net\r\n"
-        b"Date: Fri, 01 Mar 2024 10:00:00 +0000\r\n"
-        b"Message-ID: <1@example.com>\r\n")
+HEAD = (
+    b"From: Ann <ann@example.com>\r\n"
+    b"To: bob@example.net\r\n"
+    b"Date: Fri, 01 Mar 2024 10:00:00 +0000\r\n"
+    b"Message-ID: <1@example.com>\r\n"
+)
 CLEAN = HEAD + b"Subject: hello\r\n\r\nHello Bob,\r\nbye\r\n"
 MIME = b"MIME-Version: 1.0\r\n"
 TEXT_8BIT = b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n"
 
 # One message per label, each with exactly that one problem, and its body text.
 CASES: dict[str, tuple[bytes, str]] = {
-    "MISSING_COLON_VALUE": (
-        HEAD + b"Subject: hi\r\nBogus\r\n\r\nbody text\r\n", "body text\n"),
+    "MISSING_COLON_VALUE": (HEAD + b"Subject: hi\r\nBogus\r\n\r\nbody text\r\n", "body text\n"),
     "NON_CANONICAL_LINE_ENDINGS (bare LF)": (
         HEAD.replace(b"\r\n", b"\n") + b"Subject: hi\n\nline one\nline two\n",
-        "line one\nline two\n"),
+        "line one\nline two\n",
+    ),
     "NON_CANONICAL_LINE_ENDINGS (bare CR)": (
-        HEAD + b"Subject: hi\r\n\r\nline one\rline two\r\n", "line one\nline two\n"),
-    "NAME_ENDS_WITH_SPACE": (
-        HEAD + b"Subject : hi\r\n\r\nbody text\r\n", "body text\n"),
+        HEAD + b"Subject: hi\r\n\r\nline one\rline two\r\n",
+        "line one\nline two\n",
+    ),
+    "NAME_ENDS_WITH_SPACE": (HEAD + b"Subject : hi\r\n\r\nbody text\r\n", "body text\n"),
     "LINE_TOO_LONG": (
-        HEAD + b"Subject: hi\r\n\r\n" + b"a" * 999 + b"\r\nend\r\n", "a" * 999 + "\nend\n"),
+        HEAD + b"Subject: hi\r\n\r\n" + b"a" * 999 + b"\r\nend\r\n",
+        "a" * 999 + "\nend\n",
+    ),
     "NEEDS_TRANSFER_ENCODING (8-bit body)": (
-        HEAD + b"Subject: hi\r\n\r\nh\xc3\xa9llo w\xc3\xb6rld\r\n", "héllo wörld\n"),
+        HEAD + b"Subject: hi\r\n\r\nh\xc3\xa9llo w\xc3\xb6rld\r\n",
+        "héllo wörld\n",
+    ),
     "NEEDS_TRANSFER_ENCODING (8-bit header)": (
-        HEAD + b"Subject: h\xc3\xa9llo\r\n\r\nbody text\r\n", "body text\n"),
+        HEAD + b"Subject: h\xc3\xa9llo\r\n\r\nbody text\r\n",
+        "body text\n",
+    ),
     "MISSING_DATE_HEADER": (
-        CLEAN.replace(b"Date: Fri, 01 Mar 2024 10:00:00 +0000\r\n", b""), "Hello Bob,\nbye\n"),
+        CLEAN.replace(b"Date: Fri, 01 Mar 2024 10:00:00 +0000\r\n", b""),
+        "Hello Bob,\nbye\n",
+    ),
     "MISSING_MESSAGE_ID_HEADER": (
-        CLEAN.replace(b"Message-ID: <1@example.com>\r\n", b""), "Hello Bob,\nbye\n"),
+        CLEAN.replace(b"Message-ID: <1@example.com>\r\n", b""),
+        "Hello Bob,\nbye\n",
+    ),
     "MISSING_MIME_VERSION": (
         HEAD + b"Subject: hi\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nbody text\r\n",
-        "body text\n"),
+        "body text\n",
+    ),
 }
 
 
@@ -56,33 +70,59 @@ def body_text(data: bytes) -> str:
     msg = email.message_from_bytes(data, policy=email.policy.compat32)
     part = next(p for p in msg.walk() if not p.is_multipart())
     raw = part.get_payload(decode=True)
-    return raw.decode(part.get_content_charset() or "utf-8").replace("\r\n", "\n").replace("\r", "\n")
+    return (
+        raw.decode(part.get_content_charset() or "utf-8").replace("\r\n", "\n").replace("\r", "\n")
+    )
 
 
 def fixed(data: bytes, labels: set[str]) -> bytes:
     return fix(data, labels, hostname="mx.example.com", now=NOW)
 
 
-@pytest.mark.parametrize(("data", "expected"), [
-    pytest.param(CLEAN, set(), id="clean"),
-    *(pytest.param(data, {label_of(case)}, id=case) for case, (data, _) in CASES.items()),
-    pytest.param(HEAD + b"Subject: hi\r\n\r\n" + b"a" * 998 + b"\r\n", set(), id="998 octets is fine"),
-    pytest.param(HEAD + b"Subject: " + b"x" * 990 + b"\r\n\r\nbody\r\n", {"LINE_TOO_LONG"},
-                 id="LINE_TOO_LONG (header)"),
-    pytest.param(HEAD + MIME + b"Content-Type: text/plain; charset=utf-8\r\n"
-                 b"Content-Transfer-Encoding: 7bit\r\nSubject: hi\r\n\r\nh\xc3\xa9\r\n",
-                 {"NEEDS_TRANSFER_ENCODING"}, id="NEEDS_TRANSFER_ENCODING (declared 7bit)"),
-    pytest.param(HEAD + MIME + TEXT_8BIT + b"Subject: hi\r\n\r\nh\xc3\xa9\r\n", set(),
-                 id="8-bit body declared 8bit is fine"),
-    pytest.param(HEAD + MIME + b"Content-Type: text/plain\r\nSubject: hi\r\n\r\nbody\r\n", set(),
-                 id="Content-Type with MIME-Version is fine"),
-    pytest.param(CLEAN.replace(b"Date:", b"date:").replace(b"Message-ID:", b"message-id:"), set(),
-                 id="header names are case-insensitive"),
-    pytest.param(HEAD + b"Subject: a\r\n folded\r\n\tvalue\r\n\r\nbody\r\n", set(),
-                 id="continuation lines are not colon-less headers"),
-    pytest.param(HEAD + b"Subject: hi\r\n\r\nno colon here\r\n", set(),
-                 id="body lines are not headers"),
-])
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        pytest.param(CLEAN, set(), id="clean"),
+        *(pytest.param(data, {label_of(case)}, id=case) for case, (data, _) in CASES.items()),
+        pytest.param(
+            HEAD + b"Subject: hi\r\n\r\n" + b"a" * 998 + b"\r\n", set(), id="998 octets is fine"
+        ),
+        pytest.param(
+            HEAD + b"Subject: " + b"x" * 990 + b"\r\n\r\nbody\r\n",
+            {"LINE_TOO_LONG"},
+            id="LINE_TOO_LONG (header)",
+        ),
+        pytest.param(
+            HEAD + MIME + b"Content-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Transfer-Encoding: 7bit\r\nSubject: hi\r\n\r\nh\xc3\xa9\r\n",
+            {"NEEDS_TRANSFER_ENCODING"},
+            id="NEEDS_TRANSFER_ENCODING (declared 7bit)",
+        ),
+        pytest.param(
+            HEAD + MIME + TEXT_8BIT + b"Subject: hi\r\n\r\nh\xc3\xa9\r\n",
+            set(),
+            id="8-bit body declared 8bit is fine",
+        ),
+        pytest.param(
+            HEAD + MIME + b"Content-Type: text/plain\r\nSubject: hi\r\n\r\nbody\r\n",
+            set(),
+            id="Content-Type with MIME-Version is fine",
+        ),
+        pytest.param(
+            CLEAN.replace(b"Date:", b"date:").replace(b"Message-ID:", b"message-id:"),
+            set(),
+            id="header names are case-insensitive",
+        ),
+        pytest.param(
+            HEAD + b"Subject: a\r\n folded\r\n\tvalue\r\n\r\nbody\r\n",
+            set(),
+            id="continuation lines are not colon-less headers",
+        ),
+        pytest.param(
+            HEAD + b"Subject: hi\r\n\r\nno colon here\r\n", set(), id="body lines are not headers"
+        ),
+    ],
+)
 def test_problems(data, expected):
     """problems() reports exactly the labels that apply to the message."""
     assert problems(data) == expected
@@ -147,7 +187,8 @@ def test_fix_missing_message_id_uses_hostname():
 def test_fix_only_applies_requested_labels():
     """fix() leaves problems whose labels were not requested."""
     data = CLEAN.replace(b"Date: Fri, 01 Mar 2024 10:00:00 +0000\r\n", b"").replace(
-        b"Message-ID: <1@example.com>\r\n", b"")
+        b"Message-ID: <1@example.com>\r\n", b""
+    )
     assert problems(fixed(data, {"MISSING_DATE_HEADER"})) == {"MISSING_MESSAGE_ID_HEADER"}
 
 
@@ -156,13 +197,16 @@ def test_fix_of_clean_message_changes_nothing():
     assert fixed(CLEAN, set(CHECKS)) == CLEAN
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("", set()),
-    ("MISSING_DATE_HEADER", {"MISSING_DATE_HEADER"}),
-    ("LINE_TOO_LONG|MISSING_DATE_HEADER", {"LINE_TOO_LONG", "MISSING_DATE_HEADER"}),
-    (" LINE_TOO_LONG | MISSING_DATE_HEADER |", {"LINE_TOO_LONG", "MISSING_DATE_HEADER"}),
-    ("|".join(sorted(CHECKS)), set(CHECKS)),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", set()),
+        ("MISSING_DATE_HEADER", {"MISSING_DATE_HEADER"}),
+        ("LINE_TOO_LONG|MISSING_DATE_HEADER", {"LINE_TOO_LONG", "MISSING_DATE_HEADER"}),
+        (" LINE_TOO_LONG | MISSING_DATE_HEADER |", {"LINE_TOO_LONG", "MISSING_DATE_HEADER"}),
+        ("|".join(sorted(CHECKS)), set(CHECKS)),
+    ],
+)
 def test_parse_labels(text, expected):
     """parse_labels splits on '|' and ignores blanks and surrounding spaces."""
     assert parse_labels(text) == expected

@@ -14,20 +14,23 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from engine.config import ConfigError
-from engine.dkim import DEFAULT_HEADERS, DkimError, DkimKeyError, DkimService, Signer, sign_message
-from engine.events import Rejected
-from engine.helpers.dkim_data import DkimData
-from engine.message import PolicyMessage
+from engine.config.settings import ConfigError
+from engine.dkim.service import DkimService
+from engine.dkim.signer import DEFAULT_HEADERS, DkimError, DkimKeyError, Signer, sign_message
+from engine.policy.events import Rejected
+from engine.policy.helpers.dkim_data import DkimData
+from engine.policy.message import PolicyMessage
 
-MESSAGE = (b"Received: from client.test by mta.test\r\n"
-           b"From: Ann <ann@example.com>\r\n"
-           b"To: bob@example.net\r\n"
-           b"Subject: a  long\r\n  subject\r\n"
-           b"Date: Sat, 21 Nov 2026 10:00:00 +0000\r\n"
-           b"Message-ID: <m1@example.com>\r\n"
-           b"\r\n"
-           b"Hello,  \r\n\r\nbody text\twith  spaces\r\n\r\n\r\n")
+MESSAGE = (
+    b"Received: from client.test by mta.test\r\n"
+    b"From: Ann <ann@example.com>\r\n"
+    b"To: bob@example.net\r\n"
+    b"Subject: a  long\r\n  subject\r\n"
+    b"Date: Sat, 21 Nov 2026 10:00:00 +0000\r\n"
+    b"Message-ID: <m1@example.com>\r\n"
+    b"\r\n"
+    b"Hello,  \r\n\r\nbody text\twith  spaces\r\n\r\n\r\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,23 +39,37 @@ def keys(tmp_path_factory):
     on disk, with their DNS TXT records."""
     d = tmp_path_factory.mktemp("keys")
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    (d / "rsa.pem").write_bytes(rsa_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption()))
-    rsa_pub = base64.b64encode(rsa_key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (d / "rsa.pem").write_bytes(
+        rsa_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    rsa_pub = base64.b64encode(
+        rsa_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
     ed_key = nacl.signing.SigningKey.generate()
     (d / "ed.key").write_bytes(base64.b64encode(bytes(ed_key)) + b"\n")
     ed_pub = base64.b64encode(bytes(ed_key.verify_key))
-    return {"dir": d, "rsa": d / "rsa.pem", "ed": d / "ed.key", "ed_seed": bytes(ed_key),
-            "txt": {"rsa": b"v=DKIM1; k=rsa; p=" + rsa_pub,
-                    "ed": b"v=DKIM1; k=ed25519; p=" + ed_pub}}
+    return {
+        "dir": d,
+        "rsa": d / "rsa.pem",
+        "ed": d / "ed.key",
+        "ed_seed": bytes(ed_key),
+        "txt": {"rsa": b"v=DKIM1; k=rsa; p=" + rsa_pub, "ed": b"v=DKIM1; k=ed25519; p=" + ed_pub},
+    }
 
 
 def dnsfunc(keys, domains=("example.com", "esp.test", "mail.example.com")):
     """A dkimpy ``dnsfunc`` answering ``<selector>._domainkey.<domain>`` from ``keys``."""
-    records = {f"{sel}._domainkey.{dom}.".encode(): txt
-               for sel, txt in keys["txt"].items() for dom in domains}
+    records = {
+        f"{sel}._domainkey.{dom}.".encode(): txt
+        for sel, txt in keys["txt"].items()
+        for dom in domains
+    }
     return lambda name, timeout=5: records.get(name)
 
 
@@ -82,6 +99,7 @@ def ed_signer(keys, **options) -> Signer:
 
 # -- Signer -----------------------------------------------------------------------------
 
+
 def test_rsa_signer_reads_the_key_file_and_hides_it_in_repr(keys):
     """The RSA constructor keeps the PEM bytes of the file and leaves them out of repr."""
     signer = rsa_signer(keys)
@@ -94,13 +112,21 @@ def test_ed25519_signer_accepts_seed_and_pkcs8(keys, tmp_path):
     """An Ed25519 key may be dkimpy's base64 seed or KumoMTA's PKCS#8 PEM/DER; same seed."""
     pk = ed25519.Ed25519PrivateKey.from_private_bytes(keys["ed_seed"])
     pem = tmp_path / "ed.pem"
-    pem.write_bytes(pk.private_bytes(serialization.Encoding.PEM,
-                                     serialization.PrivateFormat.PKCS8,
-                                     serialization.NoEncryption()))
+    pem.write_bytes(
+        pk.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     der = tmp_path / "ed.der"
-    der.write_bytes(pk.private_bytes(serialization.Encoding.DER,
-                                     serialization.PrivateFormat.PKCS8,
-                                     serialization.NoEncryption()))
+    der.write_bytes(
+        pk.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     expected = base64.b64encode(keys["ed_seed"])
     for path in (keys["ed"], pem, der):
         assert Signer.ed25519_sha256("example.com", "ed", key_file=path).key == expected
@@ -120,14 +146,17 @@ def test_key_of_the_wrong_kind_is_refused(keys):
         Signer.ed25519_sha256("example.com", "s1", key_file=keys["rsa"])
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"headers": ("To", "Subject")}, "must include From"),
-    ({"algorithm": "rsa-sha1"}, "algorithm"),
-    ({"body_canonicalization": "strict"}, "body_canonicalization"),
-    ({"expiration": 0}, "expiration"),
-    ({"identity": "ann@example.org"}, "identity"),
-    ({"selector": ""}, "selector"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"headers": ("To", "Subject")}, "must include From"),
+        ({"algorithm": "rsa-sha1"}, "algorithm"),
+        ({"body_canonicalization": "strict"}, "body_canonicalization"),
+        ({"expiration": 0}, "expiration"),
+        ({"identity": "ann@example.org"}, "identity"),
+        ({"selector": ""}, "selector"),
+    ],
+)
 def test_signer_validation(keys, options, message):
     """Invalid signer options are refused when the record is made."""
     fields = {"domain": "example.com", "selector": "s1", "key": b"k", **options}
@@ -137,8 +166,11 @@ def test_signer_validation(keys, options, message):
 
 # -- signing, verified by dkimpy ---------------------------------------------------------
 
-@pytest.mark.parametrize("canon", [("relaxed", "relaxed"), ("simple", "simple"),
-                                   ("relaxed", "simple"), ("simple", "relaxed")])
+
+@pytest.mark.parametrize(
+    "canon",
+    [("relaxed", "relaxed"), ("simple", "simple"), ("relaxed", "simple"), ("simple", "relaxed")],
+)
 @pytest.mark.parametrize("make", [rsa_signer, ed_signer], ids=["rsa", "ed25519"])
 def test_signature_verifies_with_dkimpy(keys, make, canon):
     """RSA and Ed25519 signatures verify with dkimpy in every canonicalization."""
@@ -196,6 +228,7 @@ def test_unusable_key_is_a_dkim_error(keys):
 
 # -- the service ---------------------------------------------------------------------
 
+
 async def ticking_while(coro) -> tuple[object, float]:
     """Run ``coro`` while a task wakes every millisecond; returns (result, longest gap)."""
     gaps: list[float] = []
@@ -225,7 +258,8 @@ async def test_service_signs_without_blocking_the_loop(keys, workers):
     try:
         signers = [rsa_signer(keys), ed_signer(keys)]
         results, longest = await ticking_while(
-            asyncio.gather(*(service.sign(MESSAGE, signers) for _ in range(100))))
+            asyncio.gather(*(service.sign(MESSAGE, signers) for _ in range(100)))
+        )
     finally:
         await service.close()
     assert all(verify(r, keys, 0) and verify(r, keys, 1) for r in results)
@@ -240,7 +274,7 @@ async def test_service_errors_keep_the_worker(keys):
         with pytest.raises(DkimError):
             await service.sign(MESSAGE, [Signer(domain="example.com", selector="s", key=b"x")])
         assert verify(await service.sign(MESSAGE, [rsa_signer(keys)]), keys)
-        assert len(service._pool) == 1
+        assert service.started
     finally:
         await service.close()
 
@@ -262,6 +296,7 @@ async def test_closed_service_refuses(keys):
 
 # -- PolicyMessage -------------------------------------------------------------------
 
+
 def test_policy_message_records_dkim_requests(keys):
     """dkim_sign only records the signer; dkim_requests returns them in order."""
     msg = PolicyMessage("id1", "a@example.com", "b@example.net", MESSAGE)
@@ -276,6 +311,7 @@ def test_policy_message_records_dkim_requests(keys):
 
 # -- dkim_data.toml ----------------------------------------------------------------------
 
+
 def write(tmp_path, text: str):
     path = tmp_path / "dkim_data.toml"
     path.write_text(textwrap.dedent(text))
@@ -285,52 +321,70 @@ def write(tmp_path, text: str):
 @pytest.fixture
 def data_file(keys, tmp_path):
     """A dkim_data.toml with an exact domain, a wildcard and two additional signatures."""
-    return write(tmp_path, f"""
+    return write(
+        tmp_path,
+        f"""
         [base]
         selector = "rsa"
         headers = ["From", "To", "Subject"]
         additional_signatures = ["esp", "fallback"]
 
         [domain."example.com"]
-        filename = "{keys['rsa']}"
+        filename = "{keys["rsa"]}"
 
         [domain."*.example.org"]
         selector = "ed"
         algo = "ed25519"
-        filename = "{keys['ed']}"
+        filename = "{keys["ed"]}"
         over_sign = true
 
         [signature."esp"]
         domain = "esp.test"
-        filename = "{keys['rsa']}"
+        filename = "{keys["rsa"]}"
 
         [signature."fallback"]
         domain = "esp.test"
         selector = "ed"
         algo = "ed25519"
-        filename = "{keys['ed']}"
+        filename = "{keys["ed"]}"
         policy = "OnlyIfMissingDomainBlock"
-        """)
+        """,
+    )
 
 
 def from_msg(from_value: str | None) -> PolicyMessage:
     head = f"From: {from_value}\r\n" if from_value is not None else ""
-    return PolicyMessage("id1", "s@x.test", "r@y.test",
-                         f"{head}To: r@y.test\r\nSubject: hi\r\n\r\nbody\r\n".encode())
+    return PolicyMessage(
+        "id1", "s@x.test", "r@y.test", f"{head}To: r@y.test\r\nSubject: hi\r\n\r\nbody\r\n".encode()
+    )
 
 
-@pytest.mark.parametrize(("from_value", "expected"), [
-    ("Ann <ann@example.com>", [("example.com", "rsa", "rsa-sha256"),
-                               ("esp.test", "rsa", "rsa-sha256")]),
-    ("ann@EXAMPLE.com", [("example.com", "rsa", "rsa-sha256"),
-                         ("esp.test", "rsa", "rsa-sha256")]),
-    ("x@news.example.org", [("news.example.org", "ed", "ed25519-sha256"),
-                            ("esp.test", "rsa", "rsa-sha256")]),
-    ("x@a.b.example.org", [("a.b.example.org", "ed", "ed25519-sha256"),
-                           ("esp.test", "rsa", "rsa-sha256")]),
-    ("x@example.org", [("esp.test", "rsa", "rsa-sha256"), ("esp.test", "ed", "ed25519-sha256")]),
-    ("x@other.test", [("esp.test", "rsa", "rsa-sha256"), ("esp.test", "ed", "ed25519-sha256")]),
-])
+@pytest.mark.parametrize(
+    ("from_value", "expected"),
+    [
+        (
+            "Ann <ann@example.com>",
+            [("example.com", "rsa", "rsa-sha256"), ("esp.test", "rsa", "rsa-sha256")],
+        ),
+        (
+            "ann@EXAMPLE.com",
+            [("example.com", "rsa", "rsa-sha256"), ("esp.test", "rsa", "rsa-sha256")],
+        ),
+        (
+            "x@news.example.org",
+            [("news.example.org", "ed", "ed25519-sha256"), ("esp.test", "rsa", "rsa-sha256")],
+        ),
+        (
+            "x@a.b.example.org",
+            [("a.b.example.org", "ed", "ed25519-sha256"), ("esp.test", "rsa", "rsa-sha256")],
+        ),
+        (
+            "x@example.org",
+            [("esp.test", "rsa", "rsa-sha256"), ("esp.test", "ed", "ed25519-sha256")],
+        ),
+        ("x@other.test", [("esp.test", "rsa", "rsa-sha256"), ("esp.test", "ed", "ed25519-sha256")]),
+    ],
+)
 def test_signers_for_selects_by_from_domain(data_file, from_value, expected):
     """Exact, then wildcard domain blocks by From domain (d= is that domain), then the
     additional signatures, the OnlyIfMissingDomainBlock one only when no domain matched."""
@@ -368,12 +422,15 @@ def test_default_key_path_under_key_dir(keys, tmp_path):
     """Without filename the key is <key_dir>/<domain>/<selector>.key, read at load."""
     (tmp_path / "keys" / "example.com").mkdir(parents=True)
     (tmp_path / "keys" / "example.com" / "rsa.key").write_bytes(keys["rsa"].read_bytes())
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         [base]
         selector = "rsa"
         key_dir = "keys"
         [domain."example.com"]
-        """)
+        """,
+    )
     [signer] = DkimData.load(path).signers_for(from_msg("a@example.com"))
     assert signer.key == keys["rsa"].read_bytes()
 
@@ -382,11 +439,14 @@ def test_wildcard_without_filename_reads_the_from_domain_key(keys, tmp_path):
     """A wildcard block without filename reads <key_dir>/<from domain>/<selector>.key."""
     (tmp_path / "k" / "news.example.org").mkdir(parents=True)
     (tmp_path / "k" / "news.example.org" / "ed.key").write_bytes(keys["ed"].read_bytes())
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         [domain."*.example.org"]
         selector = "ed"
         algo = "ed25519"
-        """)
+        """,
+    )
     data = DkimData.load(path, key_dir=tmp_path / "k")
     [signer] = data.signers_for(from_msg("a@news.example.org"))
     assert (signer.domain, signer.algorithm) == ("news.example.org", "ed25519-sha256")
@@ -394,23 +454,37 @@ def test_wildcard_without_filename_reads_the_from_domain_key(keys, tmp_path):
         data.signers_for(from_msg("a@other.example.org"))
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ('[base]\nselecter = "s1"', r"\[base\] selecter: unknown key"),
-    ('[domain."example.com"]\nselector = "s1"\nfilename = "k.pem"\nalgoo = "sha256"',
-     r"\[domain.'example.com'\] algoo: unknown key"),
-    ('[base]\nvault_mount = "secret"', r"\[base\] vault_mount: .*not supported"),
-    ('[domain."example.com"]\nfilename = "k.pem"', r"\[domain.'example.com'\] selector: missing"),
-    ('[domain."example.com"]\nselector = "s"\nalgo = "rsa"\nfilename = "k.pem"',
-     r"algo: must be sha256 or ed25519"),
-    ('[base]\nexpiration = "1h"', r"\[base\] expiration: expected int"),
-    ('[base]\nadditional_signatures = ["esp"]', r"additional_signatures: 'esp' has no"),
-    ('[signature.esp]\ndomain = "e.test"\nselector = "s"\nfilename = "k.pem"',
-     r"\[signature.esp\]: not listed"),
-    ('[base]\nheaders = ["To"]', r"\[base\] headers: must include From"),
-    ('[domain."example.com"]\nselector = "s"\npolicy = "Never"\nfilename = "k.pem"',
-     r"policy: must be one of Always"),
-    ('[frobnicate]\nx = 1', r"unknown table \[frobnicate\]"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('[base]\nselecter = "s1"', r"\[base\] selecter: unknown key"),
+        (
+            '[domain."example.com"]\nselector = "s1"\nfilename = "k.pem"\nalgoo = "sha256"',
+            r"\[domain.'example.com'\] algoo: unknown key",
+        ),
+        ('[base]\nvault_mount = "secret"', r"\[base\] vault_mount: .*not supported"),
+        (
+            '[domain."example.com"]\nfilename = "k.pem"',
+            r"\[domain.'example.com'\] selector: missing",
+        ),
+        (
+            '[domain."example.com"]\nselector = "s"\nalgo = "rsa"\nfilename = "k.pem"',
+            r"algo: must be sha256 or ed25519",
+        ),
+        ('[base]\nexpiration = "1h"', r"\[base\] expiration: expected int"),
+        ('[base]\nadditional_signatures = ["esp"]', r"additional_signatures: 'esp' has no"),
+        (
+            '[signature.esp]\ndomain = "e.test"\nselector = "s"\nfilename = "k.pem"',
+            r"\[signature.esp\]: not listed",
+        ),
+        ('[base]\nheaders = ["To"]', r"\[base\] headers: must include From"),
+        (
+            '[domain."example.com"]\nselector = "s"\npolicy = "Never"\nfilename = "k.pem"',
+            r"policy: must be one of Always",
+        ),
+        ("[frobnicate]\nx = 1", r"unknown table \[frobnicate\]"),
+    ],
+)
 def test_config_errors_name_file_table_and_key(tmp_path, body, message):
     """Typos and unsupported settings are ConfigErrors naming the file, table and key."""
     path = write(tmp_path, body)
@@ -421,11 +495,14 @@ def test_config_errors_name_file_table_and_key(tmp_path, body, message):
 
 def test_missing_key_file_is_a_config_error(tmp_path):
     """A key file that does not exist fails the load, naming the table and the file."""
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         [base]
         selector = "s1"
         [domain."example.com"]
-        """)
+        """,
+    )
     with pytest.raises(ConfigError) as info:
         DkimData.load(path, key_dir=tmp_path / "keys")
     text = str(info.value)
@@ -435,6 +512,7 @@ def test_missing_key_file_is_a_config_error(tmp_path):
 
 def test_bundled_example_loads_and_signs_nothing():
     """policy/dkim_data.toml (only [base] active) loads clean and selects no signer."""
-    from engine.config import BUNDLED_POLICY_DIR
+    from engine.config.settings import BUNDLED_POLICY_DIR
+
     data = DkimData.load(BUNDLED_POLICY_DIR / "dkim_data.toml")
     assert data.signers_for(from_msg("a@example.com")) == []

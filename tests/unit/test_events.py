@@ -6,8 +6,13 @@ import asyncio
 
 import pytest
 
-from engine.events import (
-    EVENTS, PolicyFailure, PolicyLoadError, Registry, Rejected, reject,
+from engine.policy.events import (
+    EVENTS,
+    PolicyFailure,
+    PolicyLoadError,
+    Registry,
+    Rejected,
+    reject,
 )
 from engine.records import EnhancedCode
 
@@ -35,20 +40,24 @@ def test_many_event_accepts_several_handlers(name):
     assert reg.has(name)
 
 
-@pytest.mark.parametrize(("results", "expected"), [
-    ([None, None], "default"),
-    ([None, "second"], "second"),
-    (["first", "second"], "first"),
-    ([0, "second"], 0),            # falsy but not None still wins
-    ([False, "second"], False),
-])
+@pytest.mark.parametrize(
+    ("results", "expected"),
+    [
+        ([None, None], "default"),
+        ([None, "second"], "second"),
+        (["first", "second"], "first"),
+        ([0, "second"], 0),  # falsy but not None still wins
+        ([False, "second"], False),
+    ],
+)
 async def test_many_event_first_non_none_wins(results, expected):
     """Dispatch returns the first non-None handler result, else the default."""
     reg = Registry()
     for value in results:
         reg.on("get_queue_config")(lambda *a, v=value: v)
-    assert await reg.dispatch("get_queue_config", "d", None, None, None,
-                              default="default") == expected
+    assert (
+        await reg.dispatch("get_queue_config", "d", None, None, None, default="default") == expected
+    )
 
 
 async def test_handlers_run_in_registration_order_until_result():
@@ -91,17 +100,23 @@ async def test_raising_handler_becomes_policy_failure(is_async):
     """A handler that raises becomes PolicyFailure with a 451 4.3.0 response."""
     reg = Registry()
     if is_async:
+
         async def handler(sender, meta):
             raise RuntimeError("boom")
     else:
+
         def handler(sender, meta):
             raise RuntimeError("boom")
+
     reg.on("smtp_server_mail_from")(handler)
     with pytest.raises(PolicyFailure) as exc:
         await reg.dispatch("smtp_server_mail_from", "s@x", {})
     resp = exc.value.response
     assert (resp.code, resp.enhanced_code, exc.value.event) == (
-        451, EnhancedCode(4, 3, 0), "smtp_server_mail_from")
+        451,
+        EnhancedCode(4, 3, 0),
+        "smtp_server_mail_from",
+    )
 
 
 async def test_slow_handler_times_out_as_policy_failure():
@@ -129,7 +144,11 @@ async def test_reject_becomes_rejected_with_exact_response():
         await reg.dispatch("smtp_server_rcpt_to", "r@x", {})
     resp = exc.value.response
     assert (resp.code, resp.enhanced_code, resp.content, resp.single_line()) == (
-        550, EnhancedCode(5, 7, 1), "no", "550 5.7.1 no")
+        550,
+        EnhancedCode(5, 7, 1),
+        "no",
+        "550 5.7.1 no",
+    )
 
 
 @pytest.mark.parametrize("code", [200, 399, 600, 99])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine.egress import egress_path_from_options
-from engine.gate import Gate, Ticket, connection_limits, message_rates
-from engine.throttle import EmbeddedStore
+from engine.policy.egress_options import egress_path_from_options
+from engine.shaping.gate import Gate, Ticket, connection_limits, message_rates
+from engine.shaping.throttle.embedded import EmbeddedStore
 
 READY = "ip-1->mx.example.com@smtp_client"
 
@@ -15,18 +15,29 @@ def path(**options):
     return egress_path_from_options(options, where="test")
 
 
-@pytest.mark.parametrize(("options", "expected"), [
-    ({}, [("nimbus:connection_limit:" + READY, 32, False)]),
-    ({"connection_limit": 5}, [("nimbus:connection_limit:" + READY, 5, False)]),
-    ({"connection_limit": "local:3"}, [("nimbus:connection_limit:" + READY, 3, True)]),
-    ({"connection_limit": 4, "additional_connection_limits": {"shaping-provider-google-ip-1-limit": 10}},
-     [("nimbus:connection_limit:" + READY, 4, False),
-      ("nimbus:limit:shaping-provider-google-ip-1-limit", 10, False)]),
-])
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, [("nimbus:connection_limit:" + READY, 32, False)]),
+        ({"connection_limit": 5}, [("nimbus:connection_limit:" + READY, 5, False)]),
+        ({"connection_limit": "local:3"}, [("nimbus:connection_limit:" + READY, 3, True)]),
+        (
+            {
+                "connection_limit": 4,
+                "additional_connection_limits": {"shaping-provider-google-ip-1-limit": 10},
+            },
+            [
+                ("nimbus:connection_limit:" + READY, 4, False),
+                ("nimbus:limit:shaping-provider-google-ip-1-limit", 10, False),
+            ],
+        ),
+    ],
+)
 def test_connection_limits_table(options, expected):
     """A path's connection limit and every additional limit become lease sets."""
-    got = [(lk.key, lk.limit, lk.local) for lk in connection_limits(path(**options), READY,
-                                                                     "nimbus")]
+    got = [
+        (lk.key, lk.limit, lk.local) for lk in connection_limits(path(**options), READY, "nimbus")
+    ]
     assert got == expected
 
 
@@ -37,9 +48,11 @@ def test_no_message_rate_means_no_buckets():
 
 def test_message_rates_smallest_first():
     """Buckets are checked smallest rate first so a throttled message spends no other token."""
-    rates = message_rates(path(max_message_rate="100/s",
-                               additional_message_rate_throttles={"p-rate": "10/s"}),
-                          READY, "nimbus")
+    rates = message_rates(
+        path(max_message_rate="100/s", additional_message_rate_throttles={"p-rate": "10/s"}),
+        READY,
+        "nimbus",
+    )
     assert [str(r.spec) for r in rates] == ["10/s", "100/s"]
     assert rates[1].key.startswith("nimbus:max_message_rate:" + READY)
 
@@ -84,10 +97,16 @@ async def test_connection_rate_refusal_releases_the_leases():
 
 def test_selection_rates_keyed_per_pool_source_and_site():
     """source_selection_rate is its own bucket per pool, source and site; named extras too."""
-    from engine.gate import selection_rates
-    rates = selection_rates(path(source_selection_rate="10/min",
-                                 additional_source_selection_rates={"p-sel": "5/min"}),
-                            "pool-1", "ip-1", "mx.example.com", "nimbus")
+    from engine.shaping.gate import selection_rates
+
+    rates = selection_rates(
+        path(source_selection_rate="10/min", additional_source_selection_rates={"p-sel": "5/min"}),
+        "pool-1",
+        "ip-1",
+        "mx.example.com",
+        "nimbus",
+    )
     assert [r.key for r in rates] == [
         "nimbus:limit:source_selection_rate:pool-1:ip-1:mx.example.com:10:10:60",
-        "nimbus:limit:p-sel:5:5:60"]
+        "nimbus:limit:p-sel:5:5:60",
+    ]

@@ -12,8 +12,12 @@ from typing import Any
 
 import pytest
 
-from engine.reception.inject import (
-    InjectRequest, RequestInvalid, TemplateFailed, Templates, build_message, parse_request,
+from engine.reception.inject.build import Templates, build_message
+from engine.reception.inject.request import (
+    InjectRequest,
+    RequestInvalid,
+    TemplateFailed,
+    parse_request,
 )
 
 NOW = 1_780_000_000.0
@@ -33,8 +37,9 @@ def request(**overrides: Any) -> dict[str, Any]:
 
 def build(body: dict[str, Any], index: int = 0) -> bytes:
     req = parse_request(body)
-    return build_message(req, Templates(req), req.recipients[index],
-                         message_id_domain="mta.example", now=NOW)
+    return build_message(
+        req, Templates(req), req.recipients[index], message_id_domain="mta.example", now=NOW
+    )
 
 
 def parse(data: bytes) -> EmailMessage:
@@ -49,35 +54,47 @@ def render_string(body: dict[str, Any], index: int = 0) -> str:
 
 # --- templating ---------------------------------------------------------------
 
+
 def test_string_content_uses_global_and_recipient_substitutions() -> None:
     """A string content sees global substitutions with the recipient's overriding them."""
     body = request(
         content="Subject: {{ greeting }} {{ name }}\n\n{{ offer }} for {{ email }}\n",
         substitutions={"greeting": "Hello", "offer": "10% off"},
-        recipients=[{"email": "a@example.com", "name": "Ann"},
-                    {"email": "b@example.com", "substitutions": {"offer": "20% off"}}],
+        recipients=[
+            {"email": "a@example.com", "name": "Ann"},
+            {"email": "b@example.com", "substitutions": {"offer": "20% off"}},
+        ],
     )
     assert render_string(body, 0) == "Subject: Hello Ann\r\n\r\n10% off for a@example.com\r\n"
     assert render_string(body, 1) == "Subject: Hello \r\n\r\n20% off for b@example.com\r\n"
 
 
-@pytest.mark.parametrize(("rcpt", "expected"), [
-    ({"email": "a@example.com", "name": "Ann User"}, '"Ann User" <a@example.com>'),
-    ({"email": "a@example.com", "name": 'Ann "AU" User'}, '"Ann \\"AU\\" User" <a@example.com>'),
-    ({"email": "a@example.com"}, "a@example.com"),
-])
+@pytest.mark.parametrize(
+    ("rcpt", "expected"),
+    [
+        ({"email": "a@example.com", "name": "Ann User"}, '"Ann User" <a@example.com>'),
+        (
+            {"email": "a@example.com", "name": 'Ann "AU" User'},
+            '"Ann \\"AU\\" User" <a@example.com>',
+        ),
+        ({"email": "a@example.com"}, "a@example.com"),
+    ],
+)
 def test_to_header_variable(rcpt: dict[str, Any], expected: str) -> None:
     """``to_header`` formats the recipient as a quoted mailbox, or the bare address."""
     body = request(content="To: {{ to_header }}\n\nx", recipients=[rcpt])
     assert render_string(body).splitlines()[0] == f"To: {expected}"
 
 
-@pytest.mark.parametrize(("content", "expected"), [
-    ("A: 1\n\nbody", "A: 1\r\n\r\nbody\r\n"),
-    ("A: 1\r\n\r\nbody\r\n", "A: 1\r\n\r\nbody\r\n"),
-    ("A: 1\r\rbody\r", "A: 1\r\n\r\nbody\r\n"),
-    ("A: 1\n\nline1\r\nline2\nline3", "A: 1\r\n\r\nline1\r\nline2\r\nline3\r\n"),
-])
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("A: 1\n\nbody", "A: 1\r\n\r\nbody\r\n"),
+        ("A: 1\r\n\r\nbody\r\n", "A: 1\r\n\r\nbody\r\n"),
+        ("A: 1\r\rbody\r", "A: 1\r\n\r\nbody\r\n"),
+        ("A: 1\n\nline1\r\nline2\nline3", "A: 1\r\n\r\nline1\r\nline2\r\nline3\r\n"),
+    ],
+)
 def test_string_content_is_crlf_normalised(content: str, expected: str) -> None:
     """Bare LF and bare CR become CRLF, and the message ends with CRLF."""
     assert render_string(request(content=content)) == expected
@@ -96,15 +113,22 @@ def test_undefined_variable_renders_empty() -> None:
 
 def test_subject_is_templated() -> None:
     """The builder subject is rendered per recipient."""
-    body = request(content={"subject": "Hi {{ name }}, {{ deal }}", "text_body": "x"},
-                   substitutions={"deal": "50% off"})
+    body = request(
+        content={"subject": "Hi {{ name }}, {{ deal }}", "text_body": "x"},
+        substitutions={"deal": "50% off"},
+    )
     assert parse(build(body))["Subject"] == "Hi Ann User, 50% off"
 
 
 def test_non_ascii_subject_and_from_name_are_encoded() -> None:
     """Non-ASCII header text is RFC 2047-encoded on the wire and decodes back."""
-    body = request(content={"subject": "Grüße ✓", "text_body": "x",
-                            "from": {"email": "news@sender.example", "name": "Zoë"}})
+    body = request(
+        content={
+            "subject": "Grüße ✓",
+            "text_body": "x",
+            "from": {"email": "news@sender.example", "name": "Zoë"},
+        }
+    )
     data = build(body)
     assert data.isascii()
     msg = parse(data)
@@ -114,20 +138,25 @@ def test_non_ascii_subject_and_from_name_are_encoded() -> None:
 
 def test_html_body_is_autoescaped() -> None:
     """Substitutions in html_body are HTML-escaped, as KumoMTA's ``.html`` templates are."""
-    body = request(content={"text_body": "{{ v }}", "html_body": "<p>{{ v }}</p>"},
-                   substitutions={"v": "<b>&</b>"})
+    body = request(
+        content={"text_body": "{{ v }}", "html_body": "<p>{{ v }}</p>"},
+        substitutions={"v": "<b>&</b>"},
+    )
     msg = parse(build(body))
     assert msg.get_body(("plain",)).get_content().strip() == "<b>&</b>"
     assert msg.get_body(("html",)).get_content().strip() == "<p>&lt;b&gt;&amp;&lt;/b&gt;</p>"
 
 
-@pytest.mark.parametrize(("content", "field"), [
-    ("Subject: {% if %}\n\nx", "content"),
-    ({"subject": "{{ unclosed", "text_body": "x"}, "content.subject"),
-    ({"text_body": "{% for x in y %}"}, "content.text_body"),
-    ({"text_body": "x", "headers": {"X-A": "{{ 1 + }}"}}, "content.headers.X-A"),
-    ({"text_body": "x", "from": {"email": "f@s.example", "name": "{{"}}, "content.from.name"),
-])
+@pytest.mark.parametrize(
+    ("content", "field"),
+    [
+        ("Subject: {% if %}\n\nx", "content"),
+        ({"subject": "{{ unclosed", "text_body": "x"}, "content.subject"),
+        ({"text_body": "{% for x in y %}"}, "content.text_body"),
+        ({"text_body": "x", "headers": {"X-A": "{{ 1 + }}"}}, "content.headers.X-A"),
+        ({"text_body": "x", "from": {"email": "f@s.example", "name": "{{"}}, "content.from.name"),
+    ],
+)
 def test_template_syntax_error_fails_compile(content: Any, field: str) -> None:
     """A syntax error raises TemplateFailed naming its field when the request is compiled."""
     req = parse_request(request(content=content))
@@ -136,11 +165,14 @@ def test_template_syntax_error_fails_compile(content: Any, field: str) -> None:
     assert info.value.field == field
 
 
-@pytest.mark.parametrize("source", [
-    "{{ ''.__class__.__mro__ }}",
-    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
-    "{{ email.__class__.__name__ }}",
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ ''.__class__.__mro__ }}",
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{{ email.__class__.__name__ }}",
+    ],
+)
 def test_sandbox_blocks_unsafe_attributes(source: str) -> None:
     """The sandbox refuses dunder access, which surfaces as TemplateFailed at render."""
     req = parse_request(request(content={"text_body": source}))
@@ -164,8 +196,10 @@ def test_runtime_error_fails_render() -> None:
 
 def test_rendered_header_newline_fails() -> None:
     """A substitution that puts a newline into a header cannot inject headers."""
-    body = request(content={"subject": "{{ s }}", "text_body": "x"},
-                   substitutions={"s": "hi\r\nBcc: victim@example.com"})
+    body = request(
+        content={"subject": "{{ s }}", "text_body": "x"},
+        substitutions={"s": "hi\r\nBcc: victim@example.com"},
+    )
     with pytest.raises(TemplateFailed) as info:
         build(body)
     assert info.value.field == "content.subject"
@@ -173,16 +207,23 @@ def test_rendered_header_newline_fails() -> None:
 
 def test_templates_compile_once_per_request() -> None:
     """One Templates object renders every recipient with that recipient's variables."""
-    req = parse_request(request(
-        content="A: {{ email }}\n\nx", trace_headers={"supplemental_header": False},
-        recipients=[{"email": f"u{i}@example.com"} for i in range(3)]))
+    req = parse_request(
+        request(
+            content="A: {{ email }}\n\nx",
+            trace_headers={"supplemental_header": False},
+            recipients=[{"email": f"u{i}@example.com"} for i in range(3)],
+        )
+    )
     templates = Templates(req)
-    firsts = [build_message(req, templates, r, message_id_domain="m", now=NOW).split(b"\r\n")[0]
-              for r in req.recipients]
+    firsts = [
+        build_message(req, templates, r, message_id_domain="m", now=NOW).split(b"\r\n")[0]
+        for r in req.recipients
+    ]
     assert firsts == [b"A: u0@example.com", b"A: u1@example.com", b"A: u2@example.com"]
 
 
 # --- MIME structure -----------------------------------------------------------
+
 
 def test_text_only_is_single_text_plain_part() -> None:
     """A text_body alone makes a text/plain message."""
@@ -203,13 +244,20 @@ def test_amp_sits_between_text_and_html() -> None:
     content = {"text_body": "t", "html_body": "<p>h</p>", "amp_html_body": "<html amp4email>"}
     msg = parse(build(request(content=content)))
     assert [p.get_content_type() for p in msg.iter_parts()] == [
-        "text/plain", "text/x-amp-html", "text/html"]
+        "text/plain",
+        "text/x-amp-html",
+        "text/html",
+    ]
 
 
 def test_base64_attachment_decodes_to_original_bytes() -> None:
     """A base64 attachment lands in multipart/mixed with its bytes, file name and type."""
-    attachment = {"data": base64.b64encode(PNG).decode(), "base64": True,
-                  "content_type": "image/png", "file_name": "logo.png"}
+    attachment = {
+        "data": base64.b64encode(PNG).decode(),
+        "base64": True,
+        "content_type": "image/png",
+        "file_name": "logo.png",
+    }
     msg = parse(build(request(content={"text_body": "x", "attachments": [attachment]})))
     assert msg.get_content_type() == "multipart/mixed"
     (part,) = list(msg.iter_attachments())
@@ -237,8 +285,12 @@ def test_attachment_is_not_templated() -> None:
 
 def test_inline_attachment_is_related_to_html() -> None:
     """An attachment with content_id is inline in multipart/related next to the HTML."""
-    inline = {"data": base64.b64encode(PNG).decode(), "base64": True,
-              "content_type": "image/png", "content_id": "logo@x"}
+    inline = {
+        "data": base64.b64encode(PNG).decode(),
+        "base64": True,
+        "content_type": "image/png",
+        "content_id": "logo@x",
+    }
     content = {"text_body": "t", "html_body": '<img src="cid:logo@x">', "attachments": [inline]}
     msg = parse(build(request(content=content)))
     assert msg.get_content_type() == "multipart/alternative"
@@ -260,15 +312,25 @@ def test_inline_and_regular_attachments_nest() -> None:
     msg = parse(build(request(content=content)))
     assert msg.get_content_type() == "multipart/mixed"
     types = [p.get_content_type() for p in msg.walk()]
-    assert types == ["multipart/mixed", "multipart/alternative", "text/plain",
-                     "multipart/related", "text/html", "image/gif", "application/pdf"]
+    assert types == [
+        "multipart/mixed",
+        "multipart/alternative",
+        "text/plain",
+        "multipart/related",
+        "text/html",
+        "image/gif",
+        "application/pdf",
+    ]
     assert list(msg.walk())[5]["Content-ID"] == "<c1>"
 
 
-@pytest.mark.parametrize(("rcpt", "expected"), [
-    ({"email": "a@example.com", "name": "Ann User"}, "Ann User <a@example.com>"),
-    ({"email": "b@example.com"}, "b@example.com"),
-])
+@pytest.mark.parametrize(
+    ("rcpt", "expected"),
+    [
+        ({"email": "a@example.com", "name": "Ann User"}, "Ann User <a@example.com>"),
+        ({"email": "b@example.com"}, "b@example.com"),
+    ],
+)
 def test_builder_adds_to_per_recipient(rcpt: dict[str, Any], expected: str) -> None:
     """The builder adds a To header for each recipient."""
     assert parse(build(request(recipients=[rcpt])))["To"] == expected
@@ -283,8 +345,12 @@ def test_builder_keeps_to_from_headers() -> None:
 
 def test_builder_standard_headers() -> None:
     """From, Reply-To, Date, Message-ID and MIME-Version are set from the request."""
-    content = {"text_body": "x", "from": {"email": "news@s.example", "name": "News"},
-               "reply_to": {"email": "help@s.example"}, "headers": {"X-Campaign": "fall"}}
+    content = {
+        "text_body": "x",
+        "from": {"email": "news@s.example", "name": "News"},
+        "reply_to": {"email": "help@s.example"},
+        "headers": {"X-Campaign": "fall"},
+    }
     msg = parse(build(request(content=content)))
     assert msg["From"] == "News <news@s.example>"
     assert msg["Reply-To"] == "help@s.example"
@@ -296,8 +362,11 @@ def test_builder_standard_headers() -> None:
 
 def test_builder_output_is_crlf() -> None:
     """Every line of a built message ends with CRLF; no bare LF or CR."""
-    content = {"text_body": "a\nb\n", "html_body": "<p>\n</p>",
-               "attachments": [{"data": "x\ny", "content_type": "text/plain", "file_name": "f"}]}
+    content = {
+        "text_body": "a\nb\n",
+        "html_body": "<p>\n</p>",
+        "attachments": [{"data": "x\ny", "content_type": "text/plain", "file_name": "f"}],
+    }
     data = build(request(content=content))
     assert data.endswith(b"\r\n")
     assert b"\n" not in data.replace(b"\r\n", b"")
@@ -306,10 +375,12 @@ def test_builder_output_is_crlf() -> None:
 
 # --- trace header -------------------------------------------------------------
 
+
 def test_trace_header_matches_kumomta() -> None:
     """X-KumoRef is byte-identical to KumoMTA's apply_supplemental_trace_header test vector."""
-    data = build(request(content="Subject: hello\r\n\r\nHi",
-                         recipients=[{"email": "recip@example.com"}]))
+    data = build(
+        request(content="Subject: hello\r\n\r\nHi", recipients=[{"email": "recip@example.com"}])
+    )
     expected = b"eyJfQF8iOiJcXF8vIiwicmVjaXBpZW50IjoicmVjaXBAZXhhbXBsZS5jb20ifQ=="
     assert data.startswith(b"X-KumoRef: " + expected + b"\r\nSubject: hello\r\n")
 
@@ -323,10 +394,17 @@ def test_trace_header_decodes_to_recipient() -> None:
 
 def test_trace_header_name_and_meta() -> None:
     """header_name renames the header and include_meta_names copies meta values in."""
-    req = parse_request(request(trace_headers={"header_name": "X-Ref",
-                                               "include_meta_names": ["tenant"]}))
-    data = build_message(req, Templates(req), req.recipients[0], message_id_domain="m",
-                         now=NOW, meta={"tenant": "acme", "other": 1})
+    req = parse_request(
+        request(trace_headers={"header_name": "X-Ref", "include_meta_names": ["tenant"]})
+    )
+    data = build_message(
+        req,
+        Templates(req),
+        req.recipients[0],
+        message_id_domain="m",
+        now=NOW,
+        meta={"tenant": "acme", "other": 1},
+    )
     decoded = json.loads(base64.b64decode(parse(data)["X-Ref"]))
     assert decoded == {"_@_": "\\_/", "recipient": "user@example.com", "tenant": "acme"}
 
@@ -339,6 +417,7 @@ def test_trace_header_can_be_disabled() -> None:
 
 # --- validation ---------------------------------------------------------------
 
+
 def without(key: str) -> dict[str, Any]:
     body = request()
     del body[key]
@@ -346,10 +425,15 @@ def without(key: str) -> dict[str, Any]:
 
 
 def attachment(**fields: Any) -> dict[str, Any]:
-    return request(content={"text_body": "x", "attachments": [
-        {"data": "aGk=", "content_type": "text/plain", "file_name": "a"},
-        {"data": "aGk=", "base64": True, "content_type": "image/png", **fields},
-    ]})
+    return request(
+        content={
+            "text_body": "x",
+            "attachments": [
+                {"data": "aGk=", "content_type": "text/plain", "file_name": "a"},
+                {"data": "aGk=", "base64": True, "content_type": "image/png", **fields},
+            ],
+        }
+    )
 
 
 def rcpts(*entries: Any) -> dict[str, Any]:
@@ -366,42 +450,74 @@ INVALID = [
     ("empty recipients", request(recipients=[]), "recipients"),
     ("recipient not an object", rcpts("a@b.c"), "recipients[0]"),
     ("recipient without email", rcpts({"email": "a@b.c"}, {"name": "B"}), "recipients[1].email"),
-    ("bad recipient email", rcpts({"email": "a@b.c"}, {"email": "not-an-address"}),
-     "recipients[1].email"),
+    (
+        "bad recipient email",
+        rcpts({"email": "a@b.c"}, {"email": "not-an-address"}),
+        "recipients[1].email",
+    ),
     ("recipient email with space", rcpts({"email": "a b@c.d"}), "recipients[0].email"),
     ("recipient header-unsafe email", rcpts({"email": "a..b@c.d"}), "recipients[0].email"),
     ("unknown recipient key", rcpts({"email": "a@b.c", "nmae": "x"}), "recipients[0].nmae"),
-    ("recipient substitutions not an object",
-     rcpts({"email": "a@b.c", "substitutions": ["x"]}), "recipients[0].substitutions"),
-    ("recipient metadata not an object",
-     rcpts({"email": "a@b.c", "metadata": "x"}), "recipients[0].metadata"),
+    (
+        "recipient substitutions not an object",
+        rcpts({"email": "a@b.c", "substitutions": ["x"]}),
+        "recipients[0].substitutions",
+    ),
+    (
+        "recipient metadata not an object",
+        rcpts({"email": "a@b.c", "metadata": "x"}),
+        "recipients[0].metadata",
+    ),
     ("missing content", without("content"), "content"),
     ("content a number", request(content=3), "content"),
     ("builder without bodies", request(content={"subject": "x"}), "content"),
     ("unknown builder key", request(content={"text_body": "x", "body": "y"}), "content.body"),
-    ("subject not a string", request(content={"text_body": "x", "subject": 1}),
-     "content.subject"),
-    ("from without email", request(content={"text_body": "x", "from": {"name": "N"}}),
-     "content.from.email"),
-    ("headers value not a string",
-     request(content={"text_body": "x", "headers": {"X-N": 1}}), "content.headers.X-N"),
-    ("header name invalid",
-     request(content={"text_body": "x", "headers": {"Bad Name": "v"}}), "content.headers.Bad Name"),
-    ("header value with newline",
-     request(content={"text_body": "x", "headers": {"X-A": "a\r\nBcc: x@y.z"}}),
-     "content.headers.X-A"),
-    ("reserved header",
-     request(content={"text_body": "x", "headers": {"Content-Type": "text/html"}}),
-     "content.headers.Content-Type"),
-    ("subject given twice",
-     request(content={"text_body": "x", "subject": "a", "headers": {"subject": "b"}}),
-     "content.headers.Subject"),
-    ("attachments not a list", request(content={"text_body": "x", "attachments": {}}),
-     "content.attachments"),
-    ("attachment missing content_type", attachment(content_type=None),
-     "content.attachments[1].content_type"),
-    ("attachment bad content_type", attachment(content_type="png"),
-     "content.attachments[1].content_type"),
+    ("subject not a string", request(content={"text_body": "x", "subject": 1}), "content.subject"),
+    (
+        "from without email",
+        request(content={"text_body": "x", "from": {"name": "N"}}),
+        "content.from.email",
+    ),
+    (
+        "headers value not a string",
+        request(content={"text_body": "x", "headers": {"X-N": 1}}),
+        "content.headers.X-N",
+    ),
+    (
+        "header name invalid",
+        request(content={"text_body": "x", "headers": {"Bad Name": "v"}}),
+        "content.headers.Bad Name",
+    ),
+    (
+        "header value with newline",
+        request(content={"text_body": "x", "headers": {"X-A": "a\r\nBcc: x@y.z"}}),
+        "content.headers.X-A",
+    ),
+    (
+        "reserved header",
+        request(content={"text_body": "x", "headers": {"Content-Type": "text/html"}}),
+        "content.headers.Content-Type",
+    ),
+    (
+        "subject given twice",
+        request(content={"text_body": "x", "subject": "a", "headers": {"subject": "b"}}),
+        "content.headers.Subject",
+    ),
+    (
+        "attachments not a list",
+        request(content={"text_body": "x", "attachments": {}}),
+        "content.attachments",
+    ),
+    (
+        "attachment missing content_type",
+        attachment(content_type=None),
+        "content.attachments[1].content_type",
+    ),
+    (
+        "attachment bad content_type",
+        attachment(content_type="png"),
+        "content.attachments[1].content_type",
+    ),
     ("attachment invalid base64", attachment(data="not base64!"), "content.attachments[1].data"),
     ("attachment base64 not a bool", attachment(base64="yes"), "content.attachments[1].base64"),
     ("attachment unknown key", attachment(inline=True), "content.attachments[1].inline"),
@@ -413,14 +529,18 @@ INVALID = [
     ("deferred_spool not a bool", request(deferred_spool="no"), "deferred_spool"),
     ("trace_headers not an object", request(trace_headers=True), "trace_headers"),
     ("trace_headers unknown key", request(trace_headers={"name": "X"}), "trace_headers.name"),
-    ("trace_headers bad meta name", request(trace_headers={"include_meta_names": [1]}),
-     "trace_headers.include_meta_names[0]"),
+    (
+        "trace_headers bad meta name",
+        request(trace_headers={"include_meta_names": [1]}),
+        "trace_headers.include_meta_names[0]",
+    ),
     ("unknown top-level key", request(recipient=[]), "recipient"),
 ]
 
 
-@pytest.mark.parametrize(("body", "field"), [(b, f) for _, b, f in INVALID],
-                         ids=[name for name, _, _ in INVALID])
+@pytest.mark.parametrize(
+    ("body", "field"), [(b, f) for _, b, f in INVALID], ids=[name for name, _, _ in INVALID]
+)
 def test_invalid_request_names_field(body: Any, field: str) -> None:
     """An invalid body raises RequestInvalid whose field is the offending JSON path."""
     with pytest.raises(RequestInvalid) as info:
@@ -435,18 +555,23 @@ def test_handlebars_reason_says_not_supported() -> None:
         parse_request(request(template_dialect="Handlebars"))
 
 
-@pytest.mark.parametrize(("body", "check"), [
-    (request(envelope_sender=""), lambda r: r.envelope_sender == ""),
-    (request(deferred_spool=True), lambda r: r.template_dialect == "Jinja"),
-    (request(deferred_generation=False), lambda r: len(r.recipients) == 1),
-    (request(substitutions=None), lambda r: r.substitutions == {}),
-    (request(template_dialect="Static"), lambda r: r.template_dialect == "Static"),
-    (request(trace_headers={}), lambda r: r.trace_headers.supplemental_header),
-    (rcpts({"email": "a@b.c", "metadata": {"k": [1]}}),
-     lambda r: r.recipients[0].metadata == {"k": [1]}),
-    (attachment(data="aG\nk=\n"), lambda r: r.content.attachments[1].data == b"hi"),
-    (attachment(content_id="<x@y>"), lambda r: r.content.attachments[1].content_id == "x@y"),
-])
+@pytest.mark.parametrize(
+    ("body", "check"),
+    [
+        (request(envelope_sender=""), lambda r: r.envelope_sender == ""),
+        (request(deferred_spool=True), lambda r: r.template_dialect == "Jinja"),
+        (request(deferred_generation=False), lambda r: len(r.recipients) == 1),
+        (request(substitutions=None), lambda r: r.substitutions == {}),
+        (request(template_dialect="Static"), lambda r: r.template_dialect == "Static"),
+        (request(trace_headers={}), lambda r: r.trace_headers.supplemental_header),
+        (
+            rcpts({"email": "a@b.c", "metadata": {"k": [1]}}),
+            lambda r: r.recipients[0].metadata == {"k": [1]},
+        ),
+        (attachment(data="aG\nk=\n"), lambda r: r.content.attachments[1].data == b"hi"),
+        (attachment(content_id="<x@y>"), lambda r: r.content.attachments[1].content_id == "x@y"),
+    ],
+)
 def test_valid_request_is_accepted(body: dict[str, Any], check: Any) -> None:
     """Valid variants parse into the expected records."""
     req = parse_request(body)

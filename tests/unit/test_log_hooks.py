@@ -11,8 +11,10 @@ import time
 
 import pytest
 
-from engine.events import Registry
-from engine.log_hooks import LogHook, LogHookPublisher, backoff_delay, tsa_hooks
+from engine.logs.hooks.publisher import LogHookPublisher
+from engine.logs.hooks.sender import backoff_delay
+from engine.policy.events import Registry
+from engine.policy.log_hook import LogHook, tsa_hooks
 from engine.records import LogRecord, RecordType, Response
 
 T = 1_700_000_000.25
@@ -20,10 +22,20 @@ WAIT = 5.0
 
 
 def record(n: int, type: RecordType = RecordType.BOUNCE, **overrides) -> LogRecord:
-    fields = dict(type=type, id=f"{n:032x}", sender="s@example.com",
-                  recipient="r@example.net", queue="example.net", site="mx.example.net",
-                  size=n, response=Response.parse(550, "5.1.1 no such user"),
-                  timestamp=T, created=T, nodeid="node-1", reception_protocol="ESMTP")
+    fields = dict(
+        type=type,
+        id=f"{n:032x}",
+        sender="s@example.com",
+        recipient="r@example.net",
+        queue="example.net",
+        site="mx.example.net",
+        size=n,
+        response=Response.parse(550, "5.1.1 no such user"),
+        timestamp=T,
+        created=T,
+        nodeid="node-1",
+        reception_protocol="ESMTP",
+    )
     fields.update(overrides)
     return LogRecord(**fields)
 
@@ -58,8 +70,13 @@ class FakeTransport:
 
 
 def hook(**overrides) -> LogHook:
-    fields = dict(name="h", url="http://127.0.0.1:1/log", max_latency=0.0,
-                  backoff_base=0.001, backoff_max=0.002)
+    fields = dict(
+        name="h",
+        url="http://127.0.0.1:1/log",
+        max_latency=0.0,
+        backoff_base=0.001,
+        backoff_max=0.002,
+    )
     fields.update(overrides)
     return LogHook(**fields)
 
@@ -77,8 +94,12 @@ async def running(pub: LogHookPublisher):
 def pending_rows(tmp_path, name: str = "h") -> list[int]:
     """Sizes of the records still stored for hook ``name``, in seq order."""
     with contextlib.closing(sqlite3.connect(tmp_path / "loghooks.db")) as db:
-        return [json.loads(text)["size"] for (text,) in db.execute(
-            "SELECT json FROM pending WHERE hook = ? ORDER BY seq", (name,))]
+        return [
+            json.loads(text)["size"]
+            for (text,) in db.execute(
+                "SELECT json FROM pending WHERE hook = ? ORDER BY seq", (name,)
+            )
+        ]
 
 
 def publisher(tmp_path, hooks, transport, **kw) -> LogHookPublisher:
@@ -87,19 +108,23 @@ def publisher(tmp_path, hooks, transport, **kw) -> LogHookPublisher:
 
 # -- pure functions ---------------------------------------------------------------------
 
-@pytest.mark.parametrize(("failures", "rand", "delay"), [
-    (1, 0.0, 0.5),
-    (1, 0.5, 0.75),
-    (2, 0.0, 1.0),
-    (3, 0.0, 2.0),
-    (6, 0.0, 16.0),
-    (6, 0.999, 31.984),
-    (7, 0.0, 30.0),   # 64 s capped at 60, then jittered into [30, 60)
-    (7, 0.5, 45.0),
-    (50, 0.0, 30.0),
-    (10_000, 0.0, 30.0),
-    (0, 0.0, 0.5),   # treated as the first failure
-])
+
+@pytest.mark.parametrize(
+    ("failures", "rand", "delay"),
+    [
+        (1, 0.0, 0.5),
+        (1, 0.5, 0.75),
+        (2, 0.0, 1.0),
+        (3, 0.0, 2.0),
+        (6, 0.0, 16.0),
+        (6, 0.999, 31.984),
+        (7, 0.0, 30.0),  # 64 s capped at 60, then jittered into [30, 60)
+        (7, 0.5, 45.0),
+        (50, 0.0, 30.0),
+        (10_000, 0.0, 30.0),
+        (0, 0.0, 0.5),  # treated as the first failure
+    ],
+)
 def test_backoff_delay_table(failures, rand, delay):
     """The delay doubles from base to cap, jittered into [d/2, d)."""
     assert backoff_delay(failures, base=1.0, cap=60.0, rand=rand) == pytest.approx(delay)
@@ -110,14 +135,24 @@ def test_tsa_hooks_publish_failures_to_each_url():
     hooks = tsa_hooks(["http://tsa-0:8008/", "http://tsa-1:8008"])
     assert [(h.name, h.url) for h in hooks] == [
         ("tsa:http://tsa-0:8008/", "http://tsa-0:8008/publish_log_v1"),
-        ("tsa:http://tsa-1:8008", "http://tsa-1:8008/publish_log_v1")]
+        ("tsa:http://tsa-1:8008", "http://tsa-1:8008/publish_log_v1"),
+    ]
     assert hooks[0].record_types == {"TransientFailure", "Bounce", "Expiration"}
 
 
-@pytest.mark.parametrize("bad", [
-    {"name": ""}, {"url": "ftp://x/"}, {"batch_size": 0}, {"max_pending": 0},
-    {"timeout": 0}, {"max_latency": -1}, {"backoff_base": 0}, {"backoff_base": 2, "backoff_max": 1},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"name": ""},
+        {"url": "ftp://x/"},
+        {"batch_size": 0},
+        {"max_pending": 0},
+        {"timeout": 0},
+        {"max_latency": -1},
+        {"backoff_base": 0},
+        {"backoff_base": 2, "backoff_max": 1},
+    ],
+)
 def test_log_hook_rejects_bad_settings(bad):
     """LogHook refuses settings that cannot work."""
     with pytest.raises(ValueError):
@@ -131,6 +166,7 @@ def test_publisher_rejects_duplicate_hook_names(tmp_path):
 
 
 # -- intake ----------------------------------------------------------------------------
+
 
 async def test_records_filtered_by_type(tmp_path):
     """A hook publishes only the record types it names."""
@@ -200,8 +236,16 @@ async def test_should_enqueue_sees_record_as_message(tmp_path):
     seen = []
 
     async def handler(msg, hook_name):
-        seen.append((msg.id(), msg.sender(), msg.recipient(), msg.get_meta("log_record"),
-                     json.loads(msg.get_data()), hook_name))
+        seen.append(
+            (
+                msg.id(),
+                msg.sender(),
+                msg.recipient(),
+                msg.get_meta("log_record"),
+                json.loads(msg.get_data()),
+                hook_name,
+            )
+        )
         return True
 
     registry = policy_with(handler)
@@ -215,6 +259,7 @@ async def test_should_enqueue_sees_record_as_message(tmp_path):
 
 async def test_policy_failure_keeps_the_record(tmp_path):
     """A should_enqueue_log_record handler that raises does not lose the record."""
+
     def broken(msg, hook_name):
         raise RuntimeError("policy bug")
 
@@ -226,6 +271,7 @@ async def test_policy_failure_keeps_the_record(tmp_path):
 
 
 # -- batching --------------------------------------------------------------------------
+
 
 async def test_full_batches_go_at_once(tmp_path):
     """Rows go out batch_size at a time; a partial batch waits for max_latency."""
@@ -251,6 +297,7 @@ async def test_partial_batch_goes_after_max_latency(tmp_path):
 
 
 # -- failures --------------------------------------------------------------------------
+
 
 async def test_failed_batch_is_retried_until_accepted(tmp_path):
     """Network errors and non-2xx answers retry the same batch; nothing is lost."""
@@ -296,7 +343,8 @@ async def test_failure_streak_is_logged_once(tmp_path, caplog):
     ours = [r for r in caplog.records if r.name == "nimbus.log_hooks"]
     assert [(r.levelno, r.getMessage()) for r in ours] == [
         (logging.WARNING, "log hook delivery failed; retrying with backoff"),
-        (logging.INFO, "log hook delivering again")]
+        (logging.INFO, "log hook delivering again"),
+    ]
 
 
 async def test_close_lets_a_post_under_way_finish(tmp_path):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import LogSettings
-from engine.logs import LogWriter, segment_name
+from engine.config.settings import LogSettings
+from engine.logs.writer import LogWriter, segment_name
 from engine.records import LogRecord, RecordType, Response
 
 T = 1_700_000_000.25
@@ -18,10 +18,19 @@ WAIT = 5.0
 
 
 def record(n: int) -> LogRecord:
-    return LogRecord(type=RecordType.RECEPTION, id=f"{n:032x}", sender="s@example.com",
-                     recipient="r@example.net", queue="example.net", site="", size=10 + n,
-                     response=Response.parse(250, "2.0.0 ok"), timestamp=T, created=T,
-                     nodeid="node-1")
+    return LogRecord(
+        type=RecordType.RECEPTION,
+        id=f"{n:032x}",
+        sender="s@example.com",
+        recipient="r@example.net",
+        queue="example.net",
+        site="",
+        size=10 + n,
+        response=Response.parse(250, "2.0.0 ok"),
+        timestamp=T,
+        created=T,
+        nodeid="node-1",
+    )
 
 
 class Clock:
@@ -77,8 +86,7 @@ async def test_close_flushes_records_as_ndjson(tmp_path):
         writer.emit(record(n))
     await finish(writer, task)
     files = list((tmp_path / "logs").iterdir())
-    assert len(files) == 1 and [r["id"] for r in lines(files[0])] == [
-        f"{n:032x}" for n in range(3)]
+    assert len(files) == 1 and [r["id"] for r in lines(files[0])] == [f"{n:032x}" for n in range(3)]
 
 
 async def test_lines_are_log_record_json(tmp_path):
@@ -107,8 +115,7 @@ async def test_segment_named_by_open_time(tmp_path):
 async def test_rotation_by_size(tmp_path, max_file_size, files):
     """A new segment starts once the current one reaches max_file_size."""
     clock = Clock(asyncio.get_running_loop())
-    writer = LogWriter(LogSettings(dir=str(tmp_path), max_file_size=max_file_size),
-                       clock=clock)
+    writer = LogWriter(LogSettings(dir=str(tmp_path), max_file_size=max_file_size), clock=clock)
     task = await run_writer(writer)
     for n in range(3):  # one record per batch: wait for each batch to be taken
         writer.emit(record(n))
@@ -122,8 +129,7 @@ async def test_rotation_by_size(tmp_path, max_file_size, files):
 async def test_rotation_by_age(tmp_path):
     """A new segment starts once the current one is older than max_segment_duration."""
     clock = Clock(asyncio.get_running_loop())
-    writer = LogWriter(LogSettings(dir=str(tmp_path), max_segment_duration=0.0015),
-                       clock=clock)
+    writer = LogWriter(LogSettings(dir=str(tmp_path), max_segment_duration=0.0015), clock=clock)
     task = await run_writer(writer)
     for n in range(3):
         writer.emit(record(n))
@@ -131,7 +137,9 @@ async def test_rotation_by_age(tmp_path):
     await finish(writer, task)
     # Clock ticks 1 ms per batch: segments open at 1 ms and 3 ms.
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        segment_name(T + 0.001), segment_name(T + 0.003)]
+        segment_name(T + 0.001),
+        segment_name(T + 0.003),
+    ]
 
 
 async def test_subscriber_receives_records(tmp_path):
@@ -141,8 +149,7 @@ async def test_subscriber_receives_records(tmp_path):
     queue = writer.subscribe()
     writer.emit(record(1))
     writer.emit(record(2))
-    assert [queue.get_nowait().id for _ in range(queue.qsize())] == [
-        f"{1:032x}", f"{2:032x}"]
+    assert [queue.get_nowait().id for _ in range(queue.qsize())] == [f"{1:032x}", f"{2:032x}"]
 
 
 async def test_full_subscriber_drops_without_blocking(tmp_path):

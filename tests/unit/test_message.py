@@ -6,15 +6,16 @@ import re
 
 import pytest
 
-from engine.message import PolicyMessage
+from engine.policy.message import PolicyMessage
 
 BODY = b"\r\nHello,\r\n\r\nSubject: not a header\r\n"
-RAW = (b"From: Ann <ann@example.com>\r\n"
-       b"To: bob@example.net\r\n"
-       b"Subject: a long\r\n subject line\r\n"
-       b"X-Tag: one\r\n"
-       b"x-tag: two\r\n"
-       + BODY)
+RAW = (
+    b"From: Ann <ann@example.com>\r\n"
+    b"To: bob@example.net\r\n"
+    b"Subject: a long\r\n subject line\r\n"
+    b"X-Tag: one\r\n"
+    b"x-tag: two\r\n" + BODY
+)
 
 
 def message(data: bytes = RAW) -> PolicyMessage:
@@ -23,16 +24,19 @@ def message(data: bytes = RAW) -> PolicyMessage:
 
 def body_of(data: bytes) -> bytes:
     """Everything after the blank line that ends the header block."""
-    return data[data.index(b"\r\n\r\n") + 4:]
+    return data[data.index(b"\r\n\r\n") + 4 :]
 
 
-@pytest.mark.parametrize(("name", "value"), [
-    ("From", "Ann <ann@example.com>"),
-    ("from", "Ann <ann@example.com>"),
-    ("TO", "bob@example.net"),
-    ("x-tag", "one"),
-    ("X-Missing", None),
-])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("From", "Ann <ann@example.com>"),
+        ("from", "Ann <ann@example.com>"),
+        ("TO", "bob@example.net"),
+        ("x-tag", "one"),
+        ("X-Missing", None),
+    ],
+)
 def test_get_first_named_header_value_case_insensitive(name, value):
     """Header lookup ignores case and returns the first value, or None."""
     assert message().get_first_named_header_value(name) == value
@@ -58,7 +62,7 @@ def test_append_header_goes_last_and_keeps_body():
     msg = message()
     msg.append_header("X-Added", "yes")
     data = msg.get_data()
-    assert data == RAW[:-len(BODY)] + b"X-Added: yes\r\n" + BODY
+    assert data == RAW[: -len(BODY)] + b"X-Added: yes\r\n" + BODY
 
 
 def test_prepend_header_goes_first_and_keeps_body():
@@ -114,8 +118,12 @@ def test_meta_get_set():
     """set_meta stores a value get_meta and meta then return."""
     msg = message()
     msg.set_meta("queue", "custom")
-    assert (msg.get_meta("queue"), msg.get_meta("tenant"), msg.get_meta("nope", 5),
-            msg.meta) == ("custom", "t", 5, {"tenant": "t", "queue": "custom"})
+    assert (msg.get_meta("queue"), msg.get_meta("tenant"), msg.get_meta("nope", 5), msg.meta) == (
+        "custom",
+        "t",
+        5,
+        {"tenant": "t", "queue": "custom"},
+    )
 
 
 def test_meta_is_copied_from_constructor_argument():
@@ -132,4 +140,7 @@ def test_envelope_accessors():
     msg.set_sender("new@example.com")
     msg.set_recipient("other@example.org")
     assert (msg.id(), msg.sender(), msg.recipient()) == (
-        "id1", "new@example.com", "other@example.org")
+        "id1",
+        "new@example.com",
+        "other@example.org",
+    )

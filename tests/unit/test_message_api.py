@@ -8,20 +8,21 @@ import json
 
 import pytest
 
-from engine.message import PolicyMessage
-from engine.scheduling import Scheduling
+from engine.policy.message import PolicyMessage
+from engine.policy.scheduling import Scheduling
 
 BODY = b"\r\nHello,\r\nX-Not: a header\r\n"
-RAW = (b"From: Ann Example <ann@example.com>\r\n"
-       b"To: bob@example.net\r\n"
-       b"Subject: =?utf-8?q?h=C3=A9llo?= world\r\n"
-       b"X-Campaign: spring\r\n"
-       b"X-Name: J\xc3\xb6rg\r\n"
-       b"x-tag: one\r\n"
-       b"X-Long: first\r\n second\r\n"
-       b"Date: Fri, 01 Mar 2024 10:00:00 +0000\r\n"
-       b"Message-ID: <1@example.com>\r\n"
-       + BODY)
+RAW = (
+    b"From: Ann Example <ann@example.com>\r\n"
+    b"To: bob@example.net\r\n"
+    b"Subject: =?utf-8?q?h=C3=A9llo?= world\r\n"
+    b"X-Campaign: spring\r\n"
+    b"X-Name: J\xc3\xb6rg\r\n"
+    b"x-tag: one\r\n"
+    b"X-Long: first\r\n second\r\n"
+    b"Date: Fri, 01 Mar 2024 10:00:00 +0000\r\n"
+    b"Message-ID: <1@example.com>\r\n" + BODY
+)
 
 
 def message(data: bytes = RAW, meta: dict | None = None) -> PolicyMessage:
@@ -33,10 +34,11 @@ def header_names(msg: PolicyMessage) -> list[str]:
 
 
 def body_of(data: bytes) -> bytes:
-    return data[data.index(b"\r\n\r\n"):]
+    return data[data.index(b"\r\n\r\n") :]
 
 
 # -- get_all_headers / from_header / to_header --------------------------------------
+
 
 def test_get_all_headers_in_order_decoded():
     """get_all_headers returns every header in order with RFC 2047, UTF-8 and folding decoded."""
@@ -63,14 +65,17 @@ def test_get_all_headers_of_message_without_headers():
     assert message(b"\r\nbody only\r\n").get_all_headers() == []
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("Ann Example <ann@example.com>", ("Ann Example", "ann@example.com")),
-    ('"Doe, John" <john@example.com>', ("Doe, John", "john@example.com")),
-    ("ann@example.com", ("", "ann@example.com")),
-    ("ann@example.com (Ann)", ("Ann", "ann@example.com")),
-    ("=?utf-8?q?J=C3=B6rg?= <j@example.com>", ("Jörg", "j@example.com")),
-    ("=?utf-8?q?M=C3=BCller=2C_Hans?= <h@example.com>", ("Müller, Hans", "h@example.com")),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("Ann Example <ann@example.com>", ("Ann Example", "ann@example.com")),
+        ('"Doe, John" <john@example.com>', ("Doe, John", "john@example.com")),
+        ("ann@example.com", ("", "ann@example.com")),
+        ("ann@example.com (Ann)", ("Ann", "ann@example.com")),
+        ("=?utf-8?q?J=C3=B6rg?= <j@example.com>", ("Jörg", "j@example.com")),
+        ("=?utf-8?q?M=C3=BCller=2C_Hans?= <h@example.com>", ("Müller, Hans", "h@example.com")),
+    ],
+)
 def test_from_header_parses_mailbox(value, expected):
     """from_header returns (display name, address) with the display name decoded."""
     assert message(f"From: {value}\r\n\r\nbody".encode()).from_header() == expected
@@ -78,7 +83,10 @@ def test_from_header_parses_mailbox(value, expected):
 
 def test_to_header_parses_mailbox():
     """to_header returns the To header as (display name, address)."""
-    assert message(b"To: Bob <bob@example.net>\r\n\r\nbody").to_header() == ("Bob", "bob@example.net")
+    assert message(b"To: Bob <bob@example.net>\r\n\r\nbody").to_header() == (
+        "Bob",
+        "bob@example.net",
+    )
 
 
 @pytest.mark.parametrize("method", ["from_header", "to_header"])
@@ -88,6 +96,7 @@ def test_address_header_missing_is_none(method):
 
 
 # -- remove_x_headers ------------------------------------------------------------
+
 
 def test_remove_x_headers_all():
     """remove_x_headers() drops every X-* header, including folded ones, and nothing else."""
@@ -107,8 +116,15 @@ def test_remove_x_headers_named_case_insensitive():
     """remove_x_headers(names) drops only the named X-* headers, matching names case-insensitively."""
     msg = message()
     msg.remove_x_headers(["X-TAG", "x-long"])
-    assert header_names(msg) == ["From", "To", "Subject", "X-Campaign", "X-Name", "Date",
-                                 "Message-ID"]
+    assert header_names(msg) == [
+        "From",
+        "To",
+        "Subject",
+        "X-Campaign",
+        "X-Name",
+        "Date",
+        "Message-ID",
+    ]
 
 
 def test_remove_x_headers_named_ignores_other_headers():
@@ -127,12 +143,18 @@ def test_remove_x_headers_empty_list_removes_nothing():
 
 # -- import_x_headers ------------------------------------------------------------
 
+
 def test_import_x_headers_all():
     """import_x_headers() copies every X-* header into meta under lowercase '_' keys."""
     msg = message(meta={"tenant": "t"})
     msg.import_x_headers()
-    assert msg.meta == {"tenant": "t", "x_campaign": "spring", "x_name": "Jörg",
-                        "x_tag": "one", "x_long": "first second"}
+    assert msg.meta == {
+        "tenant": "t",
+        "x_campaign": "spring",
+        "x_name": "Jörg",
+        "x_tag": "one",
+        "x_long": "first second",
+    }
 
 
 def test_import_x_headers_named_case_insensitive():
@@ -151,10 +173,14 @@ def test_import_x_headers_leaves_data_unchanged():
 
 # -- check_fix_conformance ---------------------------------------------------------
 
-ALL = ("MISSING_COLON_VALUE|NON_CANONICAL_LINE_ENDINGS|NAME_ENDS_WITH_SPACE|LINE_TOO_LONG|"
-       "NEEDS_TRANSFER_ENCODING|MISSING_DATE_HEADER|MISSING_MESSAGE_ID_HEADER|MISSING_MIME_VERSION")
-CLEAN = (b"From: ann@example.com\r\nTo: bob@example.net\r\nSubject: hi\r\n"
-         b"Date: Fri, 01 Mar 2024 10:00:00 +0000\r\nMessage-ID: <1@example.com>\r\n\r\nbody\r\n")
+ALL = (
+    "MISSING_COLON_VALUE|NON_CANONICAL_LINE_ENDINGS|NAME_ENDS_WITH_SPACE|LINE_TOO_LONG|"
+    "NEEDS_TRANSFER_ENCODING|MISSING_DATE_HEADER|MISSING_MESSAGE_ID_HEADER|MISSING_MIME_VERSION"
+)
+CLEAN = (
+    b"From: ann@example.com\r\nTo: bob@example.net\r\nSubject: hi\r\n"
+    b"Date: Fri, 01 Mar 2024 10:00:00 +0000\r\nMessage-ID: <1@example.com>\r\n\r\nbody\r\n"
+)
 BARE = b"From: ann@example.com\r\nTo: bob@example.net\r\nSubject: hi\r\n\r\nbody\r\n"
 
 
@@ -193,8 +219,9 @@ def test_check_fix_conformance_applies_fixes():
 def test_check_fix_conformance_reports_what_fixes_leave():
     """check_fix_conformance names only the checked problems that the fixes did not cover."""
     msg = message(BARE)
-    error = msg.check_fix_conformance("MISSING_DATE_HEADER|MISSING_MESSAGE_ID_HEADER",
-                                      "MISSING_DATE_HEADER")
+    error = msg.check_fix_conformance(
+        "MISSING_DATE_HEADER|MISSING_MESSAGE_ID_HEADER", "MISSING_DATE_HEADER"
+    )
     assert "MISSING_MESSAGE_ID_HEADER" in error and "MISSING_DATE_HEADER" not in error
 
 
@@ -221,8 +248,14 @@ def test_check_fix_conformance_unknown_label(checks, fixes):
 
 # -- set_scheduling / get_scheduling -------------------------------------------------
 
-OPTIONS = {"first_attempt": "2024-03-01T10:00:00Z", "expires": "2024-03-04T10:00:00+01:00",
-           "dow": "Mon-Fri", "tz": "Europe/Berlin", "start": "09:00", "end": "17:00"}
+OPTIONS = {
+    "first_attempt": "2024-03-01T10:00:00Z",
+    "expires": "2024-03-04T10:00:00+01:00",
+    "dow": "Mon-Fri",
+    "tz": "Europe/Berlin",
+    "start": "09:00",
+    "end": "17:00",
+}
 
 
 def test_set_scheduling_stores_json_meta():
@@ -253,12 +286,15 @@ def test_set_scheduling_none_clears():
     assert msg.get_scheduling() is None and "scheduling" not in msg.meta
 
 
-@pytest.mark.parametrize("options", [
-    {"dow": "Mon-Fri", "tz": "UTC"},
-    {**OPTIONS, "tz": "Nowhere/Special"},
-    {"first_attempt": "2024-03-01T10:00:00"},
-    {"when": "soon"},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"dow": "Mon-Fri", "tz": "UTC"},
+        {**OPTIONS, "tz": "Nowhere/Special"},
+        {"first_attempt": "2024-03-01T10:00:00"},
+        {"when": "soon"},
+    ],
+)
 def test_set_scheduling_invalid_raises(options):
     """set_scheduling rejects invalid options with ValueError."""
     with pytest.raises(ValueError):

@@ -7,41 +7,68 @@ import ipaddress
 
 import pytest
 
-from engine.config import DnsSettings
+from engine.config.settings import DnsSettings
 from engine.delivery.mx import (
-    HostResolutionError, MxPermanentError, MxResolver, MxTemporaryError, factor_names,
+    HostResolutionError,
+    MxPermanentError,
+    MxResolver,
+    MxTemporaryError,
+    factor_names,
 )
 from tests.support.dns_server import FakeDns
 
 GMAIL = [
-    "gmail-smtp-in.l.google.com", "alt1.gmail-smtp-in.l.google.com",
-    "alt2.gmail-smtp-in.l.google.com", "alt3.gmail-smtp-in.l.google.com",
+    "gmail-smtp-in.l.google.com",
+    "alt1.gmail-smtp-in.l.google.com",
+    "alt2.gmail-smtp-in.l.google.com",
+    "alt3.gmail-smtp-in.l.google.com",
     "alt4.gmail-smtp-in.l.google.com",
 ]
 
 
 # KumoMTA crates/mailexchanger/src/lib.rs: name_factoring, mx_order_name_factor,
 # lookup_single_mx and lookup_null_mx.
-@pytest.mark.parametrize(("hosts", "site"), [
-    (["mta5.am0.yahoodns.net", "mta6.am0.yahoodns.net", "mta7.am0.yahoodns.net"],
-     "(mta5|mta6|mta7).am0.yahoodns.net"),
-    (["mta5.AM0.yahoodns.net", "mta6.am0.yAHOodns.net", "mta7.am0.yahoodns.net"],
-     "(mta5|mta6|mta7).am0.yahoodns.net"),
-    (GMAIL, "(alt1|alt2|alt3|alt4)?.gmail-smtp-in.l.google.com"),
-    (["mta5.am0.yahoodns.net:123", "mta6.am0.yahoodns.net:123", "mta7.am0.yahoodns.net:123"],
-     "(mta5|mta6|mta7).am0.yahoodns.net:123"),
-    (["mta5.am0.yahoodns.net:123", "mta6.am0.yahoodns.net:456", "mta7.am0.yahoodns.net:123"],
-     "(mta5|mta6|mta7).am0.yahoodns.(net:123|net:456)"),
-    (["example-com.mail.protection.outlook.com.", "mx-biz.mail.am0.yahoodns.net.",
-      "mx-biz.mail.am0.yahoodns.net."],
-     "(example-com|mx-biz).mail.(protection|am0).(outlook|yahoodns).(com|net)"),
-    (["mx-biz.mail.am0.yahoodns.net.", "mx-biz.mail.am0.yahoodns.net.",
-      "example-com.mail.protection.outlook.com."],
-     "(mx-biz|example-com).mail.(am0|protection).(yahoodns|outlook).(net|com)"),
-    (["do.havedane.net."], "do.havedane.net"),
-    (["."], ""),
-    ([], ""),
-])
+@pytest.mark.parametrize(
+    ("hosts", "site"),
+    [
+        (
+            ["mta5.am0.yahoodns.net", "mta6.am0.yahoodns.net", "mta7.am0.yahoodns.net"],
+            "(mta5|mta6|mta7).am0.yahoodns.net",
+        ),
+        (
+            ["mta5.AM0.yahoodns.net", "mta6.am0.yAHOodns.net", "mta7.am0.yahoodns.net"],
+            "(mta5|mta6|mta7).am0.yahoodns.net",
+        ),
+        (GMAIL, "(alt1|alt2|alt3|alt4)?.gmail-smtp-in.l.google.com"),
+        (
+            ["mta5.am0.yahoodns.net:123", "mta6.am0.yahoodns.net:123", "mta7.am0.yahoodns.net:123"],
+            "(mta5|mta6|mta7).am0.yahoodns.net:123",
+        ),
+        (
+            ["mta5.am0.yahoodns.net:123", "mta6.am0.yahoodns.net:456", "mta7.am0.yahoodns.net:123"],
+            "(mta5|mta6|mta7).am0.yahoodns.(net:123|net:456)",
+        ),
+        (
+            [
+                "example-com.mail.protection.outlook.com.",
+                "mx-biz.mail.am0.yahoodns.net.",
+                "mx-biz.mail.am0.yahoodns.net.",
+            ],
+            "(example-com|mx-biz).mail.(protection|am0).(outlook|yahoodns).(com|net)",
+        ),
+        (
+            [
+                "mx-biz.mail.am0.yahoodns.net.",
+                "mx-biz.mail.am0.yahoodns.net.",
+                "example-com.mail.protection.outlook.com.",
+            ],
+            "(mx-biz|example-com).mail.(am0|protection).(yahoodns|outlook).(net|com)",
+        ),
+        (["do.havedane.net."], "do.havedane.net"),
+        (["."], ""),
+        ([], ""),
+    ],
+)
 def test_factor_names(hosts: list[str], site: str) -> None:
     """Host names roll up into KumoMTA's site name."""
     assert factor_names(hosts) == site
@@ -79,7 +106,9 @@ async def test_hosts_ordered_by_preference_then_name(server, resolver) -> None:
     server.add("example.test", "MX", "10 a.example.test.")
     mx = await resolver.resolve_mx("Example.Test.")
     assert (mx.domain, mx.hosts) == (
-        "example.test", ("a.example.test", "z.example.test", "b.example.test"))
+        "example.test",
+        ("a.example.test", "z.example.test", "b.example.test"),
+    )
 
 
 async def test_site_name_is_factored(server, resolver) -> None:

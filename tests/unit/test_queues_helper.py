@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import BUNDLED_POLICY_DIR, ConfigError
-from engine.events import Rejected
-from engine.helpers.queues import QueueHelper, merge_queue_options, parse_scheduling_header
-from engine.message import PolicyMessage
-from engine.queue_config import QueueConfig, queue_config_from_options
+from engine.config.settings import BUNDLED_POLICY_DIR, ConfigError
+from engine.policy.events import Rejected
+from engine.policy.helpers.queues import QueueHelper, merge_queue_options, parse_scheduling_header
+from engine.policy.message import PolicyMessage
+from engine.policy.queue_config import QueueConfig, queue_config_from_options
 
 HOUR = 3600.0
 
@@ -55,40 +55,50 @@ def helper(tmp_path: Path, text: str = LAYERED) -> QueueHelper:
     return QueueHelper.load(write(tmp_path, text))
 
 
-def message(headers: str = "", *, meta: dict | None = None,
-            recipient: str = "rcpt@gmail.com") -> PolicyMessage:
+def message(
+    headers: str = "", *, meta: dict | None = None, recipient: str = "rcpt@gmail.com"
+) -> PolicyMessage:
     data = (headers.replace("\n", "\r\n") + "Subject: hi\r\n\r\nbody\r\n").encode()
     return PolicyMessage("id1", "s@example.com", recipient, data, meta)
 
 
 # -- merging ------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("layers", "merged"), [
-    ([], {}),
-    ([{"max_age": "1d"}], {"max_age": "1d"}),
-    ([{"max_age": "1d"}, {"max_age": "2h"}], {"max_age": "2h"}),
-    ([{"max_age": "1d"}, {"egress_pool": "p"}], {"max_age": "1d", "egress_pool": "p"}),
-    ([{"a": 1}, {}, {"a": 3, "b": 2}], {"a": 3, "b": 2}),
-    ([{"protocol": {"smtp": {"mx_list": ["a"]}}}, {"protocol": {"smtp": {}}}],
-     {"protocol": {"smtp": {}}}),
-])
+
+@pytest.mark.parametrize(
+    ("layers", "merged"),
+    [
+        ([], {}),
+        ([{"max_age": "1d"}], {"max_age": "1d"}),
+        ([{"max_age": "1d"}, {"max_age": "2h"}], {"max_age": "2h"}),
+        ([{"max_age": "1d"}, {"egress_pool": "p"}], {"max_age": "1d", "egress_pool": "p"}),
+        ([{"a": 1}, {}, {"a": 3, "b": 2}], {"a": 3, "b": 2}),
+        (
+            [{"protocol": {"smtp": {"mx_list": ["a"]}}}, {"protocol": {"smtp": {}}}],
+            {"protocol": {"smtp": {}}},
+        ),
+    ],
+)
 def test_merge_queue_options_later_layer_replaces_key(layers, merged):
     """Later layers win key by key; a table value is replaced whole, not deep-merged."""
     assert merge_queue_options(layers) == merged
 
 
-@pytest.mark.parametrize(("domain", "tenant", "campaign", "max_age", "pool", "retry"), [
-    ("foo.com", None, None, 24 * HOUR, None, 600.0),            # default only
-    ("gmail.com", None, None, 6 * HOUR, None, 600.0),           # domain over default
-    ("GMail.com", None, None, 6 * HOUR, None, 600.0),           # domain keys ignore case
-    ("foo.com", "mytenant", None, 5 * HOUR, "tpool", 600.0),    # tenant over default
-    ("gmail.com", "mytenant", None, 5 * HOUR, "foo", 600.0),    # tenant over domain; dom+tenant
-    ("gmail.com", "mytenant", "welcome", 1 * HOUR, "bar", 600.0),   # campaign last
-    ("gmail.com", "mytenant", "other", 5 * HOUR, "foo", 600.0),     # unknown campaign
-    ("gmail.com", "other", "welcome", 6 * HOUR, None, 600.0),       # campaign needs its tenant
-    ("mx.example.org", None, None, 2 * HOUR, None, 600.0),          # wildcard subdomain
-    ("example.org", None, None, 24 * HOUR, None, 600.0),            # wildcard excludes apex
-])
+@pytest.mark.parametrize(
+    ("domain", "tenant", "campaign", "max_age", "pool", "retry"),
+    [
+        ("foo.com", None, None, 24 * HOUR, None, 600.0),  # default only
+        ("gmail.com", None, None, 6 * HOUR, None, 600.0),  # domain over default
+        ("GMail.com", None, None, 6 * HOUR, None, 600.0),  # domain keys ignore case
+        ("foo.com", "mytenant", None, 5 * HOUR, "tpool", 600.0),  # tenant over default
+        ("gmail.com", "mytenant", None, 5 * HOUR, "foo", 600.0),  # tenant over domain; dom+tenant
+        ("gmail.com", "mytenant", "welcome", 1 * HOUR, "bar", 600.0),  # campaign last
+        ("gmail.com", "mytenant", "other", 5 * HOUR, "foo", 600.0),  # unknown campaign
+        ("gmail.com", "other", "welcome", 6 * HOUR, None, 600.0),  # campaign needs its tenant
+        ("mx.example.org", None, None, 2 * HOUR, None, 600.0),  # wildcard subdomain
+        ("example.org", None, None, 24 * HOUR, None, 600.0),  # wildcard excludes apex
+    ],
+)
 def test_queue_config_merge_order(tmp_path, domain, tenant, campaign, max_age, pool, retry):
     """Options merge default, domain, tenant, domain+tenant, campaign (KumoMTA order)."""
     cfg = helper(tmp_path).queue_config(domain, tenant, campaign, None)
@@ -102,59 +112,82 @@ def test_queue_config_without_matches_is_default(tmp_path):
 
 def test_queue_config_carries_provider_and_rate(tmp_path):
     """provider_name and max_message_rate reach the QueueConfig."""
-    h = helper(tmp_path, """
+    h = helper(
+        tmp_path,
+        """
         [queue.'gmail.com']
         provider_name = "google"
         max_message_rate = "100/min"
-    """)
+    """,
+    )
     cfg = h.queue_config("gmail.com", None, None, None)
     assert (cfg.provider_name, cfg.max_message_rate) == ("google", "100/min")
 
 
 def test_routing_domain_most_specific_wins(tmp_path):
     """routing_domain comes from the most specific matching [queue] block."""
-    h = helper(tmp_path, """
+    h = helper(
+        tmp_path,
+        """
         [queue.'a.com']
         routing_domain = "relay.example"
         [queue.'a.com'.'t']
         routing_domain = "t-relay.example"
-    """)
+    """,
+    )
     assert [h.routing_domain("a.com", t, None) for t in (None, "t")] == [
-        "relay.example", "t-relay.example"]
+        "relay.example",
+        "t-relay.example",
+    ]
 
 
 # -- queue_config_from_options ----------------------------------------------------------
 
-@pytest.mark.parametrize(("options", "field", "value"), [
-    ({"retry_interval": "5m"}, "retry_interval", 300.0),
-    ({"max_retry_interval": "1h"}, "max_retry_interval", HOUR),
-    ({"max_age": 60}, "max_age", 60.0),
-    ({"egress_pool": "p"}, "egress_pool", "p"),
-    ({"max_message_rate": "local:1_000/h,max_burst=10"}, "max_message_rate",
-     "local:1_000/h,max_burst=10"),
-    ({"protocol": {"smtp": {"mx_list": ["mx.example:2525", "b"]}}}, "mx_list",
-     ("mx.example:2525", "b")),
-    ({"protocol": {"smtp": {"mx_list": []}}}, "mx_list", None),
-    ({"provider_name": "google"}, "provider_name", "google"),
-    ({"reap_interval": "1m"}, "reap_interval", 60.0),
-    ({"refresh_interval": "5s"}, "refresh_interval", 5.0),
-])
+
+@pytest.mark.parametrize(
+    ("options", "field", "value"),
+    [
+        ({"retry_interval": "5m"}, "retry_interval", 300.0),
+        ({"max_retry_interval": "1h"}, "max_retry_interval", HOUR),
+        ({"max_age": 60}, "max_age", 60.0),
+        ({"egress_pool": "p"}, "egress_pool", "p"),
+        (
+            {"max_message_rate": "local:1_000/h,max_burst=10"},
+            "max_message_rate",
+            "local:1_000/h,max_burst=10",
+        ),
+        (
+            {"protocol": {"smtp": {"mx_list": ["mx.example:2525", "b"]}}},
+            "mx_list",
+            ("mx.example:2525", "b"),
+        ),
+        ({"protocol": {"smtp": {"mx_list": []}}}, "mx_list", None),
+        ({"provider_name": "google"}, "provider_name", "google"),
+        ({"reap_interval": "1m"}, "reap_interval", 60.0),
+        ({"refresh_interval": "5s"}, "refresh_interval", 5.0),
+    ],
+)
 def test_queue_config_from_options_sets_field(options, field, value):
     """Each make_queue_config option sets its QueueConfig field."""
     assert getattr(queue_config_from_options(options, where="f: [q]"), field) == value
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"max_agee": "1d"}, "f: [q] max_agee: unknown queue option"),
-    ({"strategy": "TimerWheel"}, "f: [q] strategy: not supported by nimbus yet"),
-    ({"max_age": "soon"}, "f: [q] max_age: "),
-    ({"max_message_rate": "fast"}, "f: [q] max_message_rate: "),
-    ({"max_message_rate": "0/s"}, "f: [q] max_message_rate: "),
-    ({"protocol": {"maildir_path": "/tmp"}}, "f: [q] protocol: protocol 'maildir_path' is not"),
-    ({"protocol": {"smtp": {"mx_list": [{"name": "a", "addr": "1.2.3.4"}]}}},
-     "f: [q] protocol: mx_list: only 'host[:port]'"),
-    ({"egress_pool": ""}, "f: [q] egress_pool: expected a non-empty string"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_agee": "1d"}, "f: [q] max_agee: unknown queue option"),
+        ({"strategy": "TimerWheel"}, "f: [q] strategy: not supported by nimbus yet"),
+        ({"max_age": "soon"}, "f: [q] max_age: "),
+        ({"max_message_rate": "fast"}, "f: [q] max_message_rate: "),
+        ({"max_message_rate": "0/s"}, "f: [q] max_message_rate: "),
+        ({"protocol": {"maildir_path": "/tmp"}}, "f: [q] protocol: protocol 'maildir_path' is not"),
+        (
+            {"protocol": {"smtp": {"mx_list": [{"name": "a", "addr": "1.2.3.4"}]}}},
+            "f: [q] protocol: mx_list: only 'host[:port]'",
+        ),
+        ({"egress_pool": ""}, "f: [q] egress_pool: expected a non-empty string"),
+    ],
+)
 def test_queue_config_from_options_rejects(options, message):
     """Unknown keys, unsupported KumoMTA options and bad values name where and key."""
     with pytest.raises(ConfigError) as err:
@@ -216,7 +249,8 @@ def test_apply_rejects_unknown_tenant(tmp_path):
         helper(tmp_path, HEADERS).apply(message("X-Tenant: nobody\n"))
     assert str(err.value.response) == (
         "500 5.7.1 tenant 'nobody' specified by 'X-Tenant' header "
-        "is not defined in your queue config")
+        "is not defined in your queue config"
+    )
 
 
 def test_apply_rejects_tenant_when_no_tenant_blocks(tmp_path):
@@ -233,13 +267,20 @@ require_authz = ["scott", "api"]
 """
 
 
-@pytest.mark.parametrize(("meta", "text"), [
-    ({}, "500 5.7.1 tenant 'secure' requires authentication"),
-    ({"authz_id": "mallory"}, "500 5.7.1 authz_id 'mallory' is not authorized to send as "
-                              "tenant 'secure'"),
-    ({"http_auth": "eve"}, "500 5.7.1 authz_id 'eve' is not authorized to send as "
-                           "tenant 'secure'"),
-])
+@pytest.mark.parametrize(
+    ("meta", "text"),
+    [
+        ({}, "500 5.7.1 tenant 'secure' requires authentication"),
+        (
+            {"authz_id": "mallory"},
+            "500 5.7.1 authz_id 'mallory' is not authorized to send as tenant 'secure'",
+        ),
+        (
+            {"http_auth": "eve"},
+            "500 5.7.1 authz_id 'eve' is not authorized to send as tenant 'secure'",
+        ),
+    ],
+)
 def test_require_authz_rejects(tmp_path, meta, text):
     """require_authz refuses an unauthenticated or unlisted sender with 500."""
     with pytest.raises(Rejected) as err:
@@ -247,8 +288,9 @@ def test_require_authz_rejects(tmp_path, meta, text):
     assert str(err.value.response) == text
 
 
-@pytest.mark.parametrize("meta", [{"authz_id": "scott"}, {"http_auth": "api"},
-                                  {"authn_id": "scott"}])
+@pytest.mark.parametrize(
+    "meta", [{"authz_id": "scott"}, {"http_auth": "api"}, {"authn_id": "scott"}]
+)
 def test_require_authz_accepts_listed_identity(tmp_path, meta):
     """A listed SMTP AUTH or HTTP identity may send as the tenant."""
     msg = message("X-Tenant: secure\n", meta=meta)
@@ -291,12 +333,15 @@ def test_scheduling_header_falls_back_to_meta(tmp_path):
     assert msg.get_meta("x_scheduling") == json.loads(SCHEDULE)
 
 
-@pytest.mark.parametrize(("text", "reason"), [
-    ("not json", "not JSON"),
-    ("[1]", "expected a JSON object"),
-    ('{"when": "now"}', "unknown key(s) when"),
-    ('{"dow": "Mon"}', "dow, tz, start and end must be given together"),
-])
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("not json", "not JSON"),
+        ("[1]", "expected a JSON object"),
+        ('{"when": "now"}', "unknown key(s) when"),
+        ('{"dow": "Mon"}', "dow, tz, start and end must be given together"),
+    ],
+)
 def test_parse_scheduling_header_errors(text, reason):
     """A malformed scheduling header says what is wrong."""
     with pytest.raises(ValueError, match=reason.replace("(", r"\(").replace(")", r"\)")):
@@ -307,48 +352,75 @@ def test_bad_scheduling_header_rejected(tmp_path):
     """A scheduling header that does not parse refuses the message with 500 5.6.0."""
     with pytest.raises(Rejected) as err:
         helper(tmp_path, 'scheduling_header = "X-Schedule"\n').apply(
-            message("X-Schedule: tomorrow\n"))
+            message("X-Schedule: tomorrow\n")
+        )
     assert str(err.value.response).startswith("500 5.6.0 invalid X-Schedule header: not JSON")
 
 
 def test_overall_max_message_rates(tmp_path):
     """Tenant and campaign overall rates come back with KumoMTA's throttle names."""
-    h = helper(tmp_path, """
+    h = helper(
+        tmp_path,
+        """
         [tenant.'t']
         overall_max_message_rate = "1000/h"
         [tenant.'t'.'c']
         overall_max_message_rate = "10/min"
-    """)
+    """,
+    )
     assert h.overall_max_message_rates("t", "c") == (
         ("queue-helper-tenant-overall_max_message_rate-t", "1000/h"),
-        ("queue-helper-tenant-campaign-overall_max_message_rate-t-c", "10/min"))
+        ("queue-helper-tenant-campaign-overall_max_message_rate-t-c", "10/min"),
+    )
 
 
 # -- load errors ----------------------------------------------------------------------
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("tenant_headr = 'X-T'\n", "queues.toml: tenant_headr: unknown key"),
-    ("remove_tenant_header = 'yes'\n", "queues.toml: remove_tenant_header: expected true or false"),
-    ("[queue.default]\nmax_agee = '1d'\n", "queues.toml: [queue.default] max_agee: unknown"),
-    ("[queue.'a.com']\nmax_age = 'x'\n", "queues.toml: [queue.'a.com'] max_age: "),
-    ("[queue.'a.com'.'t']\nretry_intervl = '1m'\n",
-     "queues.toml: [queue.'a.com'.t] retry_intervl: unknown queue option"),
-    ("[queue.'a.com'.'t'.'c']\negres_pool = 'p'\n",
-     "queues.toml: [queue.'a.com'.t.c] egres_pool: unknown queue option"),
-    ("[queue.'a.com'.'t'.'c'.'x']\n", "queues.toml: [queue.'a.com'.t.c] x: unknown queue option"),
-    ("[queue.default.'t']\n", "queues.toml: [queue.default] t: unknown queue option"),
-    ("[queue.'a.com']\noverall_max_message_rate = '1/s'\n",
-     "queues.toml: [queue.'a.com'] overall_max_message_rate: only honoured in [tenant.*]"),
-    ("[tenant.'t']\negress_poool = 'p'\n", "queues.toml: [tenant.t] egress_poool: unknown key"),
-    ("[tenant.'t']\nrequire_authz = 'scott'\n",
-     "queues.toml: [tenant.t] require_authz: expected a list"),
-    ("[tenant.'t']\noverall_max_message_rate = 'lots'\n",
-     "queues.toml: [tenant.t] overall_max_message_rate: invalid throttle"),
-    ("[tenant.'t'.'c']\nmax_age = '1d'\n",
-     "queues.toml: [tenant.t.c] max_age: only overall_max_message_rate is used here"),
-    ("default_tenant = 'ghost'\n", "queues.toml: default_tenant: tenant 'ghost' has no"),
-    ("[queue.'A.com']\n[queue.'a.com']\n", "queues.toml: [queue] a.com: domain given twice"),
-])
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("tenant_headr = 'X-T'\n", "queues.toml: tenant_headr: unknown key"),
+        (
+            "remove_tenant_header = 'yes'\n",
+            "queues.toml: remove_tenant_header: expected true or false",
+        ),
+        ("[queue.default]\nmax_agee = '1d'\n", "queues.toml: [queue.default] max_agee: unknown"),
+        ("[queue.'a.com']\nmax_age = 'x'\n", "queues.toml: [queue.'a.com'] max_age: "),
+        (
+            "[queue.'a.com'.'t']\nretry_intervl = '1m'\n",
+            "queues.toml: [queue.'a.com'.t] retry_intervl: unknown queue option",
+        ),
+        (
+            "[queue.'a.com'.'t'.'c']\negres_pool = 'p'\n",
+            "queues.toml: [queue.'a.com'.t.c] egres_pool: unknown queue option",
+        ),
+        (
+            "[queue.'a.com'.'t'.'c'.'x']\n",
+            "queues.toml: [queue.'a.com'.t.c] x: unknown queue option",
+        ),
+        ("[queue.default.'t']\n", "queues.toml: [queue.default] t: unknown queue option"),
+        (
+            "[queue.'a.com']\noverall_max_message_rate = '1/s'\n",
+            "queues.toml: [queue.'a.com'] overall_max_message_rate: only honoured in [tenant.*]",
+        ),
+        ("[tenant.'t']\negress_poool = 'p'\n", "queues.toml: [tenant.t] egress_poool: unknown key"),
+        (
+            "[tenant.'t']\nrequire_authz = 'scott'\n",
+            "queues.toml: [tenant.t] require_authz: expected a list",
+        ),
+        (
+            "[tenant.'t']\noverall_max_message_rate = 'lots'\n",
+            "queues.toml: [tenant.t] overall_max_message_rate: invalid throttle",
+        ),
+        (
+            "[tenant.'t'.'c']\nmax_age = '1d'\n",
+            "queues.toml: [tenant.t.c] max_age: only overall_max_message_rate is used here",
+        ),
+        ("default_tenant = 'ghost'\n", "queues.toml: default_tenant: tenant 'ghost' has no"),
+        ("[queue.'A.com']\n[queue.'a.com']\n", "queues.toml: [queue] a.com: domain given twice"),
+    ],
+)
 def test_load_errors_name_file_table_key(tmp_path, text, message):
     """A typo or bad value in queues.toml names the file, the table and the key."""
     with pytest.raises(ConfigError) as err:
@@ -365,7 +437,7 @@ def test_load_json_file(tmp_path):
 
 def test_shipped_queues_toml_loads():
     """policy/queues.toml loads clean and uses only pools sources.toml defines."""
-    from engine.helpers.sources import SourcesHelper
+    from engine.policy.helpers.sources import SourcesHelper
 
     queues = QueueHelper.load(BUNDLED_POLICY_DIR / "queues.toml")
     sources = SourcesHelper.load(BUNDLED_POLICY_DIR / "sources.toml")

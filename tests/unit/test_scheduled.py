@@ -8,16 +8,17 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from engine.queues.scheduled import Scheduler
 from engine.records import Message
-from engine.scheduled import Scheduler
 
 T = 1_000_000.0
 WAIT = 5.0
 
 
 def msg(id: str, due: float, queue: str = "example.com") -> Message:
-    return Message(id=id, sender="s@x", recipient="r@example.com", queue=queue,
-                   created=T - 10, due=due)
+    return Message(
+        id=id, sender="s@x", recipient="r@example.com", queue=queue, created=T - 10, due=due
+    )
 
 
 class Harness:

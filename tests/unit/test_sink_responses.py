@@ -7,9 +7,16 @@ from pathlib import Path
 import pytest
 import tomli
 
-from engine.config import ConfigError
-from sink.responses import (ACCEPT, Decision, Responses, load_responses, normalise_text,
-                            parse_latency, parse_responses)
+from engine.config.settings import ConfigError
+from sink.responses import (
+    ACCEPT,
+    Decision,
+    Responses,
+    load_responses,
+    normalise_text,
+    parse_latency,
+    parse_responses,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "sink" / "responses.example.toml"
 
@@ -63,47 +70,56 @@ def errors(text: str) -> str:
     return str(info.value)
 
 
-@pytest.mark.parametrize(("recipient", "reply"), [
-    ("tempfail@x.test", "451 4.3.0 tempfail requested"),
-    ("please-tempfail-me@x.test", "451 4.3.0 tempfail requested"),
-    ("TempFail@x.test", "451 4.3.0 tempfail requested"),
-    ("permfail@x.test", "550 5.1.1 permfail requested"),
-    ("450-foo@x.test", "450 4.0.0 you said 450-foo"),
-    ("421-bar@x.test", "421 4.0.0 you said 421-bar"),
-    ("550-baz@x.test", "550 5.0.0 you said 550-baz"),
-    ("250-ok@gmail.com", "250 2.0.0 OK"),
-])
+@pytest.mark.parametrize(
+    ("recipient", "reply"),
+    [
+        ("tempfail@x.test", "451 4.3.0 tempfail requested"),
+        ("please-tempfail-me@x.test", "451 4.3.0 tempfail requested"),
+        ("TempFail@x.test", "451 4.3.0 tempfail requested"),
+        ("permfail@x.test", "550 5.1.1 permfail requested"),
+        ("450-foo@x.test", "450 4.0.0 you said 450-foo"),
+        ("421-bar@x.test", "421 4.0.0 you said 421-bar"),
+        ("550-baz@x.test", "550 5.0.0 you said 550-baz"),
+        ("250-ok@gmail.com", "250 2.0.0 OK"),
+    ],
+)
 def test_local_part_conventions(recipient, reply):
     """The local part's request wins over the percentages (rand=0 would bounce everything)."""
     assert smart().decide(recipient, rand=0.0, rand2=0.0).reply() == reply
 
 
-@pytest.mark.parametrize(("recipient", "rand", "code"), [
-    ("u@other.test", 0.0, 550),      # default: bounce 10 %
-    ("u@other.test", 0.0999, 550),
-    ("u@other.test", 0.10, 451),     # then defer 5 %
-    ("u@other.test", 0.1499, 451),
-    ("u@other.test", 0.15, 250),     # then accept
-    ("u@other.test", 0.9999, 250),
-    ("u@gmail.com", 0.19, 550),      # gmail.com: bounce 20 %, defer 30 %
-    ("u@gmail.com", 0.49, 421),
-    ("u@gmail.com", 0.50, 250),
-    ("u@aol.com", 0.05, 550),        # aol.com: defer 50 %, bounce inherited (10 %)
-    ("u@aol.com", 0.55, 421),
-    ("u@aol.com", 0.60, 250),
-    ("u@GMAIL.com", 0.19, 550),      # domains match case-insensitively
-])
+@pytest.mark.parametrize(
+    ("recipient", "rand", "code"),
+    [
+        ("u@other.test", 0.0, 550),  # default: bounce 10 %
+        ("u@other.test", 0.0999, 550),
+        ("u@other.test", 0.10, 451),  # then defer 5 %
+        ("u@other.test", 0.1499, 451),
+        ("u@other.test", 0.15, 250),  # then accept
+        ("u@other.test", 0.9999, 250),
+        ("u@gmail.com", 0.19, 550),  # gmail.com: bounce 20 %, defer 30 %
+        ("u@gmail.com", 0.49, 421),
+        ("u@gmail.com", 0.50, 250),
+        ("u@aol.com", 0.05, 550),  # aol.com: defer 50 %, bounce inherited (10 %)
+        ("u@aol.com", 0.55, 421),
+        ("u@aol.com", 0.60, 250),
+        ("u@GMAIL.com", 0.19, 550),  # domains match case-insensitively
+    ],
+)
 def test_percentages(recipient, rand, code):
     """rand below bounce % bounces, below bounce + defer % defers, else accepts."""
     assert smart().decide(recipient, rand=rand, rand2=0.0).code == code
 
 
-@pytest.mark.parametrize(("rand2", "text"), [
-    (0.0, "5.1.1 The email account that you tried to reach does not exist. - gsmtp"),
-    (0.49, "5.1.1 The email account that you tried to reach does not exist. - gsmtp"),
-    (0.5, "5.2.2 The email account that you tried to reach is over quota. - gsmtp"),
-    (0.9999, "5.2.2 The email account that you tried to reach is over quota. - gsmtp"),
-])
+@pytest.mark.parametrize(
+    ("rand2", "text"),
+    [
+        (0.0, "5.1.1 The email account that you tried to reach does not exist. - gsmtp"),
+        (0.49, "5.1.1 The email account that you tried to reach does not exist. - gsmtp"),
+        (0.5, "5.2.2 The email account that you tried to reach is over quota. - gsmtp"),
+        (0.9999, "5.2.2 The email account that you tried to reach is over quota. - gsmtp"),
+    ],
+)
 def test_text_choice_from_domain_list(rand2, text):
     """rand2 picks the text uniformly from the domain's list."""
     assert smart().decide("u@gmail.com", rand=0.0, rand2=rand2).text == text
@@ -143,13 +159,16 @@ def test_latency_range_picked_by_rand3():
     assert responses.decide("u@x.test", rand=0.9, rand2=0.0, rand3=0.5).delay == pytest.approx(0.25)
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("200ms", (0.2, 0.2)),
-    ("1s", (1.0, 1.0)),
-    (0.5, (0.5, 0.5)),
-    (["50ms", "500ms"], (0.05, 0.5)),
-    (["1s", "1s"], (1.0, 1.0)),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("200ms", (0.2, 0.2)),
+        ("1s", (1.0, 1.0)),
+        (0.5, (0.5, 0.5)),
+        (["50ms", "500ms"], (0.05, 0.5)),
+        (["1s", "1s"], (1.0, 1.0)),
+    ],
+)
 def test_parse_latency(value, expected):
     """A duration, a number of seconds, or a [low, high] pair."""
     assert parse_latency(value) == pytest.approx(expected)
@@ -162,13 +181,19 @@ def test_parse_latency_rejects(value):
         parse_latency(value)
 
 
-@pytest.mark.parametrize(("code", "msg", "text"), [
-    (550, "5.1.1 no such user", "5.1.1 no such user"),
-    (421, "421 Max message per connection reached", "Max message per connection reached"),
-    (550, "550-5.1.1 line one\r\n550-5.1.1 line two\r\n550,5.1.1 line three",
-     "5.1.1 line one\n5.1.1 line two\n5.1.1 line three"),
-    (554, "5.7.9 policy reasons", "5.7.9 policy reasons"),
-])
+@pytest.mark.parametrize(
+    ("code", "msg", "text"),
+    [
+        (550, "5.1.1 no such user", "5.1.1 no such user"),
+        (421, "421 Max message per connection reached", "Max message per connection reached"),
+        (
+            550,
+            "550-5.1.1 line one\r\n550-5.1.1 line two\r\n550,5.1.1 line three",
+            "5.1.1 line one\n5.1.1 line two\n5.1.1 line three",
+        ),
+        (554, "5.7.9 policy reasons", "5.7.9 policy reasons"),
+    ],
+)
 def test_normalise_text(code, msg, text):
     """Code prefixes pasted from logs are removed; lines are kept."""
     assert normalise_text(code, msg) == text
@@ -180,20 +205,25 @@ def test_multiline_reply_wire_form():
     assert decision.reply() == "550-5.1.1 one\r\n550 5.1.1 two"
 
 
-@pytest.mark.parametrize(("text", "names"), [
-    ("[default]\nbounce = 101", ["r.toml", "[default]", "bounce", "101"]),
-    ("[default]\nbounce = 'ten'", ["r.toml", "[default]", "bounce"]),
-    ("[default]\nbounce = 60\ndefer = 50", ["r.toml", "[default]", "bounce + defer"]),
-    ("[default]\nbouncy = 1", ["r.toml", "[default]", "bouncy", "unknown key"]),
-    ('[domain."gmail.com"]\ndefer = -1', ["r.toml", '[domain."gmail.com"]', "defer"]),
-    ('["aol.com"]\nlatency = "soon"', ["r.toml", '["aol.com"]', "latency"]),
-    ('[[bounce."gmail.com"]]\ncode = 250\nmsg = "x"', ['[[bounce."gmail.com"]] #1', "code"]),
-    ('[[defer.default]]\ncode = 451\nmsg = "a"\n[[defer.default]]\ncode = 451',
-     ["[[defer.\"default\"]] #2", "msg"]),
-    ('[[defer.default]]\ncode = 451\nmsg = "a"\ntext = "b"', ["#1", "text", "unknown key"]),
-    ('[bounce]\n"gmail.com" = 5', ['[[bounce."gmail.com"]]', "array of tables"]),
-    ("stray = 1", ["r.toml", "stray", "unknown key"]),
-])
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("[default]\nbounce = 101", ["r.toml", "[default]", "bounce", "101"]),
+        ("[default]\nbounce = 'ten'", ["r.toml", "[default]", "bounce"]),
+        ("[default]\nbounce = 60\ndefer = 50", ["r.toml", "[default]", "bounce + defer"]),
+        ("[default]\nbouncy = 1", ["r.toml", "[default]", "bouncy", "unknown key"]),
+        ('[domain."gmail.com"]\ndefer = -1', ["r.toml", '[domain."gmail.com"]', "defer"]),
+        ('["aol.com"]\nlatency = "soon"', ["r.toml", '["aol.com"]', "latency"]),
+        ('[[bounce."gmail.com"]]\ncode = 250\nmsg = "x"', ['[[bounce."gmail.com"]] #1', "code"]),
+        (
+            '[[defer.default]]\ncode = 451\nmsg = "a"\n[[defer.default]]\ncode = 451',
+            ['[[defer."default"]] #2', "msg"],
+        ),
+        ('[[defer.default]]\ncode = 451\nmsg = "a"\ntext = "b"', ["#1", "text", "unknown key"]),
+        ('[bounce]\n"gmail.com" = 5', ['[[bounce."gmail.com"]]', "array of tables"]),
+        ("stray = 1", ["r.toml", "stray", "unknown key"]),
+    ],
+)
 def test_config_errors_name_file_table_key(text, names):
     """Every validation error names the file, the table and the key."""
     message = errors(text)
@@ -218,8 +248,14 @@ def test_load_reports_missing_file(tmp_path):
 def test_example_file_loads():
     """The shipped example parses and covers the big mailbox providers."""
     responses = load_responses(str(EXAMPLE))
-    for domain in ("gmail.com", "yahoo.com", "aol.com", "outlook.com", "hotmail.com",
-                   "comcast.net"):
+    for domain in (
+        "gmail.com",
+        "yahoo.com",
+        "aol.com",
+        "outlook.com",
+        "hotmail.com",
+        "comcast.net",
+    ):
         assert domain in responses.domains
         assert responses.defers[domain] and responses.bounces[domain]
     assert responses.defers["default"] and responses.bounces["default"]

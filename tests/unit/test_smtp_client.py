@@ -13,13 +13,19 @@ import pytest
 from aiosmtpd.smtp import SMTP
 
 from engine.delivery.client import (
-    ConnectFailed, ConnectionLost, SmtpClientConnection, TlsFailed, TlsRequiredError,
+    ConnectFailed,
+    ConnectionLost,
+    SmtpClientConnection,
+    TlsFailed,
+    TlsRequiredError,
 )
-from engine.egress import DEFAULT_SOURCE, EgressPathConfig, EgressSource, TlsMode
+from engine.policy.egress import DEFAULT_SOURCE, EgressPathConfig, EgressSource, TlsMode
 from engine.records import EnhancedCode
 
-MESSAGE = (b"From: a@tx.test\r\nTo: b@rx.test\r\nSubject: hi\r\n\r\n"
-           b"Hello\r\n.a line starting with a dot\r\n")
+MESSAGE = (
+    b"From: a@tx.test\r\nTo: b@rx.test\r\nSubject: hi\r\n\r\n"
+    b"Hello\r\n.a line starting with a dot\r\n"
+)
 
 
 @dataclass
@@ -33,9 +39,14 @@ class Received:
 class Receiver:
     """aiosmtpd handler that records what arrived and answers as configured."""
 
-    def __init__(self, *, rcpt_replies: dict[str, str] | None = None,
-                 data_reply: str | None = None, stall_data: bool = False,
-                 refuse_ehlo: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        rcpt_replies: dict[str, str] | None = None,
+        data_reply: str | None = None,
+        stall_data: bool = False,
+        refuse_ehlo: bool = False,
+    ) -> None:
         self.refuse_ehlo = refuse_ehlo
         self.rcpt_replies = rcpt_replies or {}
         self.data_reply = data_reply
@@ -68,8 +79,14 @@ class Receiver:
     async def handle_DATA(self, server, session, envelope):
         if self.stall is not None:
             await self.stall.wait()
-        self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
-                                      envelope.original_content, session.ssl is not None))
+        self.messages.append(
+            Received(
+                envelope.mail_from,
+                list(envelope.rcpt_tos),
+                envelope.original_content,
+                session.ssl is not None,
+            )
+        )
         return self.data_reply or "250 2.0.0 queued"
 
 
@@ -79,10 +96,27 @@ def cert_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("tls")
     cert, key = d / "cert.pem", d / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=rx.test", "-addext", "subjectAltName=DNS:rx.test",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True)
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=rx.test",
+            "-addext",
+            "subjectAltName=DNS:rx.test",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
@@ -130,12 +164,23 @@ async def open_client():
     """Factory: open an SmtpClientConnection to 127.0.0.1:<port>; closed at teardown."""
     opened: list[SmtpClientConnection] = []
 
-    async def open_(port: int, tls: TlsMode = TlsMode.OPPORTUNISTIC, factory=None,
-                    source: EgressSource = DEFAULT_SOURCE, **path_kw):
+    async def open_(
+        port: int,
+        tls: TlsMode = TlsMode.OPPORTUNISTIC,
+        factory=None,
+        source: EgressSource = DEFAULT_SOURCE,
+        **path_kw,
+    ):
         path = EgressPathConfig(enable_tls=tls, **path_kw)
         conn = await SmtpClientConnection.open(
-            host_name="rx.test", address="127.0.0.1", port=port, path=path,
-            source=source, ehlo_domain="tx.test", tls_context_factory=factory)
+            host_name="rx.test",
+            address="127.0.0.1",
+            port=port,
+            path=path,
+            source=source,
+            ehlo_domain="tx.test",
+            tls_context_factory=factory,
+        )
         opened.append(conn)
         return conn
 
@@ -157,7 +202,10 @@ async def test_plain_delivery_returns_250_and_exact_bytes(start_receiver, open_c
     conn = await open_client(await start_receiver(rx))
     response = await conn.send("a@tx.test", "b@rx.test", MESSAGE)
     assert (response.code, response.enhanced_code, response.command) == (
-        250, EnhancedCode(2, 0, 0), "DATA")
+        250,
+        EnhancedCode(2, 0, 0),
+        "DATA",
+    )
     assert rx.messages == [Received("a@tx.test", ["b@rx.test"], MESSAGE, False)]
     assert conn.tls_cipher is None and conn.tls_protocol_version is None
     assert conn.peer.name == "rx.test" and conn.peer.addr.startswith("127.0.0.1:")
@@ -228,7 +276,10 @@ async def test_data_554_is_returned(start_receiver, open_client):
     conn = await open_client(await start_receiver(rx))
     response = await conn.send("a@tx.test", "b@rx.test", MESSAGE)
     assert (response.code, response.enhanced_code, response.command) == (
-        554, EnhancedCode(5, 7, 1), "DATA")
+        554,
+        EnhancedCode(5, 7, 1),
+        "DATA",
+    )
     assert conn.is_usable
 
 
@@ -252,7 +303,8 @@ async def test_non_ascii_address_without_smtputf8_is_refused_locally(start_recei
 
 
 async def test_opportunistic_uses_starttls_with_self_signed_cert(
-        start_receiver, open_client, server_tls):
+    start_receiver, open_client, server_tls
+):
     """Opportunistic TLS upgrades despite a self-signed certificate and delivers over TLS."""
     rx = Receiver()
     conn = await open_client(await start_receiver(rx, server_tls))
@@ -292,7 +344,8 @@ async def test_required_rejects_self_signed_cert(start_receiver, open_client, se
 
 
 async def test_required_accepts_cert_from_trusted_ca(
-        start_receiver, open_client, server_tls, cert_files):
+    start_receiver, open_client, server_tls, cert_files
+):
     """Required TLS delivers when the factory's context trusts the certificate."""
     rx = Receiver()
     port = await start_receiver(rx, server_tls)
@@ -306,8 +359,7 @@ async def test_required_accepts_cert_from_trusted_ca(
     assert rx.messages[0].tls
 
 
-async def test_required_insecure_accepts_self_signed_cert(
-        start_receiver, open_client, server_tls):
+async def test_required_insecure_accepts_self_signed_cert(start_receiver, open_client, server_tls):
     """RequiredInsecure TLS delivers over TLS despite a self-signed certificate."""
     rx = Receiver()
     conn = await open_client(await start_receiver(rx, server_tls), TlsMode.REQUIRED_INSECURE)
@@ -346,9 +398,13 @@ async def test_silent_banner_times_out_quickly():
         started = time.monotonic()
         with pytest.raises(ConnectFailed) as info:
             await SmtpClientConnection.open(
-                host_name="rx.test", address="127.0.0.1",
-                port=server.sockets[0].getsockname()[1], path=path,
-                source=DEFAULT_SOURCE, ehlo_domain="tx.test")
+                host_name="rx.test",
+                address="127.0.0.1",
+                port=server.sockets[0].getsockname()[1],
+                path=path,
+                source=DEFAULT_SOURCE,
+                ehlo_domain="tx.test",
+            )
         assert time.monotonic() - started < 2.0
         assert info.value.response.code == 421 and "banner" in info.value.response.content
     finally:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import SpoolSettings
+from engine.config.settings import SpoolSettings
 from engine.records import Message, new_message_id
-from engine.spool import Quarantined, Spool, SpoolError, SpoolFull, SpoolLocked
+from engine.storage.spool import Quarantined, Spool, SpoolError, SpoolFull, SpoolLocked
 
 T = 1_700_000_000.0
 
@@ -26,10 +26,17 @@ def settings(tmp_path: Path, **kw) -> SpoolSettings:
 
 
 def message(n: int = 0, **kw) -> Message:
-    fields = dict(id=new_message_id(), sender=f"s{n}@example.com",
-                  recipient=f"r{n}@example.net", queue=f"t@example.net!{n}",
-                  meta={"tenant": "t", "n": n, "nested": {"a": [1, 2]}},
-                  created=T + n, due=T + 60 + n, num_attempts=n % 3, size=100 + n)
+    fields = dict(
+        id=new_message_id(),
+        sender=f"s{n}@example.com",
+        recipient=f"r{n}@example.net",
+        queue=f"t@example.net!{n}",
+        meta={"tenant": "t", "n": n, "nested": {"a": [1, 2]}},
+        created=T + n,
+        due=T + 60 + n,
+        num_attempts=n % 3,
+        size=100 + n,
+    )
     fields.update(kw)
     return Message(**fields)
 
@@ -122,13 +129,16 @@ async def test_close_commits_queued_updates(tmp_path, spool):
     assert recovered[0].num_attempts == 9
 
 
-@pytest.mark.parametrize("envelope", [
-    "{not json",
-    "[1, 2]",
-    '{"sender": "s"}',                                                       # missing keys
-    '{"sender":"s","recipient":"r","queue":"q","created":1,"meta":[1]}',    # meta not object
-    '{"sender":"s","recipient":"r","queue":"q","created":"soon"}',           # bad created
-])
+@pytest.mark.parametrize(
+    "envelope",
+    [
+        "{not json",
+        "[1, 2]",
+        '{"sender": "s"}',  # missing keys
+        '{"sender":"s","recipient":"r","queue":"q","created":1,"meta":[1]}',  # meta not object
+        '{"sender":"s","recipient":"r","queue":"q","created":"soon"}',  # bad created
+    ],
+)
 async def test_corrupt_row_quarantined_others_load(tmp_path, spool, envelope):
     """A row whose envelope can't be decoded is quarantined; the other messages still load."""
     good = [message(1), message(2)]
@@ -136,8 +146,10 @@ async def test_corrupt_row_quarantined_others_load(tmp_path, spool, envelope):
     await spool.close()
     bad_id = "f" * 32
     with sqlite3.connect(tmp_path / "spool.db") as conn:
-        conn.execute("INSERT INTO messages (id, envelope, due, attempts, data) "
-                     "VALUES (?, ?, ?, ?, ?)", (bad_id, envelope, T, 0, b"bad body"))
+        conn.execute(
+            "INSERT INTO messages (id, envelope, due, attempts, data) VALUES (?, ?, ?, ?, ?)",
+            (bad_id, envelope, T, 0, b"bad body"),
+        )
     conn.close()
 
     recovered, quarantined = await reopen(tmp_path)
@@ -146,8 +158,9 @@ async def test_corrupt_row_quarantined_others_load(tmp_path, spool, envelope):
     assert [q.id for q in quarantined] == [bad_id] and quarantined[0].reason
     with sqlite3.connect(tmp_path / "spool.db") as conn:
         moved = conn.execute("SELECT id, envelope, data FROM quarantine").fetchall()
-        remaining = conn.execute("SELECT count(*) FROM messages WHERE id = ?",
-                                 (bad_id,)).fetchone()[0]
+        remaining = conn.execute(
+            "SELECT count(*) FROM messages WHERE id = ?", (bad_id,)
+        ).fetchone()[0]
     conn.close()
     assert moved == [(bad_id, envelope, b"bad body")] and remaining == 0
 
@@ -235,7 +248,8 @@ async def test_full_request_does_not_fail_its_batch_mates(tmp_path):
         results = await asyncio.gather(
             spool.save([(message(0), b"small")]),
             spool.save([(message(n), b"y" * 10_000) for n in range(1, 50)]),
-            return_exceptions=True)
+            return_exceptions=True,
+        )
     finally:
         await spool.close()
     assert results[0] is None and isinstance(results[1], SpoolFull), results

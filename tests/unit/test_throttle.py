@@ -6,40 +6,94 @@ import math
 
 import pytest
 
-from engine.config import ClusterSettings, RedisSettings
-from engine.throttle import (EmbeddedStore, ThrottleResult, acquire, connection_limit_key,
-                             connection_rate_key, expire, extend, gcra, lease_share,
-                             local_share, make_store, message_rate_key, named_limit_key,
-                             release)
-from engine.throttle_spec import ThrottleSpec
+from engine.config.settings import ClusterSettings, RedisSettings
+from engine.config.throttle_spec import ThrottleSpec
+from engine.shaping.throttle.embedded import EmbeddedStore
+from engine.shaping.throttle.factory import make_store
+from engine.shaping.throttle.gcra import (
+    ThrottleResult,
+    acquire,
+    connection_limit_key,
+    connection_rate_key,
+    expire,
+    extend,
+    gcra,
+    lease_share,
+    local_share,
+    message_rate_key,
+    named_limit_key,
+    release,
+)
 
 # --- gcra -----------------------------------------------------------------------------------
 
 # Each step: (now, quantity, allowed, retry_after, remaining), applied in order to one key.
 GCRA_CASES = {
-    "steady rate at the limit is always allowed": ("2/s", [
-        (0.0, 1, True, 0.0, 1), (0.5, 1, True, 0.0, 1), (1.0, 1, True, 0.0, 1),
-        (1.5, 1, True, 0.0, 1), (2.0, 1, True, 0.0, 1)]),
-    "burst then throttled": ("4/s", [
-        (0.0, 1, True, 0.0, 3), (0.0, 1, True, 0.0, 2), (0.0, 1, True, 0.0, 1),
-        (0.0, 1, True, 0.0, 0), (0.0, 1, False, 0.25, 0)]),
-    "retry_after is exact": ("4/s", [
-        (0.0, 4, True, 0.0, 0), (0.125, 1, False, 0.125, 0), (0.25, 1, True, 0.0, 0),
-        (0.25, 1, False, 0.25, 0), (0.5, 1, True, 0.0, 0)]),
-    "max_burst=1 spaces events period/limit apart": ("60/min,max_burst=1", [
-        (0.0, 1, True, 0.0, 0), (0.5, 1, False, 0.5, 0), (1.0, 1, True, 0.0, 0),
-        (1.25, 1, False, 0.75, 0), (2.0, 1, True, 0.0, 0)]),
-    "quantity > 1 takes that many": ("10/s", [
-        (0.0, 4, True, 0.0, 6), (0.0, 4, True, 0.0, 2), (0.0, 4, False, 0.2, 2),
-        (0.0, 2, True, 0.0, 0)]),
-    "quantity above the burst is never allowed": ("10/s,max_burst=3", [
-        (0.0, 4, False, math.inf, 3), (0.0, 3, True, 0.0, 0)]),
-    "an idle bucket refills to the burst": ("4/s", [
-        (0.0, 4, True, 0.0, 0), (10.0, 1, True, 0.0, 3)]),
-    "time going backwards is only stricter": ("1/s,max_burst=1", [
-        (10.0, 1, True, 0.0, 0), (5.0, 1, False, 6.0, 0), (11.0, 1, True, 0.0, 0)]),
-    "a fractional interval does not lose the last burst event": ("10/s", [
-        *[(0.0, 1, True, 0.0, 9 - i) for i in range(10)], (0.0, 1, False, 0.1, 0)]),
+    "steady rate at the limit is always allowed": (
+        "2/s",
+        [
+            (0.0, 1, True, 0.0, 1),
+            (0.5, 1, True, 0.0, 1),
+            (1.0, 1, True, 0.0, 1),
+            (1.5, 1, True, 0.0, 1),
+            (2.0, 1, True, 0.0, 1),
+        ],
+    ),
+    "burst then throttled": (
+        "4/s",
+        [
+            (0.0, 1, True, 0.0, 3),
+            (0.0, 1, True, 0.0, 2),
+            (0.0, 1, True, 0.0, 1),
+            (0.0, 1, True, 0.0, 0),
+            (0.0, 1, False, 0.25, 0),
+        ],
+    ),
+    "retry_after is exact": (
+        "4/s",
+        [
+            (0.0, 4, True, 0.0, 0),
+            (0.125, 1, False, 0.125, 0),
+            (0.25, 1, True, 0.0, 0),
+            (0.25, 1, False, 0.25, 0),
+            (0.5, 1, True, 0.0, 0),
+        ],
+    ),
+    "max_burst=1 spaces events period/limit apart": (
+        "60/min,max_burst=1",
+        [
+            (0.0, 1, True, 0.0, 0),
+            (0.5, 1, False, 0.5, 0),
+            (1.0, 1, True, 0.0, 0),
+            (1.25, 1, False, 0.75, 0),
+            (2.0, 1, True, 0.0, 0),
+        ],
+    ),
+    "quantity > 1 takes that many": (
+        "10/s",
+        [
+            (0.0, 4, True, 0.0, 6),
+            (0.0, 4, True, 0.0, 2),
+            (0.0, 4, False, 0.2, 2),
+            (0.0, 2, True, 0.0, 0),
+        ],
+    ),
+    "quantity above the burst is never allowed": (
+        "10/s,max_burst=3",
+        [(0.0, 4, False, math.inf, 3), (0.0, 3, True, 0.0, 0)],
+    ),
+    "an idle bucket refills to the burst": (
+        "4/s",
+        [(0.0, 4, True, 0.0, 0), (10.0, 1, True, 0.0, 3)],
+    ),
+    "time going backwards is only stricter": (
+        "1/s,max_burst=1",
+        [(10.0, 1, True, 0.0, 0), (5.0, 1, False, 6.0, 0), (11.0, 1, True, 0.0, 0)],
+    ),
+    "a fractional interval does not lose the last burst event": (
+        "10/s",
+        [*[(0.0, 1, True, 0.0, 9 - i) for i in range(10)], (0.0, 1, False, 0.1, 0)],
+    ),
 }
 
 
@@ -80,17 +134,33 @@ ACQUIRE_CASES = {
     "empty set acquires": ({}, 0.0, 2, "a", 60.0, None, {"a": 60.0}),
     "below the limit acquires": ({"x": 30.0}, 0.0, 2, "a", 60.0, None, {"x": 30.0, "a": 60.0}),
     "at the limit waits for the earliest expiry": (
-        {"x": 30.0, "y": 20.0}, 5.0, 2, "a", 60.0, 15.0, {"x": 30.0, "y": 20.0}),
-    "expiry frees a slot": ({"x": 30.0, "y": 5.0}, 5.0, 2, "a", 60.0, None,
-                            {"x": 30.0, "a": 65.0}),
+        {"x": 30.0, "y": 20.0},
+        5.0,
+        2,
+        "a",
+        60.0,
+        15.0,
+        {"x": 30.0, "y": 20.0},
+    ),
+    "expiry frees a slot": ({"x": 30.0, "y": 5.0}, 5.0, 2, "a", 60.0, None, {"x": 30.0, "a": 65.0}),
     "re-acquiring the same id extends it even when full": (
-        {"a": 10.0, "y": 20.0}, 5.0, 2, "a", 60.0, None, {"a": 65.0, "y": 20.0}),
+        {"a": 10.0, "y": 20.0},
+        5.0,
+        2,
+        "a",
+        60.0,
+        None,
+        {"a": 65.0, "y": 20.0},
+    ),
     "limit 1 is exclusive": ({"x": 8.0}, 7.0, 1, "a", 1.0, 1.0, {"x": 8.0}),
 }
 
 
-@pytest.mark.parametrize(("before", "now", "limit", "lease_id", "ttl", "expected", "after"),
-                         ACQUIRE_CASES.values(), ids=ACQUIRE_CASES.keys())
+@pytest.mark.parametrize(
+    ("before", "now", "limit", "lease_id", "ttl", "expected", "after"),
+    ACQUIRE_CASES.values(),
+    ids=ACQUIRE_CASES.keys(),
+)
 def test_acquire_table(before, now, limit, lease_id, ttl, expected, after):
     """acquire takes a slot below the limit, else returns the wait until one frees."""
     leases = dict(before)
@@ -106,8 +176,11 @@ EXTEND_CASES = {
 }
 
 
-@pytest.mark.parametrize(("before", "now", "lease_id", "ttl", "expected", "after"),
-                         EXTEND_CASES.values(), ids=EXTEND_CASES.keys())
+@pytest.mark.parametrize(
+    ("before", "now", "lease_id", "ttl", "expected", "after"),
+    EXTEND_CASES.values(),
+    ids=EXTEND_CASES.keys(),
+)
 def test_extend_table(before, now, lease_id, ttl, expected, after):
     """extend keeps only live leases."""
     leases = dict(before)
@@ -126,22 +199,33 @@ def test_release_and_expire():
 
 # --- outage shares --------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("spec_text", "nodes", "expected"), [
-    ("100/min", 1, "100/min"),
-    ("100/min", 3, "33/min"),
-    ("2/s", 3, "1/s"),
-    ("local:10/h", 2, "local:5/h"),
-    ("100/min,max_burst=10", 4, "25/min,max_burst=2"),
-    ("100/min,max_burst=1", 4, "25/min,max_burst=1"),
-])
+
+@pytest.mark.parametrize(
+    ("spec_text", "nodes", "expected"),
+    [
+        ("100/min", 1, "100/min"),
+        ("100/min", 3, "33/min"),
+        ("2/s", 3, "1/s"),
+        ("local:10/h", 2, "local:5/h"),
+        ("100/min,max_burst=10", 4, "25/min,max_burst=2"),
+        ("100/min,max_burst=1", 4, "25/min,max_burst=1"),
+    ],
+)
 def test_local_share(spec_text, nodes, expected):
     """While Redis is down each node may use limit // nodes (and burst // nodes), at least 1."""
     assert local_share(ThrottleSpec.parse(spec_text), nodes) == ThrottleSpec.parse(expected)
 
 
-@pytest.mark.parametrize(("limit", "nodes", "expected"), [
-    (10, 1, 10), (10, 3, 4), (9, 3, 3), (1, 5, 1), (7, 0, 7),
-])
+@pytest.mark.parametrize(
+    ("limit", "nodes", "expected"),
+    [
+        (10, 1, 10),
+        (10, 3, 4),
+        (9, 3, 3),
+        (1, 5, 1),
+        (7, 0, 7),
+    ],
+)
 def test_lease_share(limit, nodes, expected):
     """While Redis is down each node may hold ceil(limit / nodes) connections."""
     assert lease_share(limit, nodes) == expected
@@ -149,13 +233,18 @@ def test_lease_share(limit, nodes, expected):
 
 # --- key names ------------------------------------------------------------------------------
 
+
 def test_message_rate_key_is_spec_suffixed():
     """A changed spec gets a different key (a fresh bucket), as in KumoMTA."""
     q = "src->example.com@smtp_client"
-    assert message_rate_key("nimbus", q, ThrottleSpec.parse("100/min")) == \
-        "nimbus:max_message_rate:src->example.com@smtp_client:100:100:60"
-    assert message_rate_key("nimbus", q, ThrottleSpec.parse("100/min,max_burst=5")) == \
-        "nimbus:max_message_rate:src->example.com@smtp_client:100:5:60"
+    assert (
+        message_rate_key("nimbus", q, ThrottleSpec.parse("100/min"))
+        == "nimbus:max_message_rate:src->example.com@smtp_client:100:100:60"
+    )
+    assert (
+        message_rate_key("nimbus", q, ThrottleSpec.parse("100/min,max_burst=5"))
+        == "nimbus:max_message_rate:src->example.com@smtp_client:100:5:60"
+    )
 
 
 def test_other_key_names():
@@ -163,12 +252,15 @@ def test_other_key_names():
     spec = ThrottleSpec.parse("10/h")
     assert connection_rate_key("p", "q", spec) == "p:connection_rate:q:10:10:3600"
     assert connection_limit_key("p", "q") == "p:connection_limit:q"
-    assert named_limit_key("p", "shaping-provider-google-limit") == \
-        "p:limit:shaping-provider-google-limit"
+    assert (
+        named_limit_key("p", "shaping-provider-google-limit")
+        == "p:limit:shaping-provider-google-limit"
+    )
     assert named_limit_key("p", "google-rate", spec) == "p:limit:google-rate:10:10:3600"
 
 
 # --- EmbeddedStore --------------------------------------------------------------------------
+
 
 class FakeClock:
     def __init__(self) -> None:
@@ -231,7 +323,8 @@ async def test_make_store_embedded_without_url():
 
 async def test_make_store_redis_with_url():
     """A Redis url gives a RedisStore, shared until Redis fails (no connection at build)."""
-    from engine.throttle_redis import RedisStore
+    from engine.shaping.throttle.redis import RedisStore
+
     store = make_store(RedisSettings(url="redis://127.0.0.1:1/0"), ClusterSettings(nodes=2))
     assert isinstance(store, RedisStore) and store.shared and not store.degraded
     await store.close()

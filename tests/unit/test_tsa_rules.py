@@ -9,15 +9,22 @@ import textwrap
 import pytest
 import tomli
 
-from engine.egress import apply_egress_options
-from engine.helpers.shaping import Shaping
-from engine.overlay import (READY, SCHEDULED, BounceRule, ConfigOverride, Overlay, Suspension,
-                            entry_from_json)
-from engine.throttle_spec import ThrottleSpec
+from engine.config.throttle_spec import ThrottleSpec
+from engine.policy.egress_options import apply_egress_options
+from engine.policy.helpers.shaping_load import load_shaping
+from engine.shaping.overlay import (
+    READY,
+    SCHEDULED,
+    BounceRule,
+    ConfigOverride,
+    Overlay,
+    Suspension,
+    entry_from_json,
+)
 from tsa.exports import bounces_json, render_shaping_toml, suspensions_json, toml_value
 from tsa.ingest import Ingestor
 from tsa.metrics import TsaMetrics
-from tsa.rules import (RecordInvalid, evaluate, parse_record, reason_for, window_count)
+from tsa.rules import RecordInvalid, evaluate, parse_record, reason_for, window_count
 from tsa.shaping_file import ShapingFile
 
 T0 = 1_800_000_000.0
@@ -82,12 +89,21 @@ def shaping_path(tmp_path):
 
 @pytest.fixture
 def shaping(shaping_path):
-    return Shaping.load([shaping_path])
+    return load_shaping([shaping_path])
 
 
-def record(text="421 4.7.0 [TS04] deferred", *, rid="r1", ts=T0, rcpt="u@example.net",
-           site="ip-1->mx.example.net@smtp_client", queue="example.net", kind="TransientFailure",
-           peer="mx1.example.net", source="ip-1"):
+def record(
+    text="421 4.7.0 [TS04] deferred",
+    *,
+    rid="r1",
+    ts=T0,
+    rcpt="u@example.net",
+    site="ip-1->mx.example.net@smtp_client",
+    queue="example.net",
+    kind="TransientFailure",
+    peer="mx1.example.net",
+    source="ip-1",
+):
     code, _, rest = text.partition(" ")
     enhanced = None
     parts = rest.split(" ", 1)
@@ -95,30 +111,50 @@ def record(text="421 4.7.0 [TS04] deferred", *, rid="r1", ts=T0, rcpt="u@example
         c, s, d = parts[0].split(".")
         enhanced = {"class": int(c), "subject": int(s), "detail": int(d)}
         rest = parts[1] if len(parts) > 1 else ""
-    return {"type": kind, "id": rid, "sender": "s@x.test", "recipient": rcpt, "queue": queue,
-            "site": site, "size": 10, "timestamp": ts, "egress_source": source,
-            "response": {"code": int(code), "enhanced_code": enhanced, "content": rest,
-                         "command": None},
-            "peer_address": {"name": peer, "addr": "192.0.2.1"} if peer else None}
+    return {
+        "type": kind,
+        "id": rid,
+        "sender": "s@x.test",
+        "recipient": rcpt,
+        "queue": queue,
+        "site": site,
+        "size": 10,
+        "timestamp": ts,
+        "egress_source": source,
+        "response": {
+            "code": int(code),
+            "enhanced_code": enhanced,
+            "content": rest,
+            "command": None,
+        },
+        "peer_address": {"name": peer, "addr": "192.0.2.1"} if peer else None,
+    }
 
 
 # --- record parsing -------------------------------------------------------------------
 
-@pytest.mark.parametrize("overrides,field,expected", [
-    ({}, "site", "mx.example.net"),
-    ({}, "source", "ip-1"),
-    ({"source": None}, "source", "ip-1"),
-    ({"source": None, "site": "mx.example.net@smtp_client"}, "source", "unspecified"),
-    ({"site": "mx_list:10.0.0.1@smtp_client"}, "site", "mx_list:10.0.0.1"),
-    ({}, "response_line", "421 4.7.0 [TS04] deferred"),
-    ({"text": "550 no such user"}, "response_line", "550 no such user"),
-    ({"rcpt": ["a@B.example", "b@b.example", "c@other.test"]}, "domains",
-     ("b.example", "other.test")),
-    ({"rcpt": "postmaster"}, "domains", ()),
-    ({"peer": None}, "mx_hosts", ()),
-    ({}, "mx_hosts", ("mx1.example.net",)),
-    ({"ts": "2027-01-15T08:00:00Z"}, "timestamp", T0),
-])
+
+@pytest.mark.parametrize(
+    "overrides,field,expected",
+    [
+        ({}, "site", "mx.example.net"),
+        ({}, "source", "ip-1"),
+        ({"source": None}, "source", "ip-1"),
+        ({"source": None, "site": "mx.example.net@smtp_client"}, "source", "unspecified"),
+        ({"site": "mx_list:10.0.0.1@smtp_client"}, "site", "mx_list:10.0.0.1"),
+        ({}, "response_line", "421 4.7.0 [TS04] deferred"),
+        ({"text": "550 no such user"}, "response_line", "550 no such user"),
+        (
+            {"rcpt": ["a@B.example", "b@b.example", "c@other.test"]},
+            "domains",
+            ("b.example", "other.test"),
+        ),
+        ({"rcpt": "postmaster"}, "domains", ()),
+        ({"peer": None}, "mx_hosts", ()),
+        ({}, "mx_hosts", ("mx1.example.net",)),
+        ({"ts": "2027-01-15T08:00:00Z"}, "timestamp", T0),
+    ],
+)
 def test_parse_record_fields(overrides, field, expected):
     """parse_record reads the fields TSA uses from a KumoMTA-shaped record."""
     kwargs = dict(overrides)
@@ -133,13 +169,16 @@ def test_parse_record_joins_multiline_content():
     assert parse_record(rec).response_line == "421 4.7.0 first line second third"
 
 
-@pytest.mark.parametrize("mutate,fragment", [
-    (lambda r: r.pop("type"), "type"),
-    (lambda r: r.update(response="oops"), "response"),
-    (lambda r: r.update(timestamp="yesterday"), "timestamp"),
-    (lambda r: r.update(recipient=5), "recipient"),
-    (lambda r: r["response"].update(enhanced_code={"class": 4}), "enhanced_code"),
-])
+@pytest.mark.parametrize(
+    "mutate,fragment",
+    [
+        (lambda r: r.pop("type"), "type"),
+        (lambda r: r.update(response="oops"), "response"),
+        (lambda r: r.update(timestamp="yesterday"), "timestamp"),
+        (lambda r: r.update(recipient=5), "recipient"),
+        (lambda r: r["response"].update(enhanced_code={"class": 4}), "enhanced_code"),
+    ],
+)
 def test_parse_record_rejects(mutate, fragment):
     """A record missing what TSA needs is RecordInvalid naming the field."""
     rec = record()
@@ -157,23 +196,27 @@ def test_record_without_id_gets_a_content_hash():
 
 # --- matching ------------------------------------------------------------------------
 
+
 def _rules(shaping, rec, now=T0):
     return [m.rule.regexes[0].pattern for m in evaluate(shaping, parse_record(rec), now=now)]
 
 
-@pytest.mark.parametrize("text,rcpt,peer,expected", [
-    ("421 4.7.0 [TS04] deferred", "u@example.net", None, [r"\[TS04\]"]),
-    ("250 2.0.0 ok", "u@example.net", None, []),
-    ("421 4.7.0 RL0000 slow", "u@example.net", None, ["RL0000"]),
-    ("421 slow down please", "u@x.test", "mx3.bigmail.test.", ["slow down"]),
-    ("421 slow down please", "u@x.test", "mx.other.test", []),
-    ("451 domain-only", "u@example.com", None, ["domain-only"]),
-    ("451 domain-only", "u@example.org", None, []),
-    ("451 site rule", "u@rollup.test", None, ["site rule"]),
-    ("451 4.4.1 Nimbus internal: [TS04] suspended", "u@example.net", None, []),
-    ("451 KumoMTA internal: [TS04] suspended", "u@example.net", None, []),
-    ("451 4.4.1 Nimbus internal: loop-me", "u@example.net", None, ["loop-me"]),
-])
+@pytest.mark.parametrize(
+    "text,rcpt,peer,expected",
+    [
+        ("421 4.7.0 [TS04] deferred", "u@example.net", None, [r"\[TS04\]"]),
+        ("250 2.0.0 ok", "u@example.net", None, []),
+        ("421 4.7.0 RL0000 slow", "u@example.net", None, ["RL0000"]),
+        ("421 slow down please", "u@x.test", "mx3.bigmail.test.", ["slow down"]),
+        ("421 slow down please", "u@x.test", "mx.other.test", []),
+        ("451 domain-only", "u@example.com", None, ["domain-only"]),
+        ("451 domain-only", "u@example.org", None, []),
+        ("451 site rule", "u@rollup.test", None, ["site rule"]),
+        ("451 4.4.1 Nimbus internal: [TS04] suspended", "u@example.net", None, []),
+        ("451 KumoMTA internal: [TS04] suspended", "u@example.net", None, []),
+        ("451 4.4.1 Nimbus internal: loop-me", "u@example.net", None, ["loop-me"]),
+    ],
+)
 def test_rule_matching(shaping, text, rcpt, peer, expected):
     """Rules match the single response line; internal replies only with match_internal."""
     assert _rules(shaping, record(text, rcpt=rcpt, peer=peer)) == expected
@@ -195,6 +238,7 @@ def test_event_time_gives_the_expiry_its_sub_second_precision(shaping):
     """With event_time present the expiry counts from it, not from the whole-second timestamp
     (which would end the action up to a second early)."""
     from engine.records import rfc3339
+
     rec = {**record(ts=int(T0)), "event_time": rfc3339(int(T0) + 0.75)}
     (entry,) = _entries(shaping, rec)
     (plain,) = _entries(shaping, record(ts=int(T0)))
@@ -202,6 +246,7 @@ def test_event_time_gives_the_expiry_its_sub_second_precision(shaping):
 
 
 # --- planned entries -----------------------------------------------------------------
+
 
 def _entries(shaping, rec, now=T0):
     return [e for m in evaluate(shaping, parse_record(rec), now=now) for e in m.entries]
@@ -212,7 +257,10 @@ def test_suspend_entry_for_the_ready_queue(shaping):
     (entry,) = _entries(shaping, record())
     assert isinstance(entry, Suspension) and entry.scope == READY
     assert (entry.source, entry.site, entry.queue) == (
-        "ip-1", "mx.example.net", "ip-1->mx.example.net@smtp_client")
+        "ip-1",
+        "mx.example.net",
+        "ip-1->mx.example.net@smtp_client",
+    )
     assert entry.expires == T0 + 7200
     assert entry.reason == r"automation rule: \[TS04\]"
 
@@ -227,48 +275,72 @@ def test_action_ids_are_stable(shaping):
     assert len({a.id, c.id, d.id}) == 3
 
 
-@pytest.mark.parametrize("queue,expected", [
-    ("example.net", [("SchedQBounce", "example.net", None, None)]),
-    ("acme@example.net", [
-        ("SchedQSuspension", "example.net", "acme", None),
-        ("SchedQBounce", "example.net", "acme", None)]),
-    ("spring:acme@example.net", [
-        ("SchedQSuspension", "example.net", "acme", None),
-        ("SchedQSuspension", "example.net", "acme", "spring"),
-        ("SchedQBounce", "example.net", "acme", None),
-        ("SchedQBounce", "example.net", "acme", "spring")]),
-])
+@pytest.mark.parametrize(
+    "queue,expected",
+    [
+        ("example.net", [("SchedQBounce", "example.net", None, None)]),
+        (
+            "acme@example.net",
+            [
+                ("SchedQSuspension", "example.net", "acme", None),
+                ("SchedQBounce", "example.net", "acme", None),
+            ],
+        ),
+        (
+            "spring:acme@example.net",
+            [
+                ("SchedQSuspension", "example.net", "acme", None),
+                ("SchedQSuspension", "example.net", "acme", "spring"),
+                ("SchedQBounce", "example.net", "acme", None),
+                ("SchedQBounce", "example.net", "acme", "spring"),
+            ],
+        ),
+    ],
+)
 def test_tenant_and_campaign_actions(shaping, queue, expected):
     """Tenant/campaign actions use the queue name; without a tenant they do nothing."""
     entries = _entries(shaping, record("451 tenant-block", queue=queue))
-    got = sorted({(e.kind, e.domain, e.tenant, e.campaign) for e in entries},
-                 key=lambda t: (t[0], t[3] or ""))
+    got = sorted(
+        {(e.kind, e.domain, e.tenant, e.campaign) for e in entries},
+        key=lambda t: (t[0], t[3] or ""),
+    )
     assert got == sorted(expected, key=lambda t: (t[0], t[3] or ""))
 
 
-@pytest.mark.parametrize("text,rcpt,peer,rollup,domain,site", [
-    ("421 RL0000", "u@example.net", None, True, "example.net", "mx.example.net"),
-    ("421 slow down", "u@x.test", "a.bigmail.test", False, "x.test", "mx.example.net"),
-    ("451 domain-only", "u@example.com", None, False, "example.com", "mx.example.net"),
-    ("451 site rule", "u@rollup.test", None, True, "rollup.test", "mx.example.net"),
-])
+@pytest.mark.parametrize(
+    "text,rcpt,peer,rollup,domain,site",
+    [
+        ("421 RL0000", "u@example.net", None, True, "example.net", "mx.example.net"),
+        ("421 slow down", "u@x.test", "a.bigmail.test", False, "x.test", "mx.example.net"),
+        ("451 domain-only", "u@example.com", None, False, "example.com", "mx.example.net"),
+        ("451 site rule", "u@rollup.test", None, True, "rollup.test", "mx.example.net"),
+    ],
+)
 def test_config_override_scope(shaping, text, rcpt, peer, rollup, domain, site):
     """Default and site rules override the site (mx_rollup); provider/domain rules the domain."""
     (entry,) = _entries(shaping, record(text, rcpt=rcpt, peer=peer))
     assert isinstance(entry, ConfigOverride)
-    assert (entry.mx_rollup, entry.domain, entry.site, entry.source) == (rollup, domain, site,
-                                                                         "ip-1")
+    assert (entry.mx_rollup, entry.domain, entry.site, entry.source) == (
+        rollup,
+        domain,
+        site,
+        "ip-1",
+    )
 
 
 # --- Threshold windows ---------------------------------------------------------------
 
-@pytest.mark.parametrize("scores,ts,period,count", [
-    ([0, 10, 20], 20, 60, 3),
-    ([0, 30, 60], 60, 60, 2),       # (0, 60]: the sample at 0 is a full period old
-    ([0, 30, 59], 59, 60, 3),
-    ([0, 100, 200], 200, 60, 1),
-    ([50, 10, 30], 30, 60, 2),      # out of order: a sample newer than ts is not counted
-])
+
+@pytest.mark.parametrize(
+    "scores,ts,period,count",
+    [
+        ([0, 10, 20], 20, 60, 3),
+        ([0, 30, 60], 60, 60, 2),  # (0, 60]: the sample at 0 is a full period old
+        ([0, 30, 59], 59, 60, 3),
+        ([0, 100, 200], 200, 60, 1),
+        ([50, 10, 30], 30, 60, 2),  # out of order: a sample newer than ts is not counted
+    ],
+)
 def test_window_count(scores, ts, period, count):
     """A window counts the samples in (ts - period, ts]."""
     assert window_count(scores, ts=ts, period=period) == count
@@ -310,23 +382,28 @@ class FakeState:
 def ingest(shaping_path):
     state = FakeState()
     clock = {"now": T0}
-    ingestor = Ingestor(state, ShapingFile(shaping_path), TsaMetrics(),
-                        clock=lambda: clock["now"], timeout=1.0)
+    ingestor = Ingestor(
+        state, ShapingFile(shaping_path), TsaMetrics(), clock=lambda: clock["now"], timeout=1.0
+    )
 
     async def run(records, now):
         clock["now"] = now
         return await ingestor.ingest(records)
+
     run.state = state
     return run
 
 
-@pytest.mark.parametrize("offsets,fires", [
-    ([0, 10, 20], True),            # 3 within a minute
-    ([0, 30, 59], True),
-    ([0, 30, 61], False),           # spread beyond the period
-    ([0, 1000, 2000], False),       # within the 1h duration: KumoMTA would fire here
-    ([0, 0, 0], False),             # one record published three times counts once
-])
+@pytest.mark.parametrize(
+    "offsets,fires",
+    [
+        ([0, 10, 20], True),  # 3 within a minute
+        ([0, 30, 59], True),
+        ([0, 30, 61], False),  # spread beyond the period
+        ([0, 1000, 2000], False),  # within the 1h duration: KumoMTA would fire here
+        ([0, 0, 0], False),  # one record published three times counts once
+    ],
+)
 async def test_threshold_3_per_minute(ingest, offsets, fires):
     """Threshold "3/min" fires when 3 matching records fall within one minute."""
     for i, off in enumerate(offsets):
@@ -345,63 +422,110 @@ async def test_threshold_fire_expires_from_the_triggering_record(ingest):
 
 async def test_ingest_counts(ingest):
     """A batch reports matched, unmatched, ignored, duplicate and invalid records."""
-    batch = [record(rid="a"), record("250 ok", rid="b"), record(kind="Reception", rid="c"),
-             record(rid="a"), {"type": "Bounce"}]
+    batch = [
+        record(rid="a"),
+        record("250 ok", rid="b"),
+        record(kind="Reception", rid="c"),
+        record(rid="a"),
+        {"type": "Bounce"},
+    ]
     counts = await ingest(batch, now=T0)
-    assert (counts.matched, counts.unmatched, counts.ignored, counts.duplicates,
-            counts.invalid, counts.entries_written) == (1, 1, 1, 1, 1, 1)
+    assert (
+        counts.matched,
+        counts.unmatched,
+        counts.ignored,
+        counts.duplicates,
+        counts.invalid,
+        counts.entries_written,
+    ) == (1, 1, 1, 1, 1, 1)
     assert counts.errors[0]["index"] == 4
 
 
 # --- exports -------------------------------------------------------------------------
 
-def _override(ident, *, domain="example.net", source="ip-1", name="max_message_rate",
-              value="1/minute", expires=T0 + 60, rollup=True, reason="automation rule: x"):
-    return ConfigOverride(id=ident, domain=domain, site="mx.example.net", source=source,
-                          mx_rollup=rollup, name=name, value=value, expires=expires,
-                          reason=reason)
+
+def _override(
+    ident,
+    *,
+    domain="example.net",
+    source="ip-1",
+    name="max_message_rate",
+    value="1/minute",
+    expires=T0 + 60,
+    rollup=True,
+    reason="automation rule: x",
+):
+    return ConfigOverride(
+        id=ident,
+        domain=domain,
+        site="mx.example.net",
+        source=source,
+        mx_rollup=rollup,
+        name=name,
+        value=value,
+        expires=expires,
+        reason=reason,
+    )
 
 
 def test_overlay_toml_format(tmp_path):
     """The SetConfig overlay renders as KumoMTA's shaping.toml overlay and loads back."""
-    entries = [_override("a"), _override("b", name="connection_limit", value=1),
-               _override("c", domain="x.test", rollup=False, source="ip-2",
-                         value="5/s", expires=T0 + 30),
-               _override("old", expires=T0 - 1)]
+    entries = [
+        _override("a"),
+        _override("b", name="connection_limit", value=1),
+        _override("c", domain="x.test", rollup=False, source="ip-2", value="5/s", expires=T0 + 30),
+        _override("old", expires=T0 - 1),
+    ]
     text = render_shaping_toml(entries, T0)
     assert text.startswith("# Generated by nimbus tsa\n# Number of entries: 3\n")
-    assert '# reason: automation rule: x\n# expires: 2027-01-15T08:01:00.000000Z\n' \
-           'max_message_rate = "1/minute"' in text
+    assert (
+        "# reason: automation rule: x\n# expires: 2027-01-15T08:01:00.000000Z\n"
+        'max_message_rate = "1/minute"' in text
+    )
     assert tomli.loads(text) == {
         "x.test": {"mx_rollup": False, "sources": {"ip-2": {"max_message_rate": "5/s"}}},
-        "example.net": {"mx_rollup": True, "sources": {"ip-1": {
-            "max_message_rate": "1/minute", "connection_limit": 1}}},
+        "example.net": {
+            "mx_rollup": True,
+            "sources": {"ip-1": {"max_message_rate": "1/minute", "connection_limit": 1}},
+        },
     }
     path = tmp_path / "overlay.toml"
     path.write_text(text)
-    loaded = Shaping.load([path])
+    loaded = load_shaping([path])
     assert loaded.domains["x.test"].sources["ip-2"]["max_message_rate"] == ThrottleSpec.parse("5/s")
 
 
 def test_overlay_toml_override_for_every_source():
     """An override without a source goes in the domain block itself."""
-    text = render_shaping_toml([dataclasses.replace(_override("a", rollup=False), source=None)],
-                               T0)
-    assert tomli.loads(text) == {"example.net": {"mx_rollup": False,
-                                                 "max_message_rate": "1/minute"}}
+    text = render_shaping_toml([dataclasses.replace(_override("a", rollup=False), source=None)], T0)
+    assert tomli.loads(text) == {
+        "example.net": {"mx_rollup": False, "max_message_rate": "1/minute"}
+    }
 
 
 def test_overlay_toml_later_value_wins():
     """Two overrides of one option: the one expiring last is written."""
-    text = render_shaping_toml([_override("a", value="1/s", expires=T0 + 90),
-                                _override("b", value="2/s", expires=T0 + 30)], T0)
+    text = render_shaping_toml(
+        [
+            _override("a", value="1/s", expires=T0 + 90),
+            _override("b", value="2/s", expires=T0 + 30),
+        ],
+        T0,
+    )
     assert tomli.loads(text)["example.net"]["sources"]["ip-1"]["max_message_rate"] == "1/s"
 
 
-@pytest.mark.parametrize("value,text", [
-    (True, "true"), (3, "3"), (1.5, "1.5"), ("a\"b", '"a\\"b"'), ([1, "x"], '[1, "x"]'),
-    ({"k": 1}, '{"k" = 1}'),
-])
+@pytest.mark.parametrize(
+    "value,text",
+    [
+        (True, "true"),
+        (3, "3"),
+        (1.5, "1.5"),
+        ('a"b', '"a\\"b"'),
+        ([1, "x"], '[1, "x"]'),
+        ({"k": 1}, '{"k" = 1}'),
+    ],
+)
 def test_toml_value(value, text):
     """Values are written in TOML's inline forms."""
     assert toml_value(value) == text
@@ -410,63 +534,120 @@ def test_toml_value(value, text):
 def test_suspension_and_bounce_json():
     """suspended.json and bounced.json have KumoMTA's fields, only live entries."""
     entries = [
-        Suspension(id="r", scope=READY, source="ip-1", site="mx.x", queue="ip-1->mx.x@smtp_client",
-                   reason="why", expires=T0 + 60),
-        Suspension(id="s", scope=SCHEDULED, domain="x.test", tenant="acme", reason="why",
-                   expires=T0 + 60),
+        Suspension(
+            id="r",
+            scope=READY,
+            source="ip-1",
+            site="mx.x",
+            queue="ip-1->mx.x@smtp_client",
+            reason="why",
+            expires=T0 + 60,
+        ),
+        Suspension(
+            id="s", scope=SCHEDULED, domain="x.test", tenant="acme", reason="why", expires=T0 + 60
+        ),
         Suspension(id="gone", scope=READY, source="ip-1", site="mx.y", expires=T0),
         BounceRule(id="b", domain="x.test", reason="why", expires=T0 + 60),
     ]
     assert suspensions_json(entries, T0) == {
-        "ready_q": [{"rule_hash": "r", "site_name": "ip-1->mx.x@smtp_client", "reason": "why",
-                     "source": "ip-1", "expires": "2027-01-15T08:01:00.000000Z"}],
-        "sched_q": [{"rule_hash": "s", "tenant": "acme", "domain": "x.test", "campaign": None,
-                     "reason": "why", "expires": "2027-01-15T08:01:00.000000Z"}],
+        "ready_q": [
+            {
+                "rule_hash": "r",
+                "site_name": "ip-1->mx.x@smtp_client",
+                "reason": "why",
+                "source": "ip-1",
+                "expires": "2027-01-15T08:01:00.000000Z",
+            }
+        ],
+        "sched_q": [
+            {
+                "rule_hash": "s",
+                "tenant": "acme",
+                "domain": "x.test",
+                "campaign": None,
+                "reason": "why",
+                "expires": "2027-01-15T08:01:00.000000Z",
+            }
+        ],
     }
-    assert bounces_json(entries, T0) == [{
-        "rule_hash": "b", "domain": "x.test", "tenant": None, "campaign": None,
-        "reason": "why", "expires": "2027-01-15T08:01:00.000000Z"}]
+    assert bounces_json(entries, T0) == [
+        {
+            "rule_hash": "b",
+            "domain": "x.test",
+            "tenant": None,
+            "campaign": None,
+            "reason": "why",
+            "expires": "2027-01-15T08:01:00.000000Z",
+        }
+    ]
 
 
 def test_reason_lists_every_regex(shaping):
     """Several regexes are shown as KumoMTA does: (a,b)."""
-    rule = dataclasses.replace(shaping.default.automation[0],
-                               regexes=shaping.default.automation[0].regexes * 2)
+    rule = dataclasses.replace(
+        shaping.default.automation[0], regexes=shaping.default.automation[0].regexes * 2
+    )
     assert reason_for(rule) == r"automation rule: (\[TS04\],\[TS04\])"
 
 
 # --- Overlay (MTA side) --------------------------------------------------------------
 
+
 def _ready(ident, *, source="ip-1", site="mx.x", expires=T0 + 60, origin="tsa"):
-    return Suspension(id=ident, scope=READY, source=source, site=site, expires=expires,
-                      origin=origin)
+    return Suspension(
+        id=ident, scope=READY, source=source, site=site, expires=expires, origin=origin
+    )
 
 
-@pytest.mark.parametrize("source,site,now,expected", [
-    ("ip-1", "mx.x", T0, "long"),
-    ("ip-1", "mx.x", T0 + 100, "long"),
-    ("ip-1", "mx.x", T0 + 120, None),
-    ("ip-2", "mx.x", T0, "any-source"),
-    ("ip-2", "mx.y", T0, None),
-])
+@pytest.mark.parametrize(
+    "source,site,now,expected",
+    [
+        ("ip-1", "mx.x", T0, "long"),
+        ("ip-1", "mx.x", T0 + 100, "long"),
+        ("ip-1", "mx.x", T0 + 120, None),
+        ("ip-2", "mx.x", T0, "any-source"),
+        ("ip-2", "mx.y", T0, None),
+    ],
+)
 def test_ready_suspension_lookup(source, site, now, expected):
     """The longest-lasting live suspension of (source, site); None matches any source."""
-    overlay = Overlay([_ready("short"), _ready("long", expires=T0 + 120),
-                       _ready("any-source", source=None, expires=T0 + 10)])
+    overlay = Overlay(
+        [
+            _ready("short"),
+            _ready("long", expires=T0 + 120),
+            _ready("any-source", source=None, expires=T0 + 10),
+        ]
+    )
     found = overlay.ready_suspension(source, site, now)
     assert (found.id if found else None) == expected
 
 
-@pytest.mark.parametrize("tenant,campaign,expected", [
-    ("acme", None, "tenant"), ("acme", "spring", "campaign"), ("other", "spring", None),
-    (None, None, None),
-])
+@pytest.mark.parametrize(
+    "tenant,campaign,expected",
+    [
+        ("acme", None, "tenant"),
+        ("acme", "spring", "campaign"),
+        ("other", "spring", None),
+        (None, None, None),
+    ],
+)
 def test_sched_suspension_lookup(tenant, campaign, expected):
     """A tenant suspension covers all its campaigns; a campaign one only that campaign."""
-    overlay = Overlay([
-        Suspension(id="tenant", scope=SCHEDULED, domain="x.test", tenant="acme", expires=T0 + 10),
-        Suspension(id="campaign", scope=SCHEDULED, domain="x.test", tenant="acme",
-                   campaign="spring", expires=T0 + 20)])
+    overlay = Overlay(
+        [
+            Suspension(
+                id="tenant", scope=SCHEDULED, domain="x.test", tenant="acme", expires=T0 + 10
+            ),
+            Suspension(
+                id="campaign",
+                scope=SCHEDULED,
+                domain="x.test",
+                tenant="acme",
+                campaign="spring",
+                expires=T0 + 20,
+            ),
+        ]
+    )
     found = overlay.sched_suspension("x.test", tenant, campaign, T0)
     assert (found.id if found else None) == expected
 
@@ -481,15 +662,19 @@ def test_bounce_rule_lookup():
 
 def test_config_overrides_apply_site_then_domain():
     """Site overrides apply before domain ones; the result applies to an EgressPathConfig."""
-    overlay = Overlay([
-        _override("site-rate", value="1/minute"),
-        _override("dom-rate", rollup=False, value="5/s"),
-        _override("site-limit", name="connection_limit", value=2),
-        _override("other-source", source="ip-9", name="connection_limit", value=7),
-    ])
+    overlay = Overlay(
+        [
+            _override("site-rate", value="1/minute"),
+            _override("dom-rate", rollup=False, value="5/s"),
+            _override("site-limit", name="connection_limit", value=2),
+            _override("other-source", source="ip-9", name="connection_limit", value=7),
+        ]
+    )
     got = overlay.config_overrides("example.net", "mx.example.net", "ip-1", T0)
-    assert got == {"max_message_rate": ThrottleSpec.parse("5/s"),
-                   "connection_limit": got["connection_limit"]}
+    assert got == {
+        "max_message_rate": ThrottleSpec.parse("5/s"),
+        "connection_limit": got["connection_limit"],
+    }
     config = apply_egress_options(got)
     assert config.connection_limit == 2
     assert overlay.config_overrides("example.net", "mx.example.net", "ip-1", T0 + 60) == {}
@@ -508,25 +693,40 @@ def test_overlay_changes_and_expiry():
     assert overlay.prune(T0 + 60) == 1 and len(overlay) == 0
 
 
-@pytest.mark.parametrize("entry", [
-    _ready("a"),
-    Suspension(id="s", scope=SCHEDULED, domain="x", tenant="t", campaign="c", expires=T0),
-    BounceRule(id="b", domain="x", expires=T0, origin="admin"),
-    _override("c"),
-])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        _ready("a"),
+        Suspension(id="s", scope=SCHEDULED, domain="x", tenant="t", campaign="c", expires=T0),
+        BounceRule(id="b", domain="x", expires=T0, origin="admin"),
+        _override("c"),
+    ],
+)
 def test_entry_json_round_trip(entry):
     """Every entry kind survives to_json / entry_from_json."""
     assert entry_from_json(entry.to_json()) == entry
 
 
-@pytest.mark.parametrize("obj,fragment", [
-    ({"kind": "Nope", "id": "x", "expires": 1}, "kind"),
-    ({"kind": "SchedQBounce", "expires": 1}, "id"),
-    ({"kind": "SchedQBounce", "id": "x", "expires": "soon"}, "expires"),
-    ({"kind": "SchedQBounce", "id": "x", "expires": 1, "origin": "me"}, "origin"),
-    ({"kind": "ConfigOverride", "id": "x", "expires": 1, "domain": "d", "name": "bogus",
-      "value": 1}, "bogus"),
-])
+@pytest.mark.parametrize(
+    "obj,fragment",
+    [
+        ({"kind": "Nope", "id": "x", "expires": 1}, "kind"),
+        ({"kind": "SchedQBounce", "expires": 1}, "id"),
+        ({"kind": "SchedQBounce", "id": "x", "expires": "soon"}, "expires"),
+        ({"kind": "SchedQBounce", "id": "x", "expires": 1, "origin": "me"}, "origin"),
+        (
+            {
+                "kind": "ConfigOverride",
+                "id": "x",
+                "expires": 1,
+                "domain": "d",
+                "name": "bogus",
+                "value": 1,
+            },
+            "bogus",
+        ),
+    ],
+)
 def test_entry_from_json_rejects(obj, fragment):
     """A malformed entry is a ValueError naming what is wrong."""
     with pytest.raises(ValueError, match=fragment):
@@ -537,11 +737,13 @@ async def test_shaping_file_keeps_last_good(shaping_path):
     """A broken edit keeps the previous rules and reports the error."""
     source = ShapingFile(shaping_path)
     before = source.rule_count
-    shaping_path.write_text(textwrap.dedent("""
+    shaping_path.write_text(
+        textwrap.dedent("""
         [["default".automation]]
         regex = "x"
         action = "Explode"
         duration = "1m"
-    """))
+    """)
+    )
     assert await source.check() is False
     assert source.rule_count == before and "Explode" in source.error

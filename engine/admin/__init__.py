@@ -1,0 +1,10 @@
+"""Admin: what operators see and steer on a running node.
+
+Modules:
+    entries   bounce / suspend / ready-queue suspend records and which queues they select
+    requests  admin request JSON -> records (pure, KumoMTA's deny_unknown_fields)
+    state     AdminState (live entries) and AdminApi (what the HTTP routes call)
+    ops       operations on the node's queues: bounce now, rebind, inspect, summaries
+    http      the admin HTTP routes (KumoMTA's paths), trusted hosts or credentials
+    cli       the ``nimbus <verb>`` admin client
+"""

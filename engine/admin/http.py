@@ -1,0 +1,272 @@
+"""The admin HTTP API: KumoMTA's ``/api/admin/*`` routes over an ``AdminApi``.
+
+Exports:
+    add_admin_routes(app, *, admin, settings, credentials=None)
+
+Routes (KumoMTA ``crates/kumod/src/http_server/mod.rs``; bodies and answers in
+shared/reference/kumomta-interfaces.md §8):
+    POST/GET/DELETE /api/admin/bounce/v1            bounce (and list / cancel by id)
+    POST/GET/DELETE /api/admin/suspend/v1           suspend scheduled queues
+    POST/GET/DELETE /api/admin/suspend-ready-q/v1   suspend one ready queue
+    POST /api/admin/rebind/v1                       set meta on matching messages -> {}
+    GET  /api/admin/inspect-message/v1?id=&want_body=
+    GET  /api/admin/inspect-sched-q/v1?queue_name=&want_body=&limit=
+    GET  /api/admin/ready-q-states/v1?queues=a,b
+    GET  /api/admin/queue-summary/v1                Nimbus addition: scheduled and ready
+                                                    queues with counts (``nimbus queue-summary``)
+
+Access: a peer in ``http.trusted_hosts`` (KumoMTA's default ACL), or Basic
+credentials of a user in ``http.admin_auth_dir``. Otherwise 401 (credentials
+missing or wrong) or 403 (untrusted peer and no admin users configured).
+Errors are JSON ``{"error": reason, "field": ...}``: 400 bad JSON or field,
+404 unknown id / message / queue.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from engine.admin.requests import AdminInputError
+from engine.admin.state import AdminApi, UnknownEntry
+from engine.config.settings import Settings
+from engine.reception.auth import Credentials, MalformedAuthorization, parse_basic
+
+__all__ = ["add_admin_routes"]
+
+_ADMIN = web.AppKey("admin_api", AdminApi)
+_GUARD = web.AppKey("admin_guard", object)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, reason: str, field: str | None = None, **headers: str) -> web.Response:
+    body: dict[str, Any] = {"error": reason}
+    if field is not None:
+        body["field"] = field
+    return web.json_response(body, status=status, headers=headers or None)
+
+
+class _Guard:
+    """Who may use the admin API: trusted networks, or admin users."""
+
+    def __init__(self, trusted_hosts: list[str], credentials: Credentials) -> None:
+        self._nets = [ipaddress.ip_network(c, strict=False) for c in trusted_hosts]
+        self._credentials = credentials
+
+    def trusted(self, address: str | None) -> bool:
+        try:
+            ip = ipaddress.ip_address(address or "")
+        except ValueError:
+            return False
+        if ip.version == 6 and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        return any(ip.version == net.version and ip in net for net in self._nets)
+
+    def refuse(self, request: web.Request) -> web.Response | None:
+        """None when the request may proceed, else the 400/401/403 to send."""
+        if self.trusted(request.remote):
+            return None
+        challenge = {"WWW-Authenticate": 'Basic realm="nimbus-admin"'}
+        header = request.headers.get("Authorization")
+        if not header:
+            if not self._credentials.configured:
+                return _error(
+                    403,
+                    "admin API: peer is not a trusted host "
+                    "(http.trusted_hosts) and no admin users are configured",
+                )
+            return _error(401, "admin API: trusted host or admin credentials required", **challenge)
+        try:
+            creds = parse_basic(header)
+        except MalformedAuthorization as exc:
+            return _error(400, str(exc))
+        if creds is None:
+            return _error(401, "only Basic authentication is supported", **challenge)
+        if not self._credentials.check(*creds):
+            return _error(401, "invalid admin credentials", **challenge)
+        return None
+
+
+def _guarded(handler: Handler) -> Handler:
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        refusal = request.app[_GUARD].refuse(request)  # type: ignore[attr-defined]
+        if refusal is not None:
+            return refusal
+        try:
+            return await handler(request)
+        except AdminInputError as exc:
+            return _error(400, exc.reason, exc.field)
+        except UnknownEntry as exc:
+            return _error(404, f"no entry with id {exc.args[0]}", "id")
+
+    guarded.__name__ = handler.__name__
+    guarded.__doc__ = handler.__doc__
+    return guarded
+
+
+async def _json(request: web.Request) -> Any:
+    if request.content_type not in ("application/json", "application/octet-stream", ""):
+        raise AdminInputError(
+            None, f"content type must be application/json, got {request.content_type}"
+        )
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AdminInputError(None, f"malformed JSON: {exc}") from None
+
+
+def _bool_param(request: web.Request, name: str) -> bool:
+    value = request.query.get(name, "false").strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no", ""):
+        return False
+    raise AdminInputError(name, f"expected true or false, got {value!r}")
+
+
+def _required_param(request: web.Request, name: str) -> str:
+    value = request.query.get(name, "").strip()
+    if not value:
+        raise AdminInputError(name, "is required")
+    return value
+
+
+def _api(request: web.Request) -> AdminApi:
+    return request.app[_ADMIN]
+
+
+# -- bounce ------------------------------------------------------------------------
+
+
+async def bounce_v1_post(request: web.Request) -> web.Response:
+    """Bounce matching messages now and matching new mail until the entry expires."""
+    return web.json_response(await _api(request).bounce(await _json(request)))
+
+
+async def bounce_v1_get(request: web.Request) -> web.Response:
+    return web.json_response(_api(request).list_bounces())
+
+
+async def bounce_v1_delete(request: web.Request) -> web.Response:
+    _api(request).cancel_bounce(await _json(request))
+    return web.json_response({})
+
+
+# -- suspend -----------------------------------------------------------------------
+
+
+async def suspend_v1_post(request: web.Request) -> web.Response:
+    """Hold matching scheduled queues until the entry expires."""
+    return web.json_response(_api(request).suspend(await _json(request)))
+
+
+async def suspend_v1_get(request: web.Request) -> web.Response:
+    return web.json_response(_api(request).list_suspensions())
+
+
+async def suspend_v1_delete(request: web.Request) -> web.Response:
+    _api(request).cancel_suspension(await _json(request))
+    return web.json_response({})
+
+
+async def suspend_ready_q_v1_post(request: web.Request) -> web.Response:
+    """Stop opening connections for one ready queue until the entry expires."""
+    return web.json_response(_api(request).suspend_ready_q(await _json(request)))
+
+
+async def suspend_ready_q_v1_get(request: web.Request) -> web.Response:
+    return web.json_response(_api(request).list_ready_suspensions())
+
+
+async def suspend_ready_q_v1_delete(request: web.Request) -> web.Response:
+    _api(request).cancel_ready_suspension(await _json(request))
+    return web.json_response({})
+
+
+# -- rebind and inspection ---------------------------------------------------------
+
+
+async def rebind_v1(request: web.Request) -> web.Response:
+    """Set meta on matching scheduled messages and requeue them."""
+    return web.json_response(await _api(request).rebind(await _json(request)))
+
+
+async def inspect_message_v1(request: web.Request) -> web.Response:
+    id = _required_param(request, "id")
+    found = await _api(request).inspect_message(id, _bool_param(request, "want_body"))
+    if found is None:
+        return _error(404, f"no message with id {id}", "id")
+    return web.json_response(found)
+
+
+async def inspect_sched_q_v1(request: web.Request) -> web.Response:
+    name = _required_param(request, "queue_name")
+    limit = None
+    if request.query.get("limit", "").strip():
+        try:
+            limit = int(request.query["limit"])
+        except ValueError:
+            limit = -1
+        if limit < 0:
+            raise AdminInputError("limit", "must be a non-negative integer")
+    found = await _api(request).inspect_sched_q(name, _bool_param(request, "want_body"), limit)
+    if found is None:
+        return _error(404, f"no scheduled queue named {name}", "queue_name")
+    return web.json_response(found)
+
+
+async def ready_q_states_v1(request: web.Request) -> web.Response:
+    raw = request.query.get("queues", "")
+    queues = [q.strip() for q in raw.split(",") if q.strip()] or None
+    return web.json_response(await _api(request).ready_q_states(queues))
+
+
+async def queue_summary_v1(request: web.Request) -> web.Response:
+    """Nimbus addition: every scheduled and ready queue with counts and suspensions."""
+    return web.json_response(await _api(request).queue_summary())
+
+
+_ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("POST", "/api/admin/bounce/v1", bounce_v1_post),
+    ("GET", "/api/admin/bounce/v1", bounce_v1_get),
+    ("DELETE", "/api/admin/bounce/v1", bounce_v1_delete),
+    ("POST", "/api/admin/suspend/v1", suspend_v1_post),
+    ("GET", "/api/admin/suspend/v1", suspend_v1_get),
+    ("DELETE", "/api/admin/suspend/v1", suspend_v1_delete),
+    ("POST", "/api/admin/suspend-ready-q/v1", suspend_ready_q_v1_post),
+    ("GET", "/api/admin/suspend-ready-q/v1", suspend_ready_q_v1_get),
+    ("DELETE", "/api/admin/suspend-ready-q/v1", suspend_ready_q_v1_delete),
+    ("POST", "/api/admin/rebind/v1", rebind_v1),
+    ("GET", "/api/admin/inspect-message/v1", inspect_message_v1),
+    ("GET", "/api/admin/inspect-sched-q/v1", inspect_sched_q_v1),
+    ("GET", "/api/admin/ready-q-states/v1", ready_q_states_v1),
+    ("GET", "/api/admin/queue-summary/v1", queue_summary_v1),
+)
+
+
+def add_admin_routes(
+    app: web.Application,
+    *,
+    admin: AdminApi,
+    settings: Settings,
+    credentials: Credentials | None = None,
+) -> None:
+    """Register the admin routes on ``app``.
+
+    admin: answers the requests (and holds the entries the node enforces).
+    settings: ``http.trusted_hosts`` and ``http.admin_auth_dir`` decide access.
+    credentials: the admin users; default read from ``http.admin_auth_dir``.
+    """
+    app[_ADMIN] = admin
+    app[_GUARD] = _Guard(
+        settings.http.trusted_hosts,
+        credentials or Credentials(settings.http.admin_auth_dir or None),
+    )
+    for method, path, handler in _ROUTES:
+        app.router.add_route(method, path, _guarded(handler))

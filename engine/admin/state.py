@@ -1,0 +1,311 @@
+"""Administrative bounces and suspensions: the live state and the admin API over it.
+
+Exports:
+    AdminState      add / list / cancel per kind; prune(now); bounce_for,
+                    suspension_for, ready_suspension_for
+    AdminApi        what the HTTP layer calls; the node's actions are injected callables
+    entry_json(entry, now)            a list entry as KumoMTA shows it
+    UnknownEntry (HTTP 404)
+
+The entry records are ``engine.admin.entries``; request parsing is ``engine.admin.requests``.
+
+Semantics follow KumoMTA's admin API (``crates/kumod/src/http_server/admin_*``):
+a bounce or suspension names a scheduled queue by ``queue_names`` (exact names,
+taking precedence) or by any of domain, routing_domain, tenant and campaign; an
+entry with **no criteria matches every queue**. Entries live until ``expires``
+(``duration``, default 5 minutes, or an RFC 3339 ``expires``). A bounce also
+bounces newly arriving matching mail while it lives: the node asks ``bounce_for``.
+Ready-queue suspensions name one ready queue (``source->site@proto``) exactly.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import fields
+from typing import Any
+
+from engine.admin.entries import (
+    BounceEntry,
+    Criteria,
+    Entry,
+    ReadyQSuspendEntry,
+    SuspendEntry,
+    is_live,
+    matches_queue,
+)
+from engine.admin.requests import (
+    parse_bounce,
+    parse_cancel,
+    parse_ready_suspend,
+    parse_rebind,
+    parse_suspend,
+)
+from engine.config.units import format_duration
+from engine.records import rfc3339
+
+__all__ = ["AdminState", "AdminApi", "UnknownEntry"]
+
+
+class UnknownEntry(LookupError):
+    """No bounce or suspension has this id (HTTP 404)."""
+
+
+def entry_json(
+    entry: BounceEntry | SuspendEntry | ReadyQSuspendEntry, now: float
+) -> dict[str, Any]:
+    """A list entry as KumoMTA shows it (``duration`` = time left), plus ``expires``."""
+    out: dict[str, Any] = {}
+    for f in fields(entry):
+        value = getattr(entry, f.name)
+        if f.name in ("expires", "created"):
+            continue
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    out["duration"] = format_duration(max(0.0, entry.expires - now))
+    out["expires"] = rfc3339(entry.expires)
+    return out
+
+
+# -- state -------------------------------------------------------------------------
+
+
+class AdminState:
+    """The live admin entries of one node, by kind, in the order they were added."""
+
+    def __init__(self) -> None:
+        self._bounces: dict[str, BounceEntry] = {}
+        self._suspends: dict[str, SuspendEntry] = {}
+        self._ready: dict[str, ReadyQSuspendEntry] = {}
+        self._bounced: dict[str, dict[str, int]] = {}
+
+    # bounces
+    def add_bounce(self, entry: BounceEntry) -> None:
+        self._bounces[entry.id] = entry
+        self._bounced.setdefault(entry.id, {})
+
+    def bounces(self, now: float) -> list[BounceEntry]:
+        return [e for e in self._bounces.values() if is_live(e, now)]
+
+    def cancel_bounce(self, id: str) -> BounceEntry:
+        """Remove bounce ``id``; UnknownEntry when there is none."""
+        self._bounced.pop(id, None)
+        return _pop(self._bounces, id)
+
+    def note_bounced(self, id: str, queue_name: str, count: int = 1) -> None:
+        """Count messages that bounce ``id`` bounced (shown by the list)."""
+        if id in self._bounces:
+            per_queue = self._bounced.setdefault(id, {})
+            per_queue[queue_name] = per_queue.get(queue_name, 0) + count
+
+    def bounced_counts(self, id: str) -> dict[str, int]:
+        return dict(self._bounced.get(id, {}))
+
+    # scheduled-queue suspensions
+    def add_suspension(self, entry: SuspendEntry) -> None:
+        self._suspends[entry.id] = entry
+
+    def suspensions(self, now: float) -> list[SuspendEntry]:
+        return [e for e in self._suspends.values() if is_live(e, now)]
+
+    def cancel_suspension(self, id: str) -> SuspendEntry:
+        return _pop(self._suspends, id)
+
+    # ready-queue suspensions
+    def add_ready_suspension(self, entry: ReadyQSuspendEntry) -> None:
+        self._ready[entry.id] = entry
+
+    def ready_suspensions(self, now: float) -> list[ReadyQSuspendEntry]:
+        return [e for e in self._ready.values() if is_live(e, now)]
+
+    def cancel_ready_suspension(self, id: str) -> ReadyQSuspendEntry:
+        return _pop(self._ready, id)
+
+    # expiry and lookups
+    def prune(self, now: float) -> list[BounceEntry | SuspendEntry | ReadyQSuspendEntry]:
+        """Drop every entry expired at ``now``; returns them."""
+        gone: list[BounceEntry | SuspendEntry | ReadyQSuspendEntry] = []
+        for table in (self._bounces, self._suspends, self._ready):
+            for id, entry in list(table.items()):
+                if not is_live(entry, now):
+                    gone.append(table.pop(id))
+                    self._bounced.pop(id, None)
+        return gone
+
+    def bounce_for(self, queue_name: str, now: float) -> BounceEntry | None:
+        """The oldest live bounce that matches scheduled queue ``queue_name``."""
+        return next((e for e in self.bounces(now) if matches_queue(e, queue_name)), None)
+
+    def suspension_for(self, queue_name: str, now: float) -> SuspendEntry | None:
+        """The oldest live suspension of scheduled queue ``queue_name``."""
+        return next((e for e in self.suspensions(now) if matches_queue(e, queue_name)), None)
+
+    def ready_suspension_for(self, ready_queue_name: str, now: float) -> ReadyQSuspendEntry | None:
+        """The oldest live suspension of ready queue ``ready_queue_name`` (exact name)."""
+        return next((e for e in self.ready_suspensions(now) if e.name == ready_queue_name), None)
+
+
+def _pop(table: dict[str, Entry], id: str) -> Entry:
+    try:
+        return table.pop(id)
+    except KeyError:
+        raise UnknownEntry(id) from None
+
+
+# -- the API -----------------------------------------------------------------------
+
+MaybeAwaitable = Any  # a value, or an awaitable of it (the node may answer either way)
+
+
+async def _call(fn: Callable[..., MaybeAwaitable], *args: Any) -> Any:
+    result = fn(*args)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+class AdminApi:
+    """Admin requests in, JSON-able answers out; the node acts through callables.
+
+    Each callable may be a plain function or a coroutine function:
+        bounce_now(entry: BounceEntry) -> int | Mapping[queue_name, int]
+            bounce the matching scheduled and ready messages now; how many.
+        rebind(criteria: Criteria, data: dict[str, str], reason: str, trigger: bool) -> int
+            set meta ``data`` on matching scheduled messages and requeue them; how many.
+        inspect_message(id: str, want_body: bool) -> dict | None
+            ``{id, message: {sender, recipient, meta, data?, due, num_attempts, scheduling}}``;
+            None when no message has that id.
+        inspect_sched_q(queue_name: str, want_body: bool, limit: int | None) -> dict | None
+            ``{queue_name, queue_config, num_scheduled, delayed_metric, last_changed, now,
+            messages: [inspect_message answers]}``; None for an unknown queue.
+        ready_q_states(queues: list[str] | None) -> dict
+            ``{ready_queue_name: {state_name: {context, since}}}``, all queues when None.
+        queue_summary() -> dict
+            ``{"scheduled": [{name, count}], "ready": [{name, site, count, connections}]}``.
+    state: the entries (the node reads ``state.bounce_for`` etc. to enforce them).
+    clock: wall clock, unix seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        bounce_now: Callable[[BounceEntry], MaybeAwaitable],
+        rebind: Callable[[Criteria, dict[str, str], str, bool], MaybeAwaitable],
+        inspect_message: Callable[[str, bool], MaybeAwaitable],
+        inspect_sched_q: Callable[[str, bool, int | None], MaybeAwaitable],
+        ready_q_states: Callable[[list[str] | None], MaybeAwaitable],
+        queue_summary: Callable[[], MaybeAwaitable],
+        state: AdminState | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._bounce_now = bounce_now
+        self._rebind = rebind
+        self._inspect_message = inspect_message
+        self._inspect_sched_q = inspect_sched_q
+        self._ready_q_states = ready_q_states
+        self._queue_summary = queue_summary
+        self.state = state if state is not None else AdminState()
+        self.clock = clock
+
+    def _now(self) -> float:
+        now = self.clock()
+        self.state.prune(now)
+        return now
+
+    # bounces
+    async def bounce(self, body: Any) -> dict[str, Any]:
+        """Add a bounce (it applies to new mail at once), then bounce what's queued."""
+        entry = parse_bounce(body, id=str(uuid.uuid4()), now=self._now())
+        self.state.add_bounce(entry)
+        result = await _call(self._bounce_now, entry)
+        if isinstance(result, Mapping):
+            bounced = {str(q): int(n) for q, n in result.items()}
+        else:
+            bounced = {}
+        for queue, count in bounced.items():
+            self.state.note_bounced(entry.id, queue, count)
+        total = sum(bounced.values()) if isinstance(result, Mapping) else int(result or 0)
+        return {"id": entry.id, "bounced": bounced, "total_bounced": total}
+
+    def list_bounces(self) -> list[dict[str, Any]]:
+        now = self._now()
+        out = []
+        for entry in self.state.bounces(now):
+            item = entry_json(entry, now)
+            item["bounced"] = self.state.bounced_counts(entry.id)
+            item["total_bounced"] = sum(item["bounced"].values())
+            out.append(item)
+        return out
+
+    def cancel_bounce(self, body: Any) -> None:
+        id = parse_cancel(body)
+        self._now()  # an expired entry is gone: 404
+        self.state.cancel_bounce(id)
+
+    # suspensions
+    def suspend(self, body: Any) -> dict[str, Any]:
+        entry = parse_suspend(body, id=str(uuid.uuid4()), now=self._now())
+        self.state.add_suspension(entry)
+        return {"id": entry.id}
+
+    def list_suspensions(self) -> list[dict[str, Any]]:
+        now = self._now()
+        return [entry_json(e, now) for e in self.state.suspensions(now)]
+
+    def cancel_suspension(self, body: Any) -> None:
+        id = parse_cancel(body)
+        self._now()  # an expired entry is gone: 404
+        self.state.cancel_suspension(id)
+
+    def suspend_ready_q(self, body: Any) -> dict[str, Any]:
+        entry = parse_ready_suspend(body, id=str(uuid.uuid4()), now=self._now())
+        self.state.add_ready_suspension(entry)
+        return {"id": entry.id}
+
+    def list_ready_suspensions(self) -> list[dict[str, Any]]:
+        now = self._now()
+        return [entry_json(e, now) for e in self.state.ready_suspensions(now)]
+
+    def cancel_ready_suspension(self, body: Any) -> None:
+        id = parse_cancel(body)
+        self._now()  # an expired entry is gone: 404
+        self.state.cancel_ready_suspension(id)
+
+    # node reads and actions
+    async def rebind(self, body: Any) -> dict[str, Any]:
+        req = parse_rebind(body)
+        await _call(
+            self._rebind, req.criteria, dict(req.data), req.reason, req.trigger_rebind_event
+        )
+        return {}
+
+    async def inspect_message(self, id: str, want_body: bool) -> dict[str, Any] | None:
+        return await _call(self._inspect_message, id, want_body)
+
+    async def inspect_sched_q(
+        self, queue_name: str, want_body: bool, limit: int | None
+    ) -> dict[str, Any] | None:
+        return await _call(self._inspect_sched_q, queue_name, want_body, limit)
+
+    async def ready_q_states(self, queues: list[str] | None) -> dict[str, Any]:
+        states = await _call(self._ready_q_states, queues)
+        return {"states_by_ready_queue": dict(states or {})}
+
+    async def queue_summary(self) -> dict[str, Any]:
+        """The node's queues, each marked with the reason of an admin suspension, if any."""
+        summary = await _call(self._queue_summary)
+        now = self._now()
+        scheduled = []
+        for item in summary.get("scheduled", []):
+            hold = self.state.suspension_for(item["name"], now)
+            scheduled.append(
+                {**item, "suspended": item.get("suspended") or (hold.reason if hold else None)}
+            )
+        ready = []
+        for item in summary.get("ready", []):
+            hold = self.state.ready_suspension_for(item["name"], now)
+            ready.append(
+                {**item, "suspended": item.get("suspended") or (hold.reason if hold else None)}
+            )
+        return {"scheduled": scheduled, "ready": ready}

@@ -1,0 +1,169 @@
+"""The ``nimbus cluster up`` command: run the rendered Helm chart as local processes.
+
+Exports:
+    up(cluster, stop) -> int run a cluster until ``stop`` is set or a process exits
+    add_subcommand(subparsers), run(args) -> int     the ``nimbus cluster`` CLI
+
+    async with LocalCluster(replicas=2, workdir=tmp) as cluster:
+        user, password = cluster.credentials
+        url = cluster.http_url("nimbus-mta-0") + "/api/inject/v1"
+
+The chart is rendered by engine.cluster.chart, translated by engine.cluster.render and
+run by engine.cluster.local; this module starts it, prints what runs where, and stops it
+on Ctrl-C/SIGTERM or when a process exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from typing import IO, Any
+
+from engine.cluster.chart import (
+    RELEASE,
+    ClusterError,
+)
+from engine.cluster.local import LocalCluster, log_tail
+
+__all__ = ["up", "add_subcommand", "run"]  # the chart defaults, as before
+
+
+# -- the command -------------------------------------------------------------------------------
+
+
+async def up(
+    cluster: LocalCluster, stop: asyncio.Event | None = None, out: IO[str] = sys.stdout
+) -> int:
+    """Start, print the table, run until ``stop`` (Ctrl-C/SIGTERM) or a process exits."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
+    try:
+        print(f"starting the chart's pods under {cluster.workdir} ...", file=out, flush=True)
+        starting = asyncio.ensure_future(cluster.start())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # Ctrl-C while starting
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ClusterError):
+                await starting
+            await cluster.stop()
+            return 130
+        stopping.cancel()
+        starting.result()
+        print(cluster.summary(), file=out, flush=True)
+        exited = asyncio.ensure_future(cluster.wait())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        status = 0
+        if exited.done():
+            pod = exited.result()
+            print(
+                f"{pod.name} exited with status {pod.proc.returncode if pod.proc else '?'}; "
+                f"stopping the cluster. {pod.log}:\n{log_tail(pod.log)}",
+                file=out,
+                flush=True,
+            )
+            status = 1
+        else:
+            exited.cancel()
+            print("stopping the cluster (Ctrl-C again: kill now) ...", file=out, flush=True)
+        stopping.cancel()
+        for sig in handled:
+            loop.add_signal_handler(sig, cluster.hurry)
+        await cluster.stop()
+        return status
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+
+
+def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
+    """``nimbus cluster up [-f values.yaml ...] [--set k=v ...] [--replicas N] [--workdir DIR]``."""
+    cluster = subparsers.add_parser(
+        "cluster", help="run the Helm chart as a local cluster (processes on loopback)"
+    )
+    verbs = cluster.add_subparsers(dest="cluster_command", required=True)
+    cmd = verbs.add_parser("up", help="render the chart and run its pods locally until Ctrl-C")
+    cmd.add_argument(
+        "-f",
+        "--values",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a values file, as helm -f (repeatable)",
+    )
+    cmd.add_argument(
+        "--set",
+        dest="set_args",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="a value, as helm --set (repeatable)",
+    )
+    cmd.add_argument(
+        "--set-string",
+        dest="set_string_args",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="a string value, as helm --set-string",
+    )
+    cmd.add_argument(
+        "--set-file",
+        dest="set_file_args",
+        action="append",
+        default=[],
+        metavar="K=PATH",
+        help="a value read from a file, as helm --set-file",
+    )
+    cmd.add_argument("--replicas", type=int, help="MTA pods (mta.replicas)")
+    cmd.add_argument(
+        "--workdir",
+        default="nimbus-cluster",
+        help="pod directories (spools kept across runs) and logs (default: ./nimbus-cluster)",
+    )
+    cmd.add_argument("--chart", help="chart directory (default: the source checkout's chart/)")
+    cmd.add_argument("--release", default=RELEASE, help=f"release name (default {RELEASE})")
+    cmd.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=60.0,
+        help="seconds each pod gets to pass its readiness probe",
+    )
+    cmd.set_defaults(cluster_run=run)
+    return cluster
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``nimbus cluster up``; 0 after Ctrl-C, 1 when a process fails, 2 on bad input."""
+    try:
+        cluster = LocalCluster(
+            args.chart,
+            values_files=args.values,
+            set_args=args.set_args,
+            set_string_args=args.set_string_args,
+            set_file_args=args.set_file_args,
+            replicas=args.replicas,
+            workdir=args.workdir,
+            release=args.release,
+            ready_timeout=args.ready_timeout,
+        )
+        cluster.prepare()
+    except ClusterError as exc:
+        print(f"nimbus cluster: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(up(cluster))
+    except ClusterError as exc:
+        print(f"nimbus cluster: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,423 @@
+"""The rendered chart run as local processes on loopback: LocalCluster.
+
+Exports:
+    LocalCluster             async context manager: render, translate, start, stop
+    LocalPod                 one running process of the cluster
+    log_tail(path, lines)    the last lines of a process's log, for error messages
+
+    async with LocalCluster(replicas=2, workdir=tmp) as cluster:
+        user, password = cluster.credentials
+        url = cluster.http_url("nimbus-mta-0") + "/api/inject/v1"
+
+The chart is rendered by engine.cluster.chart and translated (what runs, with which env,
+on which ports) by engine.cluster.render; this module writes the volume files, starts the
+processes in dependency order (each waits for its readiness probe), and stops them in
+reverse order (SIGTERM, then SIGKILL after the pod's grace period, capped by
+``stop_timeout``). Each process's stdout/stderr goes to ``<workdir>/logs/<pod>.log``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+from engine.cluster.chart import (
+    CHART_DIR,
+    NAMESPACE,
+    PACKAGE_ROOT,
+    RELEASE,
+    ClusterError,
+    compose_values,
+    render_chart,
+)
+from engine.cluster.plan import Plan, ProcessSpec, TranslateError
+from engine.cluster.render import DEFAULT_EXECUTABLES, translate
+
+__all__ = ["LocalCluster", "LocalPod", "log_tail"]
+
+_HTTP_LISTEN = {
+    "mta": "NIMBUS_HTTP_LISTEN",
+    "tsa": "NIMBUS_TSA_LISTEN",
+    "sink": "NIMBUS_SINK_HTTP_LISTEN",
+}
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+def _free_port_allocator() -> Any:
+    taken: set[int] = set()
+
+    def allocate() -> int:
+        while True:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port not in taken:
+                taken.add(port)
+                return port
+
+    return allocate
+
+
+def _executables() -> dict[str, tuple[str, ...]]:
+    out = dict(DEFAULT_EXECUTABLES)
+    redis = shutil.which(
+        "redis-server",
+        path=os.pathsep.join(
+            [os.environ.get("PATH", ""), "/usr/sbin", "/usr/bin", "/usr/local/bin"]
+        ),
+    )
+    if redis:
+        out["redis-server"] = (redis,)
+    return out
+
+
+def _base_env() -> dict[str, str]:
+    """The host environment without NIMBUS_* (pods get only the chart's settings)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NIMBUS_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")) if p
+    )
+    return env
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    """The last ``lines`` lines of a log file; "" when it cannot be read."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+async def _probe(kind: str, target: Any) -> bool:
+    """One readiness check: an HTTP GET answered 200-399, or a TCP connect."""
+    try:
+        async with asyncio.timeout(3):
+            if kind == "tcp":
+                _, writer = await asyncio.open_connection("127.0.0.1", int(target))
+                writer.close()
+                return True
+            url = urlsplit(target)
+            reader, writer = await asyncio.open_connection(url.hostname, url.port)
+            try:
+                writer.write(
+                    f"GET {url.path or '/'} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                    f"Connection: close\r\n\r\n".encode()
+                )
+                await writer.drain()
+                status = (await reader.readline()).split()
+            finally:
+                writer.close()
+            return len(status) >= 2 and 200 <= int(status[1]) < 400
+    except (OSError, TimeoutError, ValueError):
+        return False
+
+
+@dataclass
+class LocalPod:
+    """A running process of the cluster."""
+
+    name: str
+    role: str
+    ports: dict[str, int]
+    log: Path
+    spec: ProcessSpec
+    proc: asyncio.subprocess.Process | None = None
+    killed: bool = False  # needed SIGKILL: SIGTERM did not end it in time
+    _log_file: IO[bytes] | None = None
+
+
+class LocalCluster:
+    """The chart rendered with the given values, run as local processes.
+
+    chart_dir: the chart (default: the source checkout's ``chart/``).
+    values_files / set_args / set_string_args / set_file_args: as ``helm -f`` / ``--set`` /
+        ``--set-string`` / ``--set-file``; set_values: dotted path -> value; replicas: MTA pods.
+    workdir: pod directories and logs (default: a temporary directory, removed at exit).
+    """
+
+    def __init__(
+        self,
+        chart_dir: str | os.PathLike[str] | None = None,
+        *,
+        values_files: Sequence[str | os.PathLike[str]] = (),
+        set_values: Mapping[str, Any] | None = None,
+        set_args: Sequence[str] = (),
+        set_string_args: Sequence[str] = (),
+        set_file_args: Sequence[str] = (),
+        replicas: int | None = None,
+        workdir: str | os.PathLike[str] | None = None,
+        release: str = RELEASE,
+        namespace: str = NAMESPACE,
+        ready_timeout: float = 60.0,
+        stop_timeout: float = 30.0,
+    ) -> None:
+        self.chart_dir = Path(chart_dir) if chart_dir is not None else CHART_DIR
+        self.values = compose_values(
+            values_files,
+            set_args=set_args,
+            set_string_args=set_string_args,
+            set_file_args=set_file_args,
+            set_values=set_values,
+            replicas=replicas,
+        )
+        self._temp = workdir is None
+        self.workdir = Path(
+            workdir if workdir is not None else tempfile.mkdtemp(prefix="nimbus-cluster-")
+        ).resolve()
+        self.release, self.namespace = release, namespace
+        self.ready_timeout, self.stop_timeout = ready_timeout, stop_timeout
+        self.manifests: list[dict[str, Any]] = []
+        self.plan = Plan(())
+        self.pods: dict[str, LocalPod] = {}
+        self._hurry: asyncio.Event | None = None
+
+    # -- the library API -------------------------------------------------------------------
+
+    @property
+    def credentials(self) -> tuple[str, str] | None:
+        """(user, password) for /api/inject/v1, from the rendered Secret."""
+        return self.plan.credentials
+
+    def http_url(self, pod: str) -> str:
+        """``http://127.0.0.1:<port>`` of a pod's HTTP listener (MTA, TSA or sink)."""
+        spec = self.pods[pod].spec
+        var = _HTTP_LISTEN.get(spec.role, "")
+        if var in spec.env:
+            return f"http://{spec.env[var]}"
+        if "http" in spec.ports:
+            return f"http://127.0.0.1:{spec.ports['http']}"
+        raise KeyError(f"pod {pod} has no HTTP port")
+
+    def pods_of(self, role: str) -> list[str]:
+        return [name for name, pod in self.pods.items() if pod.role == role]
+
+    @property
+    def sink_metrics_url(self) -> str | None:
+        sinks = self.pods_of("sink")
+        return f"{self.http_url(sinks[0])}/metrics" if sinks else None
+
+    async def __aenter__(self) -> LocalCluster:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def prepare(self) -> Plan:
+        """Render and translate (no processes yet); raises ClusterError."""
+        self.manifests = render_chart(
+            self.chart_dir, self.values, release=self.release, namespace=self.namespace
+        )
+        try:
+            self.plan = translate(
+                self.manifests,
+                workdir=str(self.workdir),
+                namespace=self.namespace,
+                allocate_port=_free_port_allocator(),
+                executables=_executables(),
+            )
+        except TranslateError as exc:
+            raise ClusterError(str(exc)) from None
+        if not self.plan.specs:
+            raise ClusterError("the rendered chart has no StatefulSet or Deployment to run")
+        return self.plan
+
+    def _materialize(self, spec: ProcessSpec) -> None:
+        for d in spec.dirs:
+            path = Path(d.path)
+            if d.wipe and path.exists():
+                shutil.rmtree(path)
+            path.mkdir(parents=True, exist_ok=True)
+        for f in spec.files:
+            path = Path(f.path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(f.content)
+            path.chmod(f.mode | 0o600)  # the pod's user owns it; keep it readable for us
+
+    async def start(self) -> None:
+        """Render, translate, then start wave by wave, each waiting for its readiness."""
+        if not self.plan.specs:
+            self.prepare()
+        for spec in self.plan.specs:
+            if not Path(spec.argv[0]).is_absolute() and shutil.which(spec.argv[0]) is None:
+                raise ClusterError(
+                    f"{spec.name} needs {spec.argv[0]!r}, which is not installed "
+                    f"(e.g. apt-get install redis-server)"
+                )
+        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        try:
+            for wave in self.plan.waves():
+                for spec in wave:
+                    await self._spawn(spec)
+                await _all(self._wait_ready(self.pods[s.name]) for s in wave)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _spawn(self, spec: ProcessSpec) -> None:
+        self._materialize(spec)
+        log = self.workdir / "logs" / f"{spec.name.replace('/', '_')}.log"
+        pod = LocalPod(spec.name, spec.role, dict(spec.ports), log, spec)
+        pod._log_file = open(log, "wb")  # noqa: ASYNC230 - opening a local log file is instant
+        self.pods[spec.name] = pod
+        env = {**_base_env(), **spec.env}
+        try:
+            pod.proc = await asyncio.create_subprocess_exec(
+                *spec.argv,
+                env=env,
+                cwd=spec.cwd,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=pod._log_file,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise ClusterError(f"{spec.name}: cannot run {spec.argv[0]}: {exc}") from None
+
+    async def _wait_ready(self, pod: LocalPod) -> None:
+        kind, target = pod.spec.readiness
+        assert pod.proc is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.ready_timeout
+        while True:
+            if pod.proc.returncode is not None:
+                raise ClusterError(
+                    f"{pod.name} exited with status {pod.proc.returncode} before "
+                    f"it was ready; {pod.log}:\n{log_tail(pod.log)}"
+                )
+            if kind == "none" or await _probe(kind, target):
+                return
+            if loop.time() > deadline:
+                raise ClusterError(
+                    f"{pod.name} not ready after {self.ready_timeout:.0f}s "
+                    f"({kind} {target}); {pod.log}:\n{log_tail(pod.log)}"
+                )
+            await asyncio.sleep(0.1)  # the probe period
+
+    async def wait(self) -> LocalPod:
+        """Until some process exits; returns it."""
+        waits = {asyncio.ensure_future(p.proc.wait()): p for p in self.pods.values() if p.proc}
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+        return waits[next(iter(done))]
+
+    async def stop(self) -> None:
+        """Stop every process, reverse start order: SIGTERM, then SIGKILL after the grace."""
+        if self._hurry is None:
+            self._hurry = asyncio.Event()
+        for wave in reversed(self.plan.waves()):
+            await asyncio.gather(
+                *(self._stop_one(self.pods[s.name]) for s in wave if s.name in self.pods)
+            )
+        if self._temp:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def hurry(self) -> None:
+        """Make a running ``stop()`` SIGKILL now instead of waiting out the grace periods."""
+        if self._hurry is None:
+            self._hurry = asyncio.Event()
+        self._hurry.set()
+
+    async def _stop_one(self, pod: LocalPod) -> None:
+        proc = pod.proc
+        if proc is not None:
+            if proc.returncode is None:
+                _signal_group(proc.pid, signal.SIGTERM)
+                exited = asyncio.ensure_future(proc.wait())
+                hurried = asyncio.ensure_future(self._hurry.wait())
+                await asyncio.wait(
+                    {exited, hurried},
+                    return_when=asyncio.FIRST_COMPLETED,
+                    timeout=min(pod.spec.grace, self.stop_timeout),
+                )
+                hurried.cancel()
+                if not exited.done():
+                    pod.killed = True
+                    _signal_group(proc.pid, signal.SIGKILL)
+                await exited
+        if pod._log_file is not None:
+            pod._log_file.close()
+            pod._log_file = None
+
+    # -- the table ---------------------------------------------------------------------------
+
+    def summary(self) -> str:
+        """What runs where, and how to inject a first message."""
+        lines = [
+            f"Nimbus local cluster: chart {self.chart_dir}, release {self.release}, "
+            f"workdir {self.workdir}",
+            "",
+        ]
+        rows = [("POD", "ROLE", "LISTENS ON", "LOG")]
+        for pod in self.pods.values():
+            addrs = "  ".join(f"{n}=127.0.0.1:{p}" for n, p in pod.ports.items())
+            rows.append((pod.name, pod.role, addrs, os.path.relpath(pod.log, self.workdir)))
+        rows.append(("", "", "", ""))
+        rows.append(("SERVICE", "", "REACHES (first pod)", ""))
+        for name, ports in self.plan.services.items():
+            rows.append((name, "", "  ".join(f"{n}={a}" for n, a in ports.items()), ""))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines += [
+            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in rows
+        ]
+        mtas = self.pods_of("mta")
+        if mtas:
+            body = json.dumps(
+                {
+                    "envelope_sender": "sender@example.com",
+                    "recipients": [{"email": "recipient@example.com"}],
+                    "content": "From: sender@example.com\r\nTo: recipient@example.com"
+                    "\r\nSubject: Hello from Nimbus\r\n\r\nIt works.\r\n",
+                }
+            )
+            auth = f"-u {shlex.quote(':'.join(self.credentials))} " if self.credentials else ""
+            lines += [
+                "",
+                "Inject a first message:",
+                f"  curl -sS {auth}-H 'Content-Type: application/json' "
+                f"{self.http_url(mtas[0])}/api/inject/v1 -d {shlex.quote(body)}",
+            ]
+        if self.sink_metrics_url:
+            lines += [
+                "Then see it at the sink:",
+                f"  curl -sS {self.sink_metrics_url} | grep nimbus_sink_messages_total",
+            ]
+        lines += ["", "Ctrl-C stops the cluster (spools stay in the workdir)."]
+        return "\n".join(lines)
+
+
+async def _all(coros: Iterable[Any]) -> None:
+    """Await all; on the first failure cancel the rest and raise it."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        for task in asyncio.as_completed(tasks):
+            await task
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)  # each child leads its own session (start_new_session)

@@ -1,0 +1,8 @@
+"""Settings and the pure value parsers every stage uses.
+
+Modules:
+    settings       node settings: defaults < TOML file < environment < flags, into frozen
+                   dataclasses; ConfigError names file, table and key; read_toml
+    units          durations ("90m"), sizes ("20MB"), host:port
+    throttle_spec  "[local:]N/period[,max_burst=B]" rates and "[local:]N" limits
+"""

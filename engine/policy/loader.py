@@ -1,0 +1,171 @@
+"""Loading a policy directory into a Registry.
+
+Exports:
+    PolicyApi        the ``nimbus`` object a policy's ``register(nimbus)`` receives
+    load_policy(policy_dir, timeout, on_dispatch) -> Registry
+
+A policy directory holds ``init.py`` defining ``register(nimbus)``, which registers
+handlers explicitly::
+
+    def register(nimbus):
+        @nimbus.on("get_queue_config")
+        def queue_config(domain, tenant, campaign, routing_domain):
+            return nimbus.QueueConfig(retry_interval=nimbus.duration("5m"))
+
+A directory without ``init.py`` is a policy with no handlers: built-in defaults apply.
+Every load builds a fresh Registry, so a reload that fails leaves the old one running.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from engine.config.settings import ConfigError
+from engine.config.units import parse_duration, parse_size
+from engine.policy import egress, queue_config
+from engine.policy.events import PolicyLoadError, Registry, reject
+from engine.policy.listener_domain import ListenerDomain as _ListenerDomain
+
+__all__ = ["PolicyApi", "load_policy"]
+
+_load_counter = itertools.count()
+
+
+class PolicyApi:
+    """What a policy sees as ``nimbus``: registration, records to return, helpers."""
+
+    QueueConfig = queue_config.QueueConfig
+    EgressPathConfig = egress.EgressPathConfig
+    EgressSource = egress.EgressSource
+    EgressPool = egress.EgressPool
+    TlsMode = egress.TlsMode
+    ListenerDomain = _ListenerDomain
+
+    def __init__(self, registry: Registry, policy_dir: Path, services: Any = None) -> None:
+        self._registry = registry
+        self.policy_dir = policy_dir
+        self._services = services
+
+    @property
+    def settings(self) -> Any:
+        """The node's Settings (None under ``nimbus validate``)."""
+        return getattr(self._services, "settings", None)
+
+    def path(self, name: str | Path) -> Path:
+        """A file name relative to the policy directory (absolute paths pass through)."""
+        p = Path(name)
+        return p if p.is_absolute() else self.policy_dir / p
+
+    async def resolve_mx(self, domain: str) -> Any:
+        """The node's cached MX lookup (``MailExchanger``); raises MxError on failure."""
+        resolver = getattr(self._services, "resolver", None)
+        if resolver is None:
+            raise RuntimeError("no resolver: MX lookups are not available here")
+        return await resolver.resolve_mx(domain)
+
+    def configure_log_hook(
+        self, *, name: str, url: str, record_types: list[str] | None = None, **options: Any
+    ) -> None:
+        """POST log records (JSON arrays) to ``url``: KumoMTA's webhook log hooks. Options:
+        batch_size, max_latency, headers, timeout. Hooks are read when the node starts."""
+        from engine.policy.log_hook import LogHook
+
+        self._registry.log_hooks.append(
+            LogHook(
+                name=name,
+                url=url,
+                record_types=None if record_types is None else frozenset(record_types),
+                **options,
+            )
+        )
+
+    def configure_bounce_classifier(self, files: list[str | Path]) -> None:
+        """Classify Bounce/TransientFailure/Expiration/Rejection records with these rule files."""
+        from engine.policy.helpers.bounce import BounceClassifier
+
+        self._registry.bounce_classifier = BounceClassifier.load([self.path(f) for f in files])
+
+    def on(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Register the decorated function as a handler of event ``name``."""
+        return self._registry.on(name)
+
+    @staticmethod
+    def reject(code: int, text: str) -> None:
+        """Stop the current transaction with exactly ``code text``."""
+        reject(code, text)
+
+    @staticmethod
+    def duration(text: str) -> float:
+        return parse_duration(text)
+
+    @staticmethod
+    def size(text: str) -> int:
+        return parse_size(text)
+
+
+def _evict_modules(directory: Path) -> None:
+    """Forget modules imported from the policy directory, so a reload sees edited files."""
+    root = str(directory.resolve())
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if path and str(Path(path).resolve()).startswith(root + "/"):
+            del sys.modules[name]
+
+
+def load_policy(
+    policy_dir: str | Path,
+    *,
+    timeout: float = 5.0,
+    on_dispatch: Callable[[str, float], None] | None = None,
+    services: Any = None,
+) -> Registry:
+    """Import ``<policy_dir>/init.py`` and let it register its handlers.
+
+    services: the node's shared parts a policy may use (``resolver``, ``settings``), or
+        None (``nimbus validate``).
+    Raises ConfigError (naming file, table and key) when a helper's TOML is wrong, and
+    PolicyLoadError naming the file when the directory is missing, the module fails to
+    import, ``register`` is missing, or a registration is invalid.
+    """
+    directory = Path(policy_dir)
+    registry = Registry(timeout=timeout, on_dispatch=on_dispatch)
+    if not directory.is_dir():
+        raise PolicyLoadError(f"{directory}: policy directory does not exist")
+    init = directory / "init.py"
+    if not init.exists():
+        return registry
+    module_name = f"nimbus_policy_{next(_load_counter)}"
+    spec = importlib.util.spec_from_file_location(module_name, init)
+    if spec is None or spec.loader is None:
+        raise PolicyLoadError(f"{init}: cannot be loaded as a Python module")
+    _evict_modules(directory)
+    module = importlib.util.module_from_spec(spec)
+    # Registered like any imported module: dataclasses and pickling look modules up there.
+    sys.modules[module_name] = module
+    sys.path.insert(0, str(directory))  # so init.py can import its sibling modules
+    loaded = False
+    try:
+        spec.loader.exec_module(module)
+        register = getattr(module, "register", None)
+        if not callable(register):
+            raise PolicyLoadError(f"{init}: defines no register(nimbus) function")
+        register(PolicyApi(registry, directory, services))
+        loaded = True
+    except ConfigError:
+        raise  # already names file, table and key
+    except PolicyLoadError as exc:
+        if str(init) in str(exc):
+            raise
+        raise PolicyLoadError(f"{init}: {exc}") from None
+    except Exception as exc:
+        raise PolicyLoadError(f"{init}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        sys.path.remove(str(directory))
+        if not loaded:
+            sys.modules.pop(module_name, None)
+    return registry

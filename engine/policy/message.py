@@ -1,0 +1,249 @@
+"""The message object policy handlers receive (KumoMTA's Message API, in Python).
+
+Exports:
+    PolicyMessage   id/sender/recipient, meta get/set, raw data, header access and edits
+
+It wraps a message under construction at reception: handlers may change meta
+(``queue``, ``tenant``, ``campaign``, ``routing_domain``, ``x_*``) and headers.
+The spool stores what it holds when the handler returns.
+"""
+
+from __future__ import annotations
+
+import email.header
+import email.utils
+import re
+import time
+from typing import Any
+
+from engine.policy.conformance import fix, parse_labels, problems
+from engine.policy.scheduling import Scheduling
+
+__all__ = ["PolicyMessage"]
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+class PolicyMessage:
+    """A message being received; headers are edited in place on the raw bytes.
+
+    id: the spool id. sender / recipient: envelope addresses.
+    data: the whole message, CRLF line endings. meta: JSON-able metadata.
+    """
+
+    __slots__ = ("_id", "_sender", "_recipient", "_data", "_meta", "_dkim", "_lines")
+
+    def __init__(
+        self, id: str, sender: str, recipient: str, data: bytes, meta: dict[str, Any] | None = None
+    ) -> None:
+        self._id = id
+        self._sender = sender
+        self._recipient = recipient
+        self._data = data
+        self._lines: list[bytes] | None = None
+        self._meta = dict(meta or {})
+        self._dkim: list[Any] = []
+
+    def id(self) -> str:
+        return self._id
+
+    def sender(self) -> str:
+        return self._sender
+
+    def recipient(self) -> str:
+        return self._recipient
+
+    def set_recipient(self, recipient: str) -> None:
+        self._recipient = recipient
+
+    def set_sender(self, sender: str) -> None:
+        self._sender = sender
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        return self._meta.get(key, default)
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self._meta[key] = value
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self._meta
+
+    def get_data(self) -> bytes:
+        return self._data
+
+    def set_data(self, data: bytes) -> None:
+        self._data = data
+        self._lines = None
+
+    # -- DKIM --------------------------------------------------------------------
+
+    def dkim_sign(self, signer: Any) -> None:
+        """Ask for a DKIM signature by ``signer`` (an ``engine.dkim.signer.Signer``).
+
+        Only recorded here, so handlers stay cheap: the engine signs the final bytes
+        after the reception event returns, then spools them. Raises TypeError for
+        anything that is not a Signer.
+        """
+        from engine.dkim.signer import Signer  # here: importing a message must not load the crypto
+
+        if not isinstance(signer, Signer):
+            raise TypeError(
+                f"dkim_sign takes an engine.dkim.signer.Signer, not {type(signer).__name__}"
+            )
+        self._dkim.append(signer)
+
+    def dkim_requests(self) -> tuple[Any, ...]:
+        """The Signers recorded by ``dkim_sign``, in call order."""
+        return tuple(self._dkim)
+
+    # -- headers ---------------------------------------------------------------
+
+    def _split(self) -> tuple[bytes, bytes]:
+        m = _HEADER_END.search(self._data)
+        if m is None:
+            return self._data, b""
+        return self._data[: m.start()], self._data[m.start() :]
+
+    def _header_lines(self) -> list[bytes]:
+        """The header block as logical lines (folded continuations kept), parsed once
+        per version of the data: policies read several headers per message."""
+        if self._lines is not None:
+            return self._lines
+        head, _ = self._split()
+        lines: list[bytes] = []
+        for raw in head.split(b"\n"):
+            raw = raw.rstrip(b"\r")
+            if raw[:1] in (b" ", b"\t") and lines:
+                lines[-1] += b"\r\n" + raw
+            elif raw:
+                lines.append(raw)
+        self._lines = lines  # callers build new lists from it; never mutated in place
+        return lines
+
+    def get_all_named_header_values(self, name: str) -> list[str]:
+        wanted = name.lower().encode()
+        out = []
+        for line in self._header_lines():
+            key, sep, value = line.partition(b":")
+            if sep and key.strip().lower() == wanted:
+                out.append(_decode(value))
+        return out
+
+    def get_first_named_header_value(self, name: str) -> str | None:
+        values = self.get_all_named_header_values(name)
+        return values[0] if values else None
+
+    def remove_all_named_headers(self, name: str) -> None:
+        wanted = name.lower().encode()
+        self._rebuild(
+            [ln for ln in self._header_lines() if ln.partition(b":")[0].strip().lower() != wanted]
+        )
+
+    def append_header(self, name: str, value: str) -> None:
+        self._rebuild(self._header_lines() + [_encode(name, value)])
+
+    def prepend_header(self, name: str, value: str) -> None:
+        self._rebuild([_encode(name, value)] + self._header_lines())
+
+    def _rebuild(self, lines: list[bytes]) -> None:
+        _, rest = self._split()
+        if not rest:
+            rest = b"\r\n\r\n"
+        self._data = b"\r\n".join(lines) + rest
+        self._lines = None
+
+    def get_all_headers(self) -> list[tuple[str, str]]:
+        """Every header as (name, decoded value), in order."""
+        out = []
+        for line in self._header_lines():
+            key, sep, value = line.partition(b":")
+            if sep:
+                out.append((key.decode("utf-8", "replace").strip(), _decode(value)))
+        return out
+
+    def _address_header(self, name: str) -> tuple[str, str] | None:
+        # Parse the raw value first, then decode only the display name: a decoded
+        # "Müller, Hans" would otherwise split at its comma.
+        wanted = name.lower().encode()
+        for line in self._header_lines():
+            key, sep, value = line.partition(b":")
+            if sep and key.strip().lower() == wanted:
+                raw = value.decode("utf-8", "replace").replace("\r\n", "")
+                display, address = email.utils.parseaddr(raw)
+                return _decode(display.encode("utf-8")), address
+        return None
+
+    def from_header(self) -> tuple[str, str] | None:
+        """The From header parsed as (display name, address), or None."""
+        return self._address_header("From")
+
+    def to_header(self) -> tuple[str, str] | None:
+        """The To header parsed as (display name, address), or None (first mailbox)."""
+        return self._address_header("To")
+
+    def remove_x_headers(self, names: list[str] | None = None) -> None:
+        """Drop ``X-*`` headers: all of them, or only those named (case-insensitive)."""
+        wanted = None if names is None else {n.lower().encode() for n in names}
+
+        def keep(line: bytes) -> bool:
+            name = line.partition(b":")[0].strip().lower()
+            if not name.startswith(b"x-"):
+                return True
+            return wanted is not None and name not in wanted
+
+        self._rebuild([ln for ln in self._header_lines() if keep(ln)])
+
+    def import_x_headers(self, names: list[str] | None = None) -> None:
+        """Copy ``X-*`` headers (all, or those named) into meta: lowercase, '-' -> '_'."""
+        wanted = None if names is None else {n.lower() for n in names}
+        for name, value in self.get_all_headers():
+            lower = name.lower()
+            if lower.startswith("x-") and (wanted is None or lower in wanted):
+                self._meta[lower.replace("-", "_")] = value
+
+    def check_fix_conformance(self, checks: str = "", fixes: str = "") -> str | None:
+        """KumoMTA's conformance check: apply ``fixes`` (labels joined by '|'), then report
+        problems among ``checks`` that remain, as an error string (None when clean)."""
+        check_set, fix_set = parse_labels(checks), parse_labels(fixes)
+        if fix_set and problems(self._data) & fix_set:
+            # All requested fixes: one fix can expose another (re-encoding makes a MIME part).
+            self._lines = None
+            self._data = fix(
+                self._data,
+                fix_set,
+                now=time.time(),
+                hostname=str(self._meta.get("hostname") or "localhost"),
+            )
+        remaining = problems(self._data) & check_set
+        if remaining:
+            return "message fails conformance checks: " + ", ".join(sorted(remaining))
+        return None
+
+    def set_scheduling(self, options: dict[str, Any] | None) -> None:
+        """Constrain delivery: first_attempt, expires, and a dow/tz/start/end window.
+        ``None`` clears it. Raises ValueError naming the bad key."""
+        if options is None:
+            self._meta.pop("scheduling", None)
+            return
+        self._meta["scheduling"] = Scheduling.from_options(options).to_json()
+
+    def get_scheduling(self) -> Scheduling | None:
+        raw = self._meta.get("scheduling")
+        return None if raw is None else Scheduling.from_options(raw)
+
+
+def _decode(raw: bytes) -> str:
+    text = raw.decode("utf-8", "replace").replace("\r\n", "").strip()
+    try:
+        return str(email.header.make_header(email.header.decode_header(text)))
+    except (ValueError, LookupError):
+        return text
+
+
+def _encode(name: str, value: str) -> bytes:
+    if value.isascii():
+        return f"{name}: {value}".encode()
+    # Fold with CRLF: the default linesep would put bare LFs in the header block.
+    encoded = email.header.Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
+    return f"{name}: {encoded}".encode()

@@ -1,0 +1,400 @@
+"""Routing: from a due message to its ready queue (egress source -> MX site).
+
+Exports:
+    Destination          a site name and the hosts to try
+    destination_for(...) pure choice of sink / mx_list / MX lookup
+    SourcePicker         smooth weighted round-robin over a pool (weight 0 excluded)
+    Router               resolves config, source and site; feeds ReadyQueues
+
+For each scheduled queue with due messages, one routing task resolves the queue
+config and destination once for the whole batch (MX answers are cached by the
+resolver), then inserts each message into its ready queue. DNS failures become
+TransientFailure (retry) or Bounce (NXDOMAIN, null MX), as RFC 5321 §5 and
+RFC 7505 require.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from engine.config.settings import Settings
+from engine.config.units import parse_hostport
+from engine.delivery.mx import MxError, MxResolver
+from engine.policy.egress import DEFAULT_POOL, EgressPathConfig, EgressPool, EgressSource
+from engine.policy.egress_options import apply_egress_options
+from engine.policy.events import PolicyFailure, Registry
+from engine.policy.queue_config import QueueConfig
+from engine.queues.controls import Controls
+from engine.queues.naming import QueueName, ready_queue_name
+from engine.queues.outcomes import Attempt, Outcomes
+from engine.queues.ready import ReadyQueue, Target
+from engine.records import Message, Response
+from engine.storage.spool import Spool
+
+__all__ = ["Destination", "destination_for", "SourcePicker", "Router"]
+
+log = logging.getLogger("nimbus.routing")
+
+CONFIG_TTL = 60.0
+READY_FULL_DELAY = 5.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Destination:
+    """site: the ready-queue site name. targets: hosts in the order to try them.
+    explicit: targets came from configuration (sink, mx_list), not DNS, so they
+    may be loopback addresses."""
+
+    site: str
+    targets: tuple[Target, ...]
+    explicit: bool
+
+
+def _explicit_targets(entries: tuple[str, ...], default_port: int) -> tuple[Target, ...]:
+    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 literal -> Targets."""
+    out = []
+    for entry in entries:
+        if entry.count(":") > 1 and not entry.startswith("["):
+            host, port = entry, default_port  # a bare IPv6 literal has no port
+        else:
+            host, port = parse_hostport(entry, default_port=default_port)
+        out.append(Target(host=host, port=port))
+    return tuple(out)
+
+
+def destination_for(
+    *,
+    sink_endpoint: str | None,
+    mx_list: tuple[str, ...] | None,
+    mx_hosts: tuple[str, ...] | None,
+    mx_site: str | None,
+    smtp_port: int,
+) -> Destination:
+    """Pure choice of where a queue's mail goes.
+
+    sink_endpoint: when set, everything goes there (the sink toggle).
+    mx_list: explicit smarthosts from the queue config.
+    mx_hosts / mx_site: the MX lookup result, used otherwise.
+    """
+    if sink_endpoint:
+        return Destination(
+            site=f"mx_list:{sink_endpoint}",
+            targets=_explicit_targets((sink_endpoint,), smtp_port),
+            explicit=True,
+        )
+    if mx_list:
+        return Destination(
+            site="mx_list:" + ",".join(mx_list),
+            targets=_explicit_targets(mx_list, smtp_port),
+            explicit=True,
+        )
+    assert mx_hosts is not None and mx_site is not None
+    return Destination(
+        site=mx_site,
+        targets=tuple(Target(host=h, port=smtp_port) for h in mx_hosts),
+        explicit=False,
+    )
+
+
+class SourcePicker:
+    """Smooth weighted round-robin (as nginx): over ``n`` picks each source appears
+    ``n * weight / total`` times, interleaved. Weight-0 entries are never picked."""
+
+    def __init__(self, pool: EgressPool) -> None:
+        self.pool = pool
+        self._entries = [(name, w) for name, w in pool.entries if w > 0]
+        self._current = [0] * len(self._entries)
+        self._total = sum(w for _, w in self._entries)
+
+    def pick(self) -> str | None:
+        if not self._entries:
+            return None
+        best = 0
+        for i, (_, weight) in enumerate(self._entries):
+            self._current[i] += weight
+            if self._current[i] > self._current[best]:
+                best = i
+        self._current[best] -= self._total
+        return self._entries[best][0]
+
+
+class Router:
+    """Moves due messages into ready queues.
+
+    settings: node settings (sink mode, DNS, delivery).
+    policy: returns the current policy Registry (it may be reloaded).
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        policy: Callable[[], Registry],
+        resolver: MxResolver,
+        spool: Spool,
+        outcomes: Outcomes,
+        controls: Controls | None = None,
+        gate: Any = None,
+    ) -> None:
+        self._settings = settings
+        self._policy = policy
+        self._resolver = resolver
+        self._spool = spool
+        self._outcomes = outcomes
+        self._controls = controls or Controls()
+        self._gate = gate
+        self._pending: dict[str, list[Message]] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._queue_configs: dict[str, tuple[float, QueueConfig]] = {}
+        self._paths: dict[tuple, tuple[float, EgressPathConfig]] = {}
+        self._pickers: dict[str, tuple[float, SourcePicker]] = {}
+        self._sources: dict[str, tuple[float, EgressSource]] = {}
+        self.ready: dict[str, ReadyQueue] = {}
+        self.accepting = True
+
+    # -- policy lookups, cached ----------------------------------------------------
+
+    async def queue_config(self, queue: str) -> QueueConfig:
+        hit = self._queue_configs.get(queue)
+        if hit and hit[0] > time.monotonic():
+            return hit[1]
+        q = QueueName.parse(queue)
+        try:
+            cfg = await self._policy().dispatch(
+                "get_queue_config",
+                q.domain,
+                q.tenant,
+                q.campaign,
+                q.routing_domain,
+                default=QueueConfig(),
+            )
+        except PolicyFailure:
+            # Keep using the last good config (or the defaults) rather than stall mail.
+            return hit[1] if hit else QueueConfig()
+        self._queue_configs[queue] = (time.monotonic() + CONFIG_TTL, cfg)
+        return cfg
+
+    async def _source(self, pool_name: str | None) -> EgressSource | None:
+        name = pool_name or DEFAULT_POOL.name
+        hit = self._pickers.get(name)
+        if not hit or hit[0] <= time.monotonic():
+            pool = await self._policy().dispatch("get_egress_pool", name, default=None)
+            if pool is None:
+                pool = DEFAULT_POOL if name == DEFAULT_POOL.name else EgressPool(name=name)
+            hit = (time.monotonic() + CONFIG_TTL, SourcePicker(pool))
+            self._pickers[name] = hit
+        source_name = hit[1].pick()
+        if source_name is None:
+            return None
+        cached = self._sources.get(source_name)
+        if cached and cached[0] > time.monotonic():
+            return cached[1]
+        source = await self._policy().dispatch(
+            "get_egress_source", source_name, default=EgressSource(name=source_name)
+        )
+        self._sources[source_name] = (time.monotonic() + CONFIG_TTL, source)
+        return source
+
+    async def _path(self, routing_domain: str, source: str, site: str) -> EgressPathConfig:
+        key = (routing_domain, source, site)
+        hit = self._paths.get(key)
+        if hit and hit[0] > time.monotonic():
+            return hit[1]
+        cfg = await self._policy().dispatch(
+            "get_egress_path_config", routing_domain, source, site, default=EgressPathConfig()
+        )
+        self._paths[key] = (time.monotonic() + CONFIG_TTL, cfg)
+        return cfg
+
+    def forget_policy_answers(self) -> None:
+        """Drop cached policy answers (after a reload) so new config applies at once."""
+        self._queue_configs.clear()
+        self._paths.clear()
+        self._pickers.clear()
+        self._sources.clear()
+
+    # -- routing ---------------------------------------------------------------
+
+    def route(self, msg: Message) -> None:
+        """Called by the scheduler for each due message."""
+        batch = self._pending.get(msg.queue)
+        if batch is not None:
+            batch.append(msg)
+            return
+        self._pending[msg.queue] = [msg]
+        task = asyncio.create_task(self._route_queue(msg.queue), name=f"route:{msg.queue}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _route_queue(self, queue: str) -> None:
+        while self._pending.get(queue):
+            batch = self._pending[queue]
+            self._pending[queue] = []
+            try:
+                await self._route_batch(queue, batch)
+            except PolicyFailure as exc:
+                for msg in batch:
+                    await self._outcomes.transient(msg, exc.response, Attempt())
+            except Exception as exc:  # a bug must cost a retry, never strand the batch
+                log.exception("routing failed", extra={"queue": queue})
+                response = Response.parse(
+                    451, f"4.3.0 internal routing error: {type(exc).__name__}"
+                )
+                for msg in batch:
+                    await self._outcomes.transient(msg, response, Attempt())
+        self._pending.pop(queue, None)
+
+    def _held(self, queue: str, batch: list[Message]) -> list[Message]:
+        """Apply operator/TSA bounces and suspensions; returns the messages still to route."""
+        now = time.time()
+        bounce = self._controls.bounce(queue, now)
+        if bounce is not None:
+            reason, log_it = bounce
+            for msg in batch:
+                self._outcomes.admin_bounce(msg, reason, log=log_it)
+            return []
+        hold = self._controls.suspended(queue, now)
+        if hold is not None:
+            for msg in batch:
+                self._outcomes.delay(msg, max(1.0, hold.expires - now))
+            return []
+        return batch
+
+    async def _route_batch(self, queue: str, batch: list[Message]) -> None:
+        batch = self._held(queue, batch)
+        if not batch:
+            return
+        cfg = await self.queue_config(queue)
+        q = QueueName.parse(queue)
+        sink = self._settings.sink.endpoint if self._settings.sink.enabled else None
+        try:
+            mx = None
+            if not sink and not cfg.mx_list:
+                mx = await self._resolver.resolve_mx(q.destination)
+        except MxError as exc:
+            response = Response.parse(exc.code, f"{exc.enhanced} {exc}")
+            for msg in batch:
+                if response.is_transient:
+                    await self._outcomes.transient(msg, response, Attempt())
+                else:
+                    self._outcomes.bounced(msg, response, Attempt())
+            return
+        for msg in batch:
+            await self._insert_ready(msg, q, cfg, sink, mx)
+
+    async def _effective_path(self, destination: str, source: str, site: str) -> EgressPathConfig:
+        """The policy's egress path with the TSA's SetConfig overrides on top."""
+        path = await self._path(destination, source, site)
+        overrides = self._controls.path_overrides(destination, site, source, time.time())
+        return apply_egress_options(overrides, path) if overrides else path
+
+    async def _choose_source(
+        self, msg: Message, q: QueueName, pool: str, site: str
+    ) -> tuple[EgressSource, EgressPathConfig] | None:
+        """Weighted round-robin over the pool, skipping sources whose source_selection_rate
+        for this path is spent (KumoMTA); when every source is, the message waits for the
+        soonest one. None when the message was given back (or failed)."""
+        tried: set[str] = set()
+        soonest: float | None = None
+        while True:
+            source = await self._source(pool)
+            if source is None:
+                response = Response.parse(
+                    451,
+                    f"4.4.4 no non-zero-weighted sources available for {msg.queue} (pool {pool})",
+                )
+                await self._outcomes.transient(msg, response, Attempt(egress_pool=pool))
+                return None
+            if source.name in tried:  # a full round: every source is rate-limited
+                self._outcomes.delay(msg, soonest or 1.0)
+                return None
+            tried.add(source.name)
+            path = await self._effective_path(q.destination, source.name, site)
+            wait = (
+                await self._gate.selection_wait(path, pool, source.name, site)
+                if self._gate is not None
+                else None
+            )
+            if wait is None:
+                return source, path
+            soonest = wait if soonest is None else min(soonest, wait)
+
+    async def _insert_ready(
+        self, msg: Message, q: QueueName, cfg: QueueConfig, sink: str | None, mx
+    ) -> None:
+        site = (
+            f"mx_list:{sink}"
+            if sink
+            else ("mx_list:" + ",".join(cfg.mx_list) if cfg.mx_list else mx.site_name)
+        )
+        chosen = await self._choose_source(msg, q, cfg.egress_pool or DEFAULT_POOL.name, site)
+        if chosen is None:
+            return
+        source, path = chosen
+        name = ready_queue_name(source.name, site)
+        ready = self.ready.get(name)
+        # Usually the very same cached object: skip comparing its ~60 fields per message.
+        if ready is None or (ready.path is not path and ready.path != path):
+            dest = destination_for(
+                sink_endpoint=sink,
+                mx_list=cfg.mx_list,
+                mx_hosts=mx.hosts if mx else None,
+                mx_site=mx.site_name if mx else None,
+                smtp_port=path.smtp_port,
+            )
+            if ready is None:
+                ready = ReadyQueue(
+                    name=name,
+                    site=dest.site,
+                    targets=dest.targets,
+                    explicit=dest.explicit,
+                    source=source,
+                    pool=cfg.egress_pool or DEFAULT_POOL.name,
+                    path=path,
+                    settings=self._settings,
+                    resolver=self._resolver,
+                    spool=self._spool,
+                    outcomes=self._outcomes,
+                    on_idle=self._forget,
+                    policy=self._policy,
+                    controls=self._controls,
+                    gate=self._gate,
+                )
+                self.ready[name] = ready
+            else:
+                ready.reconfigure(path=path, targets=dest.targets)
+        hold = self._controls.ready_suspended(name, source.name, site, time.time())
+        ready.set_state("suspended", hold.reason if hold else None)  # visible to operators
+        if hold is not None:
+            self._outcomes.delay(msg, max(1.0, hold.expires - time.time()))
+            return
+        if not self.accepting or not ready.enqueue(msg):
+            self._outcomes.delay(msg, READY_FULL_DELAY)
+
+    def _forget(self, ready: ReadyQueue) -> None:
+        if self.ready.get(ready.name) is ready and ready.is_idle:
+            del self.ready[ready.name]
+
+    # -- shutdown ------------------------------------------------------------------
+
+    async def drain(self, deadline: float) -> None:
+        """Stop starting deliveries; let in-flight ones finish until ``deadline``."""
+        self.accepting = False
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for ready in list(self.ready.values()):
+            ready.stop_new_work()
+        waits = [r.wait_idle() for r in self.ready.values()]
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await asyncio.gather(*waits)
+        except TimeoutError:
+            log.warning("shutdown deadline reached; cancelling in-flight deliveries")
+        for ready in list(self.ready.values()):
+            await ready.cancel()

@@ -1,0 +1,9 @@
+"""The throttle store: GCRA rates and connection leases, this node's or the cluster's.
+
+Modules:
+    gcra      the arithmetic, pure: GCRA step, lease maps, local shares, key names
+    store     the ThrottleStore interface
+    embedded  in-process backend (the default without Redis)
+    redis     Redis backend (Lua on Redis TIME) with a local fallback during an outage
+    factory   make_store(settings): which one this node uses
+"""

@@ -1,0 +1,415 @@
+"""The durable spool: message bodies and state on stable storage, with group commit.
+
+Exports:
+    Spool            save / update / remove / load_data / recover
+    SpoolFull        not enough room (disk below min_free_space, max_size, SQLITE_FULL)
+    SpoolError       any other storage failure
+    SpoolLocked      another process holds this spool directory
+
+Design (see ARCHITECTURE.md "Spool"): one SQLite database in WAL mode with
+``synchronous=FULL`` per spool directory. A single writer thread owns the write
+connection; every write request (save, update, remove) goes into its queue and
+the thread commits *everything waiting* in one transaction, so one fsync covers
+all concurrent receptions (group commit). ``save`` returns only after that
+commit, so the 250/200 reply is sent after the message is on stable storage.
+Reads use per-thread connections (WAL readers never block the writer).
+
+Rows hold the envelope as JSON plus ``due`` and ``attempts`` (KumoMTA doesn't
+persist those), and the body last so a recovery scan never reads bodies.
+A row whose envelope can't be decoded is moved to the ``quarantine`` table and
+logged; a database that cannot be opened at all is renamed aside and logged.
+
+    Exception tree:
+        Exception
+         +-- SpoolError
+              +-- SpoolFull
+              +-- SpoolLocked
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.config.settings import SpoolSettings
+from engine.records import Message
+
+__all__ = ["Spool", "SpoolError", "SpoolFull", "SpoolLocked", "Quarantined"]
+
+log = logging.getLogger("nimbus.spool")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,
+    envelope TEXT NOT NULL,
+    due REAL NOT NULL,
+    attempts INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id TEXT,
+    envelope TEXT,
+    data BLOB,
+    reason TEXT NOT NULL,
+    quarantined_at REAL NOT NULL
+);
+"""
+
+
+class SpoolError(Exception):
+    """The spool could not complete a storage operation."""
+
+
+class SpoolFull(SpoolError):
+    """No room for new messages; already-spooled mail is untouched."""
+
+
+class SpoolLocked(SpoolError):
+    """Another process holds this spool directory's lock."""
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    id: str
+    reason: str
+
+
+def _envelope(msg: Message) -> str:
+    return json.dumps(
+        {
+            "sender": msg.sender,
+            "recipient": msg.recipient,
+            "queue": msg.queue,
+            "meta": msg.meta,
+            "created": msg.created,
+            "size": msg.size,
+        },
+        separators=(",", ":"),
+    )
+
+
+def _message(id: str, envelope: str, due: float, attempts: int) -> Message:
+    env = json.loads(envelope)
+    if not isinstance(env, dict):
+        raise ValueError("envelope is not a JSON object")
+    meta = env.get("meta", {})
+    if not isinstance(meta, dict):
+        raise ValueError("meta is not a JSON object")
+    return Message(
+        id=id,
+        sender=str(env["sender"]),
+        recipient=str(env["recipient"]),
+        queue=str(env["queue"]),
+        meta=meta,
+        created=float(env["created"]),
+        due=float(due),
+        num_attempts=int(attempts),
+        size=int(env.get("size", 0)),
+    )
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+class Spool:
+    """One spool directory.
+
+    settings: the ``[spool]`` settings (dir, max_size, min_free_space, commit_window).
+    on_commit: called with the number of operations in each committed batch
+        (metrics), or None.
+    """
+
+    def __init__(
+        self, settings: SpoolSettings, *, on_commit: Callable[[int], None] | None = None
+    ) -> None:
+        self.settings = settings
+        self.dir = Path(settings.dir)
+        self.path = self.dir / "spool.db"
+        self._on_commit = on_commit
+        self._ops: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._lock_fd: int | None = None
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._free_checked = 0.0
+        self._free_ok = True
+        self.count = 0
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def _lock(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SpoolLocked(f"{self.dir}: spool is locked by another process") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _open_db(self) -> sqlite3.Connection:
+        try:
+            conn = _connect(self.path)
+            conn.executescript(_SCHEMA)
+            conn.execute("SELECT count(*) FROM messages").fetchone()
+            return conn
+        except sqlite3.DatabaseError as exc:
+            aside = self.path.with_name(f"spool.db.corrupt-{int(time.time())}")
+            log.critical(
+                "spool database unreadable; moved aside",
+                extra={"path": str(self.path), "moved_to": str(aside), "error": str(exc)},
+            )
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(str(self.path) + suffix)
+                if src.exists():
+                    src.rename(Path(str(aside) + suffix))
+            conn = _connect(self.path)
+            conn.executescript(_SCHEMA)
+            return conn
+
+    def _apply_max_size(self, conn: sqlite3.Connection) -> None:
+        if self.settings.max_size:
+            page = conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count={max(16, self.settings.max_size // page)}")
+
+    async def recover(self) -> tuple[list[Message], list[Quarantined]]:
+        """Lock the directory, open the database, start the writer, load every message.
+
+        Returns (messages, quarantined). Raises SpoolLocked if another process has it.
+        """
+        return await asyncio.to_thread(self._recover_sync)
+
+    def _recover_sync(self) -> tuple[list[Message], list[Quarantined]]:
+        self._lock()
+        conn = self._open_db()
+        messages: list[Message] = []
+        bad: list[tuple[str, str]] = []
+        for id, envelope, due, attempts in conn.execute(
+            "SELECT id, envelope, due, attempts FROM messages"
+        ):
+            try:
+                messages.append(_message(id, envelope, due, attempts))
+            except (ValueError, KeyError, TypeError) as exc:
+                bad.append((id, f"{type(exc).__name__}: {exc}"))
+        quarantined = [Quarantined(id, reason) for id, reason in bad]
+        if bad:
+            conn.execute("BEGIN IMMEDIATE")
+            now = time.time()
+            for id, reason in bad:
+                conn.execute(
+                    "INSERT INTO quarantine SELECT id, envelope, data, ?, ? "
+                    "FROM messages WHERE id = ?",
+                    (reason, now, id),
+                )
+                conn.execute("DELETE FROM messages WHERE id = ?", (id,))
+            conn.execute("COMMIT")
+        self._apply_max_size(conn)
+        self.count = len(messages)
+        self._writer = threading.Thread(
+            target=self._write_loop, args=(conn,), name="nimbus-spool-writer", daemon=True
+        )
+        self._writer.start()
+        return messages, quarantined
+
+    async def close(self) -> None:
+        """Commit what is queued, stop the writer, close connections, release the lock."""
+        if self._writer is not None:
+            self._ops.put(None)
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- writes (group commit) -------------------------------------------------
+
+    def _check_free_space(self) -> None:
+        now = time.monotonic()
+        if now - self._free_checked > 1.0:
+            st = os.statvfs(self.dir)
+            self._free_ok = st.f_bavail * st.f_frsize >= self.settings.min_free_space
+            self._free_checked = now
+        if not self._free_ok:
+            raise SpoolFull(f"free disk space below {self.settings.min_free_space} bytes")
+
+    async def _submit(self, ops: list[tuple]) -> None:
+        if self._writer is None:
+            raise SpoolError("spool is not open")
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._ops.put((ops, loop, fut))
+        await fut
+
+    async def save(self, items: list[tuple[Message, bytes]]) -> None:
+        """Store new messages; returns once they are committed and fsynced.
+
+        Raises SpoolFull when there is no room (nothing of this batch is stored).
+        """
+        self._check_free_space()
+        await self._submit([("save", m, data) for m, data in items])
+        self.count += len(items)
+
+    def update_nowait(self, msg: Message) -> None:
+        """Persist a message's due time, attempts and envelope in the next commit.
+
+        Not awaited: losing it in a crash only means an earlier retry.
+        """
+        self._ops.put(([("update", msg)], None, None))
+
+    def remove_nowait(self, ids: list[str]) -> None:
+        """Forget messages that reached a final disposition, in the next commit.
+
+        Not awaited: losing it in a crash means a duplicate delivery, never a loss.
+        """
+        self._ops.put(([("remove", id) for id in ids], None, None))
+        self.count -= len(ids)
+
+    async def flush(self) -> None:
+        """Wait until every request queued so far is committed."""
+        await self._submit([])
+
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        stop = False
+        while not stop:
+            batch = [self._ops.get()]
+            if self.settings.commit_window and batch[0] is not None:
+                time.sleep(self.settings.commit_window)
+            while True:
+                try:
+                    batch.append(self._ops.get_nowait())
+                except queue.Empty:
+                    break
+            if None in batch:
+                stop = True
+                batch = [b for b in batch if b is not None]
+            if batch:
+                self._commit(conn, batch)
+        conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[tuple]) -> None:
+        """Apply every request in one transaction; resolve each request's future.
+
+        If the shared transaction fails (SQLite rolls the whole of it back on
+        SQLITE_FULL), each request is retried in its own transaction so only the
+        ones that can't be stored fail, each with its own error.
+        """
+        results: list[tuple[Any, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for ops, _, _ in batch:
+                for op in ops:
+                    self._apply(conn, op)
+            conn.execute("COMMIT")
+            results = [(loop, fut, None) for _, loop, fut in batch]
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            results = [(loop, fut, self._commit_one(conn, ops)) for ops, loop, fut in batch]
+        if self._on_commit is not None:
+            self._on_commit(len(batch))
+        by_loop: dict[Any, list] = {}
+        for loop, fut, err in results:
+            if loop is None:
+                if err is not None:
+                    log.error("spool state update failed", extra={"error": str(err)})
+                continue
+            by_loop.setdefault(loop, []).append((fut, err))
+        for loop, items in by_loop.items():
+            loop.call_soon_threadsafe(_resolve, items)
+
+    def _commit_one(self, conn: sqlite3.Connection, ops: list[tuple]) -> SpoolError | None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op in ops:
+                self._apply(conn, op)
+            conn.execute("COMMIT")
+            return None
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return _classify(exc)
+
+    @staticmethod
+    def _apply(conn: sqlite3.Connection, op: tuple) -> None:
+        kind = op[0]
+        if kind == "save":
+            msg, data = op[1], op[2]
+            conn.execute(
+                "INSERT INTO messages (id, envelope, due, attempts, data) VALUES (?, ?, ?, ?, ?)",
+                (msg.id, _envelope(msg), msg.due, msg.num_attempts, data),
+            )
+        elif kind == "update":
+            msg = op[1]
+            conn.execute(
+                "UPDATE messages SET envelope = ?, due = ?, attempts = ? WHERE id = ?",
+                (_envelope(msg), msg.due, msg.num_attempts, msg.id),
+            )
+        elif kind == "remove":
+            conn.execute("DELETE FROM messages WHERE id = ?", (op[1],))
+
+    # -- reads -----------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path)
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    def _load_sync(self, id: str) -> bytes | None:
+        row = self._reader().execute("SELECT data FROM messages WHERE id = ?", (id,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    async def load_data(self, id: str) -> bytes | None:
+        """The message body, or None when the message is no longer spooled."""
+        return await asyncio.to_thread(self._load_sync, id)
+
+    def size_bytes(self) -> int:
+        """Bytes used by the database and its WAL (for metrics)."""
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += os.stat(str(self.path) + suffix).st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+
+def _classify(exc: sqlite3.Error) -> SpoolError:
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc):
+        return SpoolFull(f"spool is full: {exc}")
+    return SpoolError(f"spool write failed: {exc}")
+
+
+def _resolve(items: list[tuple[asyncio.Future, BaseException | None]]) -> None:
+    for fut, err in items:
+        if fut.done():
+            continue
+        if err is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(err)
