@@ -31,7 +31,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urlsplit
+
+import aiohttp
 
 from engine.cluster.chart import (
     CHART_DIR,
@@ -103,27 +104,19 @@ def log_tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-async def _probe(kind: str, target: Any) -> bool:
-    """One readiness check: an HTTP GET answered 200-399, or a TCP connect."""
+async def _probe(kind: str, target: str | int, session: aiohttp.ClientSession) -> bool:
+    """One readiness check, as the kubelet does it: an HTTP GET answered 200-399 (aiohttp's
+    client, the one the engine already depends on), or a TCP connect."""
     try:
         async with asyncio.timeout(3):
             if kind == "tcp":
                 _, writer = await asyncio.open_connection("127.0.0.1", int(target))
                 writer.close()
+                await writer.wait_closed()
                 return True
-            url = urlsplit(target)
-            reader, writer = await asyncio.open_connection(url.hostname, url.port)
-            try:
-                writer.write(
-                    f"GET {url.path or '/'} HTTP/1.1\r\nHost: {url.netloc}\r\n"
-                    f"Connection: close\r\n\r\n".encode()
-                )
-                await writer.drain()
-                status = (await reader.readline()).split()
-            finally:
-                writer.close()
-            return len(status) >= 2 and 200 <= int(status[1]) < 400
-    except (OSError, TimeoutError, ValueError):
+            async with session.get(str(target), allow_redirects=False) as response:
+                return 200 <= response.status < 400
+    except (OSError, TimeoutError, ValueError, aiohttp.ClientError):
         return False
 
 
@@ -294,22 +287,25 @@ class LocalCluster:
     async def _wait_ready(self, pod: LocalPod) -> None:
         kind, target = pod.spec.readiness
         assert pod.proc is not None
+        if kind == "none":
+            return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.ready_timeout
-        while True:
-            if pod.proc.returncode is not None:
-                raise ClusterError(
-                    f"{pod.name} exited with status {pod.proc.returncode} before "
-                    f"it was ready; {pod.log}:\n{log_tail(pod.log)}"
-                )
-            if kind == "none" or await _probe(kind, target):
-                return
-            if loop.time() > deadline:
-                raise ClusterError(
-                    f"{pod.name} not ready after {self.ready_timeout:.0f}s "
-                    f"({kind} {target}); {pod.log}:\n{log_tail(pod.log)}"
-                )
-            await asyncio.sleep(0.1)  # the probe period
+        async with aiohttp.ClientSession() as session:
+            while True:
+                if pod.proc.returncode is not None:
+                    raise ClusterError(
+                        f"{pod.name} exited with status {pod.proc.returncode} before "
+                        f"it was ready; {pod.log}:\n{log_tail(pod.log)}"
+                    )
+                if await _probe(kind, target, session):
+                    return
+                if loop.time() > deadline:
+                    raise ClusterError(
+                        f"{pod.name} not ready after {self.ready_timeout:.0f}s "
+                        f"({kind} {target}); {pod.log}:\n{log_tail(pod.log)}"
+                    )
+                await asyncio.sleep(0.1)  # the probe period
 
     async def wait(self) -> LocalPod:
         """Until some process exits; returns it."""
