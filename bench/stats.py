@@ -20,7 +20,7 @@ from typing import Any
 __all__ = ["MTA_ORDER", "median", "summarize", "paired_ratios", "collect_problems"]
 
 MTA_ORDER = ("postfix", "nimbus", "nimbus-dkim")
-_NIMBUS = ("nimbus", "nimbus-dkim")
+_NIMBUS = MTA_ORDER[1:]  # the nimbus variants (bench.nimbus.NIMBUS_MTAS)
 Trial = dict[str, Any]
 
 

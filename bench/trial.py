@@ -84,13 +84,11 @@ def make_harness(name: str, place: Placement, postfix_log: bool = True) -> MtaHa
 
 def _snapshot(parts: _Parts) -> _Snapshot:
     assert parts.mta is not None and parts.sink is not None
-    cpu = parts.mta.cpu()
+    box = box_busy_seconds()
+    cpu = parts.mta.cpu()  # scans the process table: the clock is read after it
+    sink = parts.sink.cpu_seconds()
     return _Snapshot(
-        at=time.monotonic(),
-        box=box_busy_seconds(),
-        mta=cpu.seconds,
-        processes=cpu.processes,
-        sink=parts.sink.cpu_seconds(),
+        at=time.monotonic(), box=box, mta=cpu.seconds, processes=cpu.processes, sink=sink
     )
 
 
