@@ -1,6 +1,6 @@
 """Memory per queued message: what a node holds in RAM for each message it has spooled.
 
-    python bench/memory_bench.py [--messages 100000]
+    python -m bench.memory_bench [--messages 100000]
 
 Builds the records a node keeps for a waiting message exactly as SMTP reception
 makes them (Message with the reception meta, in the scheduler's heap and index)

@@ -1,6 +1,6 @@
 """Spool micro-benchmark: what a durable save costs, alone and with group commit.
 
-    python bench/spool_bench.py [--messages 3000] [--size 4096] [--writers 1,20,100]
+    python -m bench.spool_bench [--messages 3000] [--size 4096] [--writers 1,20,100]
 
 For each writer count, ``writers`` tasks save ``messages`` messages in total, each
 save awaited (as the SMTP/HTTP listeners do before replying). Reports saves/s,
