@@ -22,11 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from engine.config.settings import Settings
+from engine.config.settings import ConfigError, Settings
 from engine.config.units import parse_hostport
 from engine.delivery.mx import MxError, MxResolver
 from engine.policy.egress import DEFAULT_POOL, EgressPathConfig, EgressPool, EgressSource
-from engine.policy.egress_options import apply_egress_options
+from engine.policy.egress_options import apply_egress_options, check_egress_path
 from engine.policy.events import PolicyFailure, Registry
 from engine.policy.queue_config import QueueConfig
 from engine.queues.controls import Controls
@@ -152,6 +152,7 @@ class Router:
         self._tasks: set[asyncio.Task] = set()
         self._queue_configs: dict[str, tuple[float, QueueConfig]] = {}
         self._paths: dict[tuple, tuple[float, EgressPathConfig]] = {}
+        self._warned: set[str] = set()
         self._pickers: dict[str, tuple[float, SourcePicker]] = {}
         self._sources: dict[str, tuple[float, EgressSource]] = {}
         self.ready: dict[str, ReadyQueue] = {}
@@ -208,6 +209,16 @@ class Router:
         cfg = await self._policy().dispatch(
             "get_egress_path_config", routing_domain, source, site, default=EgressPathConfig()
         )
+        where = f"get_egress_path_config({routing_domain}, {source}, {site})"
+        try:
+            warnings = check_egress_path(cfg, where=where)
+        except ConfigError as exc:  # an option Nimbus would silently ignore: never deliver
+            log.error("policy answer refused", extra={"error": str(exc)})
+            raise PolicyFailure("get_egress_path_config", str(exc)) from None
+        for text in warnings:
+            if text not in self._warned:  # once per path, not per 60 s cache refresh
+                self._warned.add(text)
+                log.warning("option not implemented", extra={"warning": text})
         self._paths[key] = (time.monotonic() + CONFIG_TTL, cfg)
         return cfg
 
