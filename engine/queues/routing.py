@@ -24,6 +24,7 @@ from typing import Any
 
 from engine.config.settings import ConfigError, Settings
 from engine.config.units import parse_hostport
+from engine.delivery.broken_tls import BrokenTlsHosts
 from engine.delivery.mx import MxError, MxResolver
 from engine.policy.egress import DEFAULT_POOL, EgressPathConfig, EgressPool, EgressSource
 from engine.policy.egress_options import apply_egress_options, check_egress_path
@@ -153,6 +154,7 @@ class Router:
         self._queue_configs: dict[str, tuple[float, QueueConfig]] = {}
         self._paths: dict[tuple, tuple[float, EgressPathConfig]] = {}
         self._warned: set[str] = set()
+        self._broken_tls = BrokenTlsHosts()  # outlives idle ready queues (remember_broken_tls)
         self._pickers: dict[str, tuple[float, SourcePicker]] = {}
         self._sources: dict[str, tuple[float, EgressSource]] = {}
         self.ready: dict[str, ReadyQueue] = {}
@@ -375,6 +377,7 @@ class Router:
                     policy=self._policy,
                     controls=self._controls,
                     gate=self._gate,
+                    broken_tls=self._broken_tls,
                 )
                 self.ready[name] = ready
             else:
