@@ -29,7 +29,7 @@ from engine.delivery.mx import MxError, MxResolver
 from engine.policy.egress import DEFAULT_POOL, EgressPathConfig, EgressPool, EgressSource
 from engine.policy.egress_options import apply_egress_options, check_egress_path
 from engine.policy.events import PolicyFailure, Registry
-from engine.policy.queue_config import QueueConfig
+from engine.policy.queue_config import QueueConfig, check_queue_config
 from engine.queues.controls import Controls
 from engine.queues.naming import QueueName, ready_queue_name
 from engine.queues.outcomes import Attempt, Outcomes
@@ -176,10 +176,14 @@ class Router:
                 q.routing_domain,
                 default=QueueConfig(),
             )
-        except PolicyFailure:
+            check_queue_config(cfg, where=f"get_queue_config({queue})")
+        except (PolicyFailure, ConfigError) as exc:
             # Keep using the last good config (or the defaults) rather than stall mail.
+            if isinstance(exc, ConfigError):
+                log.error("policy answer refused", extra={"error": str(exc)})
             return hit[1] if hit else QueueConfig()
-        self._queue_configs[queue] = (time.monotonic() + CONFIG_TTL, cfg)
+        # make_queue_config's refresh_interval: how long this answer is used.
+        self._queue_configs[queue] = (time.monotonic() + cfg.refresh_interval, cfg)
         return cfg
 
     async def _source(self, pool_name: str | None) -> EgressSource | None:
