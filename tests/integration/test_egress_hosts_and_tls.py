@@ -131,3 +131,28 @@ async def test_required_tls_never_remembers_a_plaintext_fallback(broken_tls):
                     opportunistic_tls_reconnect_on_failed_handshake=True,
                 )
     assert rx.messages == [] and rx.mail_froms == 0
+
+
+REFUSING_POLICY = """
+def register(nimbus):
+    @nimbus.on("get_egress_path_config")
+    def path(routing_domain, source, site):
+        return nimbus.EgressPathConfig(use_lmtp=True)
+
+    @nimbus.on("get_queue_config")
+    def queue(domain, tenant, campaign, routing_domain):
+        return nimbus.QueueConfig(mx_list=("127.0.0.1:{port}",))
+"""
+
+
+async def test_policy_built_unsupported_option_is_never_delivered(tmp_path, caplog):
+    """A policy answer setting an option Nimbus does not implement (use_lmtp) is refused:
+    a TransientFailure, no connection, and an error naming the key."""
+    async with Receiver("127.0.0.1") as rx:
+        async with running_node(tmp_path, policy=REFUSING_POLICY.format(port=rx.port)) as node:
+            await inject(node)
+            [rec] = await node.records.wait(lambda r: r["type"] == "TransientFailure")
+    assert rx.connections == 0
+    assert rec["response"]["code"] == 451
+    errors = [getattr(r, "error", "") for r in caplog.records]
+    assert any('key "use_lmtp": not supported by Nimbus' in e for e in errors)
