@@ -25,13 +25,8 @@ from typing import Any
 from engine import __version__
 from engine.admin import cli as admin_cli
 from engine.cluster import command as cluster
-from engine.config.settings import (
-    ConfigError,
-    describe_unknown_env,
-    dotted_tree,
-    load_settings,
-    unknown_env_names,
-)
+from engine.config.env_names import describe_unknown_env, unknown_env_names
+from engine.config.settings import ConfigError, dotted_tree, load_settings
 from engine.logs import diagnostics as diag
 from engine.policy.events import PolicyLoadError
 from engine.storage.spool import SpoolLocked

@@ -4,8 +4,6 @@ Exports:
     Settings (and its sections SmtpSettings, HttpSettings, ...)   frozen dataclasses
     load_settings(config_path, env, overrides) -> Settings
     ConfigError                                                  names file, table and key
-    known_env_names() / unknown_env_names(env) / describe_unknown_env(unknown)
-        NIMBUS_* names nothing reads, with the closest known name (reported at startup)
 
 Every key ``[section] key`` can be set from the environment as
 ``NIMBUS_<SECTION>_<KEY>`` (``[spool] dir`` -> ``NIMBUS_SPOOL_DIR``); top-level
@@ -17,7 +15,6 @@ keys as ``NIMBUS_<KEY>``. A few names fixed by the runtime contract are aliases:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import ipaddress
 import os
@@ -32,10 +29,6 @@ import tomli
 from engine.config.units import parse_duration, parse_hostport, parse_size
 
 __all__ = [
-    "known_env_names",
-    "unknown_env_names",
-    "describe_unknown_env",
-    "CLIENT_ENV_NAMES",
     "Settings",
     "SmtpSettings",
     "HttpSettings",
@@ -311,53 +304,6 @@ def _layer(settings: Settings, tree: Mapping[str, Any], source: str) -> Settings
             section = _apply(getattr(settings, name), tree[name], source, name)
             settings = dataclasses.replace(settings, **{name: section})
     return settings
-
-
-CLIENT_ENV_NAMES = frozenset(
-    {
-        "NIMBUS_CONFIG",  # the settings file itself
-        "NIMBUS_ENDPOINT",  # admin verbs (engine/admin/cli.py)
-        "NIMBUS_ADMIN_USER",
-        "NIMBUS_ADMIN_PASSWORD",
-        "NIMBUS_USER",  # the chart's NOTES.txt inject example
-        "NIMBUS_PASSWORD",
-    }
-)
-"""NIMBUS_* names read outside the settings tree, so never reported as unknown."""
-
-
-def known_env_names() -> frozenset[str]:
-    """Every NIMBUS_* environment name something reads: one per setting, the aliases,
-    and CLIENT_ENV_NAMES."""
-    names = set(CLIENT_ENV_NAMES) | set(_ENV_ALIASES)
-    sections = _sections()
-    for f in dataclasses.fields(Settings):
-        if f.name not in sections:
-            names.add(f"NIMBUS_{f.name.upper()}")
-    for name, cls in sections.items():
-        names.update(f"NIMBUS_{name.upper()}_{f.name.upper()}" for f in dataclasses.fields(cls))
-    return frozenset(names)
-
-
-def unknown_env_names(env: Mapping[str, str]) -> list[tuple[str, str | None]]:
-    """NIMBUS_* names in ``env`` that nothing reads, each with the closest known name
-    (difflib) or None: a typo such as ``NIMBUS_SMTP_LISTN`` would otherwise be ignored."""
-    known = known_env_names()
-    out = []
-    for name in sorted(env):
-        if name.startswith("NIMBUS_") and name not in known:
-            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
-            out.append((name, close[0] if close else None))
-    return out
-
-
-def describe_unknown_env(unknown: list[tuple[str, str | None]]) -> list[str]:
-    """One human line per unknown name: ``NIMBUS_X: unknown (did you mean NIMBUS_Y?)``."""
-    return [
-        f"environment {name}: unknown setting, ignored"
-        + (f" (did you mean {close}?)" if close else "")
-        for name, close in unknown
-    ]
 
 
 def _env_tree(env: Mapping[str, str]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from engine import cli
-from engine.config.settings import describe_unknown_env, known_env_names, unknown_env_names
+from engine.config.env_names import describe_unknown_env, known_env_names, unknown_env_names
 
 
 @pytest.mark.parametrize(
