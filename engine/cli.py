@@ -17,18 +17,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import sys
 from typing import Any
 
 from engine import __version__
 from engine.admin import cli as admin_cli
 from engine.cluster import command as cluster
+from engine.config.env_names import describe_unknown_env, unknown_env_names
 from engine.config.settings import ConfigError, dotted_tree, load_settings
 from engine.logs import diagnostics as diag
 from engine.policy.events import PolicyLoadError
 from engine.storage.spool import SpoolLocked
 
 __all__ = ["main"]
+
+log = logging.getLogger("nimbus.cli")
 
 _MTA_FLAGS = {
     "smtp_listen": "smtp.listen",
@@ -95,19 +100,53 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Collect(logging.Handler):
+    """Keeps the ``warning`` field of each load-time warning (MTA-STS, DANE)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.warnings: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = getattr(record, "warning", None)
+        if text and text not in self.warnings:
+            self.warnings.append(text)
+
+
 def _validate(settings: Any) -> int:
-    """``nimbus validate``: load everything the node would load; report the first problem."""
+    """``nimbus validate``: load everything the node would load. Prints unknown NIMBUS_*
+    names and not-implemented warnings (exit 0), or the first error, such as an option
+    that is not supported (exit 1)."""
     from engine.policy.events import EVENTS
     from engine.policy.loader import load_policy
 
+    for line in describe_unknown_env(unknown_env_names(os.environ)):
+        print(f"nimbus validate: warning: {line}")
+    collect = _Collect()
+    config_log = logging.getLogger("nimbus.config")
+    config_log.addHandler(collect)
     try:
         registry = load_policy(settings.policy.dir)
     except (ConfigError, PolicyLoadError) as exc:
         print(f"nimbus validate: {exc}", file=sys.stderr)
         return 1
+    finally:
+        config_log.removeHandler(collect)
+    for text in collect.warnings:
+        print(f"nimbus validate: warning: {text}")
     handled = sorted(name for name in EVENTS if registry.has(name))
     print(f"policy {settings.policy.dir}: OK; handlers for {', '.join(handled) or 'no events'}")
     return 0
+
+
+def _report_unknown_env() -> None:
+    """One warning diagnostic naming each unknown NIMBUS_* name and its closest match."""
+    unknown = unknown_env_names(os.environ)
+    if unknown:
+        log.warning(
+            "unknown environment names",
+            extra={"unknown": {name: close for name, close in unknown}},
+        )
 
 
 def _run(coro: Any) -> None:
@@ -133,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     diag.configure(settings.log.level)
     if args.command == "validate":
         return _validate(settings)
+    _report_unknown_env()
     if args.command == "tsa":
         from tsa.app import run as run_tsa
 

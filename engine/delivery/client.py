@@ -10,6 +10,8 @@ Exceptions (each carries ``.response: Response`` so callers log them uniformly):
      +-- ConnectFailed      refused, connect/banner timeout, banner or EHLO/HELO refused
      +-- TlsRequiredError   the path requires TLS and the peer did not advertise STARTTLS
      +-- TlsFailed          STARTTLS refused or the TLS handshake / verification failed
+     |    +-- TlsHandshakeFailed   the handshake itself failed (remember_broken_tls)
+     +-- AuthFailed         AUTH PLAIN refused by the peer, or not allowed on this session
      +-- ConnectionLost     a timeout, disconnect or ``421`` during a transaction
 
 A 4xx/5xx reply to MAIL, RCPT or DATA is not an exception: ``send`` returns it.
@@ -31,6 +33,7 @@ from typing import TypeVar
 
 import aiosmtplib
 
+from engine.delivery.smtp_auth import auth_refusal, plain_initial_response, read_password
 from engine.policy.egress import EgressPathConfig, EgressSource, TlsMode
 from engine.records import PeerAddress, Response
 
@@ -40,6 +43,8 @@ __all__ = [
     "ConnectFailed",
     "TlsRequiredError",
     "TlsFailed",
+    "TlsHandshakeFailed",
+    "AuthFailed",
     "ConnectionLost",
 ]
 
@@ -66,6 +71,14 @@ class TlsRequiredError(DeliveryError):
 
 class TlsFailed(DeliveryError):
     """STARTTLS was refused, or the handshake or certificate verification failed."""
+
+
+class TlsHandshakeFailed(TlsFailed):
+    """STARTTLS was accepted but the handshake or certificate verification failed."""
+
+
+class AuthFailed(DeliveryError):
+    """AUTH PLAIN was refused by the peer, or not attempted (no TLS, unverified)."""
 
 
 class ConnectionLost(DeliveryError):
@@ -125,6 +138,7 @@ class SmtpClientConnection:
         self.deliveries = 0
         self.tls_cipher: str | None = None
         self.tls_protocol_version: str | None = None
+        self.tls_verified = False
 
     @property
     def is_usable(self) -> bool:
@@ -142,14 +156,16 @@ class SmtpClientConnection:
         ehlo_domain: str,
         tls_context_factory: TlsContextFactory | None = None,
     ) -> SmtpClientConnection:
-        """Connect, read the banner, EHLO (or HELO), and STARTTLS per ``path.enable_tls``.
+        """Connect, read the banner, EHLO (or HELO), STARTTLS per ``path.enable_tls``,
+        and AUTH PLAIN when ``path.smtp_auth_plain_username`` is set.
 
         host_name: the MX name, used for SNI and certificate verification.
         address, port: the IP literal and port to connect to.
         source: binds ``source.source_address`` when set.
         ehlo_domain: our name in EHLO/HELO.
         tls_context_factory: ``(verify) -> SSLContext``; default: system CAs / no checks.
-        Raises ConnectFailed, TlsRequiredError or TlsFailed; nothing is left open then.
+        Raises ConnectFailed, TlsRequiredError, TlsFailed or AuthFailed; nothing is left
+        open then.
         """
         target = f"{host_name}[{address}]:{port}"
         try:
@@ -179,7 +195,9 @@ class SmtpClientConnection:
         try:
             await conn._hello()
             await conn._negotiate_tls(path.enable_tls, tls_context_factory)
-        except TlsRequiredError:
+            if path.smtp_auth_plain_username is not None:
+                await conn._authenticate(path.smtp_auth_plain_username)
+        except (TlsRequiredError, AuthFailed):
             await conn.close()  # QUIT before any MAIL FROM: never send in plaintext.
             raise
         except BaseException:
@@ -246,14 +264,46 @@ class SmtpClientConnection:
         cipher = self._smtp.get_transport_info("cipher")
         if cipher:
             self.tls_cipher, self.tls_protocol_version = cipher[0], cipher[1]
+        self.tls_verified = verify
         await self._hello()  # RFC 3207 4.2: forget pre-TLS EHLO state.
 
-    async def _starttls(self, ctx: ssl.SSLContext) -> None:
-        """STARTTLS and handshake; a handshake failure fails this host (no plaintext retry)."""
-        detail: object
+    async def _authenticate(self, username: str) -> None:
+        """AUTH PLAIN with the initial response (RFC 4954 4); 235 means authenticated."""
+        refusal = auth_refusal(
+            self._path, host=self._host, tls=self.tls_cipher is not None, verified=self.tls_verified
+        )
+        if refusal is not None:
+            raise AuthFailed(refusal)
         try:
-            async with asyncio.timeout(self._path.starttls_timeout):
-                await self._smtp.starttls(server_hostname=self._host, tls_context=ctx, timeout=None)
+            password = await asyncio.to_thread(read_password, self._path.smtp_auth_plain_password)
+        except (OSError, ValueError) as exc:
+            raise AuthFailed(
+                Response.parse(451, f"4.7.0 smtp_auth_plain_password: {exc}", "AUTH")
+            ) from None
+        reply = await self._command(
+            "AUTH",
+            self._path.auth_timeout,
+            f"AUTH PLAIN {plain_initial_response(username, password)}",
+            log_as="AUTH PLAIN",  # never the credential in a log record
+        )
+        if reply.code != 235:
+            raise AuthFailed(reply)
+
+    async def _starttls(self, ctx: ssl.SSLContext) -> None:
+        """STARTTLS and handshake; a handshake failure fails this host (no plaintext retry
+        here: ``remember_broken_tls`` is the ready queue's).
+
+        aiosmtplib reads the 220 and runs the handshake in one call with one timeout, so
+        ``tls_handshake_timeout`` bounds the handshake (and the reply) there and the
+        whole exchange is bounded by ``starttls_timeout + tls_handshake_timeout``.
+        """
+        detail: object
+        path = self._path
+        try:
+            async with asyncio.timeout(path.starttls_timeout + path.tls_handshake_timeout):
+                await self._smtp.starttls(
+                    server_hostname=self._host, tls_context=ctx, timeout=path.tls_handshake_timeout
+                )
             return
         except aiosmtplib.SMTPResponseException:
             raise  # STARTTLS refused: the caller decides (plaintext or TlsFailed)
@@ -262,7 +312,7 @@ class SmtpClientConnection:
         except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as exc:
             detail = exc
         self._smtp.close()
-        raise TlsFailed(
+        raise TlsHandshakeFailed(
             Response.parse(
                 451, f"4.7.5 TLS handshake with {self._host} failed: {detail}", "STARTTLS"
             )
@@ -304,16 +354,24 @@ class SmtpClientConnection:
         ) from error
 
     async def _command(
-        self, phase: str, timeout: float, command: str, encoding: str = "ascii"
+        self,
+        phase: str,
+        timeout: float,
+        command: str,
+        encoding: str = "ascii",
+        log_as: str | None = None,
     ) -> Response:
-        """Send one command line; return the reply, or raise ConnectionLost on 421."""
+        """Send one command line; return the reply, or raise ConnectionLost on 421.
+
+        log_as: what replies name as their command, when the line carries a secret."""
+        shown = log_as or command
         smtp_reply = await self._timed(
             phase,
             timeout,
             self._smtp.execute_command(command.encode(encoding), timeout=None),
-            command,
+            shown,
         )
-        response = Response.parse(smtp_reply.code, smtp_reply.message, command)
+        response = Response.parse(smtp_reply.code, smtp_reply.message, shown)
         if response.code == 421:  # RFC 5321 3.8: the peer is closing the channel.
             self._fail()
             raise ConnectionLost(response)

@@ -5,6 +5,7 @@ Exports:
     MxResolver                     resolve_mx(domain), resolve_addresses(host); TTL cache,
                                    one shared in-flight query per name
     factor_names(hosts) -> str     KumoMTA's site-name rollup of MX host names (pure)
+    order_addresses(addresses, strategy, limit) -> list   ip_lookup_strategy (pure)
 
 Exceptions (each carries an SMTP ``code``, RFC 3463 ``enhanced`` code and message):
 
@@ -38,11 +39,13 @@ import dns.resolver
 
 from engine.config.settings import DnsSettings
 from engine.config.units import parse_hostport
+from engine.policy.egress import IpLookupStrategy
 
 __all__ = [
     "MailExchanger",
     "MxResolver",
     "factor_names",
+    "order_addresses",
     "MxError",
     "MxTemporaryError",
     "MxPermanentError",
@@ -392,3 +395,22 @@ def _order_hosts(records: Sequence[Any]) -> tuple[str, ...]:
     """MX rdatas -> host names by preference, then name; each host once."""
     ranked = sorted((r.preference, _normalize(r.exchange.to_text())) for r in records)
     return tuple(dict.fromkeys(host for _, host in ranked))
+
+
+def order_addresses(addresses: Sequence[str], strategy: IpLookupStrategy, limit: int) -> list[str]:
+    """An MX host's addresses in the order to try, per ``ip_lookup_strategy``.
+
+    addresses: IP literals as resolved (A first, then AAAA). strategy: ``Ipv4Only`` /
+    ``Ipv6Only`` keep one family; ``Ipv4ThenIpv6`` / ``Ipv6ThenIpv4`` put one family
+    first; ``Ipv4AndIpv6`` (KumoMTA's default) keeps the resolver's order.
+    limit: ``max_mx_addresses_per_host``, at most this many are returned.
+    """
+    v4 = [a for a in addresses if ipaddress.ip_address(a).version == 4]
+    v6 = [a for a in addresses if ipaddress.ip_address(a).version == 6]
+    ordered = {
+        IpLookupStrategy.IPV4_ONLY: v4,
+        IpLookupStrategy.IPV6_ONLY: v6,
+        IpLookupStrategy.IPV4_THEN_IPV6: v4 + v6,
+        IpLookupStrategy.IPV6_THEN_IPV4: v6 + v4,
+    }.get(strategy, list(addresses))
+    return ordered[:limit]

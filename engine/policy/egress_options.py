@@ -5,11 +5,24 @@ Exports:
     parse_egress_options(options, *, where) -> {name: parsed value} (pure, ConfigError)
     apply_egress_options(parsed, base=EgressPathConfig()) -> EgressPathConfig
     egress_path_from_options(options, *, where) -> EgressPathConfig (pure, ConfigError)
+    check_egress_path(config, *, where) -> warnings  a policy-built config (ConfigError)
+    egress_option_warning(name, parsed) -> str | None  the MTA-STS / DANE word
     EGRESS_OPTION_NAMES  every option key ``make_egress_path`` / shaping.toml accepts
+    IMPLEMENTED_OPTIONS, REFUSED_OPTIONS, WARNED_OPTIONS   the support table (below)
 
-Options the engine does not act on yet (MTA-STS, DANE, LMTP, OpenSSL tuning, wakeup
-strategies, ...) are still parsed and validated so a KumoMTA shaping file loads
-unchanged. Option values: durations as ``"60s"`` or seconds; integers as TOML integers
+Support table (one source for the docs, the loader and the tests). Every EgressPathConfig
+field is in exactly one set:
+
+* IMPLEMENTED: read by the engine (routing, gate, ready queue, delivery client, mx).
+* REFUSED: not implemented. Any value other than KumoMTA's code default is a ConfigError
+  ``<file>: [table] key "<name>": not supported by Nimbus``; the code default itself is
+  accepted silently because setting it changes nothing (KumoMTA's own default shaping
+  file writes ``consecutive_connection_failures_before_delay = 100``).
+* WARNED: ``enable_mta_sts`` / ``enable_dane``. KumoMTA defaults MTA-STS to true, so
+  refusing it would break every KumoMTA shaping file: ``true`` gives one warning at load
+  (``egress_option_warning``), ``false`` is silent.
+
+Option values: durations as ``"60s"`` or seconds; integers as TOML integers
 or ``"1,000"``; ``connection_limit`` and ``additional_connection_limits`` values as
 LimitSpec (``"local:5"``); rates as ThrottleSpec (``"100/min"``); booleans as TOML
 booleans only. Every EgressPathConfig field has a parser (checked at import).
@@ -45,6 +58,11 @@ __all__ = [
     "apply_egress_options",
     "egress_path_from_options",
     "EGRESS_OPTION_NAMES",
+    "IMPLEMENTED_OPTIONS",
+    "REFUSED_OPTIONS",
+    "WARNED_OPTIONS",
+    "check_egress_path",
+    "egress_option_warning",
 ]
 
 
@@ -154,6 +172,8 @@ def _key_source(value: Any) -> KeySource:
     has_vault = "vault_mount" in value and "vault_path" in value
     if ("key_data" in value) == has_vault:
         raise ValueError("a key source needs exactly one of key_data or vault_mount + vault_path")
+    if has_vault:
+        raise ValueError("vault key sources are not supported by Nimbus; use a path or key_data")
     return KeySource(**value)
 
 
@@ -219,6 +239,77 @@ for _f in fields(EgressPathConfig):
 
 EGRESS_OPTION_NAMES: frozenset[str] = frozenset(_PARSERS)
 
+IMPLEMENTED_OPTIONS: frozenset[str] = frozenset(
+    {
+        # limits and rates: engine/shaping/gate.py, engine/queues/{routing,ready}.py
+        "connection_limit",
+        "connection_limit_local",  # the ``local:`` prefix of connection_limit
+        "additional_connection_limits",
+        "max_connection_rate",
+        "max_message_rate",
+        "additional_message_rate_throttles",
+        "source_selection_rate",
+        "additional_source_selection_rates",
+        "max_deliveries_per_connection",
+        "max_ready",
+        "provider_name",
+        # hosts and addresses: engine/queues/ready.py, engine/delivery/mx.py
+        "smtp_port",
+        "prohibited_hosts",
+        "skip_hosts",
+        "ip_lookup_strategy",
+        "max_mx_addresses_per_host",
+        "max_mx_plan_size",
+        "ehlo_domain",
+        # TLS and AUTH: engine/delivery/client.py
+        "enable_tls",
+        "remember_broken_tls",
+        "opportunistic_tls_reconnect_on_failed_handshake",
+        "smtp_auth_plain_username",
+        "smtp_auth_plain_password",
+        "allow_smtp_auth_plain_without_tls",
+        "allow_smtp_auth_plain_without_valid_certificate",
+        # timeouts: engine/delivery/client.py, engine/queues/ready.py (idle)
+        "idle_timeout",
+        "connect_timeout",
+        "banner_timeout",
+        "ehlo_timeout",
+        "starttls_timeout",
+        "tls_handshake_timeout",
+        "auth_timeout",
+        "mail_from_timeout",
+        "rcpt_to_timeout",
+        "data_timeout",
+        "data_dot_timeout",
+        "rset_timeout",
+    }
+)
+WARNED_OPTIONS: frozenset[str] = frozenset({"enable_mta_sts", "enable_dane"})
+REFUSED_OPTIONS: frozenset[str] = (
+    frozenset(f.name for f in fields(EgressPathConfig)) - IMPLEMENTED_OPTIONS - WARNED_OPTIONS
+)
+
+assert IMPLEMENTED_OPTIONS <= {f.name for f in fields(EgressPathConfig)}, "stale support table"
+
+_DEFAULTS = EgressPathConfig()
+_WARNINGS = {
+    "enable_mta_sts": "MTA-STS is not implemented yet; mail to this path is delivered "
+    "without MTA-STS policy checks",
+    "enable_dane": "DANE is not implemented yet; mail to this path is delivered "
+    "without DANE (TLSA) checks",
+}
+
+
+def _not_supported(name: str, where: str) -> ConfigError:
+    return ConfigError(f'{where} key "{name}": not supported by Nimbus')
+
+
+def egress_option_warning(name: str, parsed: Any) -> str | None:
+    """The warning to log once at load for a WARNED option set to true, else None."""
+    if name in WARNED_OPTIONS and parsed is True:
+        return _WARNINGS[name]
+    return None
+
 
 def _unknown(name: str, where: str) -> ConfigError:
     close = difflib.get_close_matches(name, sorted(EGRESS_OPTION_NAMES), n=1)
@@ -233,15 +324,19 @@ def parse_egress_option(name: str, value: Any, *, where: str) -> Any:
     value: the TOML value (``"local:5"``, ``"100/min"``, ``"60s"``, ...).
     where: ``file: [table]`` for the error message.
     Returns the parsed value (a LimitSpec for ``connection_limit``). Raises ConfigError
-    naming ``where`` and the key, for an unknown key or a bad value.
+    naming ``where`` and the key, for an unknown key, a bad value, or a REFUSED option
+    set to anything but its default ("not supported by Nimbus").
     """
     parse = _PARSERS.get(name)
     if parse is None:
         raise _unknown(name, where)
     try:
-        return parse(value)
+        parsed = parse(value)
     except ValueError as exc:
         raise ConfigError(f"{where} {name}: {exc}") from None
+    if name in REFUSED_OPTIONS and parsed != getattr(_DEFAULTS, name):
+        raise _not_supported(name, where)
+    return parsed
 
 
 def parse_egress_options(options: Mapping[str, Any], *, where: str) -> dict[str, Any]:
@@ -272,3 +367,21 @@ def egress_path_from_options(options: Mapping[str, Any], *, where: str) -> Egres
     Raises ConfigError naming ``where`` and the key for an unknown key or a bad value.
     """
     return apply_egress_options(parse_egress_options(options, where=where))
+
+
+def check_egress_path(config: EgressPathConfig, *, where: str) -> list[str]:
+    """Check a policy-built EgressPathConfig against the support table.
+
+    where: names the policy answer, e.g. ``get_egress_path_config(example.com, ...)``.
+    Returns the warnings to log (a WARNED option that differs from its default: the
+    default ``enable_mta_sts = true`` cannot be told from an explicit one here).
+    Raises ConfigError for a REFUSED field that differs from its default.
+    """
+    for name in sorted(REFUSED_OPTIONS):
+        if getattr(config, name) != getattr(_DEFAULTS, name):
+            raise _not_supported(name, where)
+    return [
+        f"{where} key {name!r}: {_WARNINGS[name]}"
+        for name in sorted(WARNED_OPTIONS)
+        if getattr(config, name) != getattr(_DEFAULTS, name) and getattr(config, name)
+    ]

@@ -44,6 +44,7 @@ class PolicyApi:
     EgressSource = egress.EgressSource
     EgressPool = egress.EgressPool
     TlsMode = egress.TlsMode
+    KeySource = egress.KeySource
     ListenerDomain = _ListenerDomain
 
     def __init__(self, registry: Registry, policy_dir: Path, services: Any = None) -> None:

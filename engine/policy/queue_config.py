@@ -20,6 +20,10 @@ Options follow ``kumo.make_queue_config`` (crates/kumod/src/queue/config.rs,
 keys that tune only its internal data structures (``strategy``,
 ``timerwheel_tick_interval``, ``refresh_strategy``, ``shrink_policy``) and other
 protocols are refused with "not supported by nimbus yet" rather than ignored.
+Fields parsed but not acted on (REFUSED_QUEUE_FIELDS: ``max_message_rate``,
+``provider_name``, ``reap_interval``) are refused with ``key "<name>": not supported
+by Nimbus`` unless they hold their default, from TOML and from policy answers
+(``check_queue_config``). ``refresh_interval`` is how long routing caches the answer.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ __all__ = [
     "QueueConfig",
     "QUEUE_OPTION_NAMES",
     "queue_config_from_options",
+    "check_queue_config",
+    "REFUSED_QUEUE_FIELDS",
     "retry_delay",
     "next_attempt",
 ]
@@ -146,6 +152,20 @@ _UNSUPPORTED = frozenset(
     {"strategy", "timerwheel_tick_interval", "refresh_strategy", "shrink_policy"}
 )
 QUEUE_OPTION_NAMES: frozenset[str] = frozenset(_OPTIONS) | _UNSUPPORTED
+REFUSED_QUEUE_FIELDS: frozenset[str] = frozenset(
+    {"max_message_rate", "provider_name", "reap_interval"}
+)
+"""Parsed for KumoMTA compatibility but read nowhere: only their defaults are accepted
+(the scheduled queue is one heap, so there is nothing to reap; no scheduled->ready rate
+or queue-level provider yet)."""
+_DEFAULT = QueueConfig()
+
+
+def check_queue_config(cfg: QueueConfig, *, where: str) -> None:
+    """Raise ConfigError for a REFUSED_QUEUE_FIELDS field that is not its default."""
+    for name in sorted(REFUSED_QUEUE_FIELDS):
+        if getattr(cfg, name) != getattr(_DEFAULT, name):
+            raise ConfigError(f'{where} key "{name}": not supported by Nimbus')
 
 
 def queue_config_from_options(options: Mapping[str, Any], *, where: str) -> QueueConfig:
@@ -169,4 +189,6 @@ def queue_config_from_options(options: Mapping[str, Any], *, where: str) -> Queu
             changes[field_name] = convert(value)
         except ValueError as exc:
             raise ConfigError(f"{where} {key}: {exc}") from None
-    return QueueConfig(**changes)
+    cfg = QueueConfig(**changes)
+    check_queue_config(cfg, where=where)
+    return cfg

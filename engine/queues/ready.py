@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.config.settings import Settings
+from engine.delivery.broken_tls import BrokenTlsHosts, open_connection
 from engine.delivery.client import ConnectionLost, DeliveryError, SmtpClientConnection
-from engine.delivery.mx import HostResolutionError, MxResolver
+from engine.delivery.mx import HostResolutionError, MxResolver, order_addresses
 from engine.policy.egress import EgressPathConfig, EgressSource, is_prohibited
 from engine.policy.events import PolicyFailure, Registry, Rejected
 from engine.queues.controls import Controls
@@ -83,6 +84,7 @@ class ReadyQueue:
         policy: Callable[[], Registry] = Registry,
         controls: Controls | None = None,
         gate: Any = None,
+        broken_tls: BrokenTlsHosts | None = None,
     ) -> None:
         self.name = name
         self.site = site
@@ -99,6 +101,7 @@ class ReadyQueue:
         self._policy = policy
         self._controls = controls
         self._gate = gate
+        self._broken_tls = broken_tls or BrokenTlsHosts()
         self.states: dict[str, dict[str, str]] = {}
         """Why this queue is waiting (KumoMTA's ready-q-states): state -> {context, since}."""
         self.queue: deque[Message] = deque()
@@ -205,6 +208,7 @@ class ReadyQueue:
         last = Response.parse(451, f"4.4.0 no usable hosts for {self.site}")
         permanent = True
         allow_loopback = self.explicit or self._settings.delivery.allow_loopback_mx
+        path, plan = self.path, 0
         for target in self.targets:
             try:
                 addresses = await self._addresses(target.host)
@@ -212,15 +216,25 @@ class ReadyQueue:
                 last = Response.parse(exc.code, f"{exc.enhanced} {exc}")
                 permanent &= not exc.transient
                 continue
-            for address in addresses:
-                if not allow_loopback and is_prohibited(address, self.path.prohibited_hosts):
+            ordered = order_addresses(
+                addresses, path.ip_lookup_strategy, path.max_mx_addresses_per_host
+            )
+            for address in ordered:
+                if not allow_loopback and is_prohibited(address, path.prohibited_hosts):
                     last = Response.parse(
                         550, f"5.4.4 {target.host} resolves to prohibited address {address}"
                     )
                     continue
                 permanent = False
+                if path.skip_hosts and is_prohibited(address, path.skip_hosts):
+                    last = Response.parse(451, f"4.4.4 {target.host} [{address}] is in skip_hosts")
+                    continue  # not an error while other hosts remain (KumoMTA)
+                if plan >= path.max_mx_plan_size:
+                    raise NoTargetAvailable(last, permanent=permanent)
+                plan += 1
                 try:
-                    return await SmtpClientConnection.open(
+                    return await open_connection(
+                        self._broken_tls,
                         host_name=target.host,
                         address=address,
                         port=target.port,

@@ -22,13 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from engine.config.settings import Settings
+from engine.config.settings import ConfigError, Settings
 from engine.config.units import parse_hostport
+from engine.delivery.broken_tls import BrokenTlsHosts
 from engine.delivery.mx import MxError, MxResolver
 from engine.policy.egress import DEFAULT_POOL, EgressPathConfig, EgressPool, EgressSource
-from engine.policy.egress_options import apply_egress_options
+from engine.policy.egress_options import apply_egress_options, check_egress_path
 from engine.policy.events import PolicyFailure, Registry
-from engine.policy.queue_config import QueueConfig
+from engine.policy.queue_config import QueueConfig, check_queue_config
 from engine.queues.controls import Controls
 from engine.queues.naming import QueueName, ready_queue_name
 from engine.queues.outcomes import Attempt, Outcomes
@@ -152,6 +153,8 @@ class Router:
         self._tasks: set[asyncio.Task] = set()
         self._queue_configs: dict[str, tuple[float, QueueConfig]] = {}
         self._paths: dict[tuple, tuple[float, EgressPathConfig]] = {}
+        self._warned: set[str] = set()
+        self._broken_tls = BrokenTlsHosts()  # outlives idle ready queues (remember_broken_tls)
         self._pickers: dict[str, tuple[float, SourcePicker]] = {}
         self._sources: dict[str, tuple[float, EgressSource]] = {}
         self.ready: dict[str, ReadyQueue] = {}
@@ -173,10 +176,14 @@ class Router:
                 q.routing_domain,
                 default=QueueConfig(),
             )
-        except PolicyFailure:
+            check_queue_config(cfg, where=f"get_queue_config({queue})")
+        except (PolicyFailure, ConfigError) as exc:
             # Keep using the last good config (or the defaults) rather than stall mail.
+            if isinstance(exc, ConfigError):
+                log.error("policy answer refused", extra={"error": str(exc)})
             return hit[1] if hit else QueueConfig()
-        self._queue_configs[queue] = (time.monotonic() + CONFIG_TTL, cfg)
+        # make_queue_config's refresh_interval: how long this answer is used.
+        self._queue_configs[queue] = (time.monotonic() + cfg.refresh_interval, cfg)
         return cfg
 
     async def _source(self, pool_name: str | None) -> EgressSource | None:
@@ -208,6 +215,16 @@ class Router:
         cfg = await self._policy().dispatch(
             "get_egress_path_config", routing_domain, source, site, default=EgressPathConfig()
         )
+        where = f"get_egress_path_config({routing_domain}, {source}, {site})"
+        try:
+            warnings = check_egress_path(cfg, where=where)
+        except ConfigError as exc:  # an option Nimbus would silently ignore: never deliver
+            log.error("policy answer refused", extra={"error": str(exc)})
+            raise PolicyFailure("get_egress_path_config", str(exc)) from None
+        for text in warnings:
+            if text not in self._warned:  # once per path, not per 60 s cache refresh
+                self._warned.add(text)
+                log.warning("option not implemented", extra={"warning": text})
         self._paths[key] = (time.monotonic() + CONFIG_TTL, cfg)
         return cfg
 
@@ -364,6 +381,7 @@ class Router:
                     policy=self._policy,
                     controls=self._controls,
                     gate=self._gate,
+                    broken_tls=self._broken_tls,
                 )
                 self.ready[name] = ready
             else:

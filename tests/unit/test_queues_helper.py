@@ -31,7 +31,6 @@ retry_interval = "10m"
 
 [queue.'gmail.com']
 max_age = "6h"
-provider_name = "google"
 
 [queue.'gmail.com'.'mytenant']
 egress_pool = "foo"
@@ -110,18 +109,16 @@ def test_queue_config_without_matches_is_default(tmp_path):
     assert helper(tmp_path, "").queue_config("a.com", None, None, None) == QueueConfig()
 
 
-def test_queue_config_carries_provider_and_rate(tmp_path):
-    """provider_name and max_message_rate reach the QueueConfig."""
-    h = helper(
-        tmp_path,
-        """
-        [queue.'gmail.com']
-        provider_name = "google"
-        max_message_rate = "100/min"
-    """,
+@pytest.mark.parametrize("line", ['provider_name = "google"', 'max_message_rate = "100/min"'])
+def test_queue_options_nimbus_does_not_act_on_are_refused(tmp_path, line):
+    """provider_name and max_message_rate are parsed but read nowhere, so queues.toml
+    refuses them with file, table and key rather than ignoring them."""
+    key = line.split()[0]
+    with pytest.raises(ConfigError) as info:
+        helper(tmp_path, f"[queue.'gmail.com']\n{line}\n")
+    assert str(info.value).endswith(
+        f"queues.toml: [queue.'gmail.com'] key \"{key}\": not supported by Nimbus"
     )
-    cfg = h.queue_config("gmail.com", None, None, None)
-    assert (cfg.provider_name, cfg.max_message_rate) == ("google", "100/min")
 
 
 def test_routing_domain_most_specific_wins(tmp_path):
@@ -152,18 +149,12 @@ def test_routing_domain_most_specific_wins(tmp_path):
         ({"max_age": 60}, "max_age", 60.0),
         ({"egress_pool": "p"}, "egress_pool", "p"),
         (
-            {"max_message_rate": "local:1_000/h,max_burst=10"},
-            "max_message_rate",
-            "local:1_000/h,max_burst=10",
-        ),
-        (
             {"protocol": {"smtp": {"mx_list": ["mx.example:2525", "b"]}}},
             "mx_list",
             ("mx.example:2525", "b"),
         ),
         ({"protocol": {"smtp": {"mx_list": []}}}, "mx_list", None),
-        ({"provider_name": "google"}, "provider_name", "google"),
-        ({"reap_interval": "1m"}, "reap_interval", 60.0),
+        ({"reap_interval": "10m"}, "reap_interval", 600.0),  # the default: changes nothing
         ({"refresh_interval": "5s"}, "refresh_interval", 5.0),
     ],
 )
@@ -175,6 +166,9 @@ def test_queue_config_from_options_sets_field(options, field, value):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
+        ({"max_message_rate": "1_000/h"}, 'f: [q] key "max_message_rate": not supported by Nimbus'),
+        ({"provider_name": "google"}, 'f: [q] key "provider_name": not supported by Nimbus'),
+        ({"reap_interval": "1m"}, 'f: [q] key "reap_interval": not supported by Nimbus'),
         ({"max_agee": "1d"}, "f: [q] max_agee: unknown queue option"),
         ({"strategy": "TimerWheel"}, "f: [q] strategy: not supported by nimbus yet"),
         ({"max_age": "soon"}, "f: [q] max_age: "),
@@ -357,21 +351,20 @@ def test_bad_scheduling_header_rejected(tmp_path):
     assert str(err.value.response).startswith("500 5.6.0 invalid X-Schedule header: not JSON")
 
 
-def test_overall_max_message_rates(tmp_path):
-    """Tenant and campaign overall rates come back with KumoMTA's throttle names."""
-    h = helper(
-        tmp_path,
-        """
-        [tenant.'t']
-        overall_max_message_rate = "1000/h"
-        [tenant.'t'.'c']
-        overall_max_message_rate = "10/min"
-    """,
-    )
-    assert h.overall_max_message_rates("t", "c") == (
-        ("queue-helper-tenant-overall_max_message_rate-t", "1000/h"),
-        ("queue-helper-tenant-campaign-overall_max_message_rate-t-c", "10/min"),
-    )
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[tenant.'t']\noverall_max_message_rate = \"1000/h\"\n",
+        "[tenant.'t']\n[tenant.'t'.'c']\noverall_max_message_rate = \"10/min\"\n",
+    ],
+)
+def test_overall_max_message_rate_is_refused(tmp_path, text):
+    """Nothing applies tenant/campaign overall rates before the ready queue yet, so the
+    key is refused (file, table, key) rather than parsed and ignored."""
+    with pytest.raises(
+        ConfigError, match='key "overall_max_message_rate": not supported by Nimbus'
+    ):
+        helper(tmp_path, text)
 
 
 # -- load errors ----------------------------------------------------------------------
@@ -408,10 +401,6 @@ def test_overall_max_message_rates(tmp_path):
         (
             "[tenant.'t']\nrequire_authz = 'scott'\n",
             "queues.toml: [tenant.t] require_authz: expected a list",
-        ),
-        (
-            "[tenant.'t']\noverall_max_message_rate = 'lots'\n",
-            "queues.toml: [tenant.t] overall_max_message_rate: invalid throttle",
         ),
         (
             "[tenant.'t'.'c']\nmax_age = '1d'\n",

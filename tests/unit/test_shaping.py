@@ -92,7 +92,6 @@ def path_for(
         ({"data_timeout": "2 minutes"}, "data_timeout", 120.0),
         ({"connect_timeout": 15}, "connect_timeout", 15.0),
         ({"remember_broken_tls": "3 days"}, "remember_broken_tls", 259200.0),
-        ({"system_shutdown_timeout": "90s"}, "system_shutdown_timeout", 90.0),
         ({"max_deliveries_per_connection": "1_000"}, "max_deliveries_per_connection", 1000),
         ({"enable_dane": True}, "enable_dane", True),
         ({"prohibited_hosts": ["10.0.0.0/8", "::1"]}, "prohibited_hosts", ("10.0.0.0/8", "::1")),
@@ -102,7 +101,11 @@ def path_for(
             "smtp_auth_plain_password",
             KeySource(key_data="pw"),
         ),
-        ({"tls_certificate": "/etc/cert.pem"}, "tls_certificate", KeySource(path="/etc/cert.pem")),
+        (
+            {"smtp_auth_plain_password": "/etc/pw"},
+            "smtp_auth_plain_password",
+            KeySource(path="/etc/pw"),
+        ),
         ({"smtp_port": 2525}, "smtp_port", 2525),
     ],
 )
@@ -459,7 +462,7 @@ def test_merge_additional_maps_key_by_key(load, key):
 def test_merge_non_additional_table_replaced(load):
     """Other table-valued options (a key source) are replaced whole, not merged."""
     shaping = load(
-        '["default"]\nsmtp_auth_plain_password = {vault_mount = "m", vault_path = "p"}\n',
+        '["default"]\nsmtp_auth_plain_password = "/run/secrets/pw"\n',
         '["default"]\nsmtp_auth_plain_password = {key_data = "k"}\n',
     )
     assert path_for(shaping).config.smtp_auth_plain_password == KeySource(key_data="k")

@@ -7,7 +7,6 @@ Exports:
     QueueHelper.apply(msg) -> None                           reception: headers -> meta
     QueueHelper.queue_config(domain, tenant, campaign, routing_domain) -> QueueConfig
     QueueHelper.routing_domain(domain, tenant, campaign) -> str | None
-    QueueHelper.overall_max_message_rates(tenant, campaign) -> tuple[(name, spec), ...]
     QueueHelper.egress_pools() -> frozenset[str]             pools named anywhere (to validate)
     TenantBlock, QueueBlock       the parsed ``[tenant.*]`` and ``[queue.*]`` tables
     merge_queue_options(layers) -> dict                      later layers win, key by key (pure)
@@ -36,7 +35,9 @@ tenant, domain+tenant, campaign. Domain keys match case-insensitively; a
 
 Where KumoMTA would silently ignore a key (nested tables under ``[queue.default]``,
 queue options under ``[tenant.'t'.'c']``, ``overall_max_message_rate`` in
-``[queue.*]``) we refuse it instead.
+``[queue.*]``) we refuse it instead. ``overall_max_message_rate`` in ``[tenant.*]``
+is refused too (``key "overall_max_message_rate": not supported by Nimbus``): nothing
+applies a rate between the scheduled and ready queues yet.
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ from pathlib import Path
 from typing import Any
 
 from engine.config.settings import ConfigError
-from engine.config.throttle_spec import ThrottleSpec
 from engine.policy.events import reject
 from engine.policy.helpers import load_document, table_name
 from engine.policy.queue_config import QUEUE_OPTION_NAMES, QueueConfig, queue_config_from_options
@@ -334,34 +334,6 @@ class QueueHelper:
                 found = layer.routing_domain
         return found
 
-    def overall_max_message_rates(
-        self, tenant: str | None, campaign: str | None
-    ) -> tuple[tuple[str, str], ...]:
-        """(throttle name, ThrottleSpec) pairs to check before the ready queue.
-
-        Names are KumoMTA's. KumoMTA applies the tenant's spec under the campaign
-        throttle's name (a bug); we apply the campaign's own spec.
-        """
-        block = self.tenants.get(tenant) if tenant is not None else None
-        if block is None:
-            return ()
-        out = []
-        if block.overall_max_message_rate is not None:
-            out.append(
-                (
-                    f"queue-helper-tenant-overall_max_message_rate-{tenant}",
-                    block.overall_max_message_rate,
-                )
-            )
-        if campaign is not None and campaign in block.campaign_rates:
-            out.append(
-                (
-                    f"queue-helper-tenant-campaign-overall_max_message_rate-{tenant}-{campaign}",
-                    block.campaign_rates[campaign],
-                )
-            )
-        return tuple(out)
-
     def egress_pools(self) -> frozenset[str]:
         """Every ``egress_pool`` named in the file (check them against sources.toml)."""
         found: set[str] = set()
@@ -391,14 +363,6 @@ def _table(value: Any, path: str, parts: tuple[str, ...]) -> Mapping[str, Any]:
     return value
 
 
-def _rate(value: Any, where: str, key: str) -> str:
-    try:
-        ThrottleSpec.parse(value if isinstance(value, str) else repr(value))
-    except ValueError as exc:
-        raise ConfigError(f"{where} {key}: {exc}") from None
-    return value
-
-
 def _parse_tenant(body: Mapping[str, Any], path: str, name: str) -> TenantBlock:
     where = f"{path}: [{table_name('tenant', name)}]"
     options: dict[str, Any] = {}
@@ -412,7 +376,7 @@ def _parse_tenant(body: Mapping[str, Any], path: str, name: str) -> TenantBlock:
                 raise ConfigError(f"{where} {key}: expected a list of identities, got {value!r}")
             kw[key] = tuple(value)
         elif key == "overall_max_message_rate":
-            kw[key] = _rate(value, where, key)
+            raise ConfigError(f'{where} key "{key}": not supported by Nimbus')
         elif isinstance(value, Mapping):
             campaigns[key] = _parse_tenant_campaign(value, path, name, key)
         else:
@@ -432,9 +396,8 @@ def _parse_tenant_campaign(body: Mapping[str, Any], path: str, tenant: str, name
                 f"{where} {key}: only overall_max_message_rate is used here; put "
                 f"queue options in [{table_name('queue', '<domain>', tenant, name)}]"
             )
-    if "overall_max_message_rate" not in body:
-        raise ConfigError(f"{where} overall_max_message_rate: missing")
-    return _rate(body["overall_max_message_rate"], where, "overall_max_message_rate")
+    # Nothing applies the rate before the ready queue yet: refuse rather than ignore.
+    raise ConfigError(f'{where} key "overall_max_message_rate": not supported by Nimbus')
 
 
 def _parse_queue(body: Mapping[str, Any], path: str, parts: tuple[str, ...]) -> QueueBlock:
