@@ -273,17 +273,17 @@ class ReadyQueue:
         self.set_state("message_rate_throttled", None)
         return True
 
-    async def _session(self) -> tuple[SmtpConnection | None, Ticket | None, bool]:
-        """A lease and a session: (conn, ticket, go_on); go_on False ends the task."""
+    async def _session(self) -> tuple[SmtpConnection, Ticket | None] | None:
+        """A lease and a session, or None: this task ends (nothing to do, or no host)."""
         while True:
             if not self.queue or self._stopping:
-                return None, None, False
+                return None
             slot = await self._slot()
             if isinstance(slot, float):
                 step = after_lease_refused(wait=slot, established=self._established)
                 self._hold_off(step.hold_off)
                 if step.sleep is None:
-                    return None, None, False  # the open connections drain the queue
+                    return None  # the open connections drain the queue
                 await asyncio.sleep(step.sleep)
                 continue
             try:
@@ -298,9 +298,9 @@ class ReadyQueue:
                     await self._parts.gate.close(slot)
                 self._hold_off(CONNECT_BACKOFF)
                 await self._fail_waiting(exc)
-                return None, None, False
+                return None
             self._established += 1
-            return conn, slot, True
+            return conn, slot
 
     async def _connection(self) -> None:
         conn: SmtpConnection | None = None
@@ -309,10 +309,10 @@ class ReadyQueue:
         try:
             while True:
                 if conn is None:
-                    conn, ticket, go_on = await self._session()
-                    if not go_on:
+                    session = await self._session()
+                    if session is None:
                         return
-                    assert conn is not None
+                    conn, ticket = session
                 msg = await self._next(self.path.idle_timeout)
                 if msg is None:
                     return
@@ -340,7 +340,7 @@ class ReadyQueue:
                 await asyncio.shield(conn.close())
             if ticket is not None:
                 await asyncio.shield(gate.close(ticket))
-            self._conns.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._conns.discard(asyncio.current_task())
             if self.queue and not self._stopping:
                 self._maybe_spawn()
             if not self._conns:
