@@ -30,6 +30,7 @@ from engine.admin.ops import AdminOps
 from engine.admin.state import AdminApi, AdminState
 from engine.config.settings import ConfigError, Settings
 from engine.config.units import parse_hostport
+from engine.delivery.connector import SmtpClientConnector
 from engine.delivery.mx import MxResolver
 from engine.dkim.service import DkimService
 from engine.logs.hooks.publisher import LogHookPublisher
@@ -118,6 +119,7 @@ class Node:
             settings=settings,
             policy=self.policy,
             resolver=self.resolver,
+            connector=SmtpClientConnector(hostname=settings.effective_hostname),
             spool=self.spool,
             outcomes=self.outcomes,
             controls=self.controls,

@@ -1,120 +1,153 @@
 """Ready queues: messages due now for one egress source -> MX site, and their connections.
 
 Exports:
-    Target        a host to try (MX name or configured host) and port
-    ReadyQueue    enqueue / connection tasks / drain
+    DeliveryParts   the node's parts a queue uses: connector, resolver, spool, outcomes, ...
+    ReadyQueue      enqueue / connection tasks / drain (its route: ``queues.connect``)
 
-A ready queue opens connections on demand, up to the path's ``connection_limit``
-and never more than there are messages waiting. Each connection tries the targets
-in order (next host on connect failure, RFC 5321 §5.1), then delivers messages one
-by one, reusing the session up to ``max_deliveries_per_connection``, and closes
-after ``idle_timeout`` without work. A message arriving while a connection is idle
-is handed to it directly. When no target can be reached and no other connection
-is delivering, every waiting message gets a TransientFailure and is rescheduled.
+The feedback loop (each decision is a pure function of ``queues/decisions.py``)::
+
+    enqueue(msg):
+        a connection idle-waiting for work takes msg directly; else append it
+        (queue at path.max_ready: refuse, the router delays it)
+        start connections_to_open(waiting, connecting, established,
+                                  connection_limit, holding_off, stopping) tasks
+
+    connection task, until it ends:
+        if it has no session:
+            end if nothing waits or the queue is stopping
+            lease = gate.open(path)                  # shared connection_limit, rates
+            refused(wait): step = after_lease_refused(wait, established)
+                           hold off step.hold_off; end if step.sleep is None
+                           else sleep step.sleep and ask again
+            open_session (queues/connect.py): each target, each of its addresses
+                (RFC 5321 §5.1, MX order); skip prohibited addresses (550 5.4.4);
+                connector.connect -> session, or a connect/TLS failure: the next one
+            none reached: hold off CONNECT_BACKOFF
+                fate = after_no_target(established,
+                                       no_target_is_permanent(tried_address, dns_transient))
+                KEEP_WAITING (another session drains the queue) / every waiting message
+                gets TRANSIENT or BOUNCE; end
+        suspended: give every waiting message back for hold_delay(expires, now); end
+        msg = next waiting message, or wait up to path.idle_timeout; none: end (idle close)
+        rate_wait_fate(wait, idle_timeout, stopping): wait for the token here, or
+            GIVE_BACK the message to its scheduled queue for that long
+        reply = session.send(msg)              # lost session: synthetic 4xx, lost=True
+        failure reply: smtp_client_rewrite_delivery_status may change its code
+        apply reply_fate(reply, lost) to msg: DELIVERED / TRANSIENT / BOUNCE
+        retires_connection(reply, lost, usable, deliveries,
+                           max_deliveries_per_connection, lease_kept): QUIT, release lease
+    on exit: QUIT and release whatever is held; start connections again if messages
+    wait; with no connection and nothing waiting, tell the router (on_idle)
+
+A changed path (policy reload, TSA override) closes idle connections so the next
+message opens one under the new settings; a delivery in progress finishes first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import ipaddress
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from engine.config.settings import Settings
-from engine.delivery.broken_tls import BrokenTlsHosts, open_connection
-from engine.delivery.client import ConnectionLost, DeliveryError, SmtpClientConnection
-from engine.delivery.mx import HostResolutionError, MxResolver, order_addresses
-from engine.policy.egress import EgressPathConfig, EgressSource, is_prohibited
-from engine.policy.events import PolicyFailure, Registry, Rejected
+from engine.delivery.client import ConnectionLost
+from engine.delivery.ports import Resolver, SmtpConnection, SmtpConnector
+from engine.policy.egress import EgressPathConfig, EgressSource
+from engine.policy.events import Registry
+from engine.queues.connect import NoTargetAvailable, ReadyRoute, Target, open_session
 from engine.queues.controls import Controls
-from engine.queues.naming import QueueName
+from engine.queues.decisions import (
+    CONNECT_BACKOFF,
+    Fate,
+    after_lease_refused,
+    after_no_target,
+    connections_to_open,
+    hold_delay,
+    rate_wait_fate,
+    reply_fate,
+    retires_connection,
+)
 from engine.queues.outcomes import Attempt, Outcomes
+from engine.queues.rewrite import rewrite_delivery_status
 from engine.records import Message, Response, rfc3339
 from engine.shaping.gate import Ticket
-from engine.storage.spool import Spool
 
-__all__ = ["Target", "ReadyQueue", "NoTargetAvailable"]
+__all__ = ["DeliveryParts", "ReadyQueue"]
 
 log = logging.getLogger("nimbus.ready")
 
-CONNECT_BACKOFF = 5.0
-MAX_SLOT_WAIT = 3.0
-"""Longest single wait for a connection slot before asking the gate again."""
-"""After a failed connect, no extra connections for this long while others deliver."""
+
+class MessageData(Protocol):
+    """Where message bodies are read from (the spool)."""
+
+    async def load_data(self, id: str) -> bytes | None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    host: str
-    port: int
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryParts:
+    """The node's shared parts, the same for every ready queue.
 
+    connector / resolver: the network seams (``delivery.ports``). spool: message bodies.
+    outcomes: applies dispositions. policy: the current Registry. controls: admin and
+    TSA holds. gate: connection leases and rates (None: only the local limit).
+    allow_loopback_mx: ``delivery.allow_loopback_mx``: DNS answers may be loopback.
+    """
 
-class NoTargetAvailable(Exception):
-    """Every target failed; ``response`` says why (the last failure)."""
-
-    def __init__(self, response: Response, permanent: bool = False) -> None:
-        super().__init__(str(response))
-        self.response = response
-        self.permanent = permanent
+    connector: SmtpConnector
+    resolver: Resolver
+    spool: MessageData
+    outcomes: Outcomes
+    policy: Callable[[], Registry] = Registry
+    controls: Controls | None = None
+    gate: Any = None
+    allow_loopback_mx: bool = False
 
 
 class ReadyQueue:
-    """One ``source->site@smtp_client`` queue and its connections."""
+    """One ``source->site@smtp_client`` queue and its connections.
+
+    on_idle: called when the queue has neither messages nor connections (the router
+    forgets it).
+    """
 
     def __init__(
-        self,
-        *,
-        name: str,
-        site: str,
-        targets: tuple[Target, ...],
-        explicit: bool,
-        source: EgressSource,
-        pool: str,
-        path: EgressPathConfig,
-        settings: Settings,
-        resolver: MxResolver,
-        spool: Spool,
-        outcomes: Outcomes,
-        on_idle: Callable[[ReadyQueue], None],
-        policy: Callable[[], Registry] = Registry,
-        controls: Controls | None = None,
-        gate: Any = None,
-        broken_tls: BrokenTlsHosts | None = None,
+        self, route: ReadyRoute, parts: DeliveryParts, on_idle: Callable[[ReadyQueue], None]
     ) -> None:
-        self.name = name
-        self.site = site
-        self.targets = targets
-        self.explicit = explicit
-        self.source = source
-        self.pool = pool
-        self.path = path
-        self._settings = settings
-        self._resolver = resolver
-        self._spool = spool
-        self._outcomes = outcomes
+        self.route = route
+        self._parts = parts
         self._on_idle = on_idle
-        self._policy = policy
-        self._controls = controls
-        self._gate = gate
-        self._broken_tls = broken_tls or BrokenTlsHosts()
         self.states: dict[str, dict[str, str]] = {}
         """Why this queue is waiting (KumoMTA's ready-q-states): state -> {context, since}."""
         self.queue: deque[Message] = deque()
-        self._waiters: deque[asyncio.Future[Message]] = deque()
+        self._waiters: deque[asyncio.Future[Message | None]] = deque()
         self._conns: set[asyncio.Task] = set()
         self._established = 0
-        self._backoff_until = 0.0
-        self._slot_retry_at = 0.0  # a shared connection slot was refused until then
+        self._hold_off_until = 0.0  # monotonic: no extra connections before then
         self._stopping = False
         self._idle = asyncio.Event()
         self._idle.set()
 
     # -- state -------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.route.name
+
+    @property
+    def site(self) -> str:
+        return self.route.site
+
+    @property
+    def source(self) -> EgressSource:
+        return self.route.source
+
+    @property
+    def path(self) -> EgressPathConfig:
+        return self.route.path
 
     @property
     def connections(self) -> int:
@@ -128,12 +161,8 @@ class ReadyQueue:
         """Adopt a changed path config (policy reload, TSA override). Idle connections
         close so the next message opens one under the new settings (e.g. TLS Required);
         a delivery in progress finishes on its connection."""
-        self.path = path
-        self.targets = targets
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_result(None)  # type: ignore[arg-type]  # "close, no work"
-        self._waiters.clear()
+        self.route = dataclasses.replace(self.route, path=path, targets=targets)
+        self._release_waiters()
 
     def enqueue(self, msg: Message) -> bool:
         """Add a due message; False when the queue is full (caller delays it)."""
@@ -149,24 +178,22 @@ class ReadyQueue:
         return True
 
     def _maybe_spawn(self) -> None:
-        """Open connections while messages outnumber connections still connecting."""
-        if self._stopping:
-            return
-        if self._established and time.monotonic() < max(self._backoff_until, self._slot_retry_at):
-            # A host refused us, or the cluster's connection limit is full: the open
-            # connections drain the queue; asking again at once would spin.
-            return
-        while len(self._conns) < self.path.connection_limit and len(
-            self._conns
-        ) - self._established < len(self.queue):
+        count = connections_to_open(
+            waiting=len(self.queue),
+            connecting=len(self._conns) - self._established,
+            established=self._established,
+            connection_limit=self.path.connection_limit,
+            holding_off=time.monotonic() < self._hold_off_until,
+            stopping=self._stopping,
+        )
+        for _ in range(count):
+            # Owned: kept in self._conns until it ends; drain waits for or cancels it.
             task = asyncio.create_task(self._connection(), name=f"conn:{self.name}")
             self._conns.add(task)
             self._idle.clear()
 
-    def _suspension(self) -> Any:
-        if self._controls is None:
-            return None
-        return self._controls.ready_suspended(self.name, self.source.name, self.site, time.time())
+    def _hold_off(self, seconds: float) -> None:
+        self._hold_off_until = max(self._hold_off_until, time.monotonic() + seconds)
 
     def set_state(self, state: str, context: str | None) -> None:
         """Record (or clear, with None) why this queue is waiting: ready-q-states."""
@@ -175,23 +202,35 @@ class ReadyQueue:
         elif state not in self.states:
             self.states[state] = {"context": context, "since": rfc3339(time.time())}
 
-    def _hold_all(self, hold: Any) -> None:
-        """Suspended: everything waiting goes back to its scheduled queue until the end."""
-        delay = max(1.0, hold.expires - time.time())
+    def _release_waiters(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)  # "close, no work"
+        self._waiters.clear()
+
+    def _held(self) -> bool:
+        """Suspended (admin or TSA): everything waiting goes back until the end."""
+        controls = self._parts.controls
+        now = time.time()
+        hold = (
+            None
+            if controls is None
+            else controls.ready_suspended(self.name, self.source.name, self.site, now)
+        )
+        self.set_state("suspended", hold.reason if hold else None)
+        if hold is None:
+            return False
+        delay = hold_delay(expires=hold.expires, now=now)
         while self.queue:
-            self._outcomes.delay(self.queue.popleft(), delay)
+            self._parts.outcomes.delay(self.queue.popleft(), delay)
+        return True
 
     async def _next(self, timeout: float) -> Message | None:
-        if self._stopping:
+        if self._stopping or self._held():
             return None  # draining: the rest stays spooled for the next start
-        hold = self._suspension()
-        self.set_state("suspended", hold.reason if hold else None)
-        if hold is not None:
-            self._hold_all(hold)
-            return None
         if self.queue:
             return self.queue.popleft()
-        waiter: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Message | None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
             async with asyncio.timeout(timeout):
@@ -203,74 +242,12 @@ class ReadyQueue:
 
     # -- connections ---------------------------------------------------------------
 
-    async def _open(self) -> SmtpClientConnection:
-        """Try each target in order; raise NoTargetAvailable with the last failure."""
-        last = Response.parse(451, f"4.4.0 no usable hosts for {self.site}")
-        permanent = True
-        allow_loopback = self.explicit or self._settings.delivery.allow_loopback_mx
-        path, plan = self.path, 0
-        for target in self.targets:
-            try:
-                addresses = await self._addresses(target.host)
-            except HostResolutionError as exc:
-                last = Response.parse(exc.code, f"{exc.enhanced} {exc}")
-                permanent &= not exc.transient
-                continue
-            ordered = order_addresses(
-                addresses, path.ip_lookup_strategy, path.max_mx_addresses_per_host
-            )
-            for address in ordered:
-                if not allow_loopback and is_prohibited(address, path.prohibited_hosts):
-                    last = Response.parse(
-                        550, f"5.4.4 {target.host} resolves to prohibited address {address}"
-                    )
-                    continue
-                permanent = False
-                if path.skip_hosts and is_prohibited(address, path.skip_hosts):
-                    last = Response.parse(451, f"4.4.4 {target.host} [{address}] is in skip_hosts")
-                    continue  # not an error while other hosts remain (KumoMTA)
-                if plan >= path.max_mx_plan_size:
-                    raise NoTargetAvailable(last, permanent=permanent)
-                plan += 1
-                try:
-                    return await open_connection(
-                        self._broken_tls,
-                        host_name=target.host,
-                        address=address,
-                        port=target.port,
-                        path=self.path,
-                        source=self.source,
-                        ehlo_domain=(
-                            self.path.ehlo_domain
-                            or self.source.ehlo_domain
-                            or self._settings.effective_hostname
-                        ),
-                    )
-                except DeliveryError as exc:
-                    last = exc.response
-                    log.info(
-                        "connect failed",
-                        extra={
-                            "ready_queue": self.name,
-                            "host": target.host,
-                            "address": address,
-                            "response": str(exc.response),
-                        },
-                    )
-        raise NoTargetAvailable(last, permanent=permanent)
-
-    async def _addresses(self, host: str) -> list[str]:
-        """An IP literal (sink, mx_list) is its own address; names go to DNS."""
-        try:
-            return [str(ipaddress.ip_address(host.strip("[]")))]
-        except ValueError:
-            return await self._resolver.resolve_addresses(host)
-
     async def _slot(self) -> Ticket | None | float:
         """Connection leases from the gate: a Ticket, None (no gate), or seconds to wait."""
-        if self._gate is None:
+        gate = self._parts.gate
+        if gate is None:
             return None
-        got = await self._gate.open(self.path, self.name)
+        got = await gate.open(self.path, self.name)
         if isinstance(got, Ticket):
             self.set_state("connection_limited", None)
             return got
@@ -278,68 +255,92 @@ class ReadyQueue:
         return got
 
     async def _rate_wait(self, msg: Message) -> bool:
-        """Wait for the message-rate buckets; False when the message was delayed instead
-        (a wait longer than idle_timeout goes back to the scheduled queue, as KumoMTA)."""
-        if self._gate is None:
+        """Wait for the message-rate buckets; False when the message was given back."""
+        gate = self._parts.gate
+        if gate is None:
             return True
-        while (wait := await self._gate.message_wait(self.path, self.name)) is not None:
+        while (wait := await gate.message_wait(self.path, self.name)) is not None:
             self.set_state(
                 "message_rate_throttled", f"max_message_rate reached; next token in {wait:.2f}s"
             )
-            if wait > self.path.idle_timeout or self._stopping:
-                self._outcomes.delay(msg, wait)
+            fate = rate_wait_fate(
+                wait=wait, idle_timeout=self.path.idle_timeout, stopping=self._stopping
+            )
+            if fate is Fate.GIVE_BACK:
+                self._parts.outcomes.delay(msg, wait)
                 return False
             await asyncio.sleep(wait)  # only this connection waits; other queues run on
         self.set_state("message_rate_throttled", None)
         return True
 
+    async def _session(self) -> tuple[SmtpConnection, Ticket | None] | None:
+        """A lease and a session, or None: this task ends (nothing to do, or no host)."""
+        while True:
+            if not self.queue or self._stopping:
+                return None
+            slot = await self._slot()
+            if isinstance(slot, float):
+                step = after_lease_refused(wait=slot, established=self._established)
+                self._hold_off(step.hold_off)
+                if step.sleep is None:
+                    return None  # the open connections drain the queue
+                await asyncio.sleep(step.sleep)
+                continue
+            try:
+                conn = await open_session(
+                    self.route,
+                    connector=self._parts.connector,
+                    resolver=self._parts.resolver,
+                    allow_loopback_mx=self._parts.allow_loopback_mx,
+                )
+            except NoTargetAvailable as exc:
+                if slot is not None:
+                    await self._parts.gate.close(slot)
+                self._hold_off(CONNECT_BACKOFF)
+                await self._fail_waiting(exc)
+                return None
+            self._established += 1
+            return conn, slot
+
     async def _connection(self) -> None:
-        conn: SmtpClientConnection | None = None
+        conn: SmtpConnection | None = None
         ticket: Ticket | None = None
+        gate = self._parts.gate
         try:
             while True:
                 if conn is None:
-                    if not self.queue or self._stopping:
+                    session = await self._session()
+                    if session is None:
                         return
-                    slot = await self._slot()
-                    if isinstance(slot, float):
-                        self._slot_retry_at = time.monotonic() + min(slot, MAX_SLOT_WAIT)
-                        if self._established > 0:
-                            return  # the open connections drain the queue
-                        await asyncio.sleep(min(slot, MAX_SLOT_WAIT))
-                        continue
-                    ticket = slot
-                    try:
-                        conn = await self._open()
-                    except NoTargetAvailable as exc:
-                        self._backoff_until = time.monotonic() + CONNECT_BACKOFF
-                        await self._fail_waiting(exc)
-                        return
-                    self._established += 1
+                    conn, ticket = session
                 msg = await self._next(self.path.idle_timeout)
                 if msg is None:
                     return
                 if not await self._rate_wait(msg):
                     continue
-                keep = ticket is None or await self._gate.keep(ticket)
-                if (
-                    not await self._deliver(conn, msg)
-                    or not keep
-                    or (conn.deliveries >= self.path.max_deliveries_per_connection)
+                kept = ticket is None or await gate.keep(ticket)
+                response, lost = await self._deliver(conn, msg)
+                if retires_connection(
+                    response=response,
+                    lost=lost,
+                    usable=conn.is_usable,
+                    deliveries=conn.deliveries,
+                    max_deliveries=self.path.max_deliveries_per_connection,
+                    lease_kept=kept,
                 ):
-                    await conn.close()
                     self._established -= 1
+                    await conn.close()
                     conn = None
                     if ticket is not None:
-                        await self._gate.close(ticket)
+                        await gate.close(ticket)
                         ticket = None
         finally:
             if conn is not None:
                 self._established -= 1
                 await asyncio.shield(conn.close())
             if ticket is not None:
-                await asyncio.shield(self._gate.close(ticket))
-            self._conns.discard(asyncio.current_task())  # type: ignore[arg-type]
+                await asyncio.shield(gate.close(ticket))
+            self._conns.discard(asyncio.current_task())
             if self.queue and not self._stopping:
                 self._maybe_spawn()
             if not self._conns:
@@ -347,84 +348,60 @@ class ReadyQueue:
                 if not self.queue:
                     self._on_idle(self)
 
-    async def _deliver(self, conn: SmtpClientConnection, msg: Message) -> bool:
-        """Send one message; returns False when the connection is no longer usable."""
+    async def _deliver(self, conn: SmtpConnection, msg: Message) -> tuple[Response | None, bool]:
+        """Send one message and apply its fate; returns (reply or None, session lost)."""
         attempt = Attempt(
             site=self.name,
             egress_source=self.source.name,
-            egress_pool=self.pool,
+            egress_pool=self.route.pool,
             peer=conn.peer,
             tls_cipher=conn.tls_cipher,
             tls_protocol_version=conn.tls_protocol_version,
             provider_name=self.path.provider_name,
         )
-        data = await self._spool.load_data(msg.id)
+        data = await self._parts.spool.load_data(msg.id)
         if data is None:
-            return True  # removed while queued (admin bounce); nothing to send
+            return None, False  # removed while queued (admin bounce); nothing to send
+        lost = False
         try:
             response = await conn.send(msg.sender, msg.recipient, data)
         except ConnectionLost as exc:
-            await self._outcomes.transient(msg, exc.response, attempt)
-            return False
+            response, lost = exc.response, True
         except Exception as exc:  # a bug must cost a retry, never the message
             log.exception("delivery failed unexpectedly", extra={"id": msg.id})
-            await self._outcomes.transient(
-                msg, Response.parse(451, f"4.3.0 internal error: {type(exc).__name__}"), attempt
-            )
-            return False
-        if not response.is_success:
-            response = await self._rewrite(msg, response)
-        await self._outcomes.from_response(msg, response, attempt)
-        return conn.is_usable
+            response = Response.parse(451, f"4.3.0 internal error: {type(exc).__name__}")
+            lost = True
+        if not lost and not response.is_success:
+            response = await rewrite_delivery_status(self._parts.policy(), msg.queue, response)
+        await self._apply(reply_fate(response, lost=lost), msg, response, attempt)
+        return response, lost
 
-    async def _rewrite(self, msg: Message, response: Response) -> Response:
-        """``smtp_client_rewrite_delivery_status``: the policy may change a failure's code
-        (e.g. treat a provider's 5xx as 4xx); the text says so, as KumoMTA's does."""
-        registry = self._policy()
-        if not registry.has("smtp_client_rewrite_delivery_status"):
-            return response
-        q = QueueName.parse(msg.queue)
-        try:
-            code = await registry.dispatch(
-                "smtp_client_rewrite_delivery_status",
-                response,
-                q.domain,
-                q.tenant,
-                q.campaign,
-                q.routing_domain,
-            )
-        except (Rejected, PolicyFailure):
-            return response
-        if code is None or int(code) == response.code:
-            return response
-        return dataclasses.replace(
-            response,
-            code=int(code),
-            content=f"{response.content} (nimbus: status was rewritten from "
-            f"{response.code} -> {int(code)})",
-        )
+    async def _apply(self, fate: Fate, msg: Message, response: Response, attempt: Attempt) -> None:
+        outcomes = self._parts.outcomes
+        if fate is Fate.DELIVERED:
+            outcomes.delivered(msg, response, attempt)
+        elif fate is Fate.TRANSIENT:
+            await outcomes.transient(msg, response, attempt)
+        elif fate is Fate.BOUNCE:
+            outcomes.bounced(msg, response, attempt)
 
     async def _fail_waiting(self, exc: NoTargetAvailable) -> None:
-        """No host reachable: unless another connection is delivering, fail the queue."""
-        if self._established > 0:
+        """No host reachable: the waiting messages' fate (after_no_target)."""
+        fate = after_no_target(established=self._established, permanent=exc.permanent)
+        if fate is Fate.KEEP_WAITING:
             return
-        attempt = Attempt(site=self.name, egress_source=self.source.name, egress_pool=self.pool)
+        attempt = Attempt(
+            site=self.name, egress_source=self.source.name, egress_pool=self.route.pool
+        )
         while self.queue:
-            msg = self.queue.popleft()
-            if exc.permanent:
-                self._outcomes.bounced(msg, exc.response, attempt)
-            else:
-                await self._outcomes.transient(msg, exc.response, attempt)
+            await self._apply(fate, self.queue.popleft(), exc.response, attempt)
 
     # -- shutdown ----------------------------------------------------------------
 
     def stop_new_work(self) -> None:
         """Finish the message in hand on each connection, start nothing new."""
         self._stopping = True
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_result(None)  # type: ignore[arg-type]  # "no more work"
-        self._waiters.clear()
+        self._release_waiters()
 
     async def wait_idle(self) -> None:
         while self._conns:

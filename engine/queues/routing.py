@@ -24,16 +24,17 @@ from typing import Any
 
 from engine.config.settings import ConfigError, Settings
 from engine.config.units import parse_hostport
-from engine.delivery.broken_tls import BrokenTlsHosts
-from engine.delivery.mx import MxError, MxResolver
+from engine.delivery.mx import MxError
+from engine.delivery.ports import Resolver, SmtpConnector
 from engine.policy.egress import DEFAULT_POOL, EgressPathConfig, EgressPool, EgressSource
 from engine.policy.egress_options import apply_egress_options, check_egress_path
 from engine.policy.events import PolicyFailure, Registry
 from engine.policy.queue_config import QueueConfig, check_queue_config
+from engine.queues.connect import ReadyRoute, Target
 from engine.queues.controls import Controls
 from engine.queues.naming import QueueName, ready_queue_name
 from engine.queues.outcomes import Attempt, Outcomes
-from engine.queues.ready import ReadyQueue, Target
+from engine.queues.ready import DeliveryParts, ReadyQueue
 from engine.records import Message, Response
 from engine.storage.spool import Spool
 
@@ -136,7 +137,8 @@ class Router:
         *,
         settings: Settings,
         policy: Callable[[], Registry],
-        resolver: MxResolver,
+        resolver: Resolver,
+        connector: SmtpConnector,
         spool: Spool,
         outcomes: Outcomes,
         controls: Controls | None = None,
@@ -149,12 +151,21 @@ class Router:
         self._outcomes = outcomes
         self._controls = controls or Controls()
         self._gate = gate
+        self._parts = DeliveryParts(
+            connector=connector,
+            resolver=resolver,
+            spool=spool,
+            outcomes=outcomes,
+            policy=policy,
+            controls=self._controls,
+            gate=gate,
+            allow_loopback_mx=settings.delivery.allow_loopback_mx,
+        )
         self._pending: dict[str, list[Message]] = {}
         self._tasks: set[asyncio.Task] = set()
         self._queue_configs: dict[str, tuple[float, QueueConfig]] = {}
         self._paths: dict[tuple, tuple[float, EgressPathConfig]] = {}
         self._warned: set[str] = set()
-        self._broken_tls = BrokenTlsHosts()  # outlives idle ready queues (remember_broken_tls)
         self._pickers: dict[str, tuple[float, SourcePicker]] = {}
         self._sources: dict[str, tuple[float, EgressSource]] = {}
         self.ready: dict[str, ReadyQueue] = {}
@@ -365,24 +376,16 @@ class Router:
                 smtp_port=path.smtp_port,
             )
             if ready is None:
-                ready = ReadyQueue(
+                route = ReadyRoute(
                     name=name,
                     site=dest.site,
-                    targets=dest.targets,
-                    explicit=dest.explicit,
                     source=source,
                     pool=cfg.egress_pool or DEFAULT_POOL.name,
                     path=path,
-                    settings=self._settings,
-                    resolver=self._resolver,
-                    spool=self._spool,
-                    outcomes=self._outcomes,
-                    on_idle=self._forget,
-                    policy=self._policy,
-                    controls=self._controls,
-                    gate=self._gate,
-                    broken_tls=self._broken_tls,
+                    targets=dest.targets,
+                    explicit=dest.explicit,
                 )
+                ready = ReadyQueue(route, self._parts, on_idle=self._forget)
                 self.ready[name] = ready
             else:
                 ready.reconfigure(path=path, targets=dest.targets)

@@ -9,10 +9,9 @@ import textwrap
 import time
 
 import dkim
-import nacl.signing
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from engine.config.settings import ConfigError
 from engine.dkim.service import DkimService
@@ -20,65 +19,20 @@ from engine.dkim.signer import DEFAULT_HEADERS, DkimError, DkimKeyError, Signer,
 from engine.policy.events import Rejected
 from engine.policy.helpers.dkim_data import DkimData
 from engine.policy.message import PolicyMessage
-
-MESSAGE = (
-    b"Received: from client.test by mta.test\r\n"
-    b"From: Ann <ann@example.com>\r\n"
-    b"To: bob@example.net\r\n"
-    b"Subject: a  long\r\n  subject\r\n"
-    b"Date: Sat, 21 Nov 2026 10:00:00 +0000\r\n"
-    b"Message-ID: <m1@example.com>\r\n"
-    b"\r\n"
-    b"Hello,  \r\n\r\nbody text\twith  spaces\r\n\r\n\r\n"
+from tests.support.dkim_keys import (
+    MESSAGE,
+    ed_signer,
+    make_keys,
+    rsa_signer,
+    ticking_while,
+    verify,
 )
 
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
-    """An RSA key (PKCS#1 PEM, as ``openssl genrsa -traditional``) and an Ed25519 seed,
-    on disk, with their DNS TXT records."""
-    d = tmp_path_factory.mktemp("keys")
-    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    (d / "rsa.pem").write_bytes(
-        rsa_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    rsa_pub = base64.b64encode(
-        rsa_key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    ed_key = nacl.signing.SigningKey.generate()
-    (d / "ed.key").write_bytes(base64.b64encode(bytes(ed_key)) + b"\n")
-    ed_pub = base64.b64encode(bytes(ed_key.verify_key))
-    return {
-        "dir": d,
-        "rsa": d / "rsa.pem",
-        "ed": d / "ed.key",
-        "ed_seed": bytes(ed_key),
-        "txt": {"rsa": b"v=DKIM1; k=rsa; p=" + rsa_pub, "ed": b"v=DKIM1; k=ed25519; p=" + ed_pub},
-    }
-
-
-def dnsfunc(keys, domains=("example.com", "esp.test", "mail.example.com")):
-    """A dkimpy ``dnsfunc`` answering ``<selector>._domainkey.<domain>`` from ``keys``."""
-    records = {
-        f"{sel}._domainkey.{dom}.".encode(): txt
-        for sel, txt in keys["txt"].items()
-        for dom in domains
-    }
-    return lambda name, timeout=5: records.get(name)
-
-
-def verify(data: bytes, keys, index: int = 0) -> bool:
-    """dkimpy's verdict on the index-th signature (a body hash mismatch is False too)."""
-    try:
-        return dkim.DKIM(data).verify(index, dnsfunc=dnsfunc(keys))
-    except dkim.ValidationError:
-        return False
+    """Keys on disk with their DNS TXT records (tests/support/dkim_keys.py)."""
+    return make_keys(tmp_path_factory.mktemp("keys"))
 
 
 def tags(data: bytes, index: int = 0) -> dict[str, str]:
@@ -87,14 +41,6 @@ def tags(data: bytes, index: int = 0) -> dict[str, str]:
     sigs = [v for k, v in headers if k.lower() == b"dkim-signature"]
     parsed = dkim.util.parse_tag_value(re.sub(rb"\s+", b"", sigs[index]))
     return {k.decode(): v for k, v in parsed.items()}
-
-
-def rsa_signer(keys, **options) -> Signer:
-    return Signer.rsa_sha256("example.com", "rsa", key_file=keys["rsa"], **options)
-
-
-def ed_signer(keys, **options) -> Signer:
-    return Signer.ed25519_sha256("example.com", "ed", key_file=keys["ed"], **options)
 
 
 # -- Signer -----------------------------------------------------------------------------
@@ -229,32 +175,11 @@ def test_unusable_key_is_a_dkim_error(keys):
 # -- the service ---------------------------------------------------------------------
 
 
-async def ticking_while(coro) -> tuple[object, float]:
-    """Run ``coro`` while a task wakes every millisecond; returns (result, longest gap)."""
-    gaps: list[float] = []
-    stop = asyncio.Event()
+async def test_service_signs_without_blocking_the_loop(keys):
+    """100 signings in worker threads (workers=0) complete, verify, never stall the loop.
 
-    async def tick() -> None:
-        last = time.perf_counter()
-        while not stop.is_set():
-            await asyncio.sleep(0.001)
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
-
-    ticker = asyncio.create_task(tick())
-    try:
-        result = await coro
-    finally:
-        stop.set()
-        await ticker
-    return result, max(gaps)
-
-
-@pytest.mark.parametrize("workers", [0, 1], ids=["thread", "process"])
-async def test_service_signs_without_blocking_the_loop(keys, workers):
-    """100 signings complete, verify, and never stall the loop for long."""
-    service = DkimService(workers=workers)
+    The same with a worker process: tests/integration/test_dkim_service.py."""
+    service = DkimService(workers=0)
     try:
         signers = [rsa_signer(keys), ed_signer(keys)]
         results, longest = await ticking_while(
@@ -265,18 +190,6 @@ async def test_service_signs_without_blocking_the_loop(keys, workers):
     assert all(verify(r, keys, 0) and verify(r, keys, 1) for r in results)
     # 100 in-loop RSA+Ed25519 signings would block for 100 x ~1 ms at least.
     assert longest < 0.05
-
-
-async def test_service_errors_keep_the_worker(keys):
-    """A bad key fails that signing with DkimError; the worker signs the next one."""
-    service = DkimService(workers=1)
-    try:
-        with pytest.raises(DkimError):
-            await service.sign(MESSAGE, [Signer(domain="example.com", selector="s", key=b"x")])
-        assert verify(await service.sign(MESSAGE, [rsa_signer(keys)]), keys)
-        assert service.started
-    finally:
-        await service.close()
 
 
 async def test_service_without_signers_returns_data_unchanged():

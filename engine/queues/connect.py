@@ -1,0 +1,133 @@
+"""Opening a ready queue's session: its targets in order, each address, next host on failure.
+
+Exports:
+    Target              a host to try (MX name or configured host) and port
+    ReadyRoute          what a ready queue delivers to: name, site, source, pool, path, targets
+    NoTargetAvailable   every target failed; the last failure and whether it is permanent
+    open_session(...)   the first session any target accepts, through an SmtpConnector
+
+RFC 5321 §5.1: the MX hosts are tried in preference order, and each host's
+addresses in turn; a refused connect, banner, EHLO or TLS negotiation moves on to
+the next address, then the next host. Each host's addresses are ordered by the path's
+``ip_lookup_strategy`` and cut to ``max_mx_addresses_per_host``; at most
+``max_mx_plan_size`` addresses are tried in all. Addresses in ``prohibited_hosts``
+are skipped unless the targets came from configuration (sink, ``mx_list``) or the
+node allows loopback MX answers; addresses in ``skip_hosts`` are skipped always (an
+error, ``451 4.4.4``, only when nothing else remains, as KumoMTA).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+
+from engine.delivery.client import DeliveryError
+from engine.delivery.mx import HostResolutionError, order_addresses
+from engine.delivery.ports import Endpoint, Resolver, SmtpConnection, SmtpConnector
+from engine.policy.egress import EgressPathConfig, EgressSource, is_prohibited
+from engine.queues.decisions import no_target_is_permanent
+from engine.records import Response
+
+__all__ = ["Target", "ReadyRoute", "NoTargetAvailable", "open_session"]
+
+log = logging.getLogger("nimbus.ready")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReadyRoute:
+    """name: ``source->site@smtp_client``. site: the MX site (or ``mx_list:...``).
+    source / pool: the egress source and the pool it was picked from. path: the
+    egress path config. targets: hosts in the order to try. explicit: targets came
+    from configuration (sink, mx_list), so loopback addresses are allowed."""
+
+    name: str
+    site: str
+    source: EgressSource
+    pool: str
+    path: EgressPathConfig
+    targets: tuple[Target, ...]
+    explicit: bool = False
+
+
+class NoTargetAvailable(Exception):
+    """Every target failed; ``response`` says why (the last failure)."""
+
+    def __init__(self, response: Response, permanent: bool = False) -> None:
+        super().__init__(str(response))
+        self.response = response
+        self.permanent = permanent
+
+
+async def _addresses(resolver: Resolver, host: str) -> list[str]:
+    """An IP literal (sink, mx_list) is its own address; names go to DNS."""
+    try:
+        return [str(ipaddress.ip_address(host.strip("[]")))]
+    except ValueError:
+        return await resolver.resolve_addresses(host)
+
+
+async def open_session(
+    route: ReadyRoute,
+    *,
+    connector: SmtpConnector,
+    resolver: Resolver,
+    allow_loopback_mx: bool,
+) -> SmtpConnection:
+    """The first session any of ``route.targets`` accepts.
+
+    allow_loopback_mx: DNS answers may be prohibited (loopback) addresses.
+    Raises NoTargetAvailable with the last failure; ``permanent`` when no address
+    could be tried and no DNS failure may heal (``no_target_is_permanent``).
+    """
+    last = Response.parse(451, f"4.4.0 no usable hosts for {route.site}")
+    tried_address = dns_transient = False
+    allow_loopback = route.explicit or allow_loopback_mx
+    path, plan = route.path, 0
+    for target in route.targets:
+        try:
+            addresses = await _addresses(resolver, target.host)
+        except HostResolutionError as exc:
+            last = Response.parse(exc.code, f"{exc.enhanced} {exc}")
+            dns_transient |= exc.transient
+            continue
+        ordered = order_addresses(
+            addresses, path.ip_lookup_strategy, path.max_mx_addresses_per_host
+        )
+        for address in ordered:
+            if not allow_loopback and is_prohibited(address, path.prohibited_hosts):
+                last = Response.parse(
+                    550, f"5.4.4 {target.host} resolves to prohibited address {address}"
+                )
+                continue
+            tried_address = True
+            if path.skip_hosts and is_prohibited(address, path.skip_hosts):
+                last = Response.parse(451, f"4.4.4 {target.host} [{address}] is in skip_hosts")
+                continue  # not an error while other hosts remain (KumoMTA)
+            if plan >= path.max_mx_plan_size:  # the whole plan was tried
+                raise NoTargetAvailable(last, permanent=False)
+            plan += 1
+            endpoint = Endpoint(host=target.host, address=address, port=target.port)
+            try:
+                return await connector.connect(endpoint, route.source, route.path)
+            except DeliveryError as exc:  # connect, banner, EHLO, TLS: the next one
+                last = exc.response
+                log.info(
+                    "connect failed",
+                    extra={
+                        "ready_queue": route.name,
+                        "host": target.host,
+                        "address": address,
+                        "response": str(exc.response),
+                    },
+                )
+    permanent = no_target_is_permanent(
+        tried_address=tried_address, resolution_transient=dns_transient
+    )
+    raise NoTargetAvailable(last, permanent=permanent)
