@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cachetools import LRUCache, TTLCache
+
 from engine.config.settings import Settings
 from engine.config.units import parse_hostport
 from engine.delivery.mx import MxError, MxResolver
@@ -41,6 +43,9 @@ __all__ = ["Destination", "destination_for", "SourcePicker", "Router"]
 log = logging.getLogger("nimbus.routing")
 
 CONFIG_TTL = 60.0
+# Bound on each policy-answer cache (queues, paths, pools, sources): one entry per live
+# queue or path; beyond it the least recently used answer is asked again.
+POLICY_CACHE_SIZE = 10_000
 READY_FULL_DELAY = 5.0
 
 
@@ -101,6 +106,10 @@ def destination_for(
     )
 
 
+def _policy_cache(clock: Callable[[], float]) -> TTLCache:
+    return TTLCache(maxsize=POLICY_CACHE_SIZE, ttl=CONFIG_TTL, timer=clock)
+
+
 class SourcePicker:
     """Smooth weighted round-robin (as nginx): over ``n`` picks each source appears
     ``n * weight / total`` times, interleaved. Weight-0 entries are never picked."""
@@ -128,6 +137,7 @@ class Router:
 
     settings: node settings (sink mode, DNS, delivery).
     policy: returns the current policy Registry (it may be reloaded).
+    clock: monotonic seconds for the policy-answer caches (tests inject one).
     """
 
     def __init__(
@@ -140,6 +150,7 @@ class Router:
         outcomes: Outcomes,
         controls: Controls | None = None,
         gate: Any = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
         self._policy = policy
@@ -150,10 +161,13 @@ class Router:
         self._gate = gate
         self._pending: dict[str, list[Message]] = {}
         self._tasks: set[asyncio.Task] = set()
-        self._queue_configs: dict[str, tuple[float, QueueConfig]] = {}
-        self._paths: dict[tuple, tuple[float, EgressPathConfig]] = {}
-        self._pickers: dict[str, tuple[float, SourcePicker]] = {}
-        self._sources: dict[str, tuple[float, EgressSource]] = {}
+        # Policy answers kept CONFIG_TTL (60 s, as KumoMTA) so a lookup isn't paid per message.
+        self._queue_configs: TTLCache[str, QueueConfig] = _policy_cache(clock)
+        # The last good config per queue, kept past its TTL: a failing policy must not stall mail.
+        self._last_good_configs: LRUCache[str, QueueConfig] = LRUCache(POLICY_CACHE_SIZE)
+        self._paths: TTLCache[tuple, EgressPathConfig] = _policy_cache(clock)
+        self._pickers: TTLCache[str, SourcePicker] = _policy_cache(clock)
+        self._sources: TTLCache[str, EgressSource] = _policy_cache(clock)
         self.ready: dict[str, ReadyQueue] = {}
         self.accepting = True
 
@@ -161,8 +175,8 @@ class Router:
 
     async def queue_config(self, queue: str) -> QueueConfig:
         hit = self._queue_configs.get(queue)
-        if hit and hit[0] > time.monotonic():
-            return hit[1]
+        if hit is not None:
+            return hit
         q = QueueName.parse(queue)
         try:
             cfg = await self._policy().dispatch(
@@ -175,45 +189,45 @@ class Router:
             )
         except PolicyFailure:
             # Keep using the last good config (or the defaults) rather than stall mail.
-            return hit[1] if hit else QueueConfig()
-        self._queue_configs[queue] = (time.monotonic() + CONFIG_TTL, cfg)
+            return self._last_good_configs.get(queue) or QueueConfig()
+        self._queue_configs[queue] = self._last_good_configs[queue] = cfg
         return cfg
 
     async def _source(self, pool_name: str | None) -> EgressSource | None:
         name = pool_name or DEFAULT_POOL.name
-        hit = self._pickers.get(name)
-        if not hit or hit[0] <= time.monotonic():
+        picker = self._pickers.get(name)
+        if picker is None:
             pool = await self._policy().dispatch("get_egress_pool", name, default=None)
             if pool is None:
                 pool = DEFAULT_POOL if name == DEFAULT_POOL.name else EgressPool(name=name)
-            hit = (time.monotonic() + CONFIG_TTL, SourcePicker(pool))
-            self._pickers[name] = hit
-        source_name = hit[1].pick()
+            picker = self._pickers[name] = SourcePicker(pool)
+        source_name = picker.pick()
         if source_name is None:
             return None
         cached = self._sources.get(source_name)
-        if cached and cached[0] > time.monotonic():
-            return cached[1]
+        if cached is not None:
+            return cached
         source = await self._policy().dispatch(
             "get_egress_source", source_name, default=EgressSource(name=source_name)
         )
-        self._sources[source_name] = (time.monotonic() + CONFIG_TTL, source)
+        self._sources[source_name] = source
         return source
 
     async def _path(self, routing_domain: str, source: str, site: str) -> EgressPathConfig:
         key = (routing_domain, source, site)
         hit = self._paths.get(key)
-        if hit and hit[0] > time.monotonic():
-            return hit[1]
+        if hit is not None:
+            return hit
         cfg = await self._policy().dispatch(
             "get_egress_path_config", routing_domain, source, site, default=EgressPathConfig()
         )
-        self._paths[key] = (time.monotonic() + CONFIG_TTL, cfg)
+        self._paths[key] = cfg
         return cfg
 
     def forget_policy_answers(self) -> None:
         """Drop cached policy answers (after a reload) so new config applies at once."""
         self._queue_configs.clear()
+        self._last_good_configs.clear()
         self._paths.clear()
         self._pickers.clear()
         self._sources.clear()

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from cachetools import TTLCache
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from engine.config.settings import Settings
@@ -76,28 +77,30 @@ async def _read_capped(request: web.Request, limit: int) -> bytes | None:
 
 class _AuthCache:
     """``http_server_validate_auth_basic`` answers, kept 60 s (as KumoMTA) per user and
-    password digest, so a policy lookup isn't paid on every request."""
+    password digest, so a policy lookup isn't paid on every request; at most SIZE users,
+    least recently used evicted first."""
 
     TTL = 60.0
+    SIZE = 10_000
 
     def __init__(self) -> None:
-        self._entries: dict[tuple[str, bytes], tuple[float, bool]] = {}
+        self._entries: TTLCache[tuple[str, bytes], bool] = TTLCache(
+            maxsize=self.SIZE, ttl=self.TTL, timer=time.monotonic
+        )
 
     async def check(
         self, registry: Registry, credentials: Credentials, user: str, password: str
     ) -> bool:
         if not registry.has("http_server_validate_auth_basic"):
             return credentials.check(user, password)
+        # A digest, never the password itself, is kept as the key.
         key = (user, hashlib.sha256(password.encode()).digest())
         hit = self._entries.get(key)
-        now = time.monotonic()
-        if hit and hit[0] > now:
-            return hit[1]
+        if hit is not None:
+            return hit
         verdict = await registry.dispatch("http_server_validate_auth_basic", user, password)
         ok = credentials.check(user, password) if verdict is None else bool(verdict)
-        if len(self._entries) > 10_000:
-            self._entries.clear()
-        self._entries[key] = (now + self.TTL, ok)
+        self._entries[key] = ok
         return ok
 
 
