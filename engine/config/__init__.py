@@ -5,4 +5,5 @@ Modules:
                    dataclasses; ConfigError names file, table and key; read_toml
     units          durations ("90m"), sizes ("20MB"), host:port
     throttle_spec  "[local:]N/period[,max_burst=B]" rates and "[local:]N" limits
+    backoff        the one retry schedule: capped exponential with equal jitter (pure)
 """

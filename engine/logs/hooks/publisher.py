@@ -52,7 +52,8 @@ from typing import Any
 
 import aiohttp
 
-from engine.logs.hooks.sender import HookSender, HookState, Transport, backoff_delay, post
+from engine.config.backoff import backoff_delay
+from engine.logs.hooks.sender import HookSender, HookState, Transport, post
 from engine.logs.hooks.store import Op, Store, insert_rows, trim_rows
 from engine.policy.events import PolicyFailure, Registry, Rejected
 from engine.policy.log_hook import LogHook

@@ -6,7 +6,6 @@ Exports:
                  the same batch is retried with backoff otherwise (never dropped)
     post         the aiohttp transport: POST a body for a hook, return the status
     Transport    the transport type (tests pass their own)
-    backoff_delay  the retry schedule (pure; also paces the publisher's database retries)
 
 Used only by ``engine.logs.hooks.publisher`` (``LogHookPublisher`` runs one HookSender per hook).
 """
@@ -23,25 +22,16 @@ from functools import partial
 
 import aiohttp
 
+from engine.config.backoff import backoff_delay
 from engine.logs.hooks.store import Store, delete_rows, read_rows
 from engine.policy.log_hook import LogHook
 
-__all__ = ["HookState", "HookSender", "post", "Transport", "backoff_delay"]
+__all__ = ["HookState", "HookSender", "post", "Transport"]
 
 log = logging.getLogger("nimbus.log_hooks")
 
 Transport = Callable[[LogHook, bytes], Awaitable[int]]
 """POSTs a body for a hook and returns the HTTP status; raises on network errors."""
-
-
-def backoff_delay(failures: int, *, base: float, cap: float, rand: float) -> float:
-    """Seconds to wait after the ``failures``-th consecutive failure (1-based).
-
-    The delay doubles from ``base`` up to ``cap``; ``rand`` in [0, 1) then picks a
-    point in [d/2, d) ("equal jitter") so nodes retrying one endpoint spread out.
-    """
-    d = min(cap, base * 2.0 ** min(max(failures, 1) - 1, 64))
-    return d / 2 + d / 2 * rand
 
 
 @dataclass(slots=True)
