@@ -235,7 +235,7 @@ class ReadyQueue:
                 except DeliveryError as exc:
                     last = exc.response
                     log.info(
-                        "connect failed",
+                        "connect_failed",
                         extra={
                             "ready_queue": self.name,
                             "host": target.host,
@@ -353,7 +353,7 @@ class ReadyQueue:
             await self._outcomes.transient(msg, exc.response, attempt)
             return False
         except Exception as exc:  # a bug must cost a retry, never the message
-            log.exception("delivery failed unexpectedly", extra={"id": msg.id})
+            log.exception("delivery_internal_error", extra={"id": msg.id})
             await self._outcomes.transient(
                 msg, Response.parse(451, f"4.3.0 internal error: {type(exc).__name__}"), attempt
             )

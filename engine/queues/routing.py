@@ -255,7 +255,7 @@ class Router:
                 for msg in batch:
                     await self._outcomes.transient(msg, exc.response, Attempt())
             except Exception as exc:  # a bug must cost a retry, never strand the batch
-                log.exception("routing failed", extra={"queue": queue})
+                log.exception("routing_failed", extra={"queue": queue})
                 response = Response.parse(
                     451, f"4.3.0 internal routing error: {type(exc).__name__}"
                 )
@@ -409,6 +409,6 @@ class Router:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 await asyncio.gather(*waits)
         except TimeoutError:
-            log.warning("shutdown deadline reached; cancelling in-flight deliveries")
+            log.warning("shutdown_deadline_reached")
         for ready in list(self.ready.values()):
             await ready.cancel()

@@ -30,6 +30,7 @@ from cachetools import TTLCache
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from engine.config.settings import Settings
+from engine.logs.diagnostics import bound_contextvars
 from engine.policy.events import PolicyFailure, Registry, Rejected
 from engine.reception.accept import Accepted, Acceptor, Incoming
 from engine.reception.auth import Credentials, MalformedAuthorization, parse_basic
@@ -102,6 +103,14 @@ class _AuthCache:
         ok = credentials.check(user, password) if verdict is None else bool(verdict)
         self._entries[key] = ok
         return ok
+
+
+@web.middleware
+async def _log_context(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Name the request and its peer on every line logged while serving it (never the
+    Authorization header). Scoped: keep-alive requests share one task."""
+    with bound_contextvars(http_request=f"{request.method} {request.path}", peer=request.remote):
+        return await handler(request)
 
 
 async def _authenticate(request: web.Request) -> str | web.Response:
@@ -197,7 +206,7 @@ async def inject_v1(request: web.Request) -> web.Response:
     except SpoolFull:
         return _error(503, "disk is too full")
     except SpoolError:
-        log.exception("spool write failed")
+        log.exception("spool_write_failed")
         return _error(500, "internal error storing the message; try again later")
     success = 0
     for item, result in zip(batch, results, strict=False):
@@ -238,7 +247,9 @@ def build_app(
 ) -> web.Application:
     # Our own cap (_read_capped) applies to inject; aiohttp's client_max_size is set
     # just above it so other routes stay bounded too.
-    app = web.Application(client_max_size=settings.http.max_request_size + 1)
+    app = web.Application(
+        client_max_size=settings.http.max_request_size + 1, middlewares=[_log_context]
+    )
     app[_ACCEPTOR] = acceptor
     app[_CREDENTIALS] = credentials
     app[_SETTINGS] = settings

@@ -225,7 +225,8 @@ class Writer:
             if request is None or request[1] is None or request[2] is None:
                 continue
             try:
-                request[1].call_soon_threadsafe(_resolve, [(request[2], (None, closed))])
+                outcome: _Outcome = (None, closed)
+                request[1].call_soon_threadsafe(_resolve, [(request[2], outcome)])
             except RuntimeError:
                 pass
 

@@ -297,7 +297,7 @@ async def test_backlog_over_max_pending_drops_oldest(tmp_path, caplog):
         pub.offer(record(n))
     await pub.flush()
     assert (pub.stats()["h"]["pending"], pub.stats()["h"]["dropped"]) == (3, 2)
-    assert "oldest records dropped" in caplog.text
+    assert "log_hook_backlog_dropped" in caplog.messages
     async with running(pub):
         await tx.until(lambda: len(tx.sizes()) == 3)
     assert tx.sizes() == [2, 3, 4]
@@ -320,8 +320,8 @@ async def test_failure_streak_is_logged_once(tmp_path, caplog):
         await tx.until(lambda: tx.batches)
     ours = [r for r in caplog.records if r.name == "nimbus.log_hooks"]
     assert [(r.levelno, r.getMessage()) for r in ours] == [
-        (logging.WARNING, "log hook delivery failed; retrying with backoff"),
-        (logging.INFO, "log hook delivering again"),
+        (logging.WARNING, "log_hook_delivery_failed"),
+        (logging.INFO, "log_hook_delivery_recovered"),
     ]
 
 

@@ -100,7 +100,7 @@ class HookSender:
                     return
             except sqlite3.Error as exc:  # disk trouble: a re-sent batch, never a loss
                 log.error(
-                    "log hook database failed; retrying",
+                    "log_hook_database_read_failed",
                     extra={"hook": hook.name, "error": str(exc)},
                 )
                 await asyncio.sleep(hook.backoff_max)
@@ -162,7 +162,7 @@ class HookSender:
             if 200 <= status < 300:
                 if failures:
                     log.info(
-                        "log hook delivering again",
+                        "log_hook_delivery_recovered",
                         extra={"hook": hook.name, "failed_attempts": failures},
                     )
                 return True
@@ -170,7 +170,7 @@ class HookSender:
             st.failed_attempts += 1
             if failures == 1:
                 log.warning(
-                    "log hook delivery failed; retrying with backoff",
+                    "log_hook_delivery_failed",
                     extra={
                         "hook": hook.name,
                         "url": hook.url,

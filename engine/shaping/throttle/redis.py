@@ -23,12 +23,12 @@ Redis outage (KumoMTA fails closed: no new connections, throttled deliveries abo
 Here any Redis error or a call slower than ``settings.timeout`` switches the store to a
 local ``EmbeddedStore`` holding this node's share of each limit: rates
 ``limit // cluster.nodes`` (>= 1), connection limits ``ceil(limit / cluster.nodes)``.
-It logs ``"redis unavailable; enforcing local limits"`` once per outage, counts
+It logs ``"redis_unavailable"`` once per outage, counts
 ``outages`` and ``outage_calls``, and calls ``on_state_change(True)``. While degraded,
 one call tries Redis after ``probe_interval`` (1 s), the next after twice that, up to
 ``PROBE_MAX_INTERVAL`` (5 s), jittered (``engine.config.backoff``) so the nodes of a
 cluster do not probe a restarting Redis in step; the first success logs
-``"redis available again; shared limits resumed"`` and calls ``on_state_change(False)``.
+``"redis_available"`` and calls ``on_state_change(False)``.
 Callers never see a Redis error.
 
 Leases across an outage:
@@ -356,7 +356,7 @@ class RedisStore(ThrottleStore):
         self._degraded = True
         self.outages += 1
         log.warning(
-            "redis unavailable; enforcing local limits",
+            "redis_unavailable",
             extra={"error": f"{type(exc).__name__}: {exc}", "nodes": self._nodes},
         )
         self._notify(True)
@@ -364,7 +364,7 @@ class RedisStore(ThrottleStore):
     def _leave_outage(self) -> None:
         self._degraded = False
         self._failed_probes = 0
-        log.info("redis available again; shared limits resumed")
+        log.info("redis_available")
         self._notify(False)
 
     def _notify(self, degraded: bool) -> None:
@@ -373,4 +373,4 @@ class RedisStore(ThrottleStore):
         try:
             self._on_state_change(degraded)
         except Exception:  # a metrics hook must not break throttling
-            log.exception("throttle state callback failed")
+            log.exception("throttle_state_callback_failed")
