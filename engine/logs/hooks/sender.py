@@ -93,17 +93,24 @@ class HookSender:
 
     async def run(self) -> None:
         hook, st = self.hook, self.state
+        db_failures = 0
         while not self._closing():
             await self._wait_for_batch(hook, st)
             try:
                 if not await self._send_batch(hook, st):
                     return
+                db_failures = 0
             except sqlite3.Error as exc:  # disk trouble: a re-sent batch, never a loss
+                db_failures += 1
                 log.error(
                     "log_hook_database_read_failed",
-                    extra={"hook": hook.name, "error": str(exc)},
+                    extra={"hook": hook.name, "error": str(exc), "failures": db_failures},
                 )
-                await asyncio.sleep(hook.backoff_max)
+                await asyncio.sleep(
+                    backoff_delay(
+                        db_failures, base=hook.backoff_base, cap=hook.backoff_max, rand=self._rand()
+                    )
+                )
 
     async def _send_batch(self, hook: LogHook, st: HookState) -> bool:
         """Read, POST and delete one batch; False when close() interrupted it."""
