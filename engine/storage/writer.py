@@ -143,9 +143,11 @@ class Writer:
         return await fut
 
     def submit_nowait(self, *ops: Op) -> None:
-        """Run ``ops`` in the next transaction without waiting; errors go to ``on_error``."""
+        """Run ``ops`` in the next transaction without waiting; errors go to ``on_error``
+        (WriterClosed too: a caller that cannot wait cannot be raised at either)."""
         if self._thread is None:
-            raise WriterClosed(f"{self.name} writer is not running")
+            self._report(WriterClosed(f"{self.name} writer is not running"))
+            return
         self._requests.put((ops, None, None))
 
     async def close(self) -> None:

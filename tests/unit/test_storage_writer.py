@@ -140,6 +140,16 @@ async def test_run_after_close_raises_writer_closed(tmp_path):
         await writer.run(partial(_insert, 1))
 
 
+async def test_unawaited_request_after_close_goes_to_on_error(tmp_path):
+    """submit_nowait on a closed writer reports WriterClosed instead of raising."""
+    errors: list[BaseException] = []
+    writer = Writer("test", on_error=errors.append)
+    writer.start(_db(tmp_path / "w.db"))
+    await writer.close()
+    writer.submit_nowait(partial(_insert, 1))
+    assert [type(e) for e in errors] == [WriterClosed]
+
+
 async def test_unawaited_request_error_goes_to_on_error(tmp_path):
     """A submit_nowait request that fails reports its exception to on_error."""
     errors: list[BaseException] = []
