@@ -222,14 +222,14 @@ class Node:
         except (PolicyLoadError, ConfigError, PolicyFailure, Rejected) as exc:
             self.metrics.policy_reloads.labels("error").inc()
             log.error(
-                "policy reload failed; the running policy stays in force",
+                "policy_reload_failed",
                 extra={"reason": reason, "error": str(exc)},
             )
             return False
         self._registry = registry
         self.router.forget_policy_answers()
         self.metrics.policy_reloads.labels("ok").inc()
-        log.info("policy reloaded", extra={"reason": reason})
+        log.info("policy_reloaded", extra={"reason": reason})
         return True
 
     async def _watch_policy(self, seen: tuple) -> None:
@@ -293,7 +293,7 @@ class Node:
         try:
             await self._registry.dispatch("init")
         except PolicyFailure as exc:
-            log.error("policy init failed; continuing with defaults", extra={"error": str(exc)})
+            log.error("policy_init_failed", extra={"error": str(exc)})
 
     async def _start_log_hooks(self, tg: asyncio.TaskGroup) -> None:
         """Publish log records to the TSA (NIMBUS_TSA_URLS) and the policy's webhooks."""
@@ -311,7 +311,7 @@ class Node:
         started = time.monotonic()
         messages, quarantined = await self.spool.recover()
         for q in quarantined:
-            log.error("corrupt spool entry quarantined", extra={"id": q.id, "reason": q.reason})
+            log.error("spool_entry_quarantined", extra={"id": q.id, "reason": q.reason})
         now = time.time()
         expired = 0
         for msg in messages:
@@ -322,7 +322,7 @@ class Node:
             else:
                 self.scheduler.insert(msg)
         log.info(
-            "spool recovered",
+            "spool_recovered",
             extra={
                 "messages": len(messages) - expired,
                 "expired": expired,
@@ -333,7 +333,7 @@ class Node:
 
     async def _shutdown(self, scheduler: asyncio.Task) -> None:
         s = self.settings
-        log.info("shutting down", extra={"deadline_seconds": s.delivery.shutdown_deadline})
+        log.info("shutting_down", extra={"deadline_seconds": s.delivery.shutdown_deadline})
         deadline = time.monotonic() + s.delivery.shutdown_deadline
         self.acceptor.set_draining()
         self.smtp.stop_accepting()

@@ -144,7 +144,7 @@ def _report_unknown_env() -> None:
     unknown = unknown_env_names(os.environ)
     if unknown:
         log.warning(
-            "unknown environment names",
+            "unknown_environment_names",
             extra={"unknown": {name: close for name, close in unknown}},
         )
 

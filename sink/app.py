@@ -158,7 +158,7 @@ class Sink:
         except ConfigError as exc:
             self.metrics.reloads["error"] += 1
             log.error(
-                "responses reload failed; the running responses stay in force",
+                "responses_reload_failed",
                 extra={"reason": reason, "error": str(exc)},
             )
             return False
@@ -166,7 +166,7 @@ class Sink:
             self.reloaded.set()
         self.responses = fresh
         self.metrics.reloads["ok"] += 1
-        log.info("responses reloaded", extra={"reason": reason, "file": self._path})
+        log.info("responses_reloaded", extra={"reason": reason, "file": self._path})
         return True
 
     async def _watch(self, seen: tuple[int, int, int] | None) -> None:

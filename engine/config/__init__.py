@@ -6,4 +6,5 @@ Modules:
     env_names      NIMBUS_* names something reads; unknown ones with the closest match
     units          durations ("90m"), sizes ("20MB"), host:port
     throttle_spec  "[local:]N/period[,max_burst=B]" rates and "[local:]N" limits
+    backoff        the one retry schedule: capped exponential with equal jitter (pure)
 """

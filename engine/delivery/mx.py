@@ -2,7 +2,8 @@
 
 Exports:
     MailExchanger                  a domain's MX hosts in try order, its site name and expiry
-    MxResolver                     resolve_mx(domain), resolve_addresses(host); TTL cache,
+    MxResolver                     resolve_mx(domain), resolve_addresses(host); TTL cache
+                                   (cachetools.TLRUCache, bounded by dns.cache_size),
                                    one shared in-flight query per name
     factor_names(hosts) -> str     KumoMTA's site-name rollup of MX host names (pure)
     order_addresses(addresses, strategy, limit) -> list   ip_lookup_strategy (pure)
@@ -36,6 +37,7 @@ import dns.name
 import dns.nameserver
 import dns.rdatatype
 import dns.resolver
+from cachetools import TLRUCache
 
 from engine.config.settings import DnsSettings
 from engine.config.units import parse_hostport
@@ -196,24 +198,9 @@ def _nxdomain_ttl(exc: dns.resolver.NXDOMAIN) -> int:
     return NEGATIVE_TTL_MAX
 
 
-class _TtlCache:
-    """Values until their expiry; the oldest entry goes when ``size`` is reached."""
-
-    def __init__(self, size: int) -> None:
-        self._size = max(size, 1)
-        self._entries: dict[Hashable, tuple[Any, float]] = {}
-
-    def get(self, key: Hashable, now: float) -> Any | None:
-        entry = self._entries.get(key)
-        if entry is None or entry[1] <= now:
-            return None
-        return entry[0]
-
-    def put(self, key: Hashable, value: Any, expires: float) -> None:
-        self._entries.pop(key, None)
-        if len(self._entries) >= self._size:
-            del self._entries[next(iter(self._entries))]
-        self._entries[key] = (value, expires)
+def _entry_expiry(_key: Hashable, entry: tuple[Any, float], _now: float) -> float:
+    """TLRUCache's time-to-use: each entry carries its own expiry (its DNS TTL)."""
+    return entry[1]
 
 
 _Addresses = tuple[tuple[str, ...], float]  # (addresses, expires)
@@ -234,7 +221,10 @@ class MxResolver:
         self._settings = settings
         self._clock = clock
         self._resolver = _build_resolver(settings)
-        self._cache = _TtlCache(settings.cache_size)
+        # Per-entry expiry (each answer's own TTL); least recently used evicted at cache_size.
+        self._cache: TLRUCache[Hashable, tuple[Any, float]] = TLRUCache(
+            maxsize=max(settings.cache_size, 1), ttu=_entry_expiry, timer=clock
+        )
         self._inflight: dict[Hashable, asyncio.Task[Any]] = {}
 
     async def resolve_mx(self, domain: str) -> MailExchanger:
@@ -263,7 +253,8 @@ class MxResolver:
 
     async def _cached(self, key: Hashable, lookup: Callable[[], Awaitable[Any]]) -> Any:
         """A cached value or permanent error for ``key``, else one shared ``lookup``."""
-        hit = self._cache.get(key, self._clock())
+        entry = self._cache.get(key)
+        hit = None if entry is None else entry[0]
         if isinstance(hit, MxError):
             raise hit.with_traceback(None)
         if hit is not None:
@@ -283,7 +274,7 @@ class MxResolver:
             task.exception()  # retrieved here, in case every waiter was cancelled
 
     def _remember(self, key: Hashable, error: MxError, ttl: float, now: float) -> MxError:
-        self._cache.put(key, error, now + min(ttl, NEGATIVE_TTL_MAX))
+        self._cache[key] = (error, now + min(ttl, NEGATIVE_TTL_MAX))
         return error
 
     async def _query(self, name: str, rdtype: dns.rdatatype.RdataType) -> tuple[list[Any], int]:
@@ -323,7 +314,7 @@ class MxResolver:
         mx = MailExchanger(
             domain=domain, hosts=hosts, site_name=factor_names(hosts), expires=now + ttl
         )
-        self._cache.put(key, mx, mx.expires)
+        self._cache[key] = (mx, mx.expires)
         return mx
 
     async def _implicit_mx(self, domain: str, mx_ttl: int, now: float) -> MailExchanger:
@@ -346,7 +337,7 @@ class MxResolver:
             is_implicit=True,
             expires=min(now + mx_ttl, expires),
         )
-        self._cache.put(("mx", domain), mx, mx.expires)
+        self._cache[("mx", domain)] = (mx, mx.expires)
         return mx
 
     async def _lookup_addresses(self, host: str) -> _Addresses:
@@ -377,7 +368,7 @@ class MxResolver:
             if failures:
                 # One family failed transiently: use what we have, but do not cache it.
                 return addresses, now
-            self._cache.put(key, (addresses, now + ttl), now + ttl)
+            self._cache[key] = ((addresses, now + ttl), now + ttl)
             return addresses, now + ttl
         if failures:
             raise HostResolutionError(

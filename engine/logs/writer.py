@@ -64,7 +64,7 @@ class LogWriter:
         for q in self._subscribers:
             if q.full():
                 log.warning(
-                    "log subscriber queue full; record dropped for it",
+                    "log_subscriber_record_dropped",
                     extra={"record_id": record.id},
                 )
             else:

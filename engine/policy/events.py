@@ -176,10 +176,10 @@ class Registry:
         except Rejected:
             raise
         except TimeoutError:
-            log.error("policy event timed out", extra={"event_name": name, "timeout": self.timeout})
+            log.error("policy_event_timed_out", extra={"event_name": name, "timeout": self.timeout})
             raise PolicyFailure(name, f"timed out after {self.timeout}s") from None
         except Exception as exc:  # a policy bug must never take the node down
-            log.exception("policy handler raised", extra={"event_name": name})
+            log.exception("policy_handler_failed", extra={"event_name": name})
             raise PolicyFailure(name, f"{type(exc).__name__}: {exc}") from exc
         finally:
             if self._on_dispatch is not None:

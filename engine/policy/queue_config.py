@@ -28,10 +28,12 @@ by Nimbus`` unless they hold their default, from TOML and from policy answers
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from engine.config.backoff import backoff_delay
 from engine.config.settings import ConfigError
 from engine.config.throttle_spec import ThrottleSpec
 from engine.config.units import parse_duration, parse_hostport
@@ -80,10 +82,9 @@ def retry_delay(cfg: QueueConfig, num_attempts: int, rand: float) -> float:
     num_attempts: attempts made so far (>= 1 after a failure); n = num_attempts - 1.
     rand: a uniform sample in [0, 1) supplying the jitter.
     """
-    n = max(0, num_attempts - 1)
-    delay = cfg.retry_interval * (2 ** min(n, 62))
-    if cfg.max_retry_interval is not None:
-        delay = min(delay, cfg.max_retry_interval)
+    cap = math.inf if cfg.max_retry_interval is None else cfg.max_retry_interval
+    # Unjittered: KumoMTA's jitter below is additive, not backoff_delay's equal jitter.
+    delay = backoff_delay(num_attempts, base=cfg.retry_interval, cap=cap)
     jitter_span = min(cfg.retry_interval / 20.0, 60.0)
     return max(0.0, delay + (rand - 0.5) * jitter_span)
 

@@ -119,7 +119,7 @@ async def open_session(
             except DeliveryError as exc:  # connect, banner, EHLO, TLS: the next one
                 last = exc.response
                 log.info(
-                    "connect failed",
+                    "connect_failed",
                     extra={
                         "ready_queue": route.name,
                         "host": target.host,

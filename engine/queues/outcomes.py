@@ -39,7 +39,7 @@ def _scheduling(msg: Message) -> Scheduling | None:
     try:
         return Scheduling.from_options(raw)
     except ValueError:
-        log.warning("ignoring invalid stored scheduling", extra={"id": msg.id})
+        log.warning("stored_scheduling_invalid", extra={"id": msg.id})
         return None
 
 
@@ -211,7 +211,7 @@ class Outcomes:
         queue = scheduled_queue_name(pm.recipient(), pm.meta)
         if queue != msg.queue or pm.meta != msg.meta:
             log.info(
-                "message rebound by requeue_message",
+                "message_rebound",
                 extra={"id": msg.id, "from_queue": msg.queue, "to_queue": queue},
             )
             return dataclasses.replace(msg, queue=queue, meta=pm.meta)

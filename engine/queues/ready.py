@@ -368,7 +368,7 @@ class ReadyQueue:
         except ConnectionLost as exc:
             response, lost = exc.response, True
         except Exception as exc:  # a bug must cost a retry, never the message
-            log.exception("delivery failed unexpectedly", extra={"id": msg.id})
+            log.exception("delivery_internal_error", extra={"id": msg.id})
             response = Response.parse(451, f"4.3.0 internal error: {type(exc).__name__}")
             lost = True
         if not lost and not response.is_success:

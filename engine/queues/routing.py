@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cachetools import LRUCache, TLRUCache, TTLCache
+
 from engine.config.settings import ConfigError, Settings
 from engine.config.units import parse_hostport
 from engine.delivery.mx import MxError
@@ -43,6 +45,9 @@ __all__ = ["Destination", "destination_for", "SourcePicker", "Router"]
 log = logging.getLogger("nimbus.routing")
 
 CONFIG_TTL = 60.0
+# Bound on each policy-answer cache (queues, paths, pools, sources): one entry per live
+# queue or path; beyond it the least recently used answer is asked again.
+POLICY_CACHE_SIZE = 10_000
 READY_FULL_DELAY = 5.0
 
 
@@ -103,6 +108,15 @@ def destination_for(
     )
 
 
+def _refresh_at(_queue: str, cfg: QueueConfig, now: float) -> float:
+    """TLRUCache expiry of a queue config: its own refresh_interval."""
+    return now + cfg.refresh_interval
+
+
+def _policy_cache(clock: Callable[[], float]) -> TTLCache:
+    return TTLCache(maxsize=POLICY_CACHE_SIZE, ttl=CONFIG_TTL, timer=clock)
+
+
 class SourcePicker:
     """Smooth weighted round-robin (as nginx): over ``n`` picks each source appears
     ``n * weight / total`` times, interleaved. Weight-0 entries are never picked."""
@@ -130,6 +144,7 @@ class Router:
 
     settings: node settings (sink mode, DNS, delivery).
     policy: returns the current policy Registry (it may be reloaded).
+    clock: monotonic seconds for the policy-answer caches (tests inject one).
     """
 
     def __init__(
@@ -143,6 +158,7 @@ class Router:
         outcomes: Outcomes,
         controls: Controls | None = None,
         gate: Any = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
         self._policy = policy
@@ -163,11 +179,17 @@ class Router:
         )
         self._pending: dict[str, list[Message]] = {}
         self._tasks: set[asyncio.Task] = set()
-        self._queue_configs: dict[str, tuple[float, QueueConfig]] = {}
-        self._paths: dict[tuple, tuple[float, EgressPathConfig]] = {}
+        # Policy answers kept CONFIG_TTL (60 s, as KumoMTA) so a lookup isn't paid per message;
+        # a queue config for its own refresh_interval (make_queue_config).
+        self._queue_configs: TLRUCache[str, QueueConfig] = TLRUCache(
+            maxsize=POLICY_CACHE_SIZE, ttu=_refresh_at, timer=clock
+        )
+        # The last good config per queue, kept past its TTL: a failing policy must not stall mail.
+        self._last_good_configs: LRUCache[str, QueueConfig] = LRUCache(POLICY_CACHE_SIZE)
+        self._paths: TTLCache[tuple, EgressPathConfig] = _policy_cache(clock)
         self._warned: set[str] = set()
-        self._pickers: dict[str, tuple[float, SourcePicker]] = {}
-        self._sources: dict[str, tuple[float, EgressSource]] = {}
+        self._pickers: TTLCache[str, SourcePicker] = _policy_cache(clock)
+        self._sources: TTLCache[str, EgressSource] = _policy_cache(clock)
         self.ready: dict[str, ReadyQueue] = {}
         self.accepting = True
 
@@ -175,8 +197,8 @@ class Router:
 
     async def queue_config(self, queue: str) -> QueueConfig:
         hit = self._queue_configs.get(queue)
-        if hit and hit[0] > time.monotonic():
-            return hit[1]
+        if hit is not None:
+            return hit
         q = QueueName.parse(queue)
         try:
             cfg = await self._policy().dispatch(
@@ -191,38 +213,36 @@ class Router:
         except (PolicyFailure, ConfigError) as exc:
             # Keep using the last good config (or the defaults) rather than stall mail.
             if isinstance(exc, ConfigError):
-                log.error("policy answer refused", extra={"error": str(exc)})
-            return hit[1] if hit else QueueConfig()
-        # make_queue_config's refresh_interval: how long this answer is used.
-        self._queue_configs[queue] = (time.monotonic() + cfg.refresh_interval, cfg)
+                log.error("policy_answer_refused", extra={"error": str(exc)})
+            return self._last_good_configs.get(queue) or QueueConfig()
+        self._queue_configs[queue] = self._last_good_configs[queue] = cfg
         return cfg
 
     async def _source(self, pool_name: str | None) -> EgressSource | None:
         name = pool_name or DEFAULT_POOL.name
-        hit = self._pickers.get(name)
-        if not hit or hit[0] <= time.monotonic():
+        picker = self._pickers.get(name)
+        if picker is None:
             pool = await self._policy().dispatch("get_egress_pool", name, default=None)
             if pool is None:
                 pool = DEFAULT_POOL if name == DEFAULT_POOL.name else EgressPool(name=name)
-            hit = (time.monotonic() + CONFIG_TTL, SourcePicker(pool))
-            self._pickers[name] = hit
-        source_name = hit[1].pick()
+            picker = self._pickers[name] = SourcePicker(pool)
+        source_name = picker.pick()
         if source_name is None:
             return None
         cached = self._sources.get(source_name)
-        if cached and cached[0] > time.monotonic():
-            return cached[1]
+        if cached is not None:
+            return cached
         source = await self._policy().dispatch(
             "get_egress_source", source_name, default=EgressSource(name=source_name)
         )
-        self._sources[source_name] = (time.monotonic() + CONFIG_TTL, source)
+        self._sources[source_name] = source
         return source
 
     async def _path(self, routing_domain: str, source: str, site: str) -> EgressPathConfig:
         key = (routing_domain, source, site)
         hit = self._paths.get(key)
-        if hit and hit[0] > time.monotonic():
-            return hit[1]
+        if hit is not None:
+            return hit
         cfg = await self._policy().dispatch(
             "get_egress_path_config", routing_domain, source, site, default=EgressPathConfig()
         )
@@ -230,18 +250,19 @@ class Router:
         try:
             warnings = check_egress_path(cfg, where=where)
         except ConfigError as exc:  # an option Nimbus would silently ignore: never deliver
-            log.error("policy answer refused", extra={"error": str(exc)})
+            log.error("policy_answer_refused", extra={"error": str(exc)})
             raise PolicyFailure("get_egress_path_config", str(exc)) from None
         for text in warnings:
             if text not in self._warned:  # once per path, not per 60 s cache refresh
                 self._warned.add(text)
-                log.warning("option not implemented", extra={"warning": text})
-        self._paths[key] = (time.monotonic() + CONFIG_TTL, cfg)
+                log.warning("option_not_implemented", extra={"warning": text})
+        self._paths[key] = cfg
         return cfg
 
     def forget_policy_answers(self) -> None:
         """Drop cached policy answers (after a reload) so new config applies at once."""
         self._queue_configs.clear()
+        self._last_good_configs.clear()
         self._paths.clear()
         self._pickers.clear()
         self._sources.clear()
@@ -269,7 +290,7 @@ class Router:
                 for msg in batch:
                     await self._outcomes.transient(msg, exc.response, Attempt())
             except Exception as exc:  # a bug must cost a retry, never strand the batch
-                log.exception("routing failed", extra={"queue": queue})
+                log.exception("routing_failed", extra={"queue": queue})
                 response = Response.parse(
                     451, f"4.3.0 internal routing error: {type(exc).__name__}"
                 )
@@ -416,6 +437,6 @@ class Router:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 await asyncio.gather(*waits)
         except TimeoutError:
-            log.warning("shutdown deadline reached; cancelling in-flight deliveries")
+            log.warning("shutdown_deadline_reached")
         for ready in list(self.ready.values()):
             await ready.cancel()

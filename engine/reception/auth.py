@@ -77,7 +77,7 @@ class Credentials:
             mtime = os.stat(self._dir).st_mtime
         except OSError:
             if self._users:
-                log.warning("auth directory unreadable; no users", extra={"dir": str(self._dir)})
+                log.warning("auth_dir_unreadable", extra={"dir": str(self._dir)})
             self._users, self._mtime = {}, None
             return
         if mtime == self._mtime and not force:
@@ -89,11 +89,9 @@ class Credentials:
             try:
                 users[entry.name] = _digest(entry.read_text("utf-8").rstrip("\r\n"))
             except (OSError, UnicodeDecodeError) as exc:
-                log.warning(
-                    "skipping unreadable auth file", extra={"file": str(entry), "error": str(exc)}
-                )
+                log.warning("auth_file_unreadable", extra={"file": str(entry), "error": str(exc)})
         self._users, self._mtime = users, mtime
-        log.info("auth users loaded", extra={"count": len(users), "dir": str(self._dir)})
+        log.info("auth_users_loaded", extra={"count": len(users), "dir": str(self._dir)})
 
     def check(self, user: str, password: str) -> bool:
         """True when ``user`` exists and ``password`` matches (constant-time compare)."""

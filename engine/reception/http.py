@@ -26,9 +26,11 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from cachetools import TTLCache
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from engine.config.settings import Settings
+from engine.logs.diagnostics import bound_contextvars
 from engine.policy.events import PolicyFailure, Registry, Rejected
 from engine.reception.accept import Accepted, Acceptor, Incoming
 from engine.reception.auth import Credentials, MalformedAuthorization, parse_basic
@@ -76,29 +78,39 @@ async def _read_capped(request: web.Request, limit: int) -> bytes | None:
 
 class _AuthCache:
     """``http_server_validate_auth_basic`` answers, kept 60 s (as KumoMTA) per user and
-    password digest, so a policy lookup isn't paid on every request."""
+    password digest, so a policy lookup isn't paid on every request; at most SIZE users,
+    least recently used evicted first."""
 
     TTL = 60.0
+    SIZE = 10_000
 
     def __init__(self) -> None:
-        self._entries: dict[tuple[str, bytes], tuple[float, bool]] = {}
+        self._entries: TTLCache[tuple[str, bytes], bool] = TTLCache(
+            maxsize=self.SIZE, ttl=self.TTL, timer=time.monotonic
+        )
 
     async def check(
         self, registry: Registry, credentials: Credentials, user: str, password: str
     ) -> bool:
         if not registry.has("http_server_validate_auth_basic"):
             return credentials.check(user, password)
+        # A digest, never the password itself, is kept as the key.
         key = (user, hashlib.sha256(password.encode()).digest())
         hit = self._entries.get(key)
-        now = time.monotonic()
-        if hit and hit[0] > now:
-            return hit[1]
+        if hit is not None:
+            return hit
         verdict = await registry.dispatch("http_server_validate_auth_basic", user, password)
         ok = credentials.check(user, password) if verdict is None else bool(verdict)
-        if len(self._entries) > 10_000:
-            self._entries.clear()
-        self._entries[key] = (now + self.TTL, ok)
+        self._entries[key] = ok
         return ok
+
+
+@web.middleware
+async def _log_context(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Name the request and its peer on every line logged while serving it (never the
+    Authorization header). Scoped: keep-alive requests share one task."""
+    with bound_contextvars(http_request=f"{request.method} {request.path}", peer=request.remote):
+        return await handler(request)
 
 
 async def _authenticate(request: web.Request) -> str | web.Response:
@@ -194,7 +206,7 @@ async def inject_v1(request: web.Request) -> web.Response:
     except SpoolFull:
         return _error(503, "disk is too full")
     except SpoolError:
-        log.exception("spool write failed")
+        log.exception("spool_write_failed")
         return _error(500, "internal error storing the message; try again later")
     success = 0
     for item, result in zip(batch, results, strict=False):
@@ -235,7 +247,9 @@ def build_app(
 ) -> web.Application:
     # Our own cap (_read_capped) applies to inject; aiohttp's client_max_size is set
     # just above it so other routes stay bounded too.
-    app = web.Application(client_max_size=settings.http.max_request_size + 1)
+    app = web.Application(
+        client_max_size=settings.http.max_request_size + 1, middlewares=[_log_context]
+    )
     app[_ACCEPTOR] = acceptor
     app[_CREDENTIALS] = credentials
     app[_SETTINGS] = settings

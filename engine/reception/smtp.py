@@ -26,6 +26,7 @@ import inspect
 import ipaddress
 import logging
 import ssl
+import uuid
 from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
@@ -33,6 +34,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from engine.config.settings import Settings
+from engine.logs.diagnostics import bind_contextvars
 from engine.policy.events import PolicyFailure, Registry, Rejected
 from engine.reception.accept import Accepted, Acceptor, Incoming
 from engine.reception.auth import Credentials
@@ -261,7 +263,7 @@ class SmtpHandler:
                 Response.parse(452, "4.3.1 Insufficient system storage, try again later"),
             )
         except SpoolError:
-            log.exception("spool write failed")
+            log.exception("spool_write_failed")
             return self._reject(
                 session,
                 envelope,
@@ -291,6 +293,24 @@ _HANDLER_HOOKS = sorted(n for n in vars(SmtpHandler) if n.startswith(("handle_",
 # aiosmtpd calls inspect.signature(handle_EHLO) per session to pick its hook API; a
 # precomputed signature makes that a lookup instead of a parse.
 SmtpHandler.handle_EHLO.__signature__ = inspect.signature(SmtpHandler.handle_EHLO)  # type: ignore[attr-defined]
+
+
+def _peer_text(peer: Any) -> str:
+    """``host:port`` of a socket peer name (IPv4 or IPv6 tuple); empty when unknown."""
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer or "")
+
+
+class _Session(SmtpSession):
+    """The engine's SMTP session: every line it logs names the session and the peer."""
+
+    async def _handle_client(self) -> None:
+        # aiosmtpd runs each session in its own task, whose context is a copy: what is
+        # bound here appears on every diagnostic line of this session and no other.
+        peer: Any = self.session.peer if self.session is not None else None
+        bind_contextvars(smtp_session=uuid.uuid4().hex[:12], peer=_peer_text(peer))
+        await super()._handle_client()
 
 
 class SmtpListener:
@@ -342,7 +362,7 @@ class SmtpListener:
             return Refuse("421 4.7.0 Too many connections, try again later")
         self.open_sessions += 1
         self._on_connection()
-        return SmtpSession(
+        return _Session(
             self._handler,
             hostname=self._hostname,
             ident="ESMTP Nimbus",

@@ -11,7 +11,8 @@ How (pseudocode)::
         until the next resync_interval:
             message -> overlay.upsert(entry) | overlay.remove(id)
         on a Redis error: keep the overlay as it is, log once, retry with backoff
-                          (0.5 s doubling to 30 s), then SUBSCRIBE and resync again
+                          (engine.config.backoff: 0.5 s doubling to 30 s, equal
+                          jitter), then SUBSCRIBE and resync again
 
 Updates arrive within the pub/sub latency (milliseconds); the periodic resync repairs
 anything missed (a message lost while reconnecting, an entry pruned). Entries expire
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +36,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from engine.config.backoff import backoff_delay
 from engine.config.settings import RedisSettings
 from engine.shaping.overlay import Overlay, entry_from_json
 
@@ -88,17 +91,19 @@ class TsaSubscriber:
 
     async def run(self) -> None:
         """Follow Redis until cancelled; never raises for Redis trouble."""
-        backoff = _MIN_BACKOFF
+        failures = 0
         while True:
             try:
                 await self._session()
             except (RedisError, OSError, TimeoutError) as exc:
                 self._failed(exc)
-            if self.healthy:
-                backoff = _MIN_BACKOFF
+            # A session that reached Redis starts the schedule again.
+            failures = 1 if self.healthy else failures + 1
             self.healthy = False
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, _MAX_BACKOFF)
+            # Jittered so the nodes a Redis restart disconnected do not reconnect in step.
+            await asyncio.sleep(
+                backoff_delay(failures, base=_MIN_BACKOFF, cap=_MAX_BACKOFF, rand=random.random())
+            )
 
     async def _session(self) -> None:
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)

@@ -1,5 +1,7 @@
-"""Storage: the durable spool.
+"""Storage: the durable spool and the group-commit SQLite writer under it.
 
 Modules:
-    spool   SQLite WAL, synchronous=FULL, one writer thread with group commit, recovery
+    writer  one thread, one connection; every waiting request in one transaction (one
+            fsync); a failing request fails alone; used by the spool and the log-hook queue
+    spool   SQLite WAL, synchronous=FULL, group commit through the writer, recovery
 """

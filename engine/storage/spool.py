@@ -7,10 +7,11 @@ Exports:
     SpoolLocked      another process holds this spool directory
 
 Design (see ARCHITECTURE.md "Spool"): one SQLite database in WAL mode with
-``synchronous=FULL`` per spool directory. A single writer thread owns the write
-connection; every write request (save, update, remove) goes into its queue and
-the thread commits *everything waiting* in one transaction, so one fsync covers
-all concurrent receptions (group commit). ``save`` returns only after that
+``synchronous=FULL`` per spool directory. A single writer thread
+(``engine.storage.writer.Writer``) owns the write connection; every write request
+(save, update, remove) goes into its queue and the thread commits *everything
+waiting* in one transaction, so one fsync covers all concurrent receptions (group
+commit). ``save`` returns only after that
 commit, so the 250/200 reply is sent after the message is on stable storage.
 Reads use per-thread connections (WAL readers never block the writer).
 
@@ -33,17 +34,17 @@ import fcntl
 import json
 import logging
 import os
-import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 from engine.config.settings import SpoolSettings
 from engine.records import Message
+from engine.storage.writer import Writer, connect, move_aside
 
 __all__ = ["Spool", "SpoolError", "SpoolFull", "SpoolLocked", "Quarantined"]
 
@@ -120,10 +121,26 @@ def _message(id: str, envelope: str, due: float, attempts: int) -> Message:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    return conn
+    # FULL: a commit is on stable storage before the 250/200 goes out (RFC 5321 6.1).
+    return connect(path, synchronous="FULL")
+
+
+def _insert(msg: Message, data: bytes, conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "INSERT INTO messages (id, envelope, due, attempts, data) VALUES (?, ?, ?, ?, ?)",
+        (msg.id, _envelope(msg), msg.due, msg.num_attempts, data),
+    )
+
+
+def _update(msg: Message, conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "UPDATE messages SET envelope = ?, due = ?, attempts = ? WHERE id = ?",
+        (_envelope(msg), msg.due, msg.num_attempts, msg.id),
+    )
+
+
+def _delete(ids: list[str], conn: sqlite3.Connection) -> None:
+    conn.executemany("DELETE FROM messages WHERE id = ?", [(id,) for id in ids])
 
 
 class Spool:
@@ -140,9 +157,12 @@ class Spool:
         self.settings = settings
         self.dir = Path(settings.dir)
         self.path = self.dir / "spool.db"
-        self._on_commit = on_commit
-        self._ops: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._writer: threading.Thread | None = None
+        self._writer = Writer(
+            "spool",
+            commit_window=settings.commit_window,
+            on_commit=on_commit,
+            on_error=_log_state_update_error,
+        )
         self._lock_fd: int | None = None
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
@@ -172,15 +192,11 @@ class Spool:
             conn.execute("SELECT count(*) FROM messages").fetchone()
             return conn
         except sqlite3.DatabaseError as exc:
-            aside = self.path.with_name(f"spool.db.corrupt-{int(time.time())}")
+            aside = move_aside(self.path)
             log.critical(
-                "spool database unreadable; moved aside",
+                "spool_database_moved_aside",
                 extra={"path": str(self.path), "moved_to": str(aside), "error": str(exc)},
             )
-            for suffix in ("", "-wal", "-shm"):
-                src = Path(str(self.path) + suffix)
-                if src.exists():
-                    src.rename(Path(str(aside) + suffix))
             conn = _connect(self.path)
             conn.executescript(_SCHEMA)
             return conn
@@ -223,18 +239,12 @@ class Spool:
             conn.execute("COMMIT")
         self._apply_max_size(conn)
         self.count = len(messages)
-        self._writer = threading.Thread(
-            target=self._write_loop, args=(conn,), name="nimbus-spool-writer", daemon=True
-        )
-        self._writer.start()
+        self._writer.start(conn)
         return messages, quarantined
 
     async def close(self) -> None:
         """Commit what is queued, stop the writer, close connections, release the lock."""
-        if self._writer is not None:
-            self._ops.put(None)
-            await asyncio.to_thread(self._writer.join)
-            self._writer = None
+        await self._writer.close()
         with self._readers_lock:
             for conn in self._readers:
                 conn.close()
@@ -254,21 +264,19 @@ class Spool:
         if not self._free_ok:
             raise SpoolFull(f"free disk space below {self.settings.min_free_space} bytes")
 
-    async def _submit(self, ops: list[tuple]) -> None:
-        if self._writer is None:
-            raise SpoolError("spool is not open")
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._ops.put((ops, loop, fut))
-        await fut
-
     async def save(self, items: list[tuple[Message, bytes]]) -> None:
         """Store new messages; returns once they are committed and fsynced.
 
-        Raises SpoolFull when there is no room (nothing of this batch is stored).
+        Raises SpoolFull when there is no room (nothing of this batch is stored),
+        SpoolError when the write failed otherwise or the spool is not open.
         """
         self._check_free_space()
-        await self._submit([("save", m, data) for m, data in items])
+        if not self._writer.running:
+            raise SpoolError("spool is not open")
+        try:
+            await self._writer.run(*(partial(_insert, m, data) for m, data in items))
+        except sqlite3.Error as exc:
+            raise _classify(exc) from exc
         self.count += len(items)
 
     def update_nowait(self, msg: Message) -> None:
@@ -276,98 +284,21 @@ class Spool:
 
         Not awaited: losing it in a crash only means an earlier retry.
         """
-        self._ops.put(([("update", msg)], None, None))
+        self._writer.submit_nowait(partial(_update, msg))
 
     def remove_nowait(self, ids: list[str]) -> None:
         """Forget messages that reached a final disposition, in the next commit.
 
         Not awaited: losing it in a crash means a duplicate delivery, never a loss.
         """
-        self._ops.put(([("remove", id) for id in ids], None, None))
+        self._writer.submit_nowait(partial(_delete, ids))
         self.count -= len(ids)
 
     async def flush(self) -> None:
         """Wait until every request queued so far is committed."""
-        await self._submit([])
-
-    def _write_loop(self, conn: sqlite3.Connection) -> None:
-        stop = False
-        while not stop:
-            batch = [self._ops.get()]
-            if self.settings.commit_window and batch[0] is not None:
-                time.sleep(self.settings.commit_window)
-            while True:
-                try:
-                    batch.append(self._ops.get_nowait())
-                except queue.Empty:
-                    break
-            if None in batch:
-                stop = True
-                batch = [b for b in batch if b is not None]
-            if batch:
-                self._commit(conn, batch)
-        conn.close()
-
-    def _commit(self, conn: sqlite3.Connection, batch: list[tuple]) -> None:
-        """Apply every request in one transaction; resolve each request's future.
-
-        If the shared transaction fails (SQLite rolls the whole of it back on
-        SQLITE_FULL), each request is retried in its own transaction so only the
-        ones that can't be stored fail, each with its own error.
-        """
-        results: list[tuple[Any, Any, BaseException | None]] = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for ops, _, _ in batch:
-                for op in ops:
-                    self._apply(conn, op)
-            conn.execute("COMMIT")
-            results = [(loop, fut, None) for _, loop, fut in batch]
-        except sqlite3.Error:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            results = [(loop, fut, self._commit_one(conn, ops)) for ops, loop, fut in batch]
-        if self._on_commit is not None:
-            self._on_commit(len(batch))
-        by_loop: dict[Any, list] = {}
-        for loop, fut, err in results:
-            if loop is None:
-                if err is not None:
-                    log.error("spool state update failed", extra={"error": str(err)})
-                continue
-            by_loop.setdefault(loop, []).append((fut, err))
-        for loop, items in by_loop.items():
-            loop.call_soon_threadsafe(_resolve, items)
-
-    def _commit_one(self, conn: sqlite3.Connection, ops: list[tuple]) -> SpoolError | None:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for op in ops:
-                self._apply(conn, op)
-            conn.execute("COMMIT")
-            return None
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            return _classify(exc)
-
-    @staticmethod
-    def _apply(conn: sqlite3.Connection, op: tuple) -> None:
-        kind = op[0]
-        if kind == "save":
-            msg, data = op[1], op[2]
-            conn.execute(
-                "INSERT INTO messages (id, envelope, due, attempts, data) VALUES (?, ?, ?, ?, ?)",
-                (msg.id, _envelope(msg), msg.due, msg.num_attempts, data),
-            )
-        elif kind == "update":
-            msg = op[1]
-            conn.execute(
-                "UPDATE messages SET envelope = ?, due = ?, attempts = ? WHERE id = ?",
-                (_envelope(msg), msg.due, msg.num_attempts, msg.id),
-            )
-        elif kind == "remove":
-            conn.execute("DELETE FROM messages WHERE id = ?", (op[1],))
+        if not self._writer.running:
+            raise SpoolError("spool is not open")
+        await self._writer.run()
 
     # -- reads -----------------------------------------------------------------
 
@@ -405,11 +336,6 @@ def _classify(exc: sqlite3.Error) -> SpoolError:
     return SpoolError(f"spool write failed: {exc}")
 
 
-def _resolve(items: list[tuple[asyncio.Future, BaseException | None]]) -> None:
-    for fut, err in items:
-        if fut.done():
-            continue
-        if err is None:
-            fut.set_result(None)
-        else:
-            fut.set_exception(err)
+def _log_state_update_error(exc: BaseException) -> None:
+    """A not-awaited update/remove failed (writer thread): log it, the spool goes on."""
+    log.error("spool_state_update_failed", extra={"error": f"{type(exc).__name__}: {exc}"})

@@ -158,7 +158,7 @@ async def test_kill9_mid_stream_loses_no_acknowledged_message_queued_for_retry(t
     assert proc.proc.returncode == -9
     async with Receiver("127.0.0.1", port) as rx:
         async with nimbus(tmp_path, env) as restarted:
-            [recovered] = stderr_event(restarted, "spool recovered")
+            [recovered] = stderr_event(restarted, "spool_recovered")
             await wait_delivered(rx, acked)
     assert len(acked) >= 300
     assert recovered["messages"] >= len(acked)
@@ -226,8 +226,8 @@ async def test_corrupt_spool_entry_is_quarantined_and_the_rest_delivered(tmp_pat
     conn.close()
     async with Receiver("127.0.0.1", port) as rx:
         async with nimbus(tmp_path, env) as second:
-            logged = stderr_event(second, "corrupt spool entry quarantined")
-            [recovered] = stderr_event(second, "spool recovered")
+            logged = stderr_event(second, "spool_entry_quarantined")
+            [recovered] = stderr_event(second, "spool_recovered")
             await wait_delivered(rx, set(ids) - {bad})
             second.terminate()
             assert await second.wait() == 0

@@ -139,7 +139,7 @@ class FirstFailure(logging.Handler):
         self.seen = asyncio.Event()
 
     def emit(self, rec: logging.LogRecord) -> None:
-        if rec.levelno == logging.WARNING and "delivery failed" in rec.getMessage():
+        if rec.levelno == logging.WARNING and rec.getMessage() == "log_hook_delivery_failed":
             self.seen.set()
 
 

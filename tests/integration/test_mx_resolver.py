@@ -86,6 +86,18 @@ async def test_second_lookup_is_cached(server, resolver) -> None:
     assert server.count("example.test", "MX") == 1
 
 
+async def test_cache_is_bounded_by_cache_size(server, clock) -> None:
+    """Past dns.cache_size the least recently used answer is dropped and asked again."""
+    settings = DnsSettings(nameservers=[server.nameserver], timeout=0.2, lifetime=0.5, cache_size=1)
+    resolver = MxResolver(settings, clock=clock)
+    server.add("a.test", "MX", "10 mx.a.test.")
+    server.add("b.test", "MX", "10 mx.b.test.")
+    await resolver.resolve_mx("a.test")
+    await resolver.resolve_mx("b.test")
+    await resolver.resolve_mx("a.test")
+    assert server.count("a.test", "MX") == 2
+
+
 async def test_lookup_after_expiry_requeries(server, resolver, clock) -> None:
     """Once the TTL has passed the next lookup queries again."""
     server.add("example.test", "MX", "10 mx.example.test.")

@@ -189,7 +189,7 @@ async def test_new_connection_after_sigterm_is_refused_or_gets_421(tmp_path):
             id = await send(proc.smtp_port, "in flight")  # holds the drain open at the gate
             await rx.entered.wait()
             proc.terminate()
-            await stderr_event(proc, "shutting down")
+            await stderr_event(proc, "shutting_down")
             reply = await first_reply(proc.smtp_port)
             rx.gate.set()
             assert await proc.wait() == 0
@@ -206,7 +206,7 @@ async def test_in_flight_delivery_completes_before_exit(tmp_path):
             ids = [await send(proc.smtp_port, f"m{i}") for i in range(5)]
             await rx.entered.wait()
             proc.terminate()
-            await stderr_event(proc, "shutting down")
+            await stderr_event(proc, "shutting_down")
             rx.gate.set()
             rc = await proc.wait()
     [in_flight] = rx.entered_ids[:1]
@@ -225,7 +225,7 @@ async def test_messages_not_started_at_sigterm_stay_spooled(tmp_path):
             ids = [await send(proc.smtp_port, f"m{i}") for i in range(5)]
             await rx.entered.wait()
             proc.terminate()
-            await stderr_event(proc, "shutting down")
+            await stderr_event(proc, "shutting_down")
             rx.gate.set()
             assert await proc.wait() == 0
     deliveries = [r["id"] for r in proc.records() if r["type"] == "Delivery"]
@@ -241,7 +241,7 @@ async def test_nothing_acknowledged_is_lost_across_a_sigterm_restart(tmp_path):
             ids = [await send(proc.smtp_port, f"m{i}") for i in range(5)]
             await rx.entered.wait()
             proc.terminate()
-            await stderr_event(proc, "shutting down")
+            await stderr_event(proc, "shutting_down")
             rx.gate.set()
             assert await proc.wait() == 0
         async with nimbus(tmp_path, env):

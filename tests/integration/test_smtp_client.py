@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-import subprocess
 import time
 from dataclasses import dataclass
 
 import pytest
+import trustme
 from aiosmtpd.smtp import SMTP
 
 from engine.delivery.client import (
@@ -91,33 +91,28 @@ class Receiver:
 
 
 @pytest.fixture(scope="module")
-def cert_files(tmp_path_factory):
-    """A self-signed certificate and key for rx.test, made once per module."""
+def tls_ca() -> trustme.CA:
+    """A test CA no system trust store knows, made once per module."""
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def cert_files(tmp_path_factory, tls_ca):
+    """A certificate for rx.test issued by ``tls_ca``: (certificate chain, key) PEM files."""
     d = tmp_path_factory.mktemp("tls")
     cert, key = d / "cert.pem", d / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=rx.test",
-            "-addext",
-            "subjectAltName=DNS:rx.test",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    issued = tls_ca.issue_cert("rx.test")
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
     return cert, key
+
+
+@pytest.fixture(scope="module")
+def ca_file(tmp_path_factory, tls_ca):
+    """The test CA's certificate as a PEM file (what a client that trusts it loads)."""
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    tls_ca.cert_pem.write_to_path(str(path))
+    return path
 
 
 @pytest.fixture
@@ -302,10 +297,10 @@ async def test_non_ascii_address_without_smtputf8_is_refused_locally(start_recei
     assert rx.mail_from == [] and conn.is_usable
 
 
-async def test_opportunistic_uses_starttls_with_self_signed_cert(
+async def test_opportunistic_uses_starttls_with_untrusted_cert(
     start_receiver, open_client, server_tls
 ):
-    """Opportunistic TLS upgrades despite a self-signed certificate and delivers over TLS."""
+    """Opportunistic TLS upgrades despite an untrusted certificate and delivers over TLS."""
     rx = Receiver()
     conn = await open_client(await start_receiver(rx, server_tls))
     assert (await conn.send("a@tx.test", "b@rx.test", MESSAGE)).code == 250
@@ -333,8 +328,8 @@ async def test_required_without_starttls_never_sends_mail(start_receiver, open_c
     assert rx.connections == 1 and rx.mail_from == []
 
 
-async def test_required_rejects_self_signed_cert(start_receiver, open_client, server_tls):
-    """Required TLS fails verification of a self-signed certificate with TlsFailed."""
+async def test_required_rejects_untrusted_cert(start_receiver, open_client, server_tls):
+    """Required TLS fails verification of a certificate from an unknown CA with TlsFailed."""
     rx = Receiver()
     port = await start_receiver(rx, server_tls)
     with pytest.raises(TlsFailed) as info:
@@ -344,7 +339,7 @@ async def test_required_rejects_self_signed_cert(start_receiver, open_client, se
 
 
 async def test_required_accepts_cert_from_trusted_ca(
-    start_receiver, open_client, server_tls, cert_files
+    start_receiver, open_client, server_tls, ca_file
 ):
     """Required TLS delivers when the factory's context trusts the certificate."""
     rx = Receiver()
@@ -352,15 +347,15 @@ async def test_required_accepts_cert_from_trusted_ca(
 
     def factory(verify: bool) -> ssl.SSLContext:
         assert verify
-        return ssl.create_default_context(cafile=str(cert_files[0]))
+        return ssl.create_default_context(cafile=str(ca_file))
 
     conn = await open_client(port, TlsMode.REQUIRED, factory=factory)
     assert (await conn.send("a@tx.test", "b@rx.test", MESSAGE)).code == 250
     assert rx.messages[0].tls
 
 
-async def test_required_insecure_accepts_self_signed_cert(start_receiver, open_client, server_tls):
-    """RequiredInsecure TLS delivers over TLS despite a self-signed certificate."""
+async def test_required_insecure_accepts_untrusted_cert(start_receiver, open_client, server_tls):
+    """RequiredInsecure TLS delivers over TLS despite an untrusted certificate."""
     rx = Receiver()
     conn = await open_client(await start_receiver(rx, server_tls), TlsMode.REQUIRED_INSECURE)
     assert (await conn.send("a@tx.test", "b@rx.test", MESSAGE)).code == 250

@@ -18,8 +18,8 @@ from tests.support.redis_server import RedisServer
 
 TIMEOUT = 5.0  # generous: a loaded CI machine must not look like an outage
 SHORT = 1.0  # for the tests that time an outage
-UNAVAILABLE = "redis unavailable; enforcing local limits"
-AVAILABLE = "redis available again; shared limits resumed"
+UNAVAILABLE = "redis_unavailable"
+AVAILABLE = "redis_available"
 
 
 @pytest.fixture

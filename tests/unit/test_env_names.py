@@ -46,7 +46,7 @@ def test_startup_reports_unknown_names_in_one_warning(monkeypatch, caplog):
     monkeypatch.setenv("NIMBUS_SPOOL_DIRR", "y")
     with caplog.at_level(logging.WARNING, logger="nimbus.cli"):
         cli._report_unknown_env()
-    [record] = [r for r in caplog.records if r.getMessage() == "unknown environment names"]
+    [record] = [r for r in caplog.records if r.getMessage() == "unknown_environment_names"]
     assert record.unknown == {
         "NIMBUS_SMTP_LISTN": "NIMBUS_SMTP_LISTEN",
         "NIMBUS_SPOOL_DIRR": "NIMBUS_SPOOL_DIR",

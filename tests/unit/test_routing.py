@@ -1,4 +1,4 @@
-"""Routing decisions: SourcePicker and destination_for."""
+"""Routing decisions: SourcePicker, destination_for and the policy-answer caches."""
 
 from __future__ import annotations
 
@@ -6,9 +6,14 @@ from collections import Counter
 
 import pytest
 
+from engine.config.settings import Settings
 from engine.policy.egress import EgressPool
+from engine.policy.events import PolicyFailure
+from engine.policy.queue_config import QueueConfig
+from engine.queues import routing
 from engine.queues.ready import Target
-from engine.queues.routing import SourcePicker, destination_for
+from engine.queues.routing import CONFIG_TTL, Router, SourcePicker, destination_for
+from tests.support.fakes import FakeConnector
 
 
 def picks(entries, n):
@@ -105,3 +110,69 @@ def test_sink_endpoint_ipv6_literal():
         sink_endpoint="[::1]:2525", mx_list=None, mx_hosts=None, mx_site=None, smtp_port=25
     )
     assert d.targets == (Target(host="::1", port=2525),)
+
+
+class _CountingPolicy:
+    """A policy whose get_queue_config answers are counted; ``fail`` makes it raise."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.fail = False
+
+    async def dispatch(self, name, *args, default=None):
+        self.calls += 1
+        if self.fail:
+            raise PolicyFailure(name, "boom")
+        return QueueConfig(retry_interval=float(self.calls))
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _router(policy: _CountingPolicy, clock: _Clock) -> Router:
+    return Router(
+        settings=Settings(),
+        policy=lambda: policy,
+        resolver=None,
+        spool=None,
+        outcomes=None,
+        connector=FakeConnector(),
+        clock=clock,
+    )
+
+
+async def test_queue_config_is_cached_for_config_ttl():
+    """get_queue_config is asked once per queue per CONFIG_TTL, then again."""
+    policy, clock = _CountingPolicy(), _Clock()
+    router = _router(policy, clock)
+    first = await router.queue_config("example.test")
+    clock.now += CONFIG_TTL - 1
+    assert await router.queue_config("example.test") is first
+    clock.now += 2
+    assert (await router.queue_config("example.test")).retry_interval == 2.0
+    assert policy.calls == 2
+
+
+async def test_failing_policy_keeps_last_good_config_past_ttl():
+    """After the TTL a failing get_queue_config keeps the last good answer, not defaults."""
+    policy, clock = _CountingPolicy(), _Clock()
+    router = _router(policy, clock)
+    good = await router.queue_config("example.test")
+    clock.now += CONFIG_TTL + 1
+    policy.fail = True
+    assert await router.queue_config("example.test") is good
+
+
+async def test_policy_answer_cache_is_bounded(monkeypatch):
+    """Past POLICY_CACHE_SIZE queues the least recently used answer is asked again."""
+    monkeypatch.setattr(routing, "POLICY_CACHE_SIZE", 2)
+    policy = _CountingPolicy()
+    router = _router(policy, _Clock())
+    for queue in ("a.test", "b.test", "c.test", "a.test"):
+        await router.queue_config(queue)
+    assert policy.calls == 4

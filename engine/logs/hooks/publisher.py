@@ -52,7 +52,8 @@ from typing import Any
 
 import aiohttp
 
-from engine.logs.hooks.sender import HookSender, HookState, Transport, backoff_delay, post
+from engine.config.backoff import backoff_delay
+from engine.logs.hooks.sender import HookSender, HookState, Transport, post
 from engine.logs.hooks.store import Op, Store, insert_rows, trim_rows
 from engine.policy.events import PolicyFailure, Registry, Rejected
 from engine.policy.log_hook import LogHook
@@ -138,9 +139,7 @@ class LogHookPublisher:
             if name in self._state:
                 self._state[name].added(n, float("-inf"))  # overdue: send at once
             else:
-                log.warning(
-                    "log hook rows for an unconfigured hook kept", extra={"hook": name, "rows": n}
-                )
+                log.warning("log_hook_unconfigured_rows_kept", extra={"hook": name, "rows": n})
 
     async def run(self) -> None:
         """Persist records and run one sender per hook until ``close()``; cancellable."""
@@ -199,13 +198,13 @@ class LogHookPublisher:
                         failures += 1
                         if self._closing:
                             log.error(
-                                "log hook records lost: database write failed at close",
+                                "log_hook_records_lost_at_close",
                                 extra={"records": len(rows), "error": str(exc)},
                             )
                             break
                         if failures == 1:
                             log.error(
-                                "log hook database write failed; retrying",
+                                "log_hook_database_write_failed",
                                 extra={"records": len(rows), "error": str(exc)},
                             )
                         await asyncio.sleep(
@@ -213,7 +212,7 @@ class LogHookPublisher:
                         )
                     except (TypeError, ValueError):  # a record JSON cannot hold: a bug
                         log.exception(
-                            "log hook records dropped: not serialisable",
+                            "log_hook_records_unserialisable",
                             extra={"records": len(rows)},
                         )
                         break
@@ -250,7 +249,7 @@ class LogHookPublisher:
         try:
             registry = self._policy() if self._policy is not None else None
         except Exception:  # no policy is better than losing records
-            log.exception("log hook policy unavailable; records kept")
+            log.exception("log_hook_policy_unavailable")
             registry = None
         if registry is None or not registry.has(SHOULD_ENQUEUE):
             return [(h.name, rec) for rec, hooks in batch for h in hooks]
@@ -307,7 +306,7 @@ class LogHookPublisher:
             if dropped and not st.dropping:
                 st.dropping = True
                 log.warning(
-                    "log hook backlog over max_pending; oldest records dropped",
+                    "log_hook_backlog_dropped",
                     extra={
                         "hook": name,
                         "max_pending": self.hooks[name].max_pending,

@@ -6,7 +6,6 @@ Exports:
                  the same batch is retried with backoff otherwise (never dropped)
     post         the aiohttp transport: POST a body for a hook, return the status
     Transport    the transport type (tests pass their own)
-    backoff_delay  the retry schedule (pure; also paces the publisher's database retries)
 
 Used only by ``engine.logs.hooks.publisher`` (``LogHookPublisher`` runs one HookSender per hook).
 """
@@ -23,25 +22,16 @@ from functools import partial
 
 import aiohttp
 
+from engine.config.backoff import backoff_delay
 from engine.logs.hooks.store import Store, delete_rows, read_rows
 from engine.policy.log_hook import LogHook
 
-__all__ = ["HookState", "HookSender", "post", "Transport", "backoff_delay"]
+__all__ = ["HookState", "HookSender", "post", "Transport"]
 
 log = logging.getLogger("nimbus.log_hooks")
 
 Transport = Callable[[LogHook, bytes], Awaitable[int]]
 """POSTs a body for a hook and returns the HTTP status; raises on network errors."""
-
-
-def backoff_delay(failures: int, *, base: float, cap: float, rand: float) -> float:
-    """Seconds to wait after the ``failures``-th consecutive failure (1-based).
-
-    The delay doubles from ``base`` up to ``cap``; ``rand`` in [0, 1) then picks a
-    point in [d/2, d) ("equal jitter") so nodes retrying one endpoint spread out.
-    """
-    d = min(cap, base * 2.0 ** min(max(failures, 1) - 1, 64))
-    return d / 2 + d / 2 * rand
 
 
 @dataclass(slots=True)
@@ -103,17 +93,24 @@ class HookSender:
 
     async def run(self) -> None:
         hook, st = self.hook, self.state
+        db_failures = 0
         while not self._closing():
             await self._wait_for_batch(hook, st)
             try:
                 if not await self._send_batch(hook, st):
                     return
+                db_failures = 0
             except sqlite3.Error as exc:  # disk trouble: a re-sent batch, never a loss
+                db_failures += 1
                 log.error(
-                    "log hook database failed; retrying",
-                    extra={"hook": hook.name, "error": str(exc)},
+                    "log_hook_database_read_failed",
+                    extra={"hook": hook.name, "error": str(exc), "failures": db_failures},
                 )
-                await asyncio.sleep(hook.backoff_max)
+                await asyncio.sleep(
+                    backoff_delay(
+                        db_failures, base=hook.backoff_base, cap=hook.backoff_max, rand=self._rand()
+                    )
+                )
 
     async def _send_batch(self, hook: LogHook, st: HookState) -> bool:
         """Read, POST and delete one batch; False when close() interrupted it."""
@@ -172,7 +169,7 @@ class HookSender:
             if 200 <= status < 300:
                 if failures:
                     log.info(
-                        "log hook delivering again",
+                        "log_hook_delivery_recovered",
                         extra={"hook": hook.name, "failed_attempts": failures},
                     )
                 return True
@@ -180,7 +177,7 @@ class HookSender:
             st.failed_attempts += 1
             if failures == 1:
                 log.warning(
-                    "log hook delivery failed; retrying with backoff",
+                    "log_hook_delivery_failed",
                     extra={
                         "hook": hook.name,
                         "url": hook.url,

@@ -28,10 +28,11 @@ lead the pattern).
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from cachetools import LRUCache
 
 from engine.config.settings import ConfigError
 from engine.policy.helpers import load_document
@@ -108,14 +109,15 @@ class BounceClassifier:
     same remote reply repeated across a queue costs one scan of the rules.
     """
 
-    __slots__ = ("_rules", "_cache", "_cache_size")
+    __slots__ = ("_rules", "_cache")
 
     def __init__(
         self, rules: Iterable[tuple[str, re.Pattern[str]]], *, cache_size: int = 1024
     ) -> None:
         self._rules = tuple(rules)
-        self._cache: OrderedDict[str, str] = OrderedDict()
-        self._cache_size = max(0, cache_size)
+        # Rules never change for a classifier (a reload builds a new one), so answers need no
+        # TTL: a bounded LRU is enough. cache_size 0 turns the cache off.
+        self._cache: LRUCache[str, str] | None = LRUCache(cache_size) if cache_size > 0 else None
 
     @classmethod
     def load(
@@ -142,15 +144,12 @@ class BounceClassifier:
 
     def classify(self, line: str) -> str:
         """The class of the first rule found in ``line``, else ``Uncategorized``."""
-        cached = self._cache.get(line)
+        cached = self._cache.get(line) if self._cache is not None else None
         if cached is not None:
-            self._cache.move_to_end(line)
             return cached
         result = next((cls for cls, rx in self._rules if rx.search(line)), UNCATEGORIZED)
-        if self._cache_size:
+        if self._cache is not None:
             self._cache[line] = result
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
         return result
 
     def classify_response(self, response: Response) -> str:

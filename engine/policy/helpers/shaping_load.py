@@ -379,7 +379,7 @@ def load_shaping(paths: Sequence[str | Path]) -> Shaping:
     paths: files in order (defaults first, local overrides, then a TSA overlay).
     Raises ConfigError naming file, table and key for anything invalid (a refused
     option: "not supported by Nimbus"), and for a provider with no ``match`` once every
-    file is merged. Logs one ``option not implemented`` warning (logger ``nimbus.config``)
+    file is merged. Logs one ``option_not_implemented`` warning (logger ``nimbus.config``)
     per file and MTA-STS / DANE key set to true.
     """
     default: Block | None = None
@@ -389,7 +389,7 @@ def load_shaping(paths: Sequence[str | Path]) -> Shaping:
     for path in map(str, paths):
         tree = read_toml(path)
         for text in option_warnings(path, tree):
-            log.warning("option not implemented", extra={"file": path, "warning": text})
+            log.warning("option_not_implemented", extra={"file": path, "warning": text})
         for name, table in tree.items():
             if name == "provider":
                 if not isinstance(table, dict):

@@ -23,10 +23,12 @@ Redis outage (KumoMTA fails closed: no new connections, throttled deliveries abo
 Here any Redis error or a call slower than ``settings.timeout`` switches the store to a
 local ``EmbeddedStore`` holding this node's share of each limit: rates
 ``limit // cluster.nodes`` (>= 1), connection limits ``ceil(limit / cluster.nodes)``.
-It logs ``"redis unavailable; enforcing local limits"`` once per outage, counts
+It logs ``"redis_unavailable"`` once per outage, counts
 ``outages`` and ``outage_calls``, and calls ``on_state_change(True)``. While degraded,
-at most one call per ``probe_interval`` (1 s) tries Redis; the first success logs
-``"redis available again; shared limits resumed"`` and calls ``on_state_change(False)``.
+one call tries Redis after ``probe_interval`` (1 s), the next after twice that, up to
+``PROBE_MAX_INTERVAL`` (5 s), jittered (``engine.config.backoff``) so the nodes of a
+cluster do not probe a restarting Redis in step; the first success logs
+``"redis_available"`` and calls ``on_state_change(False)``.
 Callers never see a Redis error.
 
 Leases across an outage:
@@ -48,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -58,6 +61,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from engine.config.backoff import backoff_delay
 from engine.config.settings import ClusterSettings, RedisSettings
 from engine.config.throttle_spec import ThrottleSpec
 from engine.shaping.throttle.embedded import EmbeddedStore
@@ -71,7 +75,9 @@ log = logging.getLogger("nimbus.throttle")
 T = TypeVar("T")
 
 PROBE_INTERVAL = 1.0
-"""Seconds between attempts to reach Redis while degraded."""
+"""Seconds before the first attempt to reach Redis again while degraded."""
+PROBE_MAX_INTERVAL = 5.0
+"""The most the probe delay grows to while Redis stays down."""
 
 # ARGV: emission interval (s), burst, quantity. Returns {allowed, retry_after,
 # remaining, reset_after}; floats as strings (Lua numbers become integer replies).
@@ -179,7 +185,8 @@ class RedisStore(ThrottleStore):
     settings: url, key timeout (per call, seconds). Keys are passed in already prefixed.
     cluster: ``nodes`` sharing the limits (the divisor for the local fallback).
     on_state_change: called with ``degraded`` on entering / leaving the fallback.
-    probe_interval: seconds between Redis attempts while degraded.
+    probe_interval: seconds before the first Redis attempt while degraded (doubling).
+    rand: jitter source in [0, 1) for the probe delay.
     clock: monotonic seconds, for the fallback and probing.
     """
 
@@ -191,12 +198,14 @@ class RedisStore(ThrottleStore):
         on_state_change: StateCallback | None = None,
         probe_interval: float = PROBE_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
     ) -> None:
         self._timeout = settings.timeout
         self._nodes = max(1, cluster.nodes)
         self._on_state_change = on_state_change
         self._probe_interval = probe_interval
         self._clock = clock
+        self._rand = rand
         pool = BlockingConnectionPool.from_url(
             settings.url,
             max_connections=50,
@@ -215,6 +224,7 @@ class RedisStore(ThrottleStore):
         self._limits: dict[tuple[str, str], int] = {}  # held lease -> its limit
         self._degraded = False
         self._next_probe = 0.0
+        self._failed_probes = 0
         self.outages = 0
         """Times Redis became unavailable."""
         self.outage_calls = 0
@@ -320,7 +330,7 @@ class RedisStore(ThrottleStore):
             if now < self._next_probe:
                 self.outage_calls += 1
                 return _DOWN
-            self._next_probe = now + self._probe_interval
+            self._next_probe = now + self._probe_delay()  # the other callers stay local
         try:
             async with asyncio.timeout(self._timeout):
                 reply = await call()
@@ -332,21 +342,29 @@ class RedisStore(ThrottleStore):
             self._leave_outage()
         return reply
 
+    def _probe_delay(self) -> float:
+        cap = max(self._probe_interval, PROBE_MAX_INTERVAL)
+        return backoff_delay(
+            self._failed_probes, base=self._probe_interval, cap=cap, rand=self._rand()
+        )
+
     def _enter_outage(self, exc: BaseException) -> None:
-        self._next_probe = self._clock() + self._probe_interval
+        self._failed_probes += 1
+        self._next_probe = self._clock() + self._probe_delay()
         if self._degraded:
             return
         self._degraded = True
         self.outages += 1
         log.warning(
-            "redis unavailable; enforcing local limits",
+            "redis_unavailable",
             extra={"error": f"{type(exc).__name__}: {exc}", "nodes": self._nodes},
         )
         self._notify(True)
 
     def _leave_outage(self) -> None:
         self._degraded = False
-        log.info("redis available again; shared limits resumed")
+        self._failed_probes = 0
+        log.info("redis_available")
         self._notify(False)
 
     def _notify(self, degraded: bool) -> None:
@@ -355,4 +373,4 @@ class RedisStore(ThrottleStore):
         try:
             self._on_state_change(degraded)
         except Exception:  # a metrics hook must not break throttling
-            log.exception("throttle state callback failed")
+            log.exception("throttle_state_callback_failed")

@@ -1,0 +1,263 @@
+"""The group-commit SQLite writer: one thread, one connection, every waiting request in one
+transaction.
+
+Exports:
+    Writer                 start(conn) / await run(*ops) / submit_nowait(*ops) / await close()
+    Op                     one operation: a callable taking the connection, returning a result
+    connect(path, *, synchronous) -> sqlite3.Connection
+                           a WAL connection with the caller's durability (FULL / NORMAL)
+    move_aside(path) -> Path
+                           rename an unreadable database (and its -wal/-shm) out of the way
+
+Used by the spool (``synchronous=FULL``: a 250 means the message survives an OS crash)
+and the log-hook queue (``synchronous=NORMAL``: survives ``kill -9``, not an OS crash);
+each opens its own connection, so each keeps its durability.
+
+How the thread serves requests (pseudocode)::
+
+    loop:
+        batch = [next request]                 # blocks
+        sleep(commit_window)                   # optional: let more requests arrive
+        batch += every request waiting now
+        BEGIN IMMEDIATE; run every op of every request; COMMIT   # one fsync for all
+        if that raised anything: ROLLBACK, then each request alone in its own
+            transaction, so only a failing request gets its exception
+        resolve each request's future on its own loop (grouped: one wake-up per loop)
+    close(): a stop marker; requests queued before it are committed first (drain),
+             requests after it fail with WriterClosed
+
+The thread never dies of a request: any ``Exception`` an op raises (``sqlite3.Error``,
+a bug's ``TypeError``) is handed to that request's future, or to ``on_error`` for a
+request nobody awaits (``submit_nowait``).
+
+    Exception tree:
+        Exception
+         +-- RuntimeError
+              +-- WriterClosed    run() before start() or after close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Writer", "Op", "WriterClosed", "connect", "move_aside"]
+
+Op = Callable[[sqlite3.Connection], Any]
+
+# (ops, loop, future); loop and future are None for submit_nowait.
+_Request = tuple[tuple[Op, ...], asyncio.AbstractEventLoop | None, asyncio.Future | None]
+_Outcome = tuple[Any, BaseException | None]
+
+
+class WriterClosed(RuntimeError):
+    """The writer is not running (not started yet, or closed)."""
+
+
+def connect(path: Path, *, synchronous: str) -> sqlite3.Connection:
+    """A connection in autocommit mode (we issue BEGIN/COMMIT), WAL, ``synchronous`` as given.
+
+    synchronous: ``"FULL"`` (a commit survives an OS crash) or ``"NORMAL"`` (survives the
+        process dying; WAL in the page cache may be lost with the OS).
+    Raises sqlite3.DatabaseError when the file is not a readable database.
+    """
+    if synchronous not in ("FULL", "NORMAL"):
+        raise ValueError(f"{path}: synchronous must be FULL or NORMAL, got {synchronous!r}")
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+    except sqlite3.DatabaseError:
+        conn.close()
+        raise
+    return conn
+
+
+def move_aside(path: Path) -> Path:
+    """Rename ``path`` and its ``-wal``/``-shm`` to ``<name>.corrupt-<time>``; the new name."""
+    aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(str(path) + suffix)
+        if src.exists():
+            src.rename(Path(str(aside) + suffix))
+    return aside
+
+
+class Writer:
+    """The one thread that writes a database, committing waiting requests together.
+
+    name: the thread's name, also used in errors (``"spool"``, ``"log hooks"``).
+    commit_window: seconds to wait after the first request of a batch for others to
+        join it (0: commit at once; concurrent requests still share a commit).
+    on_commit: called on the writer thread with the number of requests in each
+        committed batch (metrics); its exceptions are given to ``on_error``.
+    on_error: called on the writer thread with the exception of a request nobody
+        awaits (``submit_nowait``); by default such errors are dropped.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        commit_window: float = 0.0,
+        on_commit: Callable[[int], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.name = name
+        self._commit_window = commit_window
+        self._on_commit = on_commit
+        self._on_error = on_error
+        self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    def start(self, conn: sqlite3.Connection) -> None:
+        """Serve requests on ``conn`` (the writer owns it from now on, and closes it)."""
+        if self._thread is not None:
+            raise RuntimeError(f"{self.name} writer is already running")
+        self._thread = threading.Thread(
+            target=self._serve, args=(conn,), name=f"nimbus-{self.name}-writer", daemon=True
+        )
+        self._thread.start()
+
+    async def run(self, *ops: Op) -> list[Any]:
+        """Run ``ops`` in order in the next transaction; their results, once committed.
+
+        Raises whatever an op raised (the request was rolled back; others are not
+        affected), or WriterClosed when the writer is not running.
+        """
+        if self._thread is None:
+            raise WriterClosed(f"{self.name} writer is not running")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[Any]] = loop.create_future()
+        self._requests.put((ops, loop, fut))
+        return await fut
+
+    def submit_nowait(self, *ops: Op) -> None:
+        """Run ``ops`` in the next transaction without waiting; errors go to ``on_error``
+        (WriterClosed too: a caller that cannot wait cannot be raised at either)."""
+        if self._thread is None:
+            self._report(WriterClosed(f"{self.name} writer is not running"))
+            return
+        self._requests.put((ops, None, None))
+
+    async def close(self) -> None:
+        """Commit every request queued so far, stop the thread, close the connection."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._requests.put(None)
+        await asyncio.to_thread(thread.join)
+        self._fail_leftovers()
+
+    # -- the writer thread ----------------------------------------------------
+
+    def _serve(self, conn: sqlite3.Connection) -> None:
+        try:
+            stop = False
+            while not stop:
+                batch = self._next_batch()
+                stop = None in batch
+                work = [r for r in batch if r is not None]
+                if work:
+                    self._commit(conn, work)
+        finally:
+            conn.close()
+
+    def _next_batch(self) -> list[_Request | None]:
+        batch = [self._requests.get()]
+        if self._commit_window and batch[0] is not None:
+            time.sleep(self._commit_window)
+        while True:
+            try:
+                batch.append(self._requests.get_nowait())
+            except queue.Empty:
+                return batch
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Request]) -> None:
+        """One transaction for the batch; if it fails, each request alone (its own error)."""
+        outcomes: list[_Outcome]
+        try:
+            outcomes = [(res, None) for res in _transaction(conn, [r[0] for r in batch])]
+        except Exception:  # isolate the failing request(s) below
+            outcomes = [_alone(conn, ops) for ops, _, _ in batch]
+        if self._on_commit is not None:
+            try:
+                self._on_commit(len(batch))
+            except Exception as exc:  # a metrics hook must not stop the writer
+                self._report(exc)
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, _Outcome]]] = {}
+        for (_, loop, fut), outcome in zip(batch, outcomes, strict=True):
+            if loop is None or fut is None:
+                if outcome[1] is not None:
+                    self._report(outcome[1])
+                continue
+            by_loop.setdefault(loop, []).append((fut, outcome))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_resolve, items)
+            except RuntimeError:  # that loop is closed: nobody is waiting any more
+                pass
+
+    def _report(self, exc: BaseException) -> None:
+        if self._on_error is None:
+            return
+        try:
+            self._on_error(exc)
+        except Exception:  # an error reporter must not stop the writer
+            pass
+
+    def _fail_leftovers(self) -> None:
+        """Requests queued after the stop marker: fail them instead of leaving them hanging."""
+        closed = WriterClosed(f"{self.name} writer is closed")
+        while True:
+            try:
+                request = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            if request is None or request[1] is None or request[2] is None:
+                continue
+            try:
+                outcome: _Outcome = (None, closed)
+                request[1].call_soon_threadsafe(_resolve, [(request[2], outcome)])
+            except RuntimeError:
+                pass
+
+
+def _transaction(conn: sqlite3.Connection, requests: list[tuple[Op, ...]]) -> list[list[Any]]:
+    """Run every request's ops in one BEGIN IMMEDIATE ... COMMIT; rolled back on any error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        results = [[op(conn) for op in ops] for ops in requests]
+        conn.execute("COMMIT")
+        return results
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _alone(conn: sqlite3.Connection, ops: tuple[Op, ...]) -> _Outcome:
+    try:
+        return _transaction(conn, [ops])[0], None
+    except Exception as exc:  # handed to the request's future
+        return None, exc
+
+
+def _resolve(items: list[tuple[asyncio.Future, _Outcome]]) -> None:
+    for fut, (result, err) in items:
+        if fut.done():  # the awaiting task was cancelled
+            continue
+        if err is None:
+            fut.set_result(result)
+        else:
+            fut.set_exception(err)
