@@ -7,6 +7,7 @@ import ssl
 
 import aiosmtplib
 import pytest
+import trustme
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 from engine.delivery.client import AuthFailed, SmtpClientConnection
@@ -81,27 +82,22 @@ class AuthReceiver:
 
 
 @pytest.fixture
-async def cert(tmp_path):
-    """A self-signed certificate for rx.test: (certificate path, key path)."""
-    directory = tmp_path / "cert"
-    directory.mkdir()
-    proc = await asyncio.create_subprocess_exec(
-        *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-        *("-subj", "/CN=rx.test", "-addext", "subjectAltName=DNS:rx.test"),
-        *("-keyout", "k", "-out", "c"),
-        cwd=directory,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
-    return directory / "c", directory / "k"
+def cert(tmp_path):
+    """A certificate for rx.test from a throwaway CA (trustme):
+    (certificate chain path, key path, CA certificate path)."""
+    ca = trustme.CA()
+    issued = ca.issue_cert("rx.test")
+    chain, key, ca_file = tmp_path / "chain.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    issued.private_key_pem.write_to_path(str(key))
+    chain.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    ca.cert_pem.write_to_path(str(ca_file))
+    return chain, key, ca_file
 
 
 @pytest.fixture
 def server_tls(cert) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(*cert)
+    ctx.load_cert_chain(cert[0], cert[1])
     return ctx
 
 
@@ -114,7 +110,7 @@ def trusting(cert):
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
             return ctx
-        return ssl.create_default_context(cafile=str(cert[0]))
+        return ssl.create_default_context(cafile=str(cert[2]))
 
     return factory
 
