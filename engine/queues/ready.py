@@ -30,7 +30,12 @@ from engine.delivery.broken_tls import BrokenTlsHosts, open_connection
 from engine.delivery.client import ConnectionLost, DeliveryError, SmtpClientConnection
 from engine.delivery.mx import HostResolutionError, MxResolver, order_addresses
 from engine.policy.egress import EgressPathConfig, EgressSource, is_prohibited
-from engine.policy.events import PolicyFailure, Registry, Rejected
+from engine.policy.events import (
+    SMTP_CLIENT_REWRITE_DELIVERY_STATUS,
+    PolicyFailure,
+    Registry,
+    Rejected,
+)
 from engine.queues.controls import Controls
 from engine.queues.naming import QueueName
 from engine.queues.outcomes import Attempt, Outcomes
@@ -381,12 +386,12 @@ class ReadyQueue:
         """``smtp_client_rewrite_delivery_status``: the policy may change a failure's code
         (e.g. treat a provider's 5xx as 4xx); the text says so, as KumoMTA's does."""
         registry = self._policy()
-        if not registry.has("smtp_client_rewrite_delivery_status"):
+        if not registry.has(SMTP_CLIENT_REWRITE_DELIVERY_STATUS):
             return response
         q = QueueName.parse(msg.queue)
         try:
             code = await registry.dispatch(
-                "smtp_client_rewrite_delivery_status",
+                SMTP_CLIENT_REWRITE_DELIVERY_STATUS,
                 response,
                 q.domain,
                 q.tenant,

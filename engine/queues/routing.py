@@ -28,7 +28,14 @@ from engine.delivery.broken_tls import BrokenTlsHosts
 from engine.delivery.mx import MxError, MxResolver
 from engine.policy.egress import DEFAULT_POOL, EgressPathConfig, EgressPool, EgressSource
 from engine.policy.egress_options import apply_egress_options, check_egress_path
-from engine.policy.events import PolicyFailure, Registry
+from engine.policy.events import (
+    GET_EGRESS_PATH_CONFIG,
+    GET_EGRESS_POOL,
+    GET_EGRESS_SOURCE,
+    GET_QUEUE_CONFIG,
+    PolicyFailure,
+    Registry,
+)
 from engine.policy.queue_config import QueueConfig, check_queue_config
 from engine.queues.controls import Controls
 from engine.queues.naming import QueueName, ready_queue_name
@@ -169,7 +176,7 @@ class Router:
         q = QueueName.parse(queue)
         try:
             cfg = await self._policy().dispatch(
-                "get_queue_config",
+                GET_QUEUE_CONFIG,
                 q.domain,
                 q.tenant,
                 q.campaign,
@@ -190,7 +197,7 @@ class Router:
         name = pool_name or DEFAULT_POOL.name
         hit = self._pickers.get(name)
         if not hit or hit[0] <= time.monotonic():
-            pool = await self._policy().dispatch("get_egress_pool", name, default=None)
+            pool = await self._policy().dispatch(GET_EGRESS_POOL, name, default=None)
             if pool is None:
                 pool = DEFAULT_POOL if name == DEFAULT_POOL.name else EgressPool(name=name)
             hit = (time.monotonic() + CONFIG_TTL, SourcePicker(pool))
@@ -202,7 +209,7 @@ class Router:
         if cached and cached[0] > time.monotonic():
             return cached[1]
         source = await self._policy().dispatch(
-            "get_egress_source", source_name, default=EgressSource(name=source_name)
+            GET_EGRESS_SOURCE, source_name, default=EgressSource(name=source_name)
         )
         self._sources[source_name] = (time.monotonic() + CONFIG_TTL, source)
         return source
@@ -213,7 +220,7 @@ class Router:
         if hit and hit[0] > time.monotonic():
             return hit[1]
         cfg = await self._policy().dispatch(
-            "get_egress_path_config", routing_domain, source, site, default=EgressPathConfig()
+            GET_EGRESS_PATH_CONFIG, routing_domain, source, site, default=EgressPathConfig()
         )
         where = f"get_egress_path_config({routing_domain}, {source}, {site})"
         try:
