@@ -26,7 +26,7 @@ Where handlers run. The whole dispatch runs under ``asyncio.timeout(policy.event
   holds one pool thread until then; when every thread is held, further sync dispatches
   wait for one and time out in turn (451), while the loop and async handlers go on.
   Handlers running in threads may run concurrently with each other: state they share
-  must be safe for that (the bundled helpers only read their loaded tables).
+  must be safe for that.
 - ``@nimbus.on(name, inline=True)`` runs a plain handler on the loop instead, saving the
   thread hop (bench/policy_dispatch_bench.py: ~45 us of CPU per sync dispatch, several
   per relayed message, against ~0.1 us inline). It is for handlers that never block

@@ -242,6 +242,10 @@ async def test_requeue_message_can_rebind_to_another_queue(tmp_path):
                 MESSAGE,
             )
             await node.records.wait(lambda r: r["type"] == "TransientFailure")
+            # The record is written before requeue_message runs (in a policy thread).
+            async with asyncio.timeout(10):
+                while not node.scheduler.messages():
+                    await asyncio.sleep(0.01)
             [msg] = node.scheduler.messages()
     assert msg.queue == "dst.test!fallback.test"
     assert msg.meta["routing_domain"] == "fallback.test"
@@ -297,6 +301,43 @@ async def test_broken_or_slow_handler_gives_451_and_the_node_keeps_serving(tmp_p
     assert replies[2].startswith(b"451 4.3.0 ")
     assert replies[3].startswith(b"451 4.3.0 ")
     assert replies[4].startswith(b"250")
+
+
+async def test_blocking_sync_handler_gives_451_on_time_and_the_loop_keeps_serving(tmp_path):
+    """A plain handler doing time.sleep(1) under a 0.1 s policy.event_timeout gives
+    451 4.3.0 within 0.3 s over SMTP, and another session is served meanwhile."""
+    policy = """
+    import time
+
+    def register(nimbus):
+        @nimbus.on("smtp_server_mail_from")
+        def mail_from(sender, conn_meta):
+            if sender.startswith("slow@"):
+                time.sleep(1)
+    """
+    async with running_node(tmp_path, policy=policy, **{"policy.event_timeout": 0.1}) as node:
+        reader, writer = await asyncio.open_connection("127.0.0.1", node.smtp_port)
+
+        async def slow_mail() -> tuple[bytes, float]:
+            await reader.readline()
+            writer.write(b"EHLO c.test\r\n")
+            while (await reader.readline())[3:4] == b"-":
+                pass
+            started = time.monotonic()
+            writer.write(b"MAIL FROM:<slow@src.test>\r\n")
+            return await reader.readline(), time.monotonic() - started
+
+        try:
+            async with asyncio.timeout(10):
+                (slow_reply, elapsed), fine = await asyncio.gather(
+                    slow_mail(),
+                    smtp(node.smtp_port, b"EHLO d.test\r\n", b"MAIL FROM:<fine@src.test>\r\n"),
+                )
+        finally:
+            writer.close()
+            await writer.wait_closed()
+    assert slow_reply.startswith(b"451 4.3.0 ") and elapsed < 0.3
+    assert fine[2].startswith(b"250")
 
 
 def write_policy(path, source: str) -> None:
