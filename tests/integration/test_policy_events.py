@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import textwrap
 import time
 
@@ -160,6 +161,49 @@ async def test_listener_domain_relay_to_accepts_inbound_mail_from_anyone(tmp_pat
         )
     assert replies[3].startswith(b"250")
     assert replies[4].startswith(b"550 5.7.1")
+
+
+async def test_wrong_answer_type_is_451_and_one_log_line(tmp_path, caplog):
+    """An EHLO handler answering a string instead of a list of extensions gives 451 4.3.0
+    and one error line naming the event, the handler and both types."""
+    policy = """
+    def register(nimbus):
+        @nimbus.on("smtp_server_ehlo")
+        def ehlo(domain, conn_meta, extensions):
+            return "PIPELINING"
+    """
+    caplog.set_level(logging.INFO, logger="nimbus.events")
+    async with running_node(tmp_path, policy=policy) as node:
+        replies = await smtp(node.smtp_port, b"EHLO c.test\r\n")
+    assert replies[1].startswith(b"451 4.3.0 ")
+    [line] = [r for r in caplog.records if r.name == "nimbus.events"]
+    assert (line.event_name, line.expected, line.actual) == ("smtp_server_ehlo", "list[str]", "str")
+    assert line.handler.endswith(".ehlo")
+
+
+async def test_listener_domain_oob_option_warns_once_and_still_relays(tmp_path, caplog):
+    """A ListenerDomain with log_oob set still opens relaying, and logs one "not
+    implemented yet" warning for its domain however many recipients use it."""
+    policy = """
+    def register(nimbus):
+        @nimbus.on("get_listener_domain")
+        def listener_domain(domain, listener, conn_meta):
+            return nimbus.ListenerDomain(relay_to=True, log_oob="LogThenDrop")
+    """
+    caplog.set_level(logging.WARNING, logger="nimbus.events")
+    async with running_node(
+        tmp_path, policy=policy, **{"smtp.relay_hosts": ["10.255.0.0/16"]}
+    ) as node:
+        replies = await smtp(
+            node.smtp_port,
+            b"EHLO c.test\r\n",
+            b"MAIL FROM:<a@src.test>\r\n",
+            b"RCPT TO:<u@inbound.test>\r\n",
+            b"RCPT TO:<v@inbound.test>\r\n",
+        )
+    assert replies[3].startswith(b"250") and replies[4].startswith(b"250")
+    warnings = [r.getMessage() for r in caplog.records if r.name == "nimbus.events"]
+    assert len(warnings) == 1 and "inbound.test: log_oob=LogThenDrop not implemented" in warnings[0]
 
 
 async def test_basic_auth_hook_decides_http_credentials(tmp_path):
