@@ -22,6 +22,7 @@ import asyncio
 import logging
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from engine.dkim.service import DkimService
 from engine.logs.hooks.publisher import LogHookPublisher
 from engine.logs.metrics import Metrics
 from engine.logs.writer import LogWriter
-from engine.policy.events import PolicyFailure, PolicyLoadError, Registry, Rejected
+from engine.policy.events import INIT, PolicyFailure, PolicyLoadError, Registry, Rejected
 from engine.policy.loader import load_policy
 from engine.policy.log_hook import tsa_hooks
 from engine.queues.controls import Controls
@@ -90,7 +91,12 @@ class Node:
         self.logs = LogWriter(settings.log)
         self.logs.on_record(self.metrics.count_record)
         self.spool = Spool(settings.spool, on_commit=self.metrics.on_commit)
-        self._registry = Registry()
+        # Plain policy handlers run here, so policy.event_timeout bounds them (events.py);
+        # one pool for every loaded policy, bounded so stuck handlers cannot pile up threads.
+        self._policy_threads = ThreadPoolExecutor(
+            max_workers=settings.policy.handler_threads, thread_name_prefix="nimbus-policy"
+        )
+        self._registry = Registry(executor=self._policy_threads)
         self.scheduler = Scheduler(self._on_due)
         self.resolver = MxResolver(settings.dns)
         self.outcomes = Outcomes(
@@ -209,6 +215,7 @@ class Node:
             timeout=s.policy.event_timeout,
             on_dispatch=self.metrics.on_policy_dispatch,
             services=self,
+            executor=self._policy_threads,
         )
 
     async def reload_policy(self, reason: str) -> bool:
@@ -218,7 +225,7 @@ class Node:
         """
         try:
             registry = await asyncio.to_thread(self._load)
-            await registry.dispatch("init")
+            await registry.dispatch(INIT)
         except (PolicyLoadError, ConfigError, PolicyFailure, Rejected) as exc:
             self.metrics.policy_reloads.labels("error").inc()
             log.error(
@@ -291,7 +298,7 @@ class Node:
 
     async def _init_policy(self) -> None:
         try:
-            await self._registry.dispatch("init")
+            await self._registry.dispatch(INIT)
         except PolicyFailure as exc:
             log.error("policy_init_failed", extra={"error": str(exc)})
 
@@ -353,6 +360,8 @@ class Node:
         await self.dkim.close()
         await self.spool.close()
         self.logs.close()
+        # A handler still running (timed out) cannot be stopped; don't wait for it here.
+        self._policy_threads.shutdown(wait=False, cancel_futures=True)
         log.info("stopped", extra={"spooled": self.spool.count})
 
 

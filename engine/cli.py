@@ -134,7 +134,7 @@ def _validate(settings: Any) -> int:
         config_log.removeHandler(collect)
     for text in collect.warnings:
         print(f"nimbus validate: warning: {text}")
-    handled = sorted(name for name in EVENTS if registry.has(name))
+    handled = sorted(name for name, event in EVENTS.items() if registry.has(event))
     print(f"policy {settings.policy.dir}: OK; handlers for {', '.join(handled) or 'no events'}")
     return 0
 

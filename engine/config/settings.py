@@ -116,6 +116,9 @@ class LogSettings:
 class PolicySettings:
     dir: str = _kind("str", str(BUNDLED_POLICY_DIR), "policy directory (init.py + TOML)")
     event_timeout: float = _kind("duration", 5.0, "longest a policy handler may run")
+    handler_threads: int = _kind(
+        "int", 8, "worker threads for plain (sync) policy handlers; a timed-out one holds its own"
+    )
     reload_interval: float = _kind(
         "duration", 2.0, "how often to look for edited policy files (0: only on SIGHUP)"
     )

@@ -2,17 +2,19 @@
 
 Exports:
     PolicyApi        the ``nimbus`` object a policy's ``register(nimbus)`` receives
-    load_policy(policy_dir, timeout, on_dispatch) -> Registry
+    load_policy(policy_dir, timeout, on_dispatch, executor) -> Registry
 
 A policy directory holds ``init.py`` defining ``register(nimbus)``, which registers
 handlers explicitly::
 
     def register(nimbus):
-        @nimbus.on("get_queue_config")
+        @nimbus.on("get_queue_config", inline=True)  # a table lookup: never blocks
         def queue_config(domain, tenant, campaign, routing_domain):
             return nimbus.QueueConfig(retry_interval=nimbus.duration("5m"))
 
-A directory without ``init.py`` is a policy with no handlers: built-in defaults apply.
+Plain handlers run in the node's policy thread pool unless registered ``inline=True``
+(engine/policy/events.py says when that is right). A directory without ``init.py`` is a
+policy with no handlers: built-in defaults apply.
 Every load builds a fresh Registry, so a reload that fails leaves the old one running.
 """
 
@@ -22,6 +24,7 @@ import importlib.util
 import itertools
 import sys
 from collections.abc import Callable
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -91,9 +94,15 @@ class PolicyApi:
 
         self._registry.bounce_classifier = BounceClassifier.load([self.path(f) for f in files])
 
-    def on(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Register the decorated function as a handler of event ``name``."""
-        return self._registry.on(name)
+    def on(
+        self, name: str, *, inline: bool = False
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Register the decorated function as a handler of event ``name``.
+
+        inline: run this plain function on the loop instead of a worker thread; only for
+            handlers that never block (a timeout can only be noticed after they return).
+        """
+        return self._registry.on(name, inline=inline)
 
     @staticmethod
     def reject(code: int, text: str) -> None:
@@ -124,17 +133,19 @@ def load_policy(
     timeout: float = 5.0,
     on_dispatch: Callable[[str, float], None] | None = None,
     services: Any = None,
+    executor: Executor | None = None,
 ) -> Registry:
     """Import ``<policy_dir>/init.py`` and let it register its handlers.
 
     services: the node's shared parts a policy may use (``resolver``, ``settings``), or
         None (``nimbus validate``).
+    executor: the thread pool plain handlers run in (None: the loop's default executor).
     Raises ConfigError (naming file, table and key) when a helper's TOML is wrong, and
     PolicyLoadError naming the file when the directory is missing, the module fails to
     import, ``register`` is missing, or a registration is invalid.
     """
     directory = Path(policy_dir)
-    registry = Registry(timeout=timeout, on_dispatch=on_dispatch)
+    registry = Registry(timeout=timeout, on_dispatch=on_dispatch, executor=executor)
     if not directory.is_dir():
         raise PolicyLoadError(f"{directory}: policy directory does not exist")
     init = directory / "init.py"

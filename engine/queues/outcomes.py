@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from engine.logs.writer import LogWriter
-from engine.policy.events import PolicyFailure, Registry, Rejected
+from engine.policy.events import REQUEUE_MESSAGE, PolicyFailure, Registry, Rejected
 from engine.policy.message import PolicyMessage
 from engine.policy.queue_config import QueueConfig, next_attempt
 from engine.policy.scheduling import Scheduling
@@ -181,7 +181,7 @@ class Outcomes:
             )
         )
         registry = self._policy()
-        if registry.has("requeue_message"):
+        if registry.has(REQUEUE_MESSAGE):
             try:
                 msg = await self._requeue_hook(registry, msg, response)
             except Rejected as exc:
@@ -207,7 +207,7 @@ class Outcomes:
 
     async def _requeue_hook(self, registry: Registry, msg: Message, response: Response) -> Message:
         pm = PolicyMessage(msg.id, msg.sender, msg.recipient, b"", dict(msg.meta))
-        await registry.dispatch("requeue_message", pm, response, [], True, None)
+        await registry.dispatch(REQUEUE_MESSAGE, pm, response, [], True, None)
         queue = scheduled_queue_name(pm.recipient(), pm.meta)
         if queue != msg.queue or pm.meta != msg.meta:
             log.info(

@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from engine.policy.events import PolicyFailure, Registry, Rejected
+from engine.policy.events import (
+    SMTP_CLIENT_REWRITE_DELIVERY_STATUS,
+    PolicyFailure,
+    Registry,
+    Rejected,
+)
 from engine.queues.naming import QueueName
 from engine.records import Response
 
@@ -22,12 +27,12 @@ __all__ = ["rewrite_delivery_status"]
 async def rewrite_delivery_status(registry: Registry, queue: str, response: Response) -> Response:
     """registry: the current policy. queue: the message's scheduled queue name, whose
     domain, tenant, campaign and routing domain the handler receives."""
-    if not registry.has("smtp_client_rewrite_delivery_status"):
+    if not registry.has(SMTP_CLIENT_REWRITE_DELIVERY_STATUS):
         return response
     q = QueueName.parse(queue)
     try:
         code = await registry.dispatch(
-            "smtp_client_rewrite_delivery_status",
+            SMTP_CLIENT_REWRITE_DELIVERY_STATUS,
             response,
             q.domain,
             q.tenant,

@@ -30,7 +30,14 @@ from engine.delivery.mx import MxError
 from engine.delivery.ports import Resolver, SmtpConnector
 from engine.policy.egress import DEFAULT_POOL, EgressPathConfig, EgressPool, EgressSource
 from engine.policy.egress_options import apply_egress_options, check_egress_path
-from engine.policy.events import PolicyFailure, Registry
+from engine.policy.events import (
+    GET_EGRESS_PATH_CONFIG,
+    GET_EGRESS_POOL,
+    GET_EGRESS_SOURCE,
+    GET_QUEUE_CONFIG,
+    PolicyFailure,
+    Registry,
+)
 from engine.policy.queue_config import QueueConfig, check_queue_config
 from engine.queues.connect import ReadyRoute, Target
 from engine.queues.controls import Controls
@@ -202,7 +209,7 @@ class Router:
         q = QueueName.parse(queue)
         try:
             cfg = await self._policy().dispatch(
-                "get_queue_config",
+                GET_QUEUE_CONFIG,
                 q.domain,
                 q.tenant,
                 q.campaign,
@@ -222,7 +229,7 @@ class Router:
         name = pool_name or DEFAULT_POOL.name
         picker = self._pickers.get(name)
         if picker is None:
-            pool = await self._policy().dispatch("get_egress_pool", name, default=None)
+            pool = await self._policy().dispatch(GET_EGRESS_POOL, name, default=None)
             if pool is None:
                 pool = DEFAULT_POOL if name == DEFAULT_POOL.name else EgressPool(name=name)
             picker = self._pickers[name] = SourcePicker(pool)
@@ -233,7 +240,7 @@ class Router:
         if cached is not None:
             return cached
         source = await self._policy().dispatch(
-            "get_egress_source", source_name, default=EgressSource(name=source_name)
+            GET_EGRESS_SOURCE, source_name, default=EgressSource(name=source_name)
         )
         self._sources[source_name] = source
         return source
@@ -244,7 +251,7 @@ class Router:
         if hit is not None:
             return hit
         cfg = await self._policy().dispatch(
-            "get_egress_path_config", routing_domain, source, site, default=EgressPathConfig()
+            GET_EGRESS_PATH_CONFIG, routing_domain, source, site, default=EgressPathConfig()
         )
         where = f"get_egress_path_config({routing_domain}, {source}, {site})"
         try:

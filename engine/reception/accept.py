@@ -24,7 +24,7 @@ from typing import Any
 from engine.dkim.service import DkimService
 from engine.dkim.signer import DkimError
 from engine.logs.writer import LogWriter
-from engine.policy.events import PolicyFailure, Registry, Rejected
+from engine.policy.events import Event, PolicyFailure, Registry, Rejected
 from engine.policy.message import PolicyMessage
 from engine.queues.naming import NULL_QUEUE, scheduled_queue_name
 from engine.queues.scheduled import Scheduler
@@ -88,7 +88,7 @@ class Acceptor:
         self,
         batch: list[Incoming],
         *,
-        event: str,
+        event: Event,
         event_arg: Any,
         protocol: str,
         peer: PeerAddress | None,

@@ -31,7 +31,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from engine.config.settings import Settings
 from engine.logs.diagnostics import bound_contextvars
-from engine.policy.events import PolicyFailure, Registry, Rejected
+from engine.policy.events import (
+    HTTP_MESSAGE_GENERATED,
+    HTTP_SERVER_VALIDATE_AUTH_BASIC,
+    PolicyFailure,
+    Registry,
+    Rejected,
+)
 from engine.reception.accept import Accepted, Acceptor, Incoming
 from engine.reception.auth import Credentials, MalformedAuthorization, parse_basic
 from engine.reception.inject.build import Templates, build_message
@@ -92,14 +98,14 @@ class _AuthCache:
     async def check(
         self, registry: Registry, credentials: Credentials, user: str, password: str
     ) -> bool:
-        if not registry.has("http_server_validate_auth_basic"):
+        if not registry.has(HTTP_SERVER_VALIDATE_AUTH_BASIC):
             return credentials.check(user, password)
         # A digest, never the password itself, is kept as the key.
         key = (user, hashlib.sha256(password.encode()).digest())
         hit = self._entries.get(key)
         if hit is not None:
             return hit
-        verdict = await registry.dispatch("http_server_validate_auth_basic", user, password)
+        verdict = await registry.dispatch(HTTP_SERVER_VALIDATE_AUTH_BASIC, user, password)
         ok = credentials.check(user, password) if verdict is None else bool(verdict)
         self._entries[key] = ok
         return ok
@@ -198,7 +204,7 @@ async def inject_v1(request: web.Request) -> web.Response:
     try:
         results = await acceptor.accept(
             batch,
-            event="http_message_generated",
+            event=HTTP_MESSAGE_GENERATED,
             event_arg={"user": user, "peer": peer_ip},
             protocol="HTTP",
             peer=PeerAddress(name="", addr=peer_ip),

@@ -35,7 +35,16 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from engine.config.settings import Settings
 from engine.logs.diagnostics import bind_contextvars
-from engine.policy.events import PolicyFailure, Registry, Rejected
+from engine.policy.events import (
+    GET_LISTENER_DOMAIN,
+    SMTP_SERVER_EHLO,
+    SMTP_SERVER_MAIL_FROM,
+    SMTP_SERVER_MESSAGE_RECEIVED,
+    SMTP_SERVER_RCPT_TO,
+    PolicyFailure,
+    Registry,
+    Rejected,
+)
 from engine.reception.accept import Accepted, Acceptor, Incoming
 from engine.reception.auth import Credentials
 from engine.reception.smtp_session import Refuse, SmtpSession
@@ -134,7 +143,7 @@ class SmtpHandler:
         extensions = ["PIPELINING", *(line[4:] for line in responses[1:])]
         try:
             chosen = await self._policy().dispatch(
-                "smtp_server_ehlo", hostname, self._conn_meta(session), list(extensions)
+                SMTP_SERVER_EHLO, hostname, self._conn_meta(session), list(extensions)
             )
         except (Rejected, PolicyFailure) as exc:
             session.host_name = None  # a refused EHLO leaves the session un-greeted
@@ -157,9 +166,7 @@ class SmtpHandler:
         if self._draining():
             return SHUTTING_DOWN
         try:
-            await self._policy().dispatch(
-                "smtp_server_mail_from", address, self._conn_meta(session)
-            )
+            await self._policy().dispatch(SMTP_SERVER_MAIL_FROM, address, self._conn_meta(session))
         except (Rejected, PolicyFailure) as exc:
             return self._reject(session, envelope, exc.response)
         envelope.mail_from = address
@@ -173,7 +180,7 @@ class SmtpHandler:
             return True
         domain = address.rpartition("@")[2].lower()
         listener = await self._policy().dispatch(
-            "get_listener_domain", domain, self._settings.smtp.listen, self._conn_meta(session)
+            GET_LISTENER_DOMAIN, domain, self._settings.smtp.listen, self._conn_meta(session)
         )
         if listener is None:
             return False
@@ -203,7 +210,7 @@ class SmtpHandler:
                 session, envelope, Response.parse(452, "4.5.3 Too many recipients"), address
             )
         try:
-            await self._policy().dispatch("smtp_server_rcpt_to", address, self._conn_meta(session))
+            await self._policy().dispatch(SMTP_SERVER_RCPT_TO, address, self._conn_meta(session))
         except (Rejected, PolicyFailure) as exc:
             return self._reject(session, envelope, exc.response, address)
         envelope.rcpt_tos.append(address)
@@ -251,7 +258,7 @@ class SmtpHandler:
         try:
             results = await self._acceptor.accept(
                 batch,
-                event="smtp_server_message_received",
+                event=SMTP_SERVER_MESSAGE_RECEIVED,
                 event_arg=self._conn_meta(session),
                 protocol="ESMTP",
                 peer=peer,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import textwrap
 import time
 
@@ -162,6 +163,53 @@ async def test_listener_domain_relay_to_accepts_inbound_mail_from_anyone(tmp_pat
     assert replies[4].startswith(b"550 5.7.1")
 
 
+async def test_wrong_answer_type_is_451_and_one_log_line(tmp_path, caplog):
+    """An EHLO handler answering a string instead of a list of extensions gives 451 4.3.0
+    and one error line naming the event, the handler and both types."""
+    policy = """
+    def register(nimbus):
+        @nimbus.on("smtp_server_ehlo")
+        def ehlo(domain, conn_meta, extensions):
+            return "PIPELINING"
+    """
+    caplog.set_level(logging.INFO, logger="nimbus.events")
+    async with running_node(tmp_path, policy=policy) as node:
+        replies = await smtp(node.smtp_port, b"EHLO c.test\r\n")
+    assert replies[1].startswith(b"451 4.3.0 ")
+    [line] = [r for r in caplog.records if r.name == "nimbus.events"]
+    assert line.getMessage() == "policy_handler_wrong_type"
+    assert (line.event_name, line.expected, line.actual) == ("smtp_server_ehlo", "list[str]", "str")
+    assert line.handler.endswith(".ehlo")
+
+
+async def test_listener_domain_oob_option_warns_once_and_still_relays(tmp_path, caplog):
+    """A ListenerDomain with log_oob set still opens relaying, and logs one "not
+    implemented yet" warning for its domain however many recipients use it."""
+    policy = """
+    def register(nimbus):
+        @nimbus.on("get_listener_domain")
+        def listener_domain(domain, listener, conn_meta):
+            return nimbus.ListenerDomain(relay_to=True, log_oob="LogThenDrop")
+    """
+    caplog.set_level(logging.WARNING, logger="nimbus.events")
+    async with running_node(
+        tmp_path, policy=policy, **{"smtp.relay_hosts": ["10.255.0.0/16"]}
+    ) as node:
+        replies = await smtp(
+            node.smtp_port,
+            b"EHLO c.test\r\n",
+            b"MAIL FROM:<a@src.test>\r\n",
+            b"RCPT TO:<u@inbound.test>\r\n",
+            b"RCPT TO:<v@inbound.test>\r\n",
+        )
+    assert replies[3].startswith(b"250") and replies[4].startswith(b"250")
+    warnings = [r.detail for r in caplog.records if r.name == "nimbus.events"]
+    assert [r.getMessage() for r in caplog.records if r.name == "nimbus.events"] == [
+        "policy_answer_not_implemented"
+    ]
+    assert len(warnings) == 1 and "inbound.test: log_oob=LogThenDrop not implemented" in warnings[0]
+
+
 async def test_basic_auth_hook_decides_http_credentials(tmp_path):
     """http_server_validate_auth_basic accepts users with no auth directory at all."""
     policy = """
@@ -242,6 +290,10 @@ async def test_requeue_message_can_rebind_to_another_queue(tmp_path):
                 MESSAGE,
             )
             await node.records.wait(lambda r: r["type"] == "TransientFailure")
+            # The record is written before requeue_message runs (in a policy thread).
+            async with asyncio.timeout(10):
+                while not node.scheduler.messages():
+                    await asyncio.sleep(0.01)
             [msg] = node.scheduler.messages()
     assert msg.queue == "dst.test!fallback.test"
     assert msg.meta["routing_domain"] == "fallback.test"
@@ -297,6 +349,43 @@ async def test_broken_or_slow_handler_gives_451_and_the_node_keeps_serving(tmp_p
     assert replies[2].startswith(b"451 4.3.0 ")
     assert replies[3].startswith(b"451 4.3.0 ")
     assert replies[4].startswith(b"250")
+
+
+async def test_blocking_sync_handler_gives_451_on_time_and_the_loop_keeps_serving(tmp_path):
+    """A plain handler doing time.sleep(1) under a 0.1 s policy.event_timeout gives
+    451 4.3.0 within 0.3 s over SMTP, and another session is served meanwhile."""
+    policy = """
+    import time
+
+    def register(nimbus):
+        @nimbus.on("smtp_server_mail_from")
+        def mail_from(sender, conn_meta):
+            if sender.startswith("slow@"):
+                time.sleep(1)
+    """
+    async with running_node(tmp_path, policy=policy, **{"policy.event_timeout": 0.1}) as node:
+        reader, writer = await asyncio.open_connection("127.0.0.1", node.smtp_port)
+
+        async def slow_mail() -> tuple[bytes, float]:
+            await reader.readline()
+            writer.write(b"EHLO c.test\r\n")
+            while (await reader.readline())[3:4] == b"-":
+                pass
+            started = time.monotonic()
+            writer.write(b"MAIL FROM:<slow@src.test>\r\n")
+            return await reader.readline(), time.monotonic() - started
+
+        try:
+            async with asyncio.timeout(10):
+                (slow_reply, elapsed), fine = await asyncio.gather(
+                    slow_mail(),
+                    smtp(node.smtp_port, b"EHLO d.test\r\n", b"MAIL FROM:<fine@src.test>\r\n"),
+                )
+        finally:
+            writer.close()
+            await writer.wait_closed()
+    assert slow_reply.startswith(b"451 4.3.0 ") and elapsed < 0.3
+    assert fine[2].startswith(b"250")
 
 
 def write_policy(path, source: str) -> None:

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from engine.policy.events import EVENTS, PolicyLoadError
+from engine.policy.egress import EgressSource
+from engine.policy.events import (
+    EVENTS,
+    GET_EGRESS_SOURCE,
+    GET_QUEUE_CONFIG,
+    SMTP_SERVER_RCPT_TO,
+    PolicyLoadError,
+)
 from engine.policy.loader import load_policy
 from engine.policy.queue_config import QueueConfig
 
@@ -22,7 +29,7 @@ def policy(tmp_path: Path, source: str) -> Path:
 def test_directory_without_init_is_empty_policy(tmp_path):
     """A directory without init.py loads as a registry with no handlers."""
     reg = load_policy(tmp_path)
-    assert not any(reg.has(name) for name in EVENTS)
+    assert not any(reg.has(event) for event in EVENTS.values())
 
 
 def test_missing_directory_is_error(tmp_path):
@@ -46,7 +53,7 @@ async def test_register_returns_queue_config(tmp_path):
     """,
     )
     reg = load_policy(tmp_path)
-    cfg = await reg.dispatch("get_queue_config", "slow.example", None, None, None)
+    cfg = await reg.dispatch(GET_QUEUE_CONFIG, "slow.example", None, None, None)
     assert cfg == QueueConfig(retry_interval=300.0, max_age=86400.0)
 
 
@@ -70,10 +77,10 @@ async def test_policy_can_import_sibling_module(tmp_path, monkeypatch):
         def register(nimbus):
             @nimbus.on("get_egress_source")
             def source(name):
-                return helpers_for_nimbus_test.ANSWER
+                return nimbus.EgressSource(name=f"{name}-{helpers_for_nimbus_test.ANSWER}")
     """,
     )
-    assert await load_policy(tmp_path).dispatch("get_egress_source", "x") == 42
+    assert await load_policy(tmp_path).dispatch(GET_EGRESS_SOURCE, "x") == EgressSource(name="x-42")
 
 
 async def test_policy_reject_helper(tmp_path):
@@ -90,7 +97,7 @@ async def test_policy_reject_helper(tmp_path):
     """,
     )
     with pytest.raises(Rejected, match="550 5.7.1 not here"):
-        await load_policy(tmp_path).dispatch("smtp_server_rcpt_to", "r@x", {})
+        await load_policy(tmp_path).dispatch(SMTP_SERVER_RCPT_TO, "r@x", {})
 
 
 @pytest.mark.parametrize(

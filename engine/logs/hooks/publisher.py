@@ -55,7 +55,7 @@ import aiohttp
 from engine.config.backoff import backoff_delay
 from engine.logs.hooks.sender import HookSender, HookState, Transport, post
 from engine.logs.hooks.store import Op, Store, insert_rows, trim_rows
-from engine.policy.events import PolicyFailure, Registry, Rejected
+from engine.policy.events import SHOULD_ENQUEUE_LOG_RECORD, PolicyFailure, Registry, Rejected
 from engine.policy.log_hook import LogHook
 from engine.policy.message import PolicyMessage
 from engine.records import LogRecord
@@ -63,8 +63,6 @@ from engine.records import LogRecord
 __all__ = ["LogHookPublisher"]
 
 log = logging.getLogger("nimbus.log_hooks")
-
-SHOULD_ENQUEUE = "should_enqueue_log_record"
 
 
 class LogHookPublisher:
@@ -251,7 +249,7 @@ class LogHookPublisher:
         except Exception:  # no policy is better than losing records
             log.exception("log_hook_policy_unavailable")
             registry = None
-        if registry is None or not registry.has(SHOULD_ENQUEUE):
+        if registry is None or not registry.has(SHOULD_ENQUEUE_LOG_RECORD):
             return [(h.name, rec) for rec, hooks in batch for h in hooks]
         pairs = [
             (rec, json.dumps(rec.to_json(), separators=(",", ":")), h)
@@ -275,7 +273,7 @@ class LogHookPublisher:
             record.id, record.sender, rcpt, text.encode(), {"log_record": record.to_json()}
         )
         try:
-            verdict = await registry.dispatch(SHOULD_ENQUEUE, msg, hook.name)
+            verdict = await registry.dispatch(SHOULD_ENQUEUE_LOG_RECORD, msg, hook.name)
         except Rejected:
             verdict = False
         except PolicyFailure:  # already logged by dispatch; keep the record
