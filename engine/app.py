@@ -33,7 +33,7 @@ from engine.config.units import parse_hostport
 from engine.delivery.mx import MxResolver
 from engine.dkim.service import DkimService
 from engine.logs.hooks.publisher import LogHookPublisher
-from engine.logs.metrics import Metrics
+from engine.logs.metrics import GaugeReading, Metrics
 from engine.logs.writer import LogWriter
 from engine.policy.events import PolicyFailure, PolicyLoadError, Registry, Rejected
 from engine.policy.loader import load_policy
@@ -185,7 +185,7 @@ class Node:
     def _on_due(self, msg: Any) -> None:
         self.router.route(msg)
 
-    def _gauges(self) -> dict[str, object]:
+    def _gauges(self) -> GaugeReading:
         return {
             "scheduled": dict(self.scheduler.counts),
             "ready": {name: len(q.queue) for name, q in self.router.ready.items()},

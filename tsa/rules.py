@@ -309,18 +309,27 @@ def _sched_entry(
     reason = f"{reason_for(rule)} domain={domain}"
     reason += f" tenant={tenant}" if tenant else ""
     reason += f" campaign={campaign}" if campaign else ""
-    common = {
-        "id": action_id(fp, action, f"sched:{domain}:{tenant or ''}:{campaign or ''}"),
-        "reason": reason,
-        "expires": expires,
-        "rule": fp,
-        "domain": domain,
-        "tenant": tenant,
-        "campaign": campaign,
-    }
+    ident = action_id(fp, action, f"sched:{domain}:{tenant or ''}:{campaign or ''}")
     if kind in (ActionKind.SUSPEND_TENANT, ActionKind.SUSPEND_CAMPAIGN):
-        return Suspension(scope=SCHEDULED, **common)
-    return BounceRule(**common)
+        return Suspension(
+            scope=SCHEDULED,
+            id=ident,
+            reason=reason,
+            expires=expires,
+            rule=fp,
+            domain=domain,
+            tenant=tenant,
+            campaign=campaign,
+        )
+    return BounceRule(
+        id=ident,
+        reason=reason,
+        expires=expires,
+        rule=fp,
+        domain=domain,
+        tenant=tenant,
+        campaign=campaign,
+    )
 
 
 def _entry(

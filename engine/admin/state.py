@@ -125,12 +125,13 @@ class AdminState:
     # expiry and lookups
     def prune(self, now: float) -> list[BounceEntry | SuspendEntry | ReadyQSuspendEntry]:
         """Drop every entry expired at ``now``; returns them."""
-        gone: list[BounceEntry | SuspendEntry | ReadyQSuspendEntry] = []
-        for table in (self._bounces, self._suspends, self._ready):
-            for id, entry in list(table.items()):
-                if not is_live(entry, now):
-                    gone.append(table.pop(id))
-                    self._bounced.pop(id, None)
+        gone: list[BounceEntry | SuspendEntry | ReadyQSuspendEntry] = [
+            *_pop_expired(self._bounces, now),
+            *_pop_expired(self._suspends, now),
+            *_pop_expired(self._ready, now),
+        ]
+        for entry in gone:
+            self._bounced.pop(entry.id, None)
         return gone
 
     def bounce_for(self, queue_name: str, now: float) -> BounceEntry | None:
@@ -144,6 +145,11 @@ class AdminState:
     def ready_suspension_for(self, ready_queue_name: str, now: float) -> ReadyQSuspendEntry | None:
         """The oldest live suspension of ready queue ``ready_queue_name`` (exact name)."""
         return next((e for e in self.ready_suspensions(now) if e.name == ready_queue_name), None)
+
+
+def _pop_expired(table: dict[str, Entry], now: float) -> list[Entry]:
+    expired = [id for id, entry in table.items() if not is_live(entry, now)]
+    return [table.pop(id) for id in expired]
 
 
 def _pop(table: dict[str, Entry], id: str) -> Entry:
@@ -304,8 +310,7 @@ class AdminApi:
             )
         ready = []
         for item in summary.get("ready", []):
-            hold = self.state.ready_suspension_for(item["name"], now)
-            ready.append(
-                {**item, "suspended": item.get("suspended") or (hold.reason if hold else None)}
-            )
+            ready_hold = self.state.ready_suspension_for(item["name"], now)
+            reason = ready_hold.reason if ready_hold else None
+            ready.append({**item, "suspended": item.get("suspended") or reason})
         return {"scheduled": scheduled, "ready": ready}

@@ -177,7 +177,9 @@ class LocalCluster:
         self.manifests: list[dict[str, Any]] = []
         self.plan = Plan(())
         self.pods: dict[str, LocalPod] = {}
-        self._hurry: asyncio.Event | None = None
+        # An Event binds to the running loop on first wait (Python >= 3.10), so it can be
+        # made here, before any loop runs.
+        self._hurry = asyncio.Event()
 
     # -- the library API -------------------------------------------------------------------
 
@@ -319,8 +321,6 @@ class LocalCluster:
 
     async def stop(self) -> None:
         """Stop every process, reverse start order: SIGTERM, then SIGKILL after the grace."""
-        if self._hurry is None:
-            self._hurry = asyncio.Event()
         for wave in reversed(self.plan.waves()):
             await asyncio.gather(
                 *(self._stop_one(self.pods[s.name]) for s in wave if s.name in self.pods)
@@ -330,8 +330,6 @@ class LocalCluster:
 
     def hurry(self) -> None:
         """Make a running ``stop()`` SIGKILL now instead of waiting out the grace periods."""
-        if self._hurry is None:
-            self._hurry = asyncio.Event()
         self._hurry.set()
 
     async def _stop_one(self, pod: LocalPod) -> None:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from engine.config.settings import ConfigError
 from engine.policy.egress_options import parse_egress_option
@@ -64,7 +64,25 @@ def _opt_str(obj: Mapping[str, Any], key: str) -> str | None:
     return value
 
 
-def _common(obj: Mapping[str, Any]) -> dict[str, Any]:
+class _Common(TypedDict):
+    """The fields every overlay entry has, as keyword arguments."""
+
+    id: str
+    expires: float
+    origin: str
+    reason: str
+    rule: str | None
+
+
+class _SchedScope(TypedDict):
+    """A scheduled-queue scope (None matches any), as keyword arguments."""
+
+    domain: str | None
+    tenant: str | None
+    campaign: str | None
+
+
+def _common(obj: Mapping[str, Any]) -> _Common:
     ident = obj.get("id")
     if not isinstance(ident, str) or not ident:
         raise ValueError(f"id: expected a non-empty string, got {ident!r}")
@@ -216,7 +234,7 @@ def entry_from_json(obj: Any) -> OverlayEntry:
             queue=_opt_str(obj, "queue"),
             **common,
         )
-    sched = {
+    sched: _SchedScope = {
         "domain": _opt_str(obj, "domain"),
         "tenant": _opt_str(obj, "tenant"),
         "campaign": _opt_str(obj, "campaign"),

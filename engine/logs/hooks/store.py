@@ -154,6 +154,7 @@ class Store:
 
     def _commit(self, conn: sqlite3.Connection, batch: list[tuple]) -> None:
         """One transaction for the batch; if it fails, each request alone (own error)."""
+        outcomes: list[tuple[asyncio.AbstractEventLoop, asyncio.Future, Any, Exception | None]]
         try:
             outcomes = [
                 (loop, fut, res, None)
