@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from engine.records import Response
 
@@ -95,7 +95,7 @@ class Rejected(Exception):
         self.response = Response.parse(code, text)
 
 
-def reject(code: int, text: str) -> None:
+def reject(code: int, text: str) -> NoReturn:
     """Policy helper: stop the current transaction with exactly ``code text``."""
     if not 400 <= int(code) < 600:
         raise ValueError(f"reject code must be 4xx or 5xx, got {code}")

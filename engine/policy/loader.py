@@ -23,7 +23,7 @@ import itertools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from engine.config.settings import ConfigError
 from engine.config.units import parse_duration, parse_size
@@ -96,7 +96,7 @@ class PolicyApi:
         return self._registry.on(name)
 
     @staticmethod
-    def reject(code: int, text: str) -> None:
+    def reject(code: int, text: str) -> NoReturn:
         """Stop the current transaction with exactly ``code text``."""
         reject(code, text)
 

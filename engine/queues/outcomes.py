@@ -108,12 +108,16 @@ class Outcomes:
         self._rand = rand
 
     def record(
-        self, kind: RecordType, msg: Message, response: Response, attempt: Attempt, **extra: object
+        self,
+        kind: RecordType,
+        msg: Message,
+        response: Response,
+        attempt: Attempt,
+        *,
+        delivery_protocol: str | None = None,
     ) -> LogRecord:
         """Build the log record for ``msg`` (shared with reception)."""
-        if kind in CLASSIFIED:
-            extra.setdefault("bounce_classification", classify(self._policy(), response))
-        return LogRecord(
+        record = LogRecord(
             type=kind,
             id=msg.id,
             sender=msg.sender,
@@ -132,8 +136,13 @@ class Outcomes:
             tls_cipher=attempt.tls_cipher,
             tls_protocol_version=attempt.tls_protocol_version,
             provider_name=attempt.provider_name,
-            **extra,
-        )  # type: ignore[arg-type]
+            delivery_protocol=delivery_protocol,
+        )
+        if kind in CLASSIFIED:
+            record = dataclasses.replace(
+                record, bounce_classification=classify(self._policy(), response)
+            )
+        return record
 
     async def from_response(self, msg: Message, response: Response, attempt: Attempt) -> None:
         """2xx delivered, 4xx retry later, 5xx bounce."""

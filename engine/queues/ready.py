@@ -105,7 +105,8 @@ class ReadyQueue:
         self.states: dict[str, dict[str, str]] = {}
         """Why this queue is waiting (KumoMTA's ready-q-states): state -> {context, since}."""
         self.queue: deque[Message] = deque()
-        self._waiters: deque[asyncio.Future[Message]] = deque()
+        # None: "no work" (closing, or no more work), the connection stops waiting.
+        self._waiters: deque[asyncio.Future[Message | None]] = deque()
         self._conns: set[asyncio.Task] = set()
         self._established = 0
         self._backoff_until = 0.0
@@ -132,7 +133,7 @@ class ReadyQueue:
         self.targets = targets
         for waiter in self._waiters:
             if not waiter.done():
-                waiter.set_result(None)  # type: ignore[arg-type]  # "close, no work"
+                waiter.set_result(None)  # "close, no work"
         self._waiters.clear()
 
     def enqueue(self, msg: Message) -> bool:
@@ -191,7 +192,7 @@ class ReadyQueue:
             return None
         if self.queue:
             return self.queue.popleft()
-        waiter: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Message | None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
             async with asyncio.timeout(timeout):
@@ -339,7 +340,7 @@ class ReadyQueue:
                 await asyncio.shield(conn.close())
             if ticket is not None:
                 await asyncio.shield(self._gate.close(ticket))
-            self._conns.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._conns.discard(asyncio.current_task())
             if self.queue and not self._stopping:
                 self._maybe_spawn()
             if not self._conns:
@@ -423,7 +424,7 @@ class ReadyQueue:
         self._stopping = True
         for waiter in self._waiters:
             if not waiter.done():
-                waiter.set_result(None)  # type: ignore[arg-type]  # "no more work"
+                waiter.set_result(None)  # "no more work"
         self._waiters.clear()
 
     async def wait_idle(self) -> None:

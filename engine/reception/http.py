@@ -29,6 +29,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from engine.config.settings import Settings
+from engine.logs.metrics import Metrics
 from engine.policy.events import PolicyFailure, Registry, Rejected
 from engine.reception.accept import Accepted, Acceptor, Incoming
 from engine.reception.auth import Credentials, MalformedAuthorization, parse_basic
@@ -49,9 +50,8 @@ log = logging.getLogger("nimbus.http")
 _ACCEPTOR = web.AppKey("acceptor", Acceptor)
 _CREDENTIALS = web.AppKey("credentials", Credentials)
 _SETTINGS = web.AppKey("settings", Settings)
-_METRICS = web.AppKey("metrics", object)
-_POLICY = web.AppKey("policy", object)
-_AUTH_CACHE = web.AppKey("auth_cache", object)
+_METRICS = web.AppKey("metrics", Metrics)
+_POLICY = web.AppKey[Callable[[], Registry]]("policy")
 
 
 def _error(status: int, reason: str, field: str | None = None, **headers: str) -> web.Response:
@@ -99,6 +99,9 @@ class _AuthCache:
             self._entries.clear()
         self._entries[key] = (now + self.TTL, ok)
         return ok
+
+
+_AUTH_CACHE = web.AppKey("auth_cache", _AuthCache)
 
 
 async def _authenticate(request: web.Request) -> str | web.Response:
@@ -221,7 +224,7 @@ async def check_liveness_v1(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    data = generate_latest(request.app[_METRICS].registry)  # type: ignore[attr-defined]
+    data = generate_latest(request.app[_METRICS].registry)
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -230,7 +233,7 @@ def build_app(
     settings: Settings,
     acceptor: Acceptor,
     credentials: Credentials,
-    metrics_: object,
+    metrics_: Metrics,
     policy: Callable[[], Registry],
 ) -> web.Application:
     # Our own cap (_read_capped) applies to inject; aiohttp's client_max_size is set

@@ -150,8 +150,11 @@ class LogHookPublisher:
         self._stopped.clear()
         try:
             await self.open()
-            session = aiohttp.ClientSession() if self._transport is None else None
-            transport = self._transport or partial(post, session)
+            session: aiohttp.ClientSession | None = None
+            transport = self._transport
+            if transport is None:
+                session = aiohttp.ClientSession()
+                transport = partial(post, session)
             try:
                 async with asyncio.TaskGroup() as tg:
                     senders = [

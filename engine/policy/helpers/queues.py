@@ -183,7 +183,7 @@ class QueueHelper:
                     queues[domain] = _parse_queue(body, path, ("queue", name))
             elif key in _HEADER_KEYS:
                 kind = _HEADER_KEYS[key]
-                if not isinstance(value, kind) or (kind is str and not value.strip()):
+                if not isinstance(value, kind) or (isinstance(value, str) and not value.strip()):
                     what = "true or false" if kind is bool else "a non-empty string"
                     raise ConfigError(f"{path}: {key}: expected {what}, got {value!r}")
                 top[key] = value
@@ -344,7 +344,8 @@ class QueueHelper:
             for child in getattr(block, "children", {}).values():
                 walk(child)
 
-        for block in [*self.tenants.values(), *self.queues.values()]:
+        blocks: list[QueueBlock | TenantBlock] = [*self.tenants.values(), *self.queues.values()]
+        for block in blocks:
             walk(block)
         return frozenset(found)
 

@@ -245,7 +245,10 @@ def _add_attachments(msg: MIMEPart, attachments: tuple[Attachment, ...]) -> None
     inline = [a for a in attachments if a.content_id]
     if inline:
         # RFC 2387: inline parts live in multipart/related beside the HTML they serve.
-        target = msg.get_payload()[-1] if msg.is_multipart() else msg
+        target = msg
+        if msg.is_multipart():
+            target = list(msg.iter_parts())[-1]  # the multipart/alternative's last (HTML) part
+            assert isinstance(target, MIMEPart)  # parts of an EmailMessage are EmailMessages
         for a in inline:
             maintype, subtype, params = _mime_type(a.content_type)
             target.add_related(
