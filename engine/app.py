@@ -348,6 +348,10 @@ class Node:
         await self.gate.aclose()
         await self.smtp.close()
         await self.http.close()
+        # A commit takes milliseconds: one second lets one land even if draining used the
+        # whole deadline, so a message is never half-stored when the spool closes.
+        await self.acceptor.close(max(deadline - time.monotonic(), 1.0))
+        await self.resolver.close()
         await self.dkim.close()
         await self.spool.close()
         self.logs.close()

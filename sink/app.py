@@ -93,12 +93,14 @@ class Sink:
     async def start(self) -> None:
         """Run in a task until ready; raises what stopped it from starting (ConfigError,
         OSError for a busy port)."""
-        self._task = asyncio.create_task(self.run(), name="sink")
-        ready = asyncio.create_task(self.ready.wait())
-        await asyncio.wait({self._task, ready}, return_when=asyncio.FIRST_COMPLETED)
-        if not ready.done():
+        self._task = asyncio.create_task(self.run(), name="sink")  # owned: stop() awaits it
+        ready = asyncio.create_task(self.ready.wait(), name="sink-ready")
+        try:
+            await asyncio.wait({self._task, ready}, return_when=asyncio.FIRST_COMPLETED)
+            if not ready.done():
+                self._task.result()  # raise the start-up error
+        finally:
             ready.cancel()
-            self._task.result()  # raise the start-up error
 
     async def stop(self) -> None:
         """Stop (idempotent) and wait for the shutdown to finish."""

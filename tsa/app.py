@@ -45,6 +45,7 @@ from redis.exceptions import RedisError
 from engine import __version__
 from engine.config.settings import ConfigError, Settings
 from engine.config.units import parse_hostport
+from engine.reception.http_listener import HttpListener
 from engine.shaping.overlay import OverlayEntry
 
 from .exports import bounces_json, render_shaping_toml, suspensions_json
@@ -283,14 +284,11 @@ async def run(settings: Settings) -> None:
     """
     app = build_app(settings)
     host, port = parse_hostport(settings.tsa.listen)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
+    listener = HttpListener(app)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True)
-        await site.start()
-        bound = runner.addresses[0]
+        bound = await listener.start(host, port)
         log.info(
             "listening",
             extra={
@@ -307,5 +305,5 @@ async def run(settings: Settings) -> None:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        await runner.cleanup()
+        await listener.close()
     log.info("stopped", extra={"service": "tsa"})

@@ -337,18 +337,21 @@ class LocalCluster:
         if proc is not None:
             if proc.returncode is None:
                 _signal_group(proc.pid, signal.SIGTERM)
-                exited = asyncio.ensure_future(proc.wait())
-                hurried = asyncio.ensure_future(self._hurry.wait())
-                await asyncio.wait(
-                    {exited, hurried},
-                    return_when=asyncio.FIRST_COMPLETED,
-                    timeout=min(pod.spec.grace, self.stop_timeout),
-                )
-                hurried.cancel()
-                if not exited.done():
-                    pod.killed = True
-                    _signal_group(proc.pid, signal.SIGKILL)
-                await exited
+                exited = asyncio.create_task(proc.wait())
+                hurried = asyncio.create_task(self._hurry.wait())
+                try:
+                    await asyncio.wait(
+                        {exited, hurried},
+                        return_when=asyncio.FIRST_COMPLETED,
+                        timeout=min(pod.spec.grace, self.stop_timeout),
+                    )
+                    if not exited.done():
+                        pod.killed = True
+                        _signal_group(proc.pid, signal.SIGKILL)
+                    await exited
+                finally:  # neither outlives this call, even when it is cancelled
+                    hurried.cancel()
+                    exited.cancel()
         if pod._log_file is not None:
             pod._log_file.close()
             pod._log_file = None
