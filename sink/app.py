@@ -34,15 +34,13 @@ __all__ = ["run", "build", "Sink"]
 
 log = logging.getLogger("nimbus.sink")
 
-_SINK = web.AppKey("sink", object)
-
 
 async def check_liveness_v1(request: web.Request) -> web.Response:
     return web.Response(text="OK")
 
 
 async def metrics(request: web.Request) -> web.Response:
-    data = generate_latest(request.app[_SINK].metrics.registry)  # type: ignore[attr-defined]
+    data = generate_latest(request.app[_SINK].metrics.registry)
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -185,6 +183,9 @@ class Sink:
             if reason == "SIGHUP" or now != seen:
                 seen = now
                 await self.reload(reason)
+
+
+_SINK = web.AppKey("sink", Sink)
 
 
 def build(settings: Settings, *, reload_interval: float | None = None) -> Sink:

@@ -58,7 +58,6 @@ __all__ = ["run", "build_app"]
 
 log = logging.getLogger("nimbus.tsa")
 
-_TSA = web.AppKey("tsa", object)
 _PRUNE_INTERVAL = 60.0
 _MAX_BODY = 64 * 1024 * 1024
 
@@ -99,8 +98,11 @@ class _Tsa:
         return entries
 
 
+_TSA = web.AppKey("tsa", _Tsa)
+
+
 def _tsa(request: web.Request) -> _Tsa:
-    return request.app[_TSA]  # type: ignore[return-value]
+    return request.app[_TSA]
 
 
 def _error(status: int, reason: str) -> web.Response:
