@@ -126,7 +126,7 @@ async def publish_log_v1(request: web.Request) -> web.Response:
         return _error(503, tsa.redis_failed(exc))
     tsa.redis_ok()
     if isinstance(body, dict) and counts.invalid:
-        return _error(400, counts.errors[0]["error"])
+        return _error(400, str(counts.errors[0]["error"]))
     return web.json_response(counts.to_json())
 
 

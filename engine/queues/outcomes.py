@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from engine.logs.writer import LogWriter
@@ -37,6 +37,8 @@ def _scheduling(msg: Message) -> Scheduling | None:
     if not raw:
         return None
     try:
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"expected an object, got {raw!r}")
         return Scheduling.from_options(raw)
     except ValueError:
         log.warning("ignoring invalid stored scheduling", extra={"id": msg.id})
