@@ -35,7 +35,7 @@ from engine.queues.controls import Controls
 from engine.queues.naming import QueueName
 from engine.queues.outcomes import Attempt, Outcomes
 from engine.records import Message, Response, rfc3339
-from engine.shaping.gate import Ticket
+from engine.shaping.gate import Gate, Ticket
 from engine.storage.spool import Spool
 
 __all__ = ["Target", "ReadyQueue", "NoTargetAvailable"]
@@ -83,7 +83,7 @@ class ReadyQueue:
         on_idle: Callable[[ReadyQueue], None],
         policy: Callable[[], Registry] = Registry,
         controls: Controls | None = None,
-        gate: Any = None,
+        gate: Gate | None = None,
         broken_tls: BrokenTlsHosts | None = None,
     ) -> None:
         self.name = name
@@ -322,7 +322,7 @@ class ReadyQueue:
                     return
                 if not await self._rate_wait(msg):
                     continue
-                keep = ticket is None or await self._gate.keep(ticket)
+                keep = ticket is None or self._gate is None or await self._gate.keep(ticket)
                 if (
                     not await self._deliver(conn, msg)
                     or not keep
@@ -331,14 +331,14 @@ class ReadyQueue:
                     await conn.close()
                     self._established -= 1
                     conn = None
-                    if ticket is not None:
+                    if ticket is not None and self._gate is not None:
                         await self._gate.close(ticket)
                         ticket = None
         finally:
             if conn is not None:
                 self._established -= 1
                 await asyncio.shield(conn.close())
-            if ticket is not None:
+            if ticket is not None and self._gate is not None:  # a ticket comes from the gate
                 await asyncio.shield(self._gate.close(ticket))
             self._conns.discard(asyncio.current_task())
             if self.queue and not self._stopping:

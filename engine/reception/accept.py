@@ -29,7 +29,15 @@ from engine.policy.events import PolicyFailure, Registry, Rejected
 from engine.policy.message import PolicyMessage
 from engine.queues.naming import NULL_QUEUE, scheduled_queue_name
 from engine.queues.scheduled import Scheduler
-from engine.records import LogRecord, Message, PeerAddress, RecordType, Response, new_message_id
+from engine.records import (
+    Json,
+    LogRecord,
+    Message,
+    PeerAddress,
+    RecordType,
+    Response,
+    new_message_id,
+)
 from engine.storage.spool import Spool
 
 __all__ = ["Incoming", "Accepted", "Acceptor", "RECEIVED"]
@@ -42,7 +50,7 @@ class Incoming:
     sender: str
     recipient: str
     data: bytes
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Json] = field(default_factory=dict)
     id: str = field(default_factory=new_message_id)
 
 

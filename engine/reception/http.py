@@ -40,7 +40,7 @@ from engine.reception.inject.request import (
     TemplateFailed,
     parse_request,
 )
-from engine.records import PeerAddress
+from engine.records import Json, PeerAddress
 from engine.storage.spool import SpoolError, SpoolFull
 
 __all__ = ["build_app"]
@@ -153,7 +153,7 @@ async def inject_v1(request: web.Request) -> web.Response:
     except TemplateFailed as exc:
         return _error(422, exc.reason, exc.field)
     peer_ip = request.remote or ""
-    base_meta = {
+    base_meta: dict[str, Json] = {
         "http_auth": user,
         "reception_protocol": "HTTP",
         "received_from": peer_ip,
@@ -163,7 +163,10 @@ async def inject_v1(request: web.Request) -> web.Response:
     batch, failed, errors = [], [], []
     now = time.time()
     for rcpt in req.recipients:
-        meta = {**base_meta, **({"extra": dict(rcpt.metadata)} if rcpt.metadata else {})}
+        meta: dict[str, Json] = {
+            **base_meta,
+            **({"extra": dict(rcpt.metadata)} if rcpt.metadata else {}),
+        }
         try:
             data = build_message(
                 req,
