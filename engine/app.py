@@ -13,7 +13,8 @@ Shutdown order (SIGTERM/SIGINT), as STYLE.md §6:
     2. the scheduler stops handing out messages; ready queues finish the message
        in hand on each connection until ``delivery.shutdown_deadline``
     3. what is left is cancelled; it stays in the spool for the next start
-    4. listeners close, log records are flushed, the spool is closed
+    4. listeners close (open sessions are hung up), spool commits still running
+       finish, DNS lookups are cancelled, log records are flushed, the spool closes
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ log = logging.getLogger("nimbus.node")
 class Node:
     """One MTA node.
 
-    settings: the node's settings (see config.py).
+    settings: the node's settings (see engine.config.settings).
     """
 
     def __init__(self, settings: Settings) -> None:

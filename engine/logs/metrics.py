@@ -2,6 +2,7 @@
 
 Exports:
     Metrics       counters and histograms, plus a collector reading live gauges
+    GaugeReading  what a GaugeSource returns at each scrape (queue sizes, connections, ...)
 
 Counters are incremented where things happen; gauges (queue sizes, connections,
 spool size) are read from the engine at scrape time through ``GaugeSource``, so
