@@ -99,7 +99,9 @@ async def _unless_stopped(
     return None if stopped else task
 
 
-def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
+def add_subcommand(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
     """``nimbus cluster up [-f values.yaml ...] [--set k=v ...] [--replicas N] [--workdir DIR]``."""
     cluster = subparsers.add_parser(
         "cluster", help="run the Helm chart as a local cluster (processes on loopback)"

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from engine.policy.log_hook import LogHook
 from engine.records import Response
 
 __all__ = ["Event", "EVENTS", "Registry", "Rejected", "PolicyFailure", "PolicyLoadError", "reject"]
@@ -132,7 +133,7 @@ class Registry:
         self.timeout = timeout
         self._handlers: dict[str, list[Handler]] = {}
         self.bounce_classifier: Any = None  # set by nimbus.configure_bounce_classifier
-        self.log_hooks: list[Any] = []  # set by nimbus.configure_log_hook
+        self.log_hooks: list[LogHook] = []  # set by nimbus.configure_log_hook
         self._on_dispatch = on_dispatch
 
     def on(self, name: str) -> Callable[[Handler], Handler]:

@@ -48,12 +48,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
 from engine.logs.hooks.sender import HookSender, HookState, Transport, backoff_delay, post
 from engine.logs.hooks.store import Op, Store, insert_rows, trim_rows
+from engine.logs.writer import LogWriter
 from engine.policy.events import PolicyFailure, Registry, Rejected
 from engine.policy.log_hook import LogHook
 from engine.policy.message import PolicyMessage
@@ -106,7 +106,7 @@ class LogHookPublisher:
 
     # -- intake (synchronous, on the loop) ------------------------------------------
 
-    def attach(self, log_writer: Any) -> None:
+    def attach(self, log_writer: LogWriter) -> None:
         """Receive every record ``log_writer`` emits from now on."""
         if not self._attached:
             self._attached = True
