@@ -13,7 +13,8 @@ Shutdown order (SIGTERM/SIGINT), as STYLE.md §6:
     2. the scheduler stops handing out messages; ready queues finish the message
        in hand on each connection until ``delivery.shutdown_deadline``
     3. what is left is cancelled; it stays in the spool for the next start
-    4. listeners close, log records are flushed, the spool is closed
+    4. listeners close (open sessions are hung up), spool commits still running
+       finish, DNS lookups are cancelled, log records are flushed, the spool closes
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from engine.delivery.connector import SmtpClientConnector
 from engine.delivery.mx import MxResolver
 from engine.dkim.service import DkimService
 from engine.logs.hooks.publisher import LogHookPublisher
-from engine.logs.metrics import Metrics
+from engine.logs.metrics import GaugeReading, Metrics
 from engine.logs.writer import LogWriter
 from engine.policy.events import INIT, PolicyFailure, PolicyLoadError, Registry, Rejected
 from engine.policy.loader import load_policy
@@ -82,7 +83,7 @@ log = logging.getLogger("nimbus.node")
 class Node:
     """One MTA node.
 
-    settings: the node's settings (see config.py).
+    settings: the node's settings (see engine.config.settings).
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -193,7 +194,7 @@ class Node:
     def _on_due(self, msg: Any) -> None:
         self.router.route(msg)
 
-    def _gauges(self) -> dict[str, object]:
+    def _gauges(self) -> GaugeReading:
         return {
             "scheduled": dict(self.scheduler.counts),
             "ready": {name: len(q.queue) for name, q in self.router.ready.items()},
@@ -357,6 +358,10 @@ class Node:
         await self.gate.aclose()
         await self.smtp.close()
         await self.http.close()
+        # A commit takes milliseconds: one second lets one land even if draining used the
+        # whole deadline, so a message is never half-stored when the spool closes.
+        await self.acceptor.close(max(deadline - time.monotonic(), 1.0))
+        await self.resolver.close()
         await self.dkim.close()
         await self.spool.close()
         self.logs.close()

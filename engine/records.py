@@ -6,6 +6,7 @@ Exports:
     PeerAddress              the other side of a connection, as log records show it
     LogRecord                one disposition, serialised in KumoMTA's JsonLogRecord shape
     RecordType               the record type names
+    Json, JsonObject         a JSON value / object, as json.loads gives and json.dumps takes
 
 All are frozen; change one with ``dataclasses.replace``. Bodies never live in
 these records: they stay in the spool and are read when a delivery needs them.
@@ -15,11 +16,11 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import TypeAlias
 
 __all__ = [
     "EnhancedCode",
@@ -30,7 +31,14 @@ __all__ = [
     "RecordType",
     "new_message_id",
     "rfc3339",
+    "Json",
+    "JsonObject",
 ]
+
+# Read-only containers, so a dict[str, str] or a tuple is a Json too (json.dumps writes a
+# tuple as an array); what json.loads returns is always one.
+Json: TypeAlias = "Mapping[str, Json] | Sequence[Json] | str | int | float | bool | None"
+JsonObject: TypeAlias = "dict[str, Json]"
 
 
 def new_message_id() -> str:
@@ -108,7 +116,7 @@ class Response:
     def __str__(self) -> str:
         return self.single_line()
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
         return {
             "code": self.code,
             "enhanced_code": self.enhanced_code.to_json() if self.enhanced_code else None,
@@ -136,7 +144,7 @@ class Message:
     sender: str
     recipient: str
     queue: str
-    meta: Mapping[str, Any] = field(default_factory=dict)
+    meta: Mapping[str, Json] = field(default_factory=dict)
     created: float
     due: float
     num_attempts: int = 0
@@ -189,10 +197,10 @@ class LogRecord:
     bounce_classification: str = "Uncategorized"
     egress_pool: str | None = None
     egress_source: str | None = None
-    source_address: Mapping[str, Any] | None = None
-    feedback_report: Mapping[str, Any] | None = None
-    meta: Mapping[str, Any] = field(default_factory=dict)
-    headers: Mapping[str, Any] = field(default_factory=dict)
+    source_address: Mapping[str, Json] | None = None
+    feedback_report: Mapping[str, Json] | None = None
+    meta: Mapping[str, Json] = field(default_factory=dict)
+    headers: Mapping[str, Json] = field(default_factory=dict)
     delivery_protocol: str | None = None
     reception_protocol: str | None = None
     tls_cipher: str | None = None
@@ -200,8 +208,8 @@ class LogRecord:
     provider_name: str | None = None
     session_id: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+    def to_json(self) -> JsonObject:
+        out: JsonObject = {
             "type": str(self.type),
             "id": self.id,
             "sender": self.sender,

@@ -34,15 +34,13 @@ __all__ = ["run", "build", "Sink"]
 
 log = logging.getLogger("nimbus.sink")
 
-_SINK = web.AppKey("sink", object)
-
 
 async def check_liveness_v1(request: web.Request) -> web.Response:
     return web.Response(text="OK")
 
 
 async def metrics(request: web.Request) -> web.Response:
-    data = generate_latest(request.app[_SINK].metrics.registry)  # type: ignore[attr-defined]
+    data = generate_latest(request.app[_SINK].metrics.registry)
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -93,12 +91,14 @@ class Sink:
     async def start(self) -> None:
         """Run in a task until ready; raises what stopped it from starting (ConfigError,
         OSError for a busy port)."""
-        self._task = asyncio.create_task(self.run(), name="sink")
-        ready = asyncio.create_task(self.ready.wait())
-        await asyncio.wait({self._task, ready}, return_when=asyncio.FIRST_COMPLETED)
-        if not ready.done():
+        self._task = asyncio.create_task(self.run(), name="sink")  # owned: stop() awaits it
+        ready = asyncio.create_task(self.ready.wait(), name="sink-ready")
+        try:
+            await asyncio.wait({self._task, ready}, return_when=asyncio.FIRST_COMPLETED)
+            if not ready.done():
+                self._task.result()  # raise the start-up error
+        finally:
             ready.cancel()
-            self._task.result()  # raise the start-up error
 
     async def stop(self) -> None:
         """Stop (idempotent) and wait for the shutdown to finish."""
@@ -183,6 +183,9 @@ class Sink:
             if reason == "SIGHUP" or now != seen:
                 seen = now
                 await self.reload(reason)
+
+
+_SINK = web.AppKey("sink", Sink)
 
 
 def build(settings: Settings, *, reload_interval: float | None = None) -> Sink:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import logging
 import random
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -42,6 +43,8 @@ from engine.reception.smtp_session import SmtpSession
 from .responses import ACCEPT, Responses
 
 __all__ = ["SinkListener", "SinkHandler", "SinkMetrics"]
+
+log = logging.getLogger("nimbus.sink")
 
 _ACCEPTED = ACCEPT.reply()
 
@@ -137,7 +140,8 @@ class _SinkSession(SmtpSession):
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         """DATA (RFC 5321 §4.1.1.4): read the body in bulk, count it, drop it."""
-        envelope = self.envelope
+        envelope = self.envelope  # kept: _set_post_data_state below starts a new one
+        assert envelope is not None  # aiosmtpd makes one per session before any command
         body, too_much = await self._begin_data(arg)
         if body is None:
             return  # refused before 354, or the connection was lost mid-DATA
@@ -194,14 +198,15 @@ class SinkHandler:
             envelope.rcpt_tos.append(address)
         elif decision.code < 500:
             self._metrics.deferred += 1
-            if decision.code == 421:
-                server.hang_up = True  # type: ignore[attr-defined]
+            if decision.code == 421 and isinstance(server, _SinkSession):
+                server.hang_up = True
         else:
             self._metrics.bounced += 1
         return decision.reply()
 
 
-# aiosmtpd inspects handle_EHLO's signature per session; make that a lookup.
+# aiosmtpd inspects handle_EHLO's signature per session; make that a lookup. (The ignore:
+# functions take any attribute at runtime, but the typed Callable declares no __signature__.)
 SinkHandler.handle_EHLO.__signature__ = inspect.signature(SinkHandler.handle_EHLO)  # type: ignore[attr-defined]
 
 
@@ -258,18 +263,25 @@ class SinkListener:
         return sock[0], sock[1]
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Stop listening and hang up on open sessions (their clients will retry)."""
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        """Stop listening, hang up on open sessions (their clients will retry), and wait up
+        to ``timeout`` seconds for their handlers to end and the server to let go of them."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
         tasks = []
         for session in list(self._sessions):
             if session.transport is not None:
                 session.transport.close()
             if session._handler_coroutine is not None:
                 tasks.append(session._handler_coroutine)
-        if tasks:
-            await asyncio.wait(tasks, timeout=timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                if tasks:
+                    await asyncio.wait(tasks)
+                if server is not None:
+                    await server.wait_closed()
+        except TimeoutError:
+            log.warning("sink listener closed with sessions still open")
 
 
 def _nothing() -> None:

@@ -45,6 +45,7 @@ from redis.exceptions import RedisError
 from engine import __version__
 from engine.config.settings import ConfigError, Settings
 from engine.config.units import parse_hostport
+from engine.reception.http_listener import HttpListener
 from engine.shaping.overlay import OverlayEntry
 
 from .exports import bounces_json, render_shaping_toml, suspensions_json
@@ -57,7 +58,6 @@ __all__ = ["run", "build_app"]
 
 log = logging.getLogger("nimbus.tsa")
 
-_TSA = web.AppKey("tsa", object)
 _PRUNE_INTERVAL = 60.0
 _MAX_BODY = 64 * 1024 * 1024
 
@@ -98,8 +98,11 @@ class _Tsa:
         return entries
 
 
+_TSA = web.AppKey("tsa", _Tsa)
+
+
 def _tsa(request: web.Request) -> _Tsa:
-    return request.app[_TSA]  # type: ignore[return-value]
+    return request.app[_TSA]
 
 
 def _error(status: int, reason: str) -> web.Response:
@@ -123,7 +126,7 @@ async def publish_log_v1(request: web.Request) -> web.Response:
         return _error(503, tsa.redis_failed(exc))
     tsa.redis_ok()
     if isinstance(body, dict) and counts.invalid:
-        return _error(400, counts.errors[0]["error"])
+        return _error(400, str(counts.errors[0]["error"]))
     return web.json_response(counts.to_json())
 
 
@@ -283,14 +286,11 @@ async def run(settings: Settings) -> None:
     """
     app = build_app(settings)
     host, port = parse_hostport(settings.tsa.listen)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
+    listener = HttpListener(app)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True)
-        await site.start()
-        bound = runner.addresses[0]
+        bound = await listener.start(host, port)
         log.info(
             "listening",
             extra={
@@ -307,5 +307,5 @@ async def run(settings: Settings) -> None:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        await runner.cleanup()
+        await listener.close()
     log.info("stopped", extra={"service": "tsa"})

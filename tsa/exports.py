@@ -35,7 +35,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from engine.records import rfc3339
+from engine.records import Json, JsonObject, rfc3339
 from engine.shaping.overlay import READY, BounceRule, ConfigOverride, OverlayEntry, Suspension
 
 __all__ = ["render_shaping_toml", "suspensions_json", "bounces_json", "toml_value"]
@@ -43,7 +43,7 @@ __all__ = ["render_shaping_toml", "suspensions_json", "bounces_json", "toml_valu
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
 
 
-def toml_value(value: Any) -> str:
+def toml_value(value: Json) -> str:
     """A JSON-like value as TOML (strings as basic strings, tables inline).
 
     Raises ValueError for None or a non-finite float (TOML has no null).
@@ -117,7 +117,7 @@ def render_shaping_toml(entries: Iterable[OverlayEntry], now: float) -> str:
     return "\n".join(lines)
 
 
-def suspensions_json(entries: Iterable[OverlayEntry], now: float) -> dict[str, list[Any]]:
+def suspensions_json(entries: Iterable[OverlayEntry], now: float) -> dict[str, list[JsonObject]]:
     """``{"ready_q": [...], "sched_q": [...]}`` in force at ``now``."""
     live = _live(entries, now, Suspension)
     ready = sorted((s for s in live if s.scope == READY), key=lambda s: (s.expires, s.source or ""))
@@ -150,7 +150,7 @@ def suspensions_json(entries: Iterable[OverlayEntry], now: float) -> dict[str, l
     }
 
 
-def bounces_json(entries: Iterable[OverlayEntry], now: float) -> list[dict[str, Any]]:
+def bounces_json(entries: Iterable[OverlayEntry], now: float) -> list[JsonObject]:
     """The bounce rules in force at ``now``, as KumoMTA's ``Vec<SchedQBounce>``."""
     live = sorted(
         _live(entries, now, BounceRule),

@@ -23,8 +23,8 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
+from engine.records import Json, JsonObject
 from engine.shaping.overlay import OverlayEntry
 
 from .metrics import TsaMetrics
@@ -48,9 +48,9 @@ class Counts:
     duplicates: int = 0
     invalid: int = 0
     entries_written: int = 0
-    errors: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[JsonObject] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
         return asdict(self)
 
 
@@ -79,7 +79,7 @@ class Ingestor:
             "entries_written": 0,
         }
 
-    async def ingest(self, records: Sequence[Any]) -> Counts:
+    async def ingest(self, records: Sequence[Json]) -> Counts:
         """Apply the rules to each record. Raises RedisError/TimeoutError (the records
         from the failing one on are not taken; the publisher should retry)."""
         counts = Counts(received=len(records))

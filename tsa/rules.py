@@ -57,6 +57,7 @@ from typing import Any
 
 from engine.policy.helpers.shaping import Action, ActionKind, Rule, Shaping, match_rules
 from engine.queues.naming import QueueName
+from engine.records import Json
 from engine.shaping.overlay import (
     READY,
     SCHEDULED,
@@ -201,7 +202,7 @@ def _site_parts(site: str, egress_source: Any) -> tuple[str, str]:
     return source, bare
 
 
-def parse_record(obj: Any) -> RecordView:
+def parse_record(obj: Json) -> RecordView:
     """Read a KumoMTA-shaped JSON log record (shared/reference/kumomta-interfaces.md §7).
 
     A record without ``id`` gets the sha256 of its canonical JSON, so duplicates still
@@ -221,11 +222,8 @@ def parse_record(obj: Any) -> RecordView:
         raise RecordInvalid("site and queue: expected strings")
     source, bare = _site_parts(site, obj.get("egress_source"))
     peer = obj.get("peer_address")
-    mx = (
-        (peer["name"],)
-        if isinstance(peer, Mapping) and isinstance(peer.get("name"), str) and peer["name"]
-        else ()
-    )
+    peer_name = peer.get("name") if isinstance(peer, Mapping) else None
+    mx = (peer_name,) if isinstance(peer_name, str) and peer_name else ()
     return RecordView(
         id=ident,
         type=kind,
@@ -309,18 +307,27 @@ def _sched_entry(
     reason = f"{reason_for(rule)} domain={domain}"
     reason += f" tenant={tenant}" if tenant else ""
     reason += f" campaign={campaign}" if campaign else ""
-    common = {
-        "id": action_id(fp, action, f"sched:{domain}:{tenant or ''}:{campaign or ''}"),
-        "reason": reason,
-        "expires": expires,
-        "rule": fp,
-        "domain": domain,
-        "tenant": tenant,
-        "campaign": campaign,
-    }
+    ident = action_id(fp, action, f"sched:{domain}:{tenant or ''}:{campaign or ''}")
     if kind in (ActionKind.SUSPEND_TENANT, ActionKind.SUSPEND_CAMPAIGN):
-        return Suspension(scope=SCHEDULED, **common)
-    return BounceRule(**common)
+        return Suspension(
+            scope=SCHEDULED,
+            id=ident,
+            reason=reason,
+            expires=expires,
+            rule=fp,
+            domain=domain,
+            tenant=tenant,
+            campaign=campaign,
+        )
+    return BounceRule(
+        id=ident,
+        reason=reason,
+        expires=expires,
+        rule=fp,
+        domain=domain,
+        tenant=tenant,
+        campaign=campaign,
+    )
 
 
 def _entry(

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from engine.config.settings import ConfigError
-from engine.policy.helpers.shaping import Shaping
+from engine.policy.helpers.shaping import Block, Provider, Shaping
 from engine.policy.helpers.shaping_load import load_shaping
 
 from .metrics import TsaMetrics
@@ -58,9 +58,10 @@ class ShapingFile:
     @property
     def rule_count(self) -> int:
         s = self.shaping
-        return (len(s.default.automation) if s.default else 0) + sum(
-            len(b.automation) for b in (*s.domains.values(), *s.rollups, *s.providers.values())
-        )
+        blocks: list[Block | Provider] = [*s.domains.values(), *s.rollups, *s.providers.values()]
+        if s.default is not None:
+            blocks.append(s.default)
+        return sum(len(b.automation) for b in blocks)
 
     async def check(self) -> bool:
         """Reload if the file changed since the last look; True when new rules apply."""

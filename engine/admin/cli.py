@@ -301,7 +301,7 @@ def _lifetime_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", help="how long the entry lives (default 5m)")
 
 
-def add_subcommands(subparsers: Any) -> None:
+def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the admin verbs to ``subparsers`` (from ``parser.add_subparsers``)."""
     common = [_connection_options()]
 

@@ -39,7 +39,6 @@ from engine.reception.auth import Credentials, MalformedAuthorization, parse_bas
 __all__ = ["add_admin_routes"]
 
 _ADMIN = web.AppKey("admin_api", AdminApi)
-_GUARD = web.AppKey("admin_guard", object)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -92,9 +91,12 @@ class _Guard:
         return None
 
 
+_GUARD = web.AppKey("admin_guard", _Guard)
+
+
 def _guarded(handler: Handler) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
-        refusal = request.app[_GUARD].refuse(request)  # type: ignore[attr-defined]
+        refusal = request.app[_GUARD].refuse(request)
         if refusal is not None:
             return refusal
         try:

@@ -19,7 +19,7 @@ from engine.queues.naming import scheduled_queue_name
 from engine.queues.outcomes import Outcomes
 from engine.queues.routing import Router
 from engine.queues.scheduled import Scheduler
-from engine.records import Message, rfc3339
+from engine.records import JsonObject, Message, rfc3339
 from engine.storage.spool import Spool
 
 __all__ = ["AdminOps"]
@@ -87,8 +87,8 @@ class AdminOps:
                     return queued
         return None
 
-    async def _describe(self, msg: Message, want_body: bool) -> dict[str, Any]:
-        out: dict[str, Any] = {
+    async def _describe(self, msg: Message, want_body: bool) -> JsonObject:
+        out: JsonObject = {
             "sender": msg.sender,
             "recipient": msg.recipient,
             "meta": dict(msg.meta),
@@ -102,7 +102,7 @@ class AdminOps:
             out["data"] = None if data is None else data.decode("utf-8", "replace")
         return out
 
-    async def inspect_message(self, id: str, want_body: bool) -> dict[str, Any] | None:
+    async def inspect_message(self, id: str, want_body: bool) -> JsonObject | None:
         msg = self._find(id)
         if msg is None:
             return None
@@ -110,7 +110,7 @@ class AdminOps:
 
     async def inspect_sched_q(
         self, queue_name: str, want_body: bool, limit: int | None
-    ) -> dict[str, Any] | None:
+    ) -> JsonObject | None:
         messages = [m for m in self._scheduler.messages() if m.queue == queue_name]
         if not messages and queue_name not in self._scheduler.counts:
             return None
@@ -129,14 +129,14 @@ class AdminOps:
             ],
         }
 
-    def ready_q_states(self, queues: list[str] | None) -> dict[str, Any]:
+    def ready_q_states(self, queues: list[str] | None) -> JsonObject:
         return {
             name: dict(ready.states)
             for name, ready in self._router.ready.items()
             if (queues is None or name in queues) and ready.states
         }
 
-    def queue_summary(self) -> dict[str, Any]:
+    def queue_summary(self) -> JsonObject:
         return {
             "scheduled": [
                 {"name": name, "count": count} for name, count in self._scheduler.counts.items()

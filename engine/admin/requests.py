@@ -17,10 +17,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from engine.admin.entries import BounceEntry, Criteria, ReadyQSuspendEntry, SuspendEntry
 from engine.config.units import parse_duration
+from engine.records import Json
 
 __all__ = [
     "parse_bounce",
@@ -58,7 +58,7 @@ class Rebind:
     suppress_logging: bool = False
 
 
-def _expiry(body: Mapping[str, Any], now: float) -> float:
+def _expiry(body: Mapping[str, Json], now: float) -> float:
     """``expires`` (RFC 3339, wins as in KumoMTA) or ``now + duration`` (default 5m)."""
     expires = body.get("expires")
     if expires is not None:
@@ -74,13 +74,15 @@ def _expiry(body: Mapping[str, Any], now: float) -> float:
     duration = body.get("duration")
     if duration is None:
         return now + DEFAULT_DURATION
+    if not isinstance(duration, (str, int, float)):
+        raise AdminInputError("duration", f'expected a duration like "1h", got {duration!r}')
     try:
         return now + parse_duration(duration)
     except (ValueError, TypeError) as exc:
         raise AdminInputError("duration", str(exc)) from None
 
 
-def _check_fields(body: Any, allowed: Iterable[str]) -> Mapping[str, Any]:
+def _check_fields(body: Json, allowed: Iterable[str]) -> Mapping[str, Json]:
     # Unknown fields are refused (KumoMTA: deny_unknown_fields): a misspelt
     # "domian" must not silently become a bounce of everything.
     if not isinstance(body, Mapping):
@@ -92,7 +94,7 @@ def _check_fields(body: Any, allowed: Iterable[str]) -> Mapping[str, Any]:
     return body
 
 
-def _text(body: Mapping[str, Any], key: str, *, required: bool = False) -> str | None:
+def _text(body: Mapping[str, Json], key: str, *, required: bool = False) -> str | None:
     value = body.get(key)
     if value is None:
         if required:
@@ -104,14 +106,14 @@ def _text(body: Mapping[str, Any], key: str, *, required: bool = False) -> str |
     return value
 
 
-def _flag(body: Mapping[str, Any], key: str) -> bool:
+def _flag(body: Mapping[str, Json], key: str) -> bool:
     value = body.get(key, False)
     if not isinstance(value, bool):
         raise AdminInputError(key, "must be true or false")
     return value
 
 
-def _names(body: Mapping[str, Any]) -> tuple[str, ...]:
+def _names(body: Mapping[str, Json]) -> tuple[str, ...]:
     value = body.get("queue_names")
     if value is None:
         return ()
@@ -124,7 +126,7 @@ _CRITERIA = ("domain", "tenant", "campaign")
 _LIFETIME = ("reason", "duration", "expires")
 
 
-def parse_bounce(body: Any, *, id: str, now: float) -> BounceEntry:
+def parse_bounce(body: Json, *, id: str, now: float) -> BounceEntry:
     """A ``POST /api/admin/bounce/v1`` body as a BounceEntry; AdminInputError names the field."""
     body = _check_fields(
         body, (*_CRITERIA, "routing_domain", "queue_names", *_LIFETIME, "suppress_logging")
@@ -143,7 +145,7 @@ def parse_bounce(body: Any, *, id: str, now: float) -> BounceEntry:
     )
 
 
-def parse_suspend(body: Any, *, id: str, now: float) -> SuspendEntry:
+def parse_suspend(body: Json, *, id: str, now: float) -> SuspendEntry:
     """A ``POST /api/admin/suspend/v1`` body as a SuspendEntry."""
     body = _check_fields(body, (*_CRITERIA, "queue_names", *_LIFETIME))
     return SuspendEntry(
@@ -158,7 +160,7 @@ def parse_suspend(body: Any, *, id: str, now: float) -> SuspendEntry:
     )
 
 
-def parse_ready_suspend(body: Any, *, id: str, now: float) -> ReadyQSuspendEntry:
+def parse_ready_suspend(body: Json, *, id: str, now: float) -> ReadyQSuspendEntry:
     """A ``POST /api/admin/suspend-ready-q/v1`` body as a ReadyQSuspendEntry."""
     body = _check_fields(body, ("name", *_LIFETIME))
     return ReadyQSuspendEntry(
@@ -170,7 +172,7 @@ def parse_ready_suspend(body: Any, *, id: str, now: float) -> ReadyQSuspendEntry
     )
 
 
-def parse_rebind(body: Any) -> Rebind:
+def parse_rebind(body: Json) -> Rebind:
     """A ``POST /api/admin/rebind/v1`` body; ``data`` must map strings to strings."""
     body = _check_fields(
         body,
@@ -197,7 +199,7 @@ def parse_rebind(body: Any) -> Rebind:
     )
     return Rebind(
         criteria=criteria,
-        data=dict(data),
+        data={k: v for k, v in data.items() if isinstance(v, str)},  # all are, checked above
         reason=_text(body, "reason", required=True) or "",
         trigger_rebind_event=_flag(body, "trigger_rebind_event"),
         always_flush=_flag(body, "always_flush"),
@@ -205,7 +207,7 @@ def parse_rebind(body: Any) -> Rebind:
     )
 
 
-def parse_cancel(body: Any) -> str:
+def parse_cancel(body: Json) -> str:
     """A cancel request body (``{"id": ...}``) -> the id."""
     body = _check_fields(body, ("id",))
     return _text(body, "id", required=True) or ""

@@ -44,7 +44,7 @@ from engine.admin.requests import (
     parse_suspend,
 )
 from engine.config.units import format_duration
-from engine.records import rfc3339
+from engine.records import Json, JsonObject, rfc3339
 
 __all__ = ["AdminState", "AdminApi", "UnknownEntry"]
 
@@ -53,11 +53,9 @@ class UnknownEntry(LookupError):
     """No bounce or suspension has this id (HTTP 404)."""
 
 
-def entry_json(
-    entry: BounceEntry | SuspendEntry | ReadyQSuspendEntry, now: float
-) -> dict[str, Any]:
+def entry_json(entry: BounceEntry | SuspendEntry | ReadyQSuspendEntry, now: float) -> JsonObject:
     """A list entry as KumoMTA shows it (``duration`` = time left), plus ``expires``."""
-    out: dict[str, Any] = {}
+    out: JsonObject = {}
     for f in fields(entry):
         value = getattr(entry, f.name)
         if f.name in ("expires", "created"):
@@ -125,12 +123,13 @@ class AdminState:
     # expiry and lookups
     def prune(self, now: float) -> list[BounceEntry | SuspendEntry | ReadyQSuspendEntry]:
         """Drop every entry expired at ``now``; returns them."""
-        gone: list[BounceEntry | SuspendEntry | ReadyQSuspendEntry] = []
-        for table in (self._bounces, self._suspends, self._ready):
-            for id, entry in list(table.items()):
-                if not is_live(entry, now):
-                    gone.append(table.pop(id))
-                    self._bounced.pop(id, None)
+        gone: list[BounceEntry | SuspendEntry | ReadyQSuspendEntry] = [
+            *_pop_expired(self._bounces, now),
+            *_pop_expired(self._suspends, now),
+            *_pop_expired(self._ready, now),
+        ]
+        for entry in gone:
+            self._bounced.pop(entry.id, None)
         return gone
 
     def bounce_for(self, queue_name: str, now: float) -> BounceEntry | None:
@@ -144,6 +143,11 @@ class AdminState:
     def ready_suspension_for(self, ready_queue_name: str, now: float) -> ReadyQSuspendEntry | None:
         """The oldest live suspension of ready queue ``ready_queue_name`` (exact name)."""
         return next((e for e in self.ready_suspensions(now) if e.name == ready_queue_name), None)
+
+
+def _pop_expired(table: dict[str, Entry], now: float) -> list[Entry]:
+    expired = [id for id, entry in table.items() if not is_live(entry, now)]
+    return [table.pop(id) for id in expired]
 
 
 def _pop(table: dict[str, Entry], id: str) -> Entry:
@@ -214,7 +218,7 @@ class AdminApi:
         return now
 
     # bounces
-    async def bounce(self, body: Any) -> dict[str, Any]:
+    async def bounce(self, body: Json) -> JsonObject:
         """Add a bounce (it applies to new mail at once), then bounce what's queued."""
         entry = parse_bounce(body, id=str(uuid.uuid4()), now=self._now())
         self.state.add_bounce(entry)
@@ -228,71 +232,72 @@ class AdminApi:
         total = sum(bounced.values()) if isinstance(result, Mapping) else int(result or 0)
         return {"id": entry.id, "bounced": bounced, "total_bounced": total}
 
-    def list_bounces(self) -> list[dict[str, Any]]:
+    def list_bounces(self) -> list[JsonObject]:
         now = self._now()
         out = []
         for entry in self.state.bounces(now):
             item = entry_json(entry, now)
-            item["bounced"] = self.state.bounced_counts(entry.id)
-            item["total_bounced"] = sum(item["bounced"].values())
+            counts = self.state.bounced_counts(entry.id)
+            item["bounced"] = counts
+            item["total_bounced"] = sum(counts.values())
             out.append(item)
         return out
 
-    def cancel_bounce(self, body: Any) -> None:
+    def cancel_bounce(self, body: Json) -> None:
         id = parse_cancel(body)
         self._now()  # an expired entry is gone: 404
         self.state.cancel_bounce(id)
 
     # suspensions
-    def suspend(self, body: Any) -> dict[str, Any]:
+    def suspend(self, body: Json) -> JsonObject:
         entry = parse_suspend(body, id=str(uuid.uuid4()), now=self._now())
         self.state.add_suspension(entry)
         return {"id": entry.id}
 
-    def list_suspensions(self) -> list[dict[str, Any]]:
+    def list_suspensions(self) -> list[JsonObject]:
         now = self._now()
         return [entry_json(e, now) for e in self.state.suspensions(now)]
 
-    def cancel_suspension(self, body: Any) -> None:
+    def cancel_suspension(self, body: Json) -> None:
         id = parse_cancel(body)
         self._now()  # an expired entry is gone: 404
         self.state.cancel_suspension(id)
 
-    def suspend_ready_q(self, body: Any) -> dict[str, Any]:
+    def suspend_ready_q(self, body: Json) -> JsonObject:
         entry = parse_ready_suspend(body, id=str(uuid.uuid4()), now=self._now())
         self.state.add_ready_suspension(entry)
         return {"id": entry.id}
 
-    def list_ready_suspensions(self) -> list[dict[str, Any]]:
+    def list_ready_suspensions(self) -> list[JsonObject]:
         now = self._now()
         return [entry_json(e, now) for e in self.state.ready_suspensions(now)]
 
-    def cancel_ready_suspension(self, body: Any) -> None:
+    def cancel_ready_suspension(self, body: Json) -> None:
         id = parse_cancel(body)
         self._now()  # an expired entry is gone: 404
         self.state.cancel_ready_suspension(id)
 
     # node reads and actions
-    async def rebind(self, body: Any) -> dict[str, Any]:
+    async def rebind(self, body: Json) -> JsonObject:
         req = parse_rebind(body)
         await _call(
             self._rebind, req.criteria, dict(req.data), req.reason, req.trigger_rebind_event
         )
         return {}
 
-    async def inspect_message(self, id: str, want_body: bool) -> dict[str, Any] | None:
+    async def inspect_message(self, id: str, want_body: bool) -> JsonObject | None:
         return await _call(self._inspect_message, id, want_body)
 
     async def inspect_sched_q(
         self, queue_name: str, want_body: bool, limit: int | None
-    ) -> dict[str, Any] | None:
+    ) -> JsonObject | None:
         return await _call(self._inspect_sched_q, queue_name, want_body, limit)
 
-    async def ready_q_states(self, queues: list[str] | None) -> dict[str, Any]:
+    async def ready_q_states(self, queues: list[str] | None) -> JsonObject:
         states = await _call(self._ready_q_states, queues)
         return {"states_by_ready_queue": dict(states or {})}
 
-    async def queue_summary(self) -> dict[str, Any]:
+    async def queue_summary(self) -> JsonObject:
         """The node's queues, each marked with the reason of an admin suspension, if any."""
         summary = await _call(self._queue_summary)
         now = self._now()
@@ -304,8 +309,7 @@ class AdminApi:
             )
         ready = []
         for item in summary.get("ready", []):
-            hold = self.state.ready_suspension_for(item["name"], now)
-            ready.append(
-                {**item, "suspended": item.get("suspended") or (hold.reason if hold else None)}
-            )
+            ready_hold = self.state.ready_suspension_for(item["name"], now)
+            reason = ready_hold.reason if ready_hold else None
+            ready.append({**item, "suspended": item.get("suspended") or reason})
         return {"scheduled": scheduled, "ready": ready}

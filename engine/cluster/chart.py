@@ -89,7 +89,7 @@ def compose_values(
     """The user values as ``helm install -f ... --set ...`` composes them, then the local
     overrides: ``set_values`` (dotted path -> value) and ``replicas`` (mta.replicas)."""
     values: dict[str, Any] = {}
-    helm = None
+    helm: Any = None  # the helm_python module, loaded only when values files or --set need it
     if values_files or set_args or set_string_args or set_file_args:
         helm = _helm()
     for path in values_files:

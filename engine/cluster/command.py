@@ -20,7 +20,8 @@ import asyncio
 import contextlib
 import signal
 import sys
-from typing import IO, Any
+from collections.abc import Coroutine
+from typing import IO, Any, TypeVar
 
 from engine.cluster.chart import (
     RELEASE,
@@ -29,6 +30,8 @@ from engine.cluster.chart import (
 from engine.cluster.local import LocalCluster, log_tail
 
 __all__ = ["up", "add_subcommand", "run"]  # the chart defaults, as before
+
+_T = TypeVar("_T")
 
 
 # -- the command -------------------------------------------------------------------------------
@@ -47,23 +50,15 @@ async def up(
             handled.append(sig)
     try:
         print(f"starting the chart's pods under {cluster.workdir} ...", file=out, flush=True)
-        starting = asyncio.ensure_future(cluster.start())
-        stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if not starting.done():  # Ctrl-C while starting
-            starting.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ClusterError):
-                await starting
+        starting = await _unless_stopped(cluster.start(), stop)
+        if starting is None:  # Ctrl-C while starting
             await cluster.stop()
             return 130
-        stopping.cancel()
         starting.result()
         print(cluster.summary(), file=out, flush=True)
-        exited = asyncio.ensure_future(cluster.wait())
-        stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        exited = await _unless_stopped(cluster.wait(), stop)
         status = 0
-        if exited.done():
+        if exited is not None:
             pod = exited.result()
             print(
                 f"{pod.name} exited with status {pod.proc.returncode if pod.proc else '?'}; "
@@ -73,9 +68,7 @@ async def up(
             )
             status = 1
         else:
-            exited.cancel()
             print("stopping the cluster (Ctrl-C again: kill now) ...", file=out, flush=True)
-        stopping.cancel()
         for sig in handled:
             loop.add_signal_handler(sig, cluster.hurry)
         await cluster.stop()
@@ -85,7 +78,30 @@ async def up(
             loop.remove_signal_handler(sig)
 
 
-def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
+async def _unless_stopped(
+    work: Coroutine[Any, Any, _T], stop: asyncio.Event
+) -> asyncio.Task[_T] | None:
+    """Run ``work`` until it ends or ``stop`` is set. Returns its finished task (call
+    ``result()``), or None when ``stop`` came first: the work is then cancelled and awaited,
+    so no task outlives this call."""
+    task = asyncio.create_task(work)
+    stopping = asyncio.create_task(stop.wait())
+    stopped = False
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not task.done():
+            stopped = True
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ClusterError):
+                await task
+    return None if stopped else task
+
+
+def add_subcommand(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
     """``nimbus cluster up [-f values.yaml ...] [--set k=v ...] [--replicas N] [--workdir DIR]``."""
     cluster = subparsers.add_parser(
         "cluster", help="run the Helm chart as a local cluster (processes on loopback)"

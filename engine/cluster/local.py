@@ -177,7 +177,9 @@ class LocalCluster:
         self.manifests: list[dict[str, Any]] = []
         self.plan = Plan(())
         self.pods: dict[str, LocalPod] = {}
-        self._hurry: asyncio.Event | None = None
+        # An Event binds to the running loop on first wait (Python >= 3.10), so it can be
+        # made here, before any loop runs.
+        self._hurry = asyncio.Event()
 
     # -- the library API -------------------------------------------------------------------
 
@@ -319,8 +321,6 @@ class LocalCluster:
 
     async def stop(self) -> None:
         """Stop every process, reverse start order: SIGTERM, then SIGKILL after the grace."""
-        if self._hurry is None:
-            self._hurry = asyncio.Event()
         for wave in reversed(self.plan.waves()):
             await asyncio.gather(
                 *(self._stop_one(self.pods[s.name]) for s in wave if s.name in self.pods)
@@ -330,8 +330,6 @@ class LocalCluster:
 
     def hurry(self) -> None:
         """Make a running ``stop()`` SIGKILL now instead of waiting out the grace periods."""
-        if self._hurry is None:
-            self._hurry = asyncio.Event()
         self._hurry.set()
 
     async def _stop_one(self, pod: LocalPod) -> None:
@@ -339,18 +337,21 @@ class LocalCluster:
         if proc is not None:
             if proc.returncode is None:
                 _signal_group(proc.pid, signal.SIGTERM)
-                exited = asyncio.ensure_future(proc.wait())
-                hurried = asyncio.ensure_future(self._hurry.wait())
-                await asyncio.wait(
-                    {exited, hurried},
-                    return_when=asyncio.FIRST_COMPLETED,
-                    timeout=min(pod.spec.grace, self.stop_timeout),
-                )
-                hurried.cancel()
-                if not exited.done():
-                    pod.killed = True
-                    _signal_group(proc.pid, signal.SIGKILL)
-                await exited
+                exited = asyncio.create_task(proc.wait())
+                hurried = asyncio.create_task(self._hurry.wait())
+                try:
+                    await asyncio.wait(
+                        {exited, hurried},
+                        return_when=asyncio.FIRST_COMPLETED,
+                        timeout=min(pod.spec.grace, self.stop_timeout),
+                    )
+                    if not exited.done():
+                        pod.killed = True
+                        _signal_group(proc.pid, signal.SIGKILL)
+                    await exited
+                finally:  # neither outlives this call, even when it is cancelled
+                    hurried.cancel()
+                    exited.cancel()
         if pod._log_file is not None:
             pod._log_file.close()
             pod._log_file = None

@@ -79,7 +79,8 @@ class Plan:
 
     def waves(self) -> list[list[ProcessSpec]]:
         """Specs grouped so each group only depends on earlier groups (a cycle: one group)."""
-        remaining, done, out = list(self.specs), set(), []
+        remaining, out = list(self.specs), []
+        done: set[str] = set()
         while remaining:
             wave = [s for s in remaining if set(s.depends_on) <= done]
             if not wave:

@@ -324,7 +324,7 @@ class _Translator:
         root = posixpath.join(self.workdir, pod.name)
         containers = pod.spec.get("containers") or []
         dirs, files, mounts_by_container = self._volumes(pod, root, containers)
-        specs = []
+        specs: list[ProcessSpec] = []
         for container, mounts in zip(containers, mounts_by_container, strict=False):
             deps: set[str] = set()
             env = self._env(pod, container)

@@ -227,11 +227,12 @@ _ENV_ALIASES = {
 
 
 def _sections() -> dict[str, type]:
-    return {
-        f.name: f.default_factory
-        for f in dataclasses.fields(Settings)  # type: ignore[misc]
-        if f.default_factory is not dataclasses.MISSING
-    }
+    # Every Settings field is a section dataclass built by its class as default_factory.
+    sections: dict[str, type] = {}
+    for f in dataclasses.fields(Settings):
+        if isinstance(f.default_factory, type):
+            sections[f.name] = f.default_factory
+    return sections
 
 
 def _convert(kind: str, value: Any) -> Any:

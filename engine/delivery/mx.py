@@ -4,7 +4,7 @@ Exports:
     MailExchanger                  a domain's MX hosts in try order, its site name and expiry
     MxResolver                     resolve_mx(domain), resolve_addresses(host); TTL cache
                                    (cachetools.TLRUCache, bounded by dns.cache_size),
-                                   one shared in-flight query per name
+                                   one shared in-flight query per name; close()
     factor_names(hosts) -> str     KumoMTA's site-name rollup of MX host names (pure)
     order_addresses(addresses, strategy, limit) -> list   ip_lookup_strategy (pure)
 
@@ -27,9 +27,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import dns.asyncresolver
 import dns.exception
@@ -53,6 +53,8 @@ __all__ = [
     "MxPermanentError",
     "HostResolutionError",
 ]
+
+_T = TypeVar("_T")
 
 NEGATIVE_TTL_MAX = 300
 # dnspython enforces ``lifetime`` itself; this backstop only catches a hung resolver.
@@ -251,7 +253,14 @@ class MxResolver:
     async def _addresses(self, host: str) -> _Addresses:
         return await self._cached(("addr", host), lambda: self._lookup_addresses(host))
 
-    async def _cached(self, key: Hashable, lookup: Callable[[], Awaitable[Any]]) -> Any:
+    async def close(self) -> None:
+        """Cancel lookups still running (their waiters are gone at shutdown)."""
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _cached(self, key: Hashable, lookup: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
         """A cached value or permanent error for ``key``, else one shared ``lookup``."""
         entry = self._cache.get(key)
         hit = None if entry is None else entry[0]

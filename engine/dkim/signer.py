@@ -169,8 +169,9 @@ def _key_bytes(key_file: str | Path | None, key: bytes | None) -> tuple[bytes, s
         raise ValueError("give exactly one of key_file and key")
     if key is not None:
         return key, "key"
+    assert key_file is not None  # exactly one of the two was given
     try:
-        return Path(key_file).read_bytes(), str(key_file)  # type: ignore[arg-type]
+        return Path(key_file).read_bytes(), str(key_file)
     except OSError as exc:
         raise DkimKeyError(f"{key_file}: cannot read DKIM key: {exc.strerror}") from None
 

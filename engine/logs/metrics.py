@@ -2,6 +2,7 @@
 
 Exports:
     Metrics       counters and histograms, plus a collector reading live gauges
+    GaugeReading  what a GaugeSource returns at each scrape (queue sizes, connections, ...)
 
 Counters are incremented where things happen; gauges (queue sizes, connections,
 spool size) are read from the engine at scrape time through ``GaugeSource``, so
@@ -11,36 +12,48 @@ the hot path never updates them.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import NotRequired, TypedDict
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from engine.records import LogRecord, RecordType
 
-__all__ = ["Metrics", "GaugeSource"]
+__all__ = ["Metrics", "GaugeReading", "GaugeSource"]
 
-GaugeSource = Callable[[], dict[str, object]]
-"""Returns {"scheduled": {queue: n}, "ready": {queue: n}, "connections_in": {listener: n},
-"connections_out": {queue: n}, "spool_bytes": n, "spool_messages": n}."""
+
+class GaugeReading(TypedDict):
+    """One scrape's live values: counts by queue/listener, spool size, log-hook stats."""
+
+    scheduled: dict[str, int]
+    ready: dict[str, int]
+    connections_in: dict[str, int]
+    connections_out: dict[str, int]
+    spool_bytes: int
+    spool_messages: int
+    log_hooks: NotRequired[dict[str, dict[str, int]]]
+
+
+GaugeSource = Callable[[], GaugeReading]
 
 
 class _LiveGauges(Collector):
     def __init__(self, source: GaugeSource) -> None:
         self._source = source
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[Metric]:
         s = self._source()
         sched = GaugeMetricFamily(
             "nimbus_scheduled_messages", "Messages waiting in scheduled queues", labels=["queue"]
         )
-        for q, n in s.get("scheduled", {}).items():  # type: ignore[union-attr]
+        for q, n in s["scheduled"].items():
             sched.add_metric([q], n)
         yield sched
         ready = GaugeMetricFamily(
             "nimbus_ready_messages", "Messages waiting in ready queues", labels=["queue"]
         )
-        for q, n in s.get("ready", {}).items():  # type: ignore[union-attr]
+        for q, n in s["ready"].items():
             ready.add_metric([q], n)
         yield ready
         conns = GaugeMetricFamily(
@@ -48,19 +61,19 @@ class _LiveGauges(Collector):
             "Open connections by direction and service",
             labels=["direction", "service"],
         )
-        for listener, n in s.get("connections_in", {}).items():  # type: ignore[union-attr]
+        for listener, n in s["connections_in"].items():
             conns.add_metric(["inbound", listener], n)
-        for q, n in s.get("connections_out", {}).items():  # type: ignore[union-attr]
+        for q, n in s["connections_out"].items():
             conns.add_metric(["outbound", q], n)
         yield conns
         yield GaugeMetricFamily(
-            "nimbus_spool_bytes", "Bytes used by the spool", value=float(s.get("spool_bytes", 0))
-        )  # type: ignore[arg-type]
+            "nimbus_spool_bytes", "Bytes used by the spool", value=float(s["spool_bytes"])
+        )
         yield GaugeMetricFamily(
             "nimbus_spool_messages",
             "Messages in the spool",
-            value=float(s.get("spool_messages", 0)),
-        )  # type: ignore[arg-type]
+            value=float(s["spool_messages"]),
+        )
         pending = GaugeMetricFamily(
             "nimbus_log_hook_pending_records",
             "Log records waiting to be published, by hook",
@@ -72,7 +85,7 @@ class _LiveGauges(Collector):
         failed = CounterMetricFamily(
             "nimbus_log_hook_failed_attempts", "Failed publish attempts, by hook", labels=["hook"]
         )
-        for hook, stats in s.get("log_hooks", {}).items():  # type: ignore[union-attr]
+        for hook, stats in s.get("log_hooks", {}).items():
             pending.add_metric([hook], stats.get("pending", 0))
             sent.add_metric([hook], stats.get("sent", 0))
             failed.add_metric([hook], stats.get("failed_attempts", 0))

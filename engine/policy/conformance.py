@@ -158,7 +158,8 @@ def _reencode(data: bytes) -> bytes:
         cte = str(part.get("Content-Transfer-Encoding", "7bit")).strip().lower()
         if cte not in ("7bit", "8bit", "binary", ""):
             continue
-        raw = part.get_payload(decode=True) or b""
+        payload = part.get_payload(decode=True)  # bytes (or None) for a non-multipart part
+        raw = payload if isinstance(payload, bytes) else b""
         long_lines = any(len(ln) > 998 for ln in raw.split(b"\n"))
         if raw.isascii() and not long_lines:
             continue

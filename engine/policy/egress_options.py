@@ -348,7 +348,8 @@ def apply_egress_options(
     parsed: Mapping[str, Any], base: EgressPathConfig | None = None
 ) -> EgressPathConfig:
     """``base`` (default: code defaults) with already-parsed options set on it."""
-    changes = {
+    # Values differ by option (the field's own type each): replace() checks them by name.
+    changes: dict[str, Any] = {
         name: MappingProxyType(dict(value)) if isinstance(value, Mapping) else value
         for name, value in parsed.items()
     }

@@ -54,10 +54,11 @@ import types
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from engine.policy.egress import EgressPathConfig, EgressPool, EgressSource
 from engine.policy.listener_domain import ListenerDomain
+from engine.policy.log_hook import LogHook
 from engine.policy.message import PolicyMessage
 from engine.policy.queue_config import QueueConfig
 from engine.records import Response
@@ -259,7 +260,7 @@ class Rejected(Exception):
         self.response = Response.parse(code, text)
 
 
-def reject(code: int, text: str) -> None:
+def reject(code: int, text: str) -> NoReturn:
     """Policy helper: stop the current transaction with exactly ``code text``."""
     if not 400 <= int(code) < 600:
         raise ValueError(f"reject code must be 4xx or 5xx, got {code}")
@@ -317,7 +318,7 @@ class Registry:
         self.timeout = timeout
         self._handlers: dict[str, list[_Registered]] = {}
         self.bounce_classifier: Any = None  # set by nimbus.configure_bounce_classifier
-        self.log_hooks: list[Any] = []  # set by nimbus.configure_log_hook
+        self.log_hooks: list[LogHook] = []  # set by nimbus.configure_log_hook
         self._on_dispatch = on_dispatch
         self._executor = executor
         self._noticed: set[tuple[str, str]] = set()

@@ -2,7 +2,8 @@
 
 Exports:
     PolicyApi        the ``nimbus`` object a policy's ``register(nimbus)`` receives
-    load_policy(policy_dir, timeout, on_dispatch, executor) -> Registry
+    PolicyServices   what the node lends a policy: its settings and MX resolver
+    load_policy(policy_dir, timeout, on_dispatch, services, executor) -> Registry
 
 A policy directory holds ``init.py`` defining ``register(nimbus)``, which registers
 handlers explicitly::
@@ -26,15 +27,32 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, Protocol
 
-from engine.config.settings import ConfigError
+from engine.config.settings import ConfigError, Settings
 from engine.config.units import parse_duration, parse_size
 from engine.policy import egress, queue_config
 from engine.policy.events import PolicyLoadError, Registry, reject
 from engine.policy.listener_domain import ListenerDomain as _ListenerDomain
 
-__all__ = ["PolicyApi", "load_policy"]
+__all__ = ["PolicyApi", "PolicyServices", "load_policy"]
+
+
+class _MxLookup(Protocol):
+    # The answer is a MailExchanger; delivery sits above policy in the layers, so the
+    # type cannot be named here and a policy just reads its attributes.
+    async def resolve_mx(self, domain: str) -> object: ...
+
+
+class PolicyServices(Protocol):
+    """The node's shared parts a policy may use (the Node itself provides them)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def resolver(self) -> _MxLookup: ...
+
 
 _load_counter = itertools.count()
 
@@ -50,27 +68,28 @@ class PolicyApi:
     KeySource = egress.KeySource
     ListenerDomain = _ListenerDomain
 
-    def __init__(self, registry: Registry, policy_dir: Path, services: Any = None) -> None:
+    def __init__(
+        self, registry: Registry, policy_dir: Path, services: PolicyServices | None = None
+    ) -> None:
         self._registry = registry
         self.policy_dir = policy_dir
         self._services = services
 
     @property
-    def settings(self) -> Any:
+    def settings(self) -> Settings | None:
         """The node's Settings (None under ``nimbus validate``)."""
-        return getattr(self._services, "settings", None)
+        return None if self._services is None else self._services.settings
 
     def path(self, name: str | Path) -> Path:
         """A file name relative to the policy directory (absolute paths pass through)."""
         p = Path(name)
         return p if p.is_absolute() else self.policy_dir / p
 
-    async def resolve_mx(self, domain: str) -> Any:
+    async def resolve_mx(self, domain: str) -> object:
         """The node's cached MX lookup (``MailExchanger``); raises MxError on failure."""
-        resolver = getattr(self._services, "resolver", None)
-        if resolver is None:
+        if self._services is None:
             raise RuntimeError("no resolver: MX lookups are not available here")
-        return await resolver.resolve_mx(domain)
+        return await self._services.resolver.resolve_mx(domain)
 
     def configure_log_hook(
         self, *, name: str, url: str, record_types: list[str] | None = None, **options: Any
@@ -105,7 +124,7 @@ class PolicyApi:
         return self._registry.on(name, inline=inline)
 
     @staticmethod
-    def reject(code: int, text: str) -> None:
+    def reject(code: int, text: str) -> NoReturn:
         """Stop the current transaction with exactly ``code text``."""
         reject(code, text)
 
@@ -132,7 +151,7 @@ def load_policy(
     *,
     timeout: float = 5.0,
     on_dispatch: Callable[[str, float], None] | None = None,
-    services: Any = None,
+    services: PolicyServices | None = None,
     executor: Executor | None = None,
 ) -> Registry:
     """Import ``<policy_dir>/init.py`` and let it register its handlers.

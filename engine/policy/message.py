@@ -14,10 +14,15 @@ import email.header
 import email.utils
 import re
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from engine.policy.conformance import fix, parse_labels, problems
 from engine.policy.scheduling import Scheduling
+from engine.records import Json
+
+if TYPE_CHECKING:  # for annotations only: the crypto loads when a policy signs (dkim_sign)
+    from engine.dkim.signer import Signer
 
 __all__ = ["PolicyMessage"]
 
@@ -34,15 +39,20 @@ class PolicyMessage:
     __slots__ = ("_id", "_sender", "_recipient", "_data", "_meta", "_dkim", "_lines")
 
     def __init__(
-        self, id: str, sender: str, recipient: str, data: bytes, meta: dict[str, Any] | None = None
+        self,
+        id: str,
+        sender: str,
+        recipient: str,
+        data: bytes,
+        meta: Mapping[str, Json] | None = None,
     ) -> None:
         self._id = id
         self._sender = sender
         self._recipient = recipient
         self._data = data
         self._lines: list[bytes] | None = None
-        self._meta = dict(meta or {})
-        self._dkim: list[Any] = []
+        self._meta: dict[str, Json] = dict(meta or {})
+        self._dkim: list[Signer] = []
 
     def id(self) -> str:
         return self._id
@@ -59,14 +69,14 @@ class PolicyMessage:
     def set_sender(self, sender: str) -> None:
         self._sender = sender
 
-    def get_meta(self, key: str, default: Any = None) -> Any:
+    def get_meta(self, key: str, default: Json = None) -> Json:
         return self._meta.get(key, default)
 
-    def set_meta(self, key: str, value: Any) -> None:
+    def set_meta(self, key: str, value: Json) -> None:
         self._meta[key] = value
 
     @property
-    def meta(self) -> dict[str, Any]:
+    def meta(self) -> dict[str, Json]:
         return self._meta
 
     def get_data(self) -> bytes:
@@ -78,7 +88,7 @@ class PolicyMessage:
 
     # -- DKIM --------------------------------------------------------------------
 
-    def dkim_sign(self, signer: Any) -> None:
+    def dkim_sign(self, signer: object) -> None:
         """Ask for a DKIM signature by ``signer`` (an ``engine.dkim.signer.Signer``).
 
         Only recorded here, so handlers stay cheap: the engine signs the final bytes
@@ -93,7 +103,7 @@ class PolicyMessage:
             )
         self._dkim.append(signer)
 
-    def dkim_requests(self) -> tuple[Any, ...]:
+    def dkim_requests(self) -> tuple[Signer, ...]:
         """The Signers recorded by ``dkim_sign``, in call order."""
         return tuple(self._dkim)
 
@@ -220,7 +230,7 @@ class PolicyMessage:
             return "message fails conformance checks: " + ", ".join(sorted(remaining))
         return None
 
-    def set_scheduling(self, options: dict[str, Any] | None) -> None:
+    def set_scheduling(self, options: Mapping[str, Json] | None) -> None:
         """Constrain delivery: first_attempt, expires, and a dow/tz/start/end window.
         ``None`` clears it. Raises ValueError naming the bad key."""
         if options is None:
@@ -230,7 +240,7 @@ class PolicyMessage:
 
     def get_scheduling(self) -> Scheduling | None:
         raw = self._meta.get("scheduling")
-        return None if raw is None else Scheduling.from_options(raw)
+        return Scheduling.from_options(raw) if isinstance(raw, Mapping) else None
 
 
 def _decode(raw: bytes) -> str:

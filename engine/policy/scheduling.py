@@ -20,6 +20,8 @@ from datetime import time as dtime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from engine.records import JsonObject
+
 __all__ = ["Scheduling"]
 
 _DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -90,8 +92,8 @@ class Scheduling:
             )
         return cls(**kw)
 
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+    def to_json(self) -> JsonObject:
+        out: JsonObject = {}
         if self.first_attempt is not None:
             out["first_attempt"] = self.first_attempt
         if self.expires is not None:

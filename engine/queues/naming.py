@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from engine.records import Json
+
 __all__ = ["QueueName", "scheduled_queue_name", "ready_queue_name", "NULL_QUEUE"]
 
 NULL_QUEUE = "null"
@@ -67,7 +69,7 @@ class QueueName:
         return cls(domain=domain, tenant=tenant, campaign=campaign, routing_domain=routing or None)
 
 
-def scheduled_queue_name(recipient: str, meta: Mapping[str, Any]) -> str:
+def scheduled_queue_name(recipient: str, meta: Mapping[str, Json]) -> str:
     """The scheduled queue a message belongs in.
 
     recipient: the envelope recipient; its domain is lowercased.

@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from engine.logs.writer import LogWriter
@@ -37,6 +37,8 @@ def _scheduling(msg: Message) -> Scheduling | None:
     if not raw:
         return None
     try:
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"expected an object, got {raw!r}")
         return Scheduling.from_options(raw)
     except ValueError:
         log.warning("stored_scheduling_invalid", extra={"id": msg.id})
@@ -108,12 +110,16 @@ class Outcomes:
         self._rand = rand
 
     def record(
-        self, kind: RecordType, msg: Message, response: Response, attempt: Attempt, **extra: object
+        self,
+        kind: RecordType,
+        msg: Message,
+        response: Response,
+        attempt: Attempt,
+        *,
+        delivery_protocol: str | None = None,
     ) -> LogRecord:
         """Build the log record for ``msg`` (shared with reception)."""
-        if kind in CLASSIFIED:
-            extra.setdefault("bounce_classification", classify(self._policy(), response))
-        return LogRecord(
+        record = LogRecord(
             type=kind,
             id=msg.id,
             sender=msg.sender,
@@ -132,8 +138,13 @@ class Outcomes:
             tls_cipher=attempt.tls_cipher,
             tls_protocol_version=attempt.tls_protocol_version,
             provider_name=attempt.provider_name,
-            **extra,
-        )  # type: ignore[arg-type]
+            delivery_protocol=delivery_protocol,
+        )
+        if kind in CLASSIFIED:
+            record = dataclasses.replace(
+                record, bounce_classification=classify(self._policy(), response)
+            )
+        return record
 
     async def from_response(self, msg: Message, response: Response, attempt: Attempt) -> None:
         """2xx delivered, 4xx retry later, 5xx bounce."""

@@ -20,7 +20,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from cachetools import LRUCache, TLRUCache, TTLCache
 
@@ -45,6 +44,7 @@ from engine.queues.naming import QueueName, ready_queue_name
 from engine.queues.outcomes import Attempt, Outcomes
 from engine.queues.ready import DeliveryParts, ReadyQueue
 from engine.records import Message, Response
+from engine.shaping.gate import Gate
 from engine.storage.spool import Spool
 
 __all__ = ["Destination", "destination_for", "SourcePicker", "Router"]
@@ -164,7 +164,7 @@ class Router:
         spool: Spool,
         outcomes: Outcomes,
         controls: Controls | None = None,
-        gate: Any = None,
+        gate: Gate | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings

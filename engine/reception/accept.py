@@ -3,7 +3,8 @@
 Exports:
     Incoming      one message to accept (one recipient, as KumoMTA)
     Accepted      its spool id and queue
-    Acceptor      accept(...) -> per-message results; readiness and drain state
+    Acceptor      accept(...) -> per-message results; readiness and drain state;
+                  close(timeout) waits for commits still running
 
 For a batch (one SMTP DATA, or one HTTP request) the acceptor runs the policy
 event (``smtp_server_message_received`` / ``http_message_generated``) for each
@@ -28,7 +29,15 @@ from engine.policy.events import Event, PolicyFailure, Registry, Rejected
 from engine.policy.message import PolicyMessage
 from engine.queues.naming import NULL_QUEUE, scheduled_queue_name
 from engine.queues.scheduled import Scheduler
-from engine.records import LogRecord, Message, PeerAddress, RecordType, Response, new_message_id
+from engine.records import (
+    Json,
+    LogRecord,
+    Message,
+    PeerAddress,
+    RecordType,
+    Response,
+    new_message_id,
+)
 from engine.storage.spool import Spool
 
 __all__ = ["Incoming", "Accepted", "Acceptor", "RECEIVED"]
@@ -41,7 +50,7 @@ class Incoming:
     sender: str
     recipient: str
     data: bytes
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Json] = field(default_factory=dict)
     id: str = field(default_factory=new_message_id)
 
 
@@ -77,6 +86,9 @@ class Acceptor:
         self._node_id = node_id
         self._clock = clock
         self.not_ready: str | None = "waiting for spool startup"
+        # Spool commits run as their own tasks so a client that hangs up mid-commit cannot
+        # cancel one half-way; they are kept here so close() can wait for them.
+        self._stores: set[asyncio.Task[None]] = set()
 
     def set_ready(self) -> None:
         self.not_ready = None
@@ -132,8 +144,21 @@ class Acceptor:
             )
             to_store.append((msg, data))
         if to_store:
-            await asyncio.shield(asyncio.ensure_future(self._store(to_store, protocol, peer)))
+            task = asyncio.create_task(self._store(to_store, protocol, peer), name="spool-commit")
+            self._stores.add(task)
+            task.add_done_callback(self._stores.discard)
+            await asyncio.shield(task)
         return results
+
+    async def close(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for spool commits whose client went away, then
+        cancel the rest (call before closing the spool)."""
+        if not self._stores:
+            return
+        _, pending = await asyncio.wait(set(self._stores), timeout=timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def _store(
         self, items: list[tuple[Message, bytes]], protocol: str, peer: PeerAddress | None

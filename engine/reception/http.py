@@ -31,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from engine.config.settings import Settings
 from engine.logs.diagnostics import bound_contextvars
+from engine.logs.metrics import Metrics
 from engine.policy.events import (
     HTTP_MESSAGE_GENERATED,
     HTTP_SERVER_VALIDATE_AUTH_BASIC,
@@ -47,7 +48,7 @@ from engine.reception.inject.request import (
     TemplateFailed,
     parse_request,
 )
-from engine.records import PeerAddress
+from engine.records import Json, PeerAddress
 from engine.storage.spool import SpoolError, SpoolFull
 
 __all__ = ["build_app"]
@@ -57,9 +58,8 @@ log = logging.getLogger("nimbus.http")
 _ACCEPTOR = web.AppKey("acceptor", Acceptor)
 _CREDENTIALS = web.AppKey("credentials", Credentials)
 _SETTINGS = web.AppKey("settings", Settings)
-_METRICS = web.AppKey("metrics", object)
-_POLICY = web.AppKey("policy", object)
-_AUTH_CACHE = web.AppKey("auth_cache", object)
+_METRICS = web.AppKey("metrics", Metrics)
+_POLICY = web.AppKey[Callable[[], Registry]]("policy")
 
 
 def _error(status: int, reason: str, field: str | None = None, **headers: str) -> web.Response:
@@ -119,6 +119,9 @@ async def _log_context(request: web.Request, handler: Any) -> web.StreamResponse
         return await handler(request)
 
 
+_AUTH_CACHE = web.AppKey("auth_cache", _AuthCache)
+
+
 async def _authenticate(request: web.Request) -> str | web.Response:
     """The authenticated user name, or the 400/401 response to send."""
     challenge = {"WWW-Authenticate": 'Basic realm="nimbus"'}
@@ -168,7 +171,7 @@ async def inject_v1(request: web.Request) -> web.Response:
     except TemplateFailed as exc:
         return _error(422, exc.reason, exc.field)
     peer_ip = request.remote or ""
-    base_meta = {
+    base_meta: dict[str, Json] = {
         "http_auth": user,
         "reception_protocol": "HTTP",
         "received_from": peer_ip,
@@ -178,7 +181,10 @@ async def inject_v1(request: web.Request) -> web.Response:
     batch, failed, errors = [], [], []
     now = time.time()
     for rcpt in req.recipients:
-        meta = {**base_meta, **({"extra": dict(rcpt.metadata)} if rcpt.metadata else {})}
+        meta: dict[str, Json] = {
+            **base_meta,
+            **({"extra": dict(rcpt.metadata)} if rcpt.metadata else {}),
+        }
         try:
             data = build_message(
                 req,
@@ -239,7 +245,7 @@ async def check_liveness_v1(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    data = generate_latest(request.app[_METRICS].registry)  # type: ignore[attr-defined]
+    data = generate_latest(request.app[_METRICS].registry)
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -248,7 +254,7 @@ def build_app(
     settings: Settings,
     acceptor: Acceptor,
     credentials: Credentials,
-    metrics_: object,
+    metrics_: Metrics,
     policy: Callable[[], Registry],
 ) -> web.Application:
     # Our own cap (_read_capped) applies to inject; aiohttp's client_max_size is set

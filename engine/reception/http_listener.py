@@ -12,10 +12,16 @@ __all__ = ["HttpListener"]
 
 
 class HttpListener:
-    """The HTTP listening socket."""
+    """The HTTP listening socket.
 
-    def __init__(self, app: web.Application) -> None:
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    shutdown_timeout: seconds ``close()`` lets in-flight requests finish before their
+    connections are dropped (aiohttp's own default, made explicit here).
+    """
+
+    def __init__(self, app: web.Application, *, shutdown_timeout: float = 60.0) -> None:
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout
+        )
         self._site: web.TCPSite | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
@@ -26,4 +32,5 @@ class HttpListener:
         return sock[0], sock[1]
 
     async def close(self) -> None:
+        """Stop listening, wait for in-flight requests (up to shutdown_timeout), close."""
         await self._runner.cleanup()

@@ -27,7 +27,7 @@ import ipaddress
 import logging
 import ssl
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from email.utils import formatdate
 from typing import Any
 
@@ -62,7 +62,18 @@ def _reply(resp: Response) -> str:
     return resp.single_line()
 
 
-def _in_networks(address: str, networks: Any) -> bool:
+def _peer_host_port(session: Session) -> tuple[str, int]:
+    """The client's (host, port). aiosmtpd annotates ``Session.peer`` as ``str | None``, but
+    it holds the socket's peername tuple (or None before the connection is made)."""
+    peer: object = session.peer
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return str(peer[0]), int(peer[1])
+    return "", 0
+
+
+def _in_networks(
+    address: str, networks: Iterable[str | ipaddress.IPv4Network | ipaddress.IPv6Network]
+) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -102,13 +113,13 @@ class SmtpHandler:
         self._hostname = settings.effective_hostname
 
     def _peer(self, session: Session) -> PeerAddress:
-        host, port = (session.peer or ("", 0))[:2]
+        host, port = _peer_host_port(session)
         return PeerAddress(name=session.host_name or "", addr=f"{host}:{port}")
 
     def _may_relay(self, session: Session) -> bool:
         if session.authenticated:
             return True
-        return _in_networks((session.peer or ("",))[0], self._relay_nets)
+        return _in_networks(_peer_host_port(session)[0], self._relay_nets)
 
     def _conn_meta(self, session: Session) -> dict[str, Any]:
         return {
@@ -186,7 +197,7 @@ class SmtpHandler:
             return False
         if listener.relay_to:
             return True
-        peer = (session.peer or ("",))[0]
+        peer = _peer_host_port(session)[0]
         return bool(listener.relay_from) and _in_networks(peer, listener.relay_from)
 
     async def handle_RCPT(
@@ -283,7 +294,7 @@ class SmtpHandler:
 
     def _trace_header(self, session: Session, id: str, recipient: str) -> bytes:
         """RFC 5321 §4.4: every SMTP server MUST prepend a Received header."""
-        host, _ = (session.peer or ("", 0))[:2]
+        host, _ = _peer_host_port(session)
         with_ = "ESMTP" if session.extended_smtp else "SMTP"
         if session.ssl is not None:
             with_ += "S"
@@ -298,7 +309,8 @@ class SmtpHandler:
 
 _HANDLER_HOOKS = sorted(n for n in vars(SmtpHandler) if n.startswith(("handle_", "auth_")))
 # aiosmtpd calls inspect.signature(handle_EHLO) per session to pick its hook API; a
-# precomputed signature makes that a lookup instead of a parse.
+# precomputed signature makes that a lookup instead of a parse. (The ignore: functions take
+# any attribute at runtime, but the typed Callable declares no ``__signature__``.)
 SmtpHandler.handle_EHLO.__signature__ = inspect.signature(SmtpHandler.handle_EHLO)  # type: ignore[attr-defined]
 
 
@@ -343,7 +355,11 @@ class SmtpListener:
         self._hostname = settings.effective_hostname
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
-        self.open_sessions = 0
+        self._sessions: set[SmtpSession] = set()
+
+    @property
+    def open_sessions(self) -> int:
+        return len(self._sessions)
 
     def _tls_context(self) -> ssl.SSLContext | None:
         s = self._settings.smtp
@@ -367,9 +383,8 @@ class SmtpListener:
             return Refuse(SHUTTING_DOWN)
         if self.open_sessions >= self._settings.smtp.max_connections:
             return Refuse("421 4.7.0 Too many connections, try again later")
-        self.open_sessions += 1
         self._on_connection()
-        return _Session(
+        session = _Session(
             self._handler,
             hostname=self._hostname,
             ident="ESMTP Nimbus",
@@ -382,12 +397,11 @@ class SmtpListener:
             auth_require_tls=True,
             authenticator=self._authenticate if self._tls else None,
             timeout=self._settings.smtp.idle_timeout,
-            on_close=self._session_closed,
+            on_close=lambda: self._sessions.discard(session),
             data_timeout=self._settings.smtp.data_timeout,
         )
-
-    def _session_closed(self) -> None:
-        self.open_sessions -= 1
+        self._sessions.add(session)
+        return session
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen; returns the bound (host, port) (port 0 picks a free one)."""
@@ -402,7 +416,20 @@ class SmtpListener:
         """New sessions get 421 4.3.2; open sessions get it at their next MAIL."""
         self._draining = True
 
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop listening, hang up on sessions still open (called after the drain: their
+        clients retry), and wait up to ``timeout`` seconds for the server to let go of them."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        for session in list(self._sessions):
+            if session.transport is not None:
+                session.transport.close()
+        try:
+            async with asyncio.timeout(timeout):
+                await server.wait_closed()
+        except TimeoutError:
+            log.warning(
+                "smtp listener closed with sessions still open", extra={"n": len(self._sessions)}
+            )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, cast
 
 from aiosmtpd.smtp import MISSING, SMTP, syntax
 
@@ -29,6 +29,24 @@ SIMPLE_ADDRESS = re.compile(
 )
 
 
+class _LimitedReader(Protocol):
+    """The part of ``asyncio.StreamReader`` the bulk DATA read uses, including its line limit
+    ``_limit``: asyncio has no public way to change it after construction, and typeshed
+    leaves the private attribute out, so the reader is seen through this Protocol."""
+
+    _limit: int
+
+    async def readuntil(self, separator: bytes = ...) -> bytes: ...
+
+    async def read(self, n: int = ...) -> bytes: ...
+
+
+def _stream(transport: asyncio.BaseTransport) -> asyncio.WriteTransport:
+    """A server connection's transport, seen as the stream transport it is. Not narrowed
+    with isinstance: uvloop's transports (the CLI's loop) don't subclass asyncio's ABCs."""
+    return cast(asyncio.WriteTransport, transport)
+
+
 class Refuse(asyncio.Protocol):
     """Answers one line (421) and hangs up: over the connection limit, or draining."""
 
@@ -36,7 +54,7 @@ class Refuse(asyncio.Protocol):
         self._line = line
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.write(self._line.encode() + b"\r\n")  # type: ignore[attr-defined]
+        _stream(transport).write(self._line.encode() + b"\r\n")
         transport.close()
 
 
@@ -59,7 +77,7 @@ class SmtpSession(SMTP):
         self, *args: Any, on_close: Callable[[], None], data_timeout: float = 600.0, **kw: Any
     ) -> None:
         super().__init__(*args, **kw)
-        self._on_close = on_close
+        self._on_close: Callable[[], None] | None = on_close
         self._data_timeout = data_timeout
 
     def __dir__(self) -> list[str]:
@@ -94,6 +112,7 @@ class SmtpSession(SMTP):
             self._set_post_data_state()
             return
         content = (b"\r\n" + body).replace(b"\r\n.", b"\r\n")[2:]  # RFC 5321 §4.5.2
+        assert self.envelope is not None  # aiosmtpd makes one per session before any command
         self.envelope.content = self.envelope.original_content = content
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()
@@ -127,7 +146,7 @@ class SmtpSession(SMTP):
     async def _read_body(self) -> tuple[bytes | None, bool]:
         """The raw body up to the terminating ``.\r\n`` (excluded), and whether it was
         over ``data_size_limit`` (then its bytes were discarded while reading)."""
-        reader = self._reader
+        reader = cast(_LimitedReader, self._reader)
         limit = self.data_size_limit or 2**31
         saved = reader._limit  # the reader's line limit; raised for the body only
         reader._limit = limit + 1024
@@ -156,12 +175,14 @@ class SmtpSession(SMTP):
         return (b"" if too_much else bytes(buf)), too_much
 
     def _timeout_cb(self) -> None:  # aiosmtpd just hangs up; say why first
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n".encode())
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            reply = f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n"
+            _stream(transport).write(reply.encode())
         super()._timeout_cb()
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._on_close is not None:
             self._on_close()
-            self._on_close = None  # type: ignore[assignment]
+            self._on_close = None
         super().connection_lost(error)

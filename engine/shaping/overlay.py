@@ -33,10 +33,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from engine.config.settings import ConfigError
 from engine.policy.egress_options import parse_egress_option
+from engine.records import Json, JsonObject
 
 __all__ = [
     "Overlay",
@@ -55,7 +56,7 @@ SCHEDULED = "scheduled"
 ORIGINS = ("tsa", "admin")
 
 
-def _opt_str(obj: Mapping[str, Any], key: str) -> str | None:
+def _opt_str(obj: Mapping[str, Json], key: str) -> str | None:
     value = obj.get(key)
     if value is None or value == "":
         return None
@@ -64,7 +65,25 @@ def _opt_str(obj: Mapping[str, Any], key: str) -> str | None:
     return value
 
 
-def _common(obj: Mapping[str, Any]) -> dict[str, Any]:
+class _Common(TypedDict):
+    """The fields every overlay entry has, as keyword arguments."""
+
+    id: str
+    expires: float
+    origin: str
+    reason: str
+    rule: str | None
+
+
+class _SchedScope(TypedDict):
+    """A scheduled-queue scope (None matches any), as keyword arguments."""
+
+    domain: str | None
+    tenant: str | None
+    campaign: str | None
+
+
+def _common(obj: Mapping[str, Json]) -> _Common:
     ident = obj.get("id")
     if not isinstance(ident, str) or not ident:
         raise ValueError(f"id: expected a non-empty string, got {ident!r}")
@@ -110,7 +129,7 @@ class Suspension:
     def kind(self) -> str:
         return "ReadyQSuspension" if self.scope == READY else "SchedQSuspension"
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
         out = _base_json(self)
         if self.scope == READY:
             out.update(source=self.source, site=self.site, queue=self.queue)
@@ -135,7 +154,7 @@ class BounceRule:
 
     kind = "SchedQBounce"
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
         out = _base_json(self)
         out.update(domain=self.domain, tenant=self.tenant, campaign=self.campaign)
         return out
@@ -161,7 +180,7 @@ class ConfigOverride:
     source: str | None = None
     mx_rollup: bool = False
     name: str
-    value: Any
+    value: Json
     parsed: Any = field(default=None, compare=False)
 
     kind = "ConfigOverride"
@@ -175,7 +194,7 @@ class ConfigOverride:
             raise ValueError(str(exc)) from None
         object.__setattr__(self, "parsed", parsed)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
         out = _base_json(self)
         out.update(
             domain=self.domain,
@@ -191,7 +210,7 @@ class ConfigOverride:
 OverlayEntry = Suspension | BounceRule | ConfigOverride
 
 
-def _base_json(entry: OverlayEntry) -> dict[str, Any]:
+def _base_json(entry: OverlayEntry) -> JsonObject:
     return {
         "kind": entry.kind,
         "id": entry.id,
@@ -202,7 +221,7 @@ def _base_json(entry: OverlayEntry) -> dict[str, Any]:
     }
 
 
-def entry_from_json(obj: Any) -> OverlayEntry:
+def entry_from_json(obj: Json) -> OverlayEntry:
     """Build an entry from its JSON form. Raises ValueError naming the bad field."""
     if not isinstance(obj, Mapping):
         raise ValueError(f"expected an object, got {obj!r}")
@@ -216,7 +235,7 @@ def entry_from_json(obj: Any) -> OverlayEntry:
             queue=_opt_str(obj, "queue"),
             **common,
         )
-    sched = {
+    sched: _SchedScope = {
         "domain": _opt_str(obj, "domain"),
         "tenant": _opt_str(obj, "tenant"),
         "campaign": _opt_str(obj, "campaign"),
@@ -382,6 +401,6 @@ class Overlay:
                 out[c.name] = c.parsed
         return out
 
-    def to_json(self, now: float | None = None) -> list[dict[str, Any]]:
+    def to_json(self, now: float | None = None) -> list[JsonObject]:
         """Every entry (in force at ``now`` when given) in its JSON form."""
         return [e.to_json() for e in self.entries(now)]

@@ -236,3 +236,15 @@ async def test_host_servfail_is_transient(server, resolver) -> None:
     with pytest.raises(HostResolutionError) as info:
         await resolver.resolve_addresses("mx.broken.test")
     assert info.value.transient
+
+
+async def test_close_cancels_a_lookup_in_flight(server, resolver) -> None:
+    """close() cancels a lookup still waiting for DNS (its waiter sees the cancellation) at
+    once, instead of leaving the query task running until the lifetime runs out."""
+    server.drop("slow.test")
+    waiter = asyncio.create_task(resolver.resolve_mx("slow.test"))
+    await asyncio.sleep(0)  # one loop turn: the waiter starts the shared query task
+    async with asyncio.timeout(0.2):  # under the 0.5 s lookup lifetime
+        await resolver.close()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter

@@ -296,3 +296,19 @@ async def test_liveness_is_503_shutting_down_during_the_drain(tmp_path):
             async with http.get(url) as resp:
                 status, text = resp.status, await resp.text()
     assert (status, text) == (503, "shutting down")
+
+
+async def test_session_still_open_when_the_listener_closes_is_hung_up(tmp_path):
+    """A session left open through the drain is hung up when the SMTP listener closes, so
+    the node's shutdown leaves no connection behind (it used to wait for the idle timer)."""
+    async with running_node(tmp_path) as node:
+        reader, writer = await asyncio.open_connection("127.0.0.1", node.smtp_port)
+        try:
+            greeting = await reader.readline()
+            node.stop()
+            async with asyncio.timeout(DEADLINE):
+                rest = await reader.read()  # returns at EOF, once the node hangs up
+        finally:
+            writer.close()
+    assert greeting.startswith(b"220")
+    assert rest == b""

@@ -48,13 +48,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
 from engine.config.backoff import backoff_delay
 from engine.logs.hooks.sender import HookSender, HookState, Transport, post
 from engine.logs.hooks.store import Op, Store, insert_rows, trim_rows
+from engine.logs.writer import LogWriter
 from engine.policy.events import SHOULD_ENQUEUE_LOG_RECORD, PolicyFailure, Registry, Rejected
 from engine.policy.log_hook import LogHook
 from engine.policy.message import PolicyMessage
@@ -105,7 +105,7 @@ class LogHookPublisher:
 
     # -- intake (synchronous, on the loop) ------------------------------------------
 
-    def attach(self, log_writer: Any) -> None:
+    def attach(self, log_writer: LogWriter) -> None:
         """Receive every record ``log_writer`` emits from now on."""
         if not self._attached:
             self._attached = True
@@ -147,8 +147,11 @@ class LogHookPublisher:
         self._stopped.clear()
         try:
             await self.open()
-            session = aiohttp.ClientSession() if self._transport is None else None
-            transport = self._transport or partial(post, session)
+            session: aiohttp.ClientSession | None = None
+            transport = self._transport
+            if transport is None:
+                session = aiohttp.ClientSession()
+                transport = partial(post, session)
             try:
                 async with asyncio.TaskGroup() as tg:
                     senders = [

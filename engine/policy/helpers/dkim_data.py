@@ -194,7 +194,7 @@ class DkimData:
         value = msg.get_first_named_header_value("From")
         if value is None:
             reject(552, "5.6.0 DKIM signing requires a From header")
-        address = email.utils.parseaddr(value)[1]  # type: ignore[arg-type]
+        address = email.utils.parseaddr(value)[1]
         domain = address.rpartition("@")[2].lower().rstrip(".")
         if "@" not in address or not domain:
             reject(552, "5.6.0 DKIM signing requires a From header with a domain")
@@ -268,7 +268,7 @@ def _check_keys(raw: Mapping[str, Any], known: Mapping[str, type], where: str, t
             raise ConfigError(
                 f"{where}: [{table}] {key}: expected {kind.__name__}, got {type(value).__name__}"
             )
-        if kind is list and not all(isinstance(v, str) for v in value):
+        if isinstance(value, list) and not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}: [{table}] {key}: expected a list of strings")
 
 

@@ -51,6 +51,7 @@ from typing import Any
 from engine.config.settings import ConfigError
 from engine.policy.events import reject
 from engine.policy.helpers import load_document, table_name
+from engine.policy.message import PolicyMessage
 from engine.policy.queue_config import QUEUE_OPTION_NAMES, QueueConfig, queue_config_from_options
 
 __all__ = [
@@ -183,7 +184,7 @@ class QueueHelper:
                     queues[domain] = _parse_queue(body, path, ("queue", name))
             elif key in _HEADER_KEYS:
                 kind = _HEADER_KEYS[key]
-                if not isinstance(value, kind) or (kind is str and not value.strip()):
+                if not isinstance(value, kind) or (isinstance(value, str) and not value.strip()):
                     what = "true or false" if kind is bool else "a non-empty string"
                     raise ConfigError(f"{path}: {key}: expected {what}, got {value!r}")
                 top[key] = value
@@ -200,7 +201,7 @@ class QueueHelper:
 
     # -- reception -----------------------------------------------------------------
 
-    def apply(self, msg: Any) -> None:
+    def apply(self, msg: PolicyMessage) -> None:
         """Set meta ``tenant``/``campaign`` (and ``routing_domain``) from headers at reception.
 
         msg: an ``engine.policy.message.PolicyMessage``. Order is KumoMTA's: scheduling
@@ -229,11 +230,16 @@ class QueueHelper:
             self._check_tenant(msg, tenant, source)
             msg.set_meta("tenant", tenant)
         domain = str(msg.recipient()).rpartition("@")[2]
-        routing = self.routing_domain(domain, msg.get_meta("tenant"), msg.get_meta("campaign"))
+        tenant_meta, campaign_meta = msg.get_meta("tenant"), msg.get_meta("campaign")
+        routing = self.routing_domain(
+            domain,
+            tenant_meta if isinstance(tenant_meta, str) else None,
+            campaign_meta if isinstance(campaign_meta, str) else None,
+        )
         if routing is not None:
             msg.set_meta("routing_domain", routing)
 
-    def _check_tenant(self, msg: Any, tenant: str, source: str) -> None:
+    def _check_tenant(self, msg: PolicyMessage, tenant: str, source: str) -> None:
         # KumoMTA rejects with a bare 500; we add RFC 3463 5.7.1 (delivery not authorized).
         block = self.tenants.get(tenant)
         if block is None:
@@ -252,7 +258,7 @@ class QueueHelper:
                 )
 
     @staticmethod
-    def _import_scheduling(msg: Any, header: str) -> None:
+    def _import_scheduling(msg: PolicyMessage, header: str) -> None:
         # KumoMTA: msg:import_scheduling_header(header, true) -- parse, apply, remove.
         # When PolicyMessage has set_scheduling we apply it; otherwise the options are
         # kept on meta ``x_scheduling`` for a later stage to apply.
@@ -344,7 +350,8 @@ class QueueHelper:
             for child in getattr(block, "children", {}).values():
                 walk(child)
 
-        for block in [*self.tenants.values(), *self.queues.values()]:
+        blocks: list[QueueBlock | TenantBlock] = [*self.tenants.values(), *self.queues.values()]
+        for block in blocks:
             walk(block)
         return frozenset(found)
 

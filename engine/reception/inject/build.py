@@ -41,6 +41,7 @@ from engine.reception.inject.request import (
     TemplateFailed,
     TraceHeaders,
 )
+from engine.records import Json
 
 __all__ = ["Templates", "build_message", "template_variables", "trace_header"]
 
@@ -92,7 +93,7 @@ class Templates:
                 except jinja2.TemplateSyntaxError as exc:
                     raise TemplateFailed(f"line {exc.lineno}: {exc.message}", path) from None
 
-    def render(self, path: str, variables: Mapping[str, Any]) -> str | None:
+    def render(self, path: str, variables: Mapping[str, Json]) -> str | None:
         """Render the template for ``path`` (``content.subject``); None if the field is absent.
 
         Raises TemplateFailed when rendering fails: an unsafe attribute
@@ -123,7 +124,7 @@ def _to_header(email: str, name: str | None) -> str:
     return f'"{quoted}" <{email}>'
 
 
-def template_variables(req: InjectRequest, rcpt: Recipient) -> dict[str, Any]:
+def template_variables(req: InjectRequest, rcpt: Recipient) -> dict[str, Json]:
     """Global substitutions, the recipient's on top, then ``email``, ``name``, ``to_header``."""
     variables = {**req.substitutions, **rcpt.substitutions}
     variables["email"] = rcpt.email
@@ -133,7 +134,7 @@ def template_variables(req: InjectRequest, rcpt: Recipient) -> dict[str, Any]:
     return variables
 
 
-def trace_header(trace: TraceHeaders, recipient: str, meta: Mapping[str, Any]) -> bytes:
+def trace_header(trace: TraceHeaders, recipient: str, meta: Mapping[str, Json]) -> bytes:
     """The supplemental header line: base64 of JSON ``{"_@_":"\\\\_/","recipient":…}``.
 
     meta: message metadata; keys named in ``include_meta_names`` are copied in.
@@ -152,7 +153,7 @@ def build_message(
     *,
     message_id_domain: str,
     now: float,
-    meta: Mapping[str, Any] | None = None,
+    meta: Mapping[str, Json] | None = None,
 ) -> bytes:
     """Build the message for one recipient, CRLF line endings throughout.
 
@@ -245,7 +246,10 @@ def _add_attachments(msg: MIMEPart, attachments: tuple[Attachment, ...]) -> None
     inline = [a for a in attachments if a.content_id]
     if inline:
         # RFC 2387: inline parts live in multipart/related beside the HTML they serve.
-        target = msg.get_payload()[-1] if msg.is_multipart() else msg
+        target = msg
+        if msg.is_multipart():
+            target = list(msg.iter_parts())[-1]  # the multipart/alternative's last (HTML) part
+            assert isinstance(target, MIMEPart)  # parts of an EmailMessage are EmailMessages
         for a in inline:
             maintype, subtype, params = _mime_type(a.content_type)
             target.add_related(

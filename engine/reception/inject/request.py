@@ -30,6 +30,8 @@ from email import errors as email_errors
 from email import headerregistry, policy
 from typing import Any
 
+from engine.records import Json
+
 __all__ = [
     "InjectError",
     "RequestInvalid",
@@ -120,8 +122,8 @@ class Recipient:
 
     email: str
     name: str | None = None
-    substitutions: Mapping[str, Any] = field(default_factory=dict)
-    metadata: Mapping[str, Any] = field(default_factory=dict)
+    substitutions: Mapping[str, Json] = field(default_factory=dict)
+    metadata: Mapping[str, Json] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -150,7 +152,7 @@ class InjectRequest:
     envelope_sender: str
     recipients: tuple[Recipient, ...]
     content: str | Builder
-    substitutions: Mapping[str, Any] = field(default_factory=dict)
+    substitutions: Mapping[str, Json] = field(default_factory=dict)
     template_dialect: str = "Jinja"
     trace_headers: TraceHeaders = field(default_factory=TraceHeaders)
 
@@ -231,7 +233,7 @@ def _check_address(value: str, where: str, *, in_header: bool) -> None:
             raise RequestInvalid(where, f"not usable in a header: {exc}") from None
 
 
-def parse_request(body: Any) -> InjectRequest:
+def parse_request(body: Json) -> InjectRequest:
     """Validate a decoded ``/api/inject/v1`` JSON body.
 
     body: the JSON value as ``json.loads`` returns it.
