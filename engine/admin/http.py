@@ -25,7 +25,6 @@ Errors are JSON ``{"error": reason, "field": ...}``: 400 bad JSON or field,
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -35,6 +34,7 @@ from engine.admin.requests import AdminInputError
 from engine.admin.state import AdminApi, UnknownEntry
 from engine.config.settings import Settings
 from engine.reception.auth import Credentials, MalformedAuthorization, parse_basic
+from engine.reception.json_body import BodyInvalid, decode_json
 
 __all__ = ["add_admin_routes"]
 
@@ -118,9 +118,9 @@ async def _json(request: web.Request) -> Any:
         )
     raw = await request.read()
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AdminInputError(None, f"malformed JSON: {exc}") from None
+        return decode_json(raw)
+    except BodyInvalid as exc:  # nesting, lone surrogates: 400 like the inject route
+        raise AdminInputError(exc.field or None, exc.reason) from None
 
 
 def _bool_param(request: web.Request, name: str) -> bool:

@@ -10,16 +10,17 @@ Routes:
     GET  /api/check-liveness/v1  200 "OK", or 503 with the reason
     GET  /metrics              Prometheus exposition
 
-Errors are JSON ``{"error": reason, "field": ...}``: 400 malformed JSON or field,
-401 missing/wrong credentials, 413 body over ``http.max_request_size`` (counted
-while streaming, since aiohttp doesn't cap streamed reads), 415 wrong content type,
-422 template error, 503 not ready / shutting down / spool full.
+Errors are JSON ``{"error": reason, "field": ...}``: 400 malformed JSON or field
+(``engine.reception.json_body``: nesting, lone surrogates), 401 missing/wrong
+credentials, 413 body over ``http.max_request_size`` (counted while streaming, since
+aiohttp doesn't cap streamed reads), 415 wrong content type or Content-Encoding
+(``http_listener.body_rules``), 422 template error, 503 not ready / shutting down /
+spool full / auth hook or spool failure. No other 5xx (issue 9).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -48,6 +49,7 @@ from engine.reception.inject.request import (
     TemplateFailed,
     parse_request,
 )
+from engine.reception.json_body import BodyInvalid, decode_json
 from engine.records import Json, PeerAddress
 from engine.storage.spool import SpoolError, SpoolFull
 
@@ -139,7 +141,8 @@ async def _authenticate(request: web.Request) -> str | web.Response:
             request.app[_POLICY](), request.app[_CREDENTIALS], *creds
         )
     except (PolicyFailure, Rejected):
-        return _error(500, "authentication hook failed; try again later")
+        # 503, not 500: the client did nothing wrong and may retry (no 5xx but 503, issue 9).
+        return _error(503, "authentication hook failed; try again later")
     if not ok:
         return _error(401, "invalid credentials", **challenge)
     return creds[0]
@@ -160,9 +163,9 @@ async def inject_v1(request: web.Request) -> web.Response:
     if raw is None:
         return _error(413, f"request body exceeds {settings.http.max_request_size} bytes")
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return _error(400, f"malformed JSON: {exc}")
+        body = decode_json(raw)
+    except BodyInvalid as exc:
+        return _error(400, exc.reason, exc.field or None)
     try:
         req = parse_request(body)
         templates = Templates(req)
@@ -219,7 +222,7 @@ async def inject_v1(request: web.Request) -> web.Response:
         return _error(503, "disk is too full")
     except SpoolError:
         log.exception("spool_write_failed")
-        return _error(500, "internal error storing the message; try again later")
+        return _error(503, "internal error storing the message; try again later")
     success = 0
     for item, result in zip(batch, results, strict=False):
         if isinstance(result, Accepted):

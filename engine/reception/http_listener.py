@@ -1,24 +1,79 @@
-"""The HTTP listening socket that serves an aiohttp application (MTA, TSA, sink).
+"""The HTTP listening socket that serves an aiohttp application (MTA, TSA, sink), and the
+request-body rules every route of it obeys.
 
 Exports:
     HttpListener   ``await start(host, port)`` -> bound address; ``await close()``
+    body_rules     the middleware HttpListener adds to the app it serves (below)
+
+body_rules, so that no malformed request becomes a 500 (issue 9):
+- a ``Content-Encoding`` other than identity, gzip or deflate (the codings aiohttp
+  decodes) is 415 with ``Accept-Encoding`` (RFC 9110 §15.5.16, §12.5.3); aiohttp
+  would otherwise pass such a body on still encoded;
+- a body that does not decode as its ``Content-Encoding`` says (aiohttp's
+  RequestPayloadError while the handler reads it) is 400;
+- a client that goes away mid-body is one debug line (``http_client_disconnected``)
+  instead of a traceback: there is nobody to answer.
 """
 
 from __future__ import annotations
 
-from aiohttp import web
+import logging
 
-__all__ = ["HttpListener"]
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from aiohttp.web_protocol import RequestPayloadError
+from aiohttp.web_request import Request
+from aiohttp.web_response import StreamResponse
+
+__all__ = ["HttpListener", "body_rules"]
+
+log = logging.getLogger("nimbus.http")
+
+_CODINGS = frozenset({"", "identity", "gzip", "deflate"})
+
+
+@web.middleware
+async def body_rules(request: Request, handler: Handler) -> StreamResponse:
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    if coding not in _CODINGS:
+        return web.json_response(
+            {"error": f"unsupported Content-Encoding {coding!r}; use gzip, deflate or identity"},
+            status=415,
+            headers={"Accept-Encoding": "gzip, deflate"},
+        )
+    try:
+        return await handler(request)
+    except RequestPayloadError as exc:
+        # The parser of this connection is broken: answer, then close it. Marking the
+        # body read stops aiohttp from draining it again (a second, logged, exception).
+        request.content.feed_eof()
+        reason = str(exc.__cause__ or exc).replace("\n", " ")
+        response = web.json_response(
+            {"error": f"malformed request body ({coding or 'identity'}): {reason}"}, status=400
+        )
+        response.force_close()
+        return response
+    except ConnectionResetError:
+        if request.transport is not None and not request.transport.is_closing():
+            raise  # not our client: some other connection of the handler's
+        log.debug(
+            "http_client_disconnected",
+            extra={"method": request.method, "path": request.path, "peer": request.remote},
+        )
+        return web.Response(status=400)  # never sent: the connection is gone
 
 
 class HttpListener:
     """The HTTP listening socket.
 
+    app: served with ``body_rules`` as its innermost middleware (added here, before
+    the app is frozen by the runner's setup).
     shutdown_timeout: seconds ``close()`` lets in-flight requests finish before their
     connections are dropped (aiohttp's own default, made explicit here).
     """
 
     def __init__(self, app: web.Application, *, shutdown_timeout: float = 60.0) -> None:
+        app.middlewares.append(body_rules)
         self._runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout
         )

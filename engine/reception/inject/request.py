@@ -30,6 +30,7 @@ from email import errors as email_errors
 from email import headerregistry, policy
 from typing import Any
 
+from engine.reception.json_body import BodyInvalid, check_json
 from engine.records import Json
 
 __all__ = [
@@ -238,8 +239,13 @@ def parse_request(body: Json) -> InjectRequest:
 
     body: the JSON value as ``json.loads`` returns it.
     Returns the request as frozen records, attachments decoded.
-    Raises RequestInvalid naming the first offending field.
+    Raises RequestInvalid naming the first offending field (also for nesting deeper
+    than json_body.MAX_DEPTH and lone surrogates, which no message could carry).
     """
+    try:
+        check_json(body)
+    except BodyInvalid as exc:
+        raise RequestInvalid(exc.field, exc.reason) from None
     obj = _object(body, "", _TOP_KEYS)
     sender = _field(obj, "envelope_sender", "", str, required=True)
     if sender:
