@@ -9,13 +9,15 @@ Routes:
     POST /api/inject/v1        KumoMTA-compatible injection (basic auth)
     GET  /api/check-liveness/v1  200 "OK", or 503 with the reason
     GET  /metrics              Prometheus exposition
+    GET  /api/openapi.json     the OpenAPI document of every route (engine.reception.openapi)
 
 Errors are JSON ``{"error": reason, "field": ...}``: 400 malformed JSON or field
 (``engine.reception.json_body``: nesting, lone surrogates), 401 missing/wrong
 credentials, 413 body over ``http.max_request_size`` (counted while streaming, since
 aiohttp doesn't cap streamed reads), 415 wrong content type or Content-Encoding
 (``http_listener.body_rules``), 422 template error, 503 not ready / shutting down /
-spool full / auth hook or spool failure. No other 5xx (issue 9).
+spool full / auth hook or spool failure. No other 5xx (issue 9); the routes are
+described by ``GET /api/openapi.json`` (``engine.reception.openapi``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from engine.reception.inject.request import (
     parse_request,
 )
 from engine.reception.json_body import BodyInvalid, decode_json
+from engine.reception.openapi import openapi_v1
 from engine.records import Json, PeerAddress
 from engine.storage.spool import SpoolError, SpoolFull
 
@@ -274,4 +277,5 @@ def build_app(
     app.router.add_post("/api/inject/v1", inject_v1)
     app.router.add_get("/api/check-liveness/v1", check_liveness_v1)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/openapi.json", openapi_v1)
     return app

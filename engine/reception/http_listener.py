@@ -79,6 +79,11 @@ class HttpListener:
         )
         self._site: web.TCPSite | None = None
 
+    @property
+    def app(self) -> web.Application:
+        """The application served (its router lists the mounted routes)."""
+        return self._runner.app
+
     async def start(self, host: str, port: int) -> tuple[str, int]:
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, host, port, reuse_address=True, backlog=1024)

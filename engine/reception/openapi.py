@@ -1,0 +1,400 @@
+"""The OpenAPI 3.1 document of the node's whole HTTP API, served at ``GET /api/openapi.json``.
+
+Exports:
+    DOCUMENT          the document (a JSON object); every route ``reception/http.py`` and
+                      ``admin/http.py`` mount is in it and nothing else (a test compares
+                      them with the app's router, HEAD aside: aiohttp answers HEAD for
+                      every GET)
+    openapi_v1(req)   the handler (no authentication: the document holds no secrets)
+
+Bodies follow shared/reference/kumomta-interfaces.md §1 (inject) and §8 (admin). The
+schemas describe what the node accepts and answers; they are deliberately no stricter
+than the parsers (``inject/request.py``, ``admin/requests.py``), which give the 400s.
+Every error body is ``{"error": reason, "field"?: path}``. The only 5xx is 503
+(not ready, draining, spool full, a failing auth hook or spool).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from engine.records import JsonObject
+
+__all__ = ["DOCUMENT", "openapi_v1"]
+
+
+def _ref(name: str) -> JsonObject:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: JsonObject, description: str) -> JsonObject:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _text(description: str) -> JsonObject:
+    return {"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}}
+
+
+def _errors(*codes: int) -> dict[str, JsonObject]:
+    why = {
+        400: "malformed JSON (nesting, lone surrogates, encoding) or a bad field",
+        401: "credentials missing or wrong",
+        403: "untrusted peer and no admin users configured",
+        404: "no such id, message or queue",
+        413: "body over http.max_request_size",
+        415: "content type or Content-Encoding not supported",
+        422: "a template failed to compile or render",
+        503: "not ready, shutting down or out of spool space; try again later",
+    }
+    return {str(code): _json(_ref("Error"), why[code]) for code in codes}
+
+
+_STR: JsonObject = {"type": "string"}
+# inject/request.py's address check (``local@domain``, no spaces or angle brackets).
+_EMAIL: JsonObject = {"type": "string", "pattern": r"^[^\s@<>]+@[^\s@<>]+$"}
+_OBJ: JsonObject = {"type": "object"}
+_NULLABLE_STR: JsonObject = {"type": ["string", "null"]}
+_ADMIN_ERRORS = (400, 401, 403)
+_ADMIN_SECURITY: list[JsonObject] = [{}, {"basicAuth": []}]  # trusted host, or an admin user
+_WANT_BODY: JsonObject = {
+    "name": "want_body",
+    "in": "query",
+    "schema": {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no"]},
+}
+
+_ENTRY_ID: JsonObject = {
+    "type": "object",
+    "required": ["id"],
+    "properties": {"id": _STR},
+    "additionalProperties": False,
+}
+_LIFETIME: dict[str, JsonObject] = {
+    "reason": {"type": "string", "minLength": 1},
+    "duration": {"type": ["string", "number"], "description": 'e.g. "1h"; default 5m'},
+    "expires": {"type": "string", "description": "RFC 3339; wins over duration"},
+}
+_CRITERIA: dict[str, JsonObject] = {
+    "domain": {"type": "string", "minLength": 1},
+    "tenant": {"type": "string", "minLength": 1},
+    "campaign": {"type": "string", "minLength": 1},
+}
+_QUEUE_NAMES: JsonObject = {"type": "array", "items": {"type": "string", "minLength": 1}}
+
+
+def _entry_routes(kind: str, add: JsonObject, added: JsonObject, tag: str) -> JsonObject:
+    """POST (add), GET (list) and DELETE (cancel by id) of one kind of admin entry."""
+    return {
+        "post": {
+            "operationId": f"{kind}_add",
+            "tags": [tag],
+            "security": _ADMIN_SECURITY,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": add}}},
+            "responses": {"200": _json(added, "the entry was added"), **_errors(*_ADMIN_ERRORS)},
+        },
+        "get": {
+            "operationId": f"{kind}_list",
+            "tags": [tag],
+            "security": _ADMIN_SECURITY,
+            "responses": {
+                "200": _json({"type": "array", "items": _ref("AdminEntry")}, "live entries"),
+                **_errors(401, 403),
+            },
+        },
+        "delete": {
+            "operationId": f"{kind}_cancel",
+            "tags": [tag],
+            "security": _ADMIN_SECURITY,
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ENTRY_ID}},
+            },
+            "responses": {
+                "200": _json({"type": "object", "maxProperties": 0}, "cancelled"),
+                **_errors(*_ADMIN_ERRORS, 404),
+            },
+        },
+    }
+
+
+def _admin_get(op: str, summary: str, params: list[JsonObject], body: JsonObject) -> JsonObject:
+    return {
+        "get": {
+            "operationId": op,
+            "tags": ["admin"],
+            "summary": summary,
+            "security": _ADMIN_SECURITY,
+            "parameters": params,
+            "responses": {"200": _json(body, summary), **_errors(*_ADMIN_ERRORS, 404)},
+        }
+    }
+
+
+_BOUNCE: JsonObject = {
+    "type": "object",
+    "required": ["reason"],
+    "additionalProperties": False,
+    "properties": {
+        **_CRITERIA,
+        "routing_domain": {"type": "string", "minLength": 1},
+        "queue_names": _QUEUE_NAMES,
+        **_LIFETIME,
+        "suppress_logging": {"type": "boolean"},
+    },
+}
+_SUSPEND: JsonObject = {
+    "type": "object",
+    "required": ["reason"],
+    "additionalProperties": False,
+    "properties": {**_CRITERIA, "queue_names": _QUEUE_NAMES, **_LIFETIME},
+}
+_SUSPEND_READY: JsonObject = {
+    "type": "object",
+    "required": ["name", "reason"],
+    "additionalProperties": False,
+    "properties": {"name": {"type": "string", "minLength": 1}, **_LIFETIME},
+}
+_REBIND: JsonObject = {
+    "type": "object",
+    "required": ["data"],
+    "additionalProperties": False,
+    "properties": {
+        **_CRITERIA,
+        "routing_domain": {"type": "string", "minLength": 1},
+        "reason": _STR,
+        "data": {"type": "object", "minProperties": 1, "additionalProperties": _STR},
+        "always_flush": {"type": "boolean"},
+        "trigger_rebind_event": {"type": "boolean"},
+        "suppress_logging": {"type": "boolean"},
+    },
+}
+
+_ADDRESS: JsonObject = {
+    "type": "object",
+    "required": ["email"],
+    "additionalProperties": False,
+    "properties": {"email": _STR, "name": _NULLABLE_STR},
+}
+_BUILDER: JsonObject = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "subject": _NULLABLE_STR,
+        "from": {"oneOf": [_ADDRESS, {"type": "null"}]},
+        "reply_to": {"oneOf": [_ADDRESS, {"type": "null"}]},
+        "headers": {"type": ["object", "null"], "additionalProperties": _STR},
+        "text_body": _NULLABLE_STR,
+        "html_body": _NULLABLE_STR,
+        "amp_html_body": _NULLABLE_STR,
+        "attachments": {
+            "type": ["array", "null"],
+            "items": {
+                "type": "object",
+                "required": ["data", "content_type"],
+                "additionalProperties": False,
+                "properties": {
+                    "data": _STR,
+                    "content_type": _STR,
+                    "base64": {"type": ["boolean", "null"]},
+                    "file_name": _NULLABLE_STR,
+                    "content_id": _NULLABLE_STR,
+                },
+            },
+        },
+    },
+}
+_INJECT: JsonObject = {
+    "type": "object",
+    "required": ["envelope_sender", "recipients", "content"],
+    "additionalProperties": False,
+    "properties": {
+        "envelope_sender": {
+            "type": "string",
+            "pattern": r"^([^\s@<>]+@[^\s@<>]+)?$",
+            "description": '"" is the null reverse-path',
+        },
+        "recipients": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["email"],
+                "additionalProperties": False,
+                "properties": {
+                    "email": _EMAIL,
+                    "name": _NULLABLE_STR,
+                    "substitutions": {"type": ["object", "null"]},
+                    "metadata": {"type": ["object", "null"]},
+                },
+            },
+        },
+        "content": {"oneOf": [{"type": "string"}, _BUILDER]},
+        "substitutions": {"type": ["object", "null"]},
+        "template_dialect": {"type": ["string", "null"], "enum": ["Jinja", "Static", None]},
+        "deferred_generation": {"type": ["boolean", "null"]},
+        "deferred_spool": {"type": ["boolean", "null"]},
+        "trace_headers": {
+            "type": ["object", "null"],
+            "additionalProperties": False,
+            "properties": {
+                "supplemental_header": {"type": ["boolean", "null"]},
+                "header_name": _NULLABLE_STR,
+                "received_header": {"type": ["boolean", "null"]},
+                "include_meta_names": {"type": ["array", "null"], "items": _STR},
+            },
+        },
+    },
+}
+_INJECT_RESULT: JsonObject = {
+    "type": "object",
+    "required": ["success_count", "fail_count", "failed_recipients", "errors"],
+    "properties": {
+        "success_count": {"type": "integer", "minimum": 0},
+        "fail_count": {"type": "integer", "minimum": 0},
+        "failed_recipients": {"type": "array", "items": _STR},
+        "errors": {"type": "array", "items": _STR},
+    },
+}
+
+_PATHS: JsonObject = {
+    "/api/inject/v1": {
+        "post": {
+            "operationId": "inject_v1",
+            "tags": ["inject"],
+            "summary": "Build one message per recipient and spool them in one commit",
+            "security": [{"basicAuth": []}],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref("InjectRequest")}},
+            },
+            "responses": {
+                "200": _json(_ref("InjectResult"), "accepted (per-recipient failures listed)"),
+                **_errors(400, 401, 413, 415, 422, 503),
+            },
+        }
+    },
+    "/api/check-liveness/v1": {
+        "get": {
+            "operationId": "check_liveness_v1",
+            "tags": ["health"],
+            "summary": "Liveness and readiness: 200 OK, or 503 with the reason",
+            "security": [],
+            "responses": {"200": _text("ready"), "503": _text("not ready: the reason")},
+        }
+    },
+    "/metrics": {
+        "get": {
+            "operationId": "metrics",
+            "tags": ["health"],
+            "summary": "Prometheus exposition format",
+            "security": [],
+            "responses": {"200": _text("the metrics")},
+        }
+    },
+    "/api/openapi.json": {
+        "get": {
+            "operationId": "openapi_v1",
+            "tags": ["health"],
+            "summary": "This document",
+            "security": [],
+            "responses": {"200": _json(_OBJ, "the OpenAPI document")},
+        }
+    },
+    "/api/admin/bounce/v1": _entry_routes(
+        "bounce",
+        _BOUNCE,
+        {
+            "type": "object",
+            "required": ["id", "bounced", "total_bounced"],
+            "properties": {
+                "id": _STR,
+                "bounced": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "total_bounced": {"type": "integer", "minimum": 0},
+            },
+        },
+        "admin",
+    ),
+    "/api/admin/suspend/v1": _entry_routes("suspend", _SUSPEND, _ENTRY_ID, "admin"),
+    "/api/admin/suspend-ready-q/v1": _entry_routes(
+        "suspend_ready_q", _SUSPEND_READY, _ENTRY_ID, "admin"
+    ),
+    "/api/admin/rebind/v1": {
+        "post": {
+            "operationId": "rebind_v1",
+            "tags": ["admin"],
+            "summary": "Set meta on matching scheduled messages and requeue them",
+            "security": _ADMIN_SECURITY,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _REBIND}}},
+            "responses": {
+                "200": _json({"type": "object", "maxProperties": 0}, "done"),
+                **_errors(*_ADMIN_ERRORS),
+            },
+        }
+    },
+    "/api/admin/inspect-message/v1": _admin_get(
+        "inspect_message_v1",
+        "One spooled message: envelope, meta and (want_body) its data",
+        [{"name": "id", "in": "query", "required": True, "schema": _STR}, _WANT_BODY],
+        _OBJ,
+    ),
+    "/api/admin/inspect-sched-q/v1": _admin_get(
+        "inspect_sched_q_v1",
+        "One scheduled queue and (up to limit) its messages",
+        [
+            {"name": "queue_name", "in": "query", "required": True, "schema": _STR},
+            _WANT_BODY,
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+        ],
+        _OBJ,
+    ),
+    "/api/admin/ready-q-states/v1": _admin_get(
+        "ready_q_states_v1",
+        "Ready queue states, all or the comma-separated queues",
+        [{"name": "queues", "in": "query", "schema": _STR}],
+        {
+            "type": "object",
+            "required": ["states_by_ready_queue"],
+            "properties": {"states_by_ready_queue": _OBJ},
+        },
+    ),
+    "/api/admin/queue-summary/v1": _admin_get(
+        "queue_summary_v1",
+        "Every scheduled and ready queue with counts and suspensions",
+        [],
+        {
+            "type": "object",
+            "required": ["scheduled", "ready"],
+            "properties": {
+                "scheduled": {"type": "array", "items": _OBJ},
+                "ready": {"type": "array", "items": _OBJ},
+            },
+        },
+    ),
+}
+
+DOCUMENT: JsonObject = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "Nimbus HTTP API",
+        "version": "1",
+        "description": "Injection (KumoMTA-compatible), admin, liveness and metrics.",
+    },
+    "paths": _PATHS,
+    "components": {
+        "securitySchemes": {"basicAuth": {"type": "http", "scheme": "basic"}},
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {"error": _STR, "field": _NULLABLE_STR},
+            },
+            "InjectRequest": _INJECT,
+            "InjectResult": _INJECT_RESULT,
+            "AdminEntry": {"type": "object", "required": ["id", "reason", "duration", "expires"]},
+        },
+    },
+}
+
+
+async def openapi_v1(request: web.Request) -> web.Response:
+    """GET /api/openapi.json: the document above."""
+    return web.json_response(DOCUMENT)
