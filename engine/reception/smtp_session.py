@@ -2,7 +2,8 @@
 
 Exports:
     SmtpSession      bulk DATA reading (keeps pipelined bytes), a fast path for plain
-                     ``<local@domain>`` addresses, ``421 4.4.2`` on idle timeout, the DATA
+                     ``<local@domain>`` addresses (and 553 for control characters or
+                     undecodable bytes in any other), ``421 4.4.2`` on idle timeout, the DATA
                      body under its own timeout, cheap per-connection introspection
     Refuse           a protocol that sends one reply line and hangs up (421 refusals)
     SIMPLE_ADDRESS   the regex of the plain-address fast path
@@ -27,6 +28,12 @@ _LABEL = r"[A-Za-z0-9-]+"
 SIMPLE_ADDRESS = re.compile(
     rf"<({_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*)>(?:\s+(.*))?\Z", re.DOTALL
 )
+
+# What aiosmtpd's general parser lets through but no address may hold: control characters
+# (RFC 5321 §4.1.2: quoted-pairSMTP and qtextSMTP are %d32-126; RFC 6531 §3.3 adds only
+# UTF-8) and the lone surrogates that bytes which are not UTF-8 become (surrogateescape).
+# Accepted, they failed every delivery attempt (found by bench/fuzz_smtp.py).
+_UNSENDABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 
 
 class _LimitedReader(Protocol):
@@ -70,7 +77,10 @@ class SmtpSession(SMTP):
         address — ~0.4 ms of every message. Anything else goes to aiosmtpd's parser."""
         m = SIMPLE_ADDRESS.match(arg)
         if m is None or self.local_part_limit:
-            return super()._getaddr(arg)
+            address, rest = super()._getaddr(arg)
+            if address and _UNSENDABLE.search(address):
+                return None, None  # 553 5.1.3 malformed address
+            return address, rest
         return m.group(1), m.group(2) or ""
 
     def __init__(
