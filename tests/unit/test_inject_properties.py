@@ -35,7 +35,7 @@ SHAPED = st.recursive(
 )
 ADDRESS = st.builds(
     "{}@{}.test".format,
-    st.text(string.ascii_letters + string.digits + ".+-", min_size=1, max_size=8),
+    st.text(string.ascii_letters + string.digits + ".+-é\U0001f600", min_size=1, max_size=8),
     st.text(string.ascii_lowercase, min_size=1, max_size=8),
 )
 BUILDER = st.fixed_dictionaries(
@@ -84,3 +84,18 @@ def test_a_parsed_request_builds_or_raises_an_inject_error(body) -> None:
             assert isinstance(data, bytes)
     except InjectError:
         pass
+
+
+def test_utf8_address_with_a_non_ascii_name_builds() -> None:
+    """Found by bench/fuzz_http.py: formataddr raised UnicodeEncodeError (a 500) for an
+    SMTPUTF8 recipient with a non-ASCII name."""
+    body = {
+        "envelope_sender": "",
+        "content": "To: {{ to_header }}\r\n\r\nx",
+        "recipients": [{"email": "j\u00f6rg@b\u00fccher.test", "name": "J\u00f6rg \U0001f600"}],
+    }
+    req = parse_request(body)
+    data = build_message(
+        req, Templates(req), req.recipients[0], message_id_domain="m.test", now=1.8e9, meta={}
+    )
+    assert '"J\u00f6rg \U0001f600" <j\u00f6rg@b\u00fccher.test>'.encode() in data

@@ -118,8 +118,10 @@ def _to_header(email: str, name: str | None) -> str:
     """``"Name" <email>`` (RFC 2047-encoded when the name is not ASCII), or the bare email."""
     if not name:
         return email
-    if not name.isascii():
+    if not name.isascii() and email.isascii():
         return formataddr((name, email))
+    # formataddr needs an ASCII address (it raised UnicodeEncodeError -> 500); with an
+    # SMTPUTF8 address the header is UTF-8 anyway (RFC 6532 §3.2), so the name can be too.
     quoted = name.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{quoted}" <{email}>'
 
