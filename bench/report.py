@@ -311,12 +311,14 @@ def _baseline_md(rows: list[Row], rep: RunReport) -> str:
     if not rep.baseline:
         return ""
     return f"""
-Baseline: **{BASELINE_MTA}** is nimbus at git {rep.baseline}, run in the same run from a
-detached worktree of that revision ($BASELINE) with its own `policy/` (minus the same two
-default rate lines), the same harness and settings, interleaved with the other MTAs. Its
-row above has its own ratio to Postfix; nimbus / nimbus-baseline = median nimbus e2e /
-median nimbus-baseline e2e (per-run paired ratios in brackets): the one comparison with an
-older nimbus that is immune to the box's speed changing from day to day.
+Baseline: **{BASELINE_MTA}** is nimbus at git
+{rep.baseline},
+run in this run from a detached worktree of that revision (`$BASELINE`) with its own
+`policy/` (minus the same two default rate lines), the same harness and settings,
+interleaved with the other MTAs. Its row above has its own ratio to Postfix;
+nimbus / nimbus-baseline = median nimbus e2e / median nimbus-baseline e2e (per-run paired
+ratios in brackets): unlike a ratio from an older run, it does not move with the box's
+speed from day to day.
 
 ```
 {chr(10).join(rep.commands[BASELINE_MTA])}

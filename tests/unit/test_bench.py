@@ -554,7 +554,7 @@ def test_relay_section_names_the_baseline_revision():
     """With a baseline, the method text names its revision, its command and its table."""
     rep = dataclasses.replace(report(), mtas=("postfix", "nimbus", BASELINE_MTA), baseline=LABEL)
     text = relay_section(baseline_rows(), rep)
-    assert f"**nimbus-baseline** is nimbus at git {LABEL}, run in the same run" in text
+    assert f"**nimbus-baseline** is nimbus at git\n{LABEL},\nrun in this run" in text
     assert "PYTHONPATH=$BASELINE python -m engine.cli mta" in text
     assert table_baseline_md(baseline_rows()) in text
     assert text.index(table_md(baseline_rows())) < text.index("Baseline: ")
