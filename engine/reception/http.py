@@ -49,7 +49,7 @@ from engine.reception.inject.request import (
     parse_request,
 )
 from engine.records import Json, PeerAddress
-from engine.storage.spool import SpoolError, SpoolFull
+from engine.storage.spool import SpoolError, SpoolFull, SpoolTimeout
 
 __all__ = ["build_app"]
 
@@ -217,6 +217,8 @@ async def inject_v1(request: web.Request) -> web.Response:
         )
     except SpoolFull:
         return _error(503, "disk is too full")
+    except SpoolTimeout as exc:
+        return _error(503, f"spool is not answering; try again later ({exc})")
     except SpoolError:
         log.exception("spool_write_failed")
         return _error(500, "internal error storing the message; try again later")
@@ -224,6 +226,9 @@ async def inject_v1(request: web.Request) -> web.Response:
     for item, result in zip(batch, results, strict=False):
         if isinstance(result, Accepted):
             success += 1
+        elif isinstance(result, PolicyFailure):  # the why, as KumoMTA's error chain does
+            failed.append(item.recipient)
+            errors.append(f"{item.recipient}: {result.response} ({result.reason})")
         else:
             failed.append(item.recipient)
             errors.append(f"{item.recipient}: {result.response}")
