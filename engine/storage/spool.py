@@ -47,7 +47,7 @@ from pathlib import Path
 
 from engine.config.settings import SpoolSettings
 from engine.records import Message
-from engine.storage.writer import Writer, WriterClosed, connect, move_aside
+from engine.storage.writer import Writer, WriterClosed, WriterTimeout, connect, move_aside
 
 __all__ = ["Spool", "SpoolError", "SpoolFull", "SpoolLocked", "SpoolTimeout", "Quarantined"]
 
@@ -311,10 +311,16 @@ class Spool:
         self.count -= len(ids)
 
     async def flush(self) -> None:
-        """Wait until every request queued so far is committed."""
+        """Wait until every request queued so far is committed.
+
+        Raises SpoolTimeout past ``spool.write_timeout``, SpoolError when not open.
+        """
         if not self._writer.running:
             raise SpoolError("spool is not open")
-        await self._writer.run()
+        try:
+            await self._writer.run(timeout=self.settings.write_timeout)
+        except WriterTimeout as exc:
+            raise SpoolTimeout(f"{exc} (spool.write_timeout)") from exc
 
     # -- reads -----------------------------------------------------------------
 
