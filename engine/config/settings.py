@@ -85,6 +85,9 @@ class HttpSettings:
     listen: str = _kind("hostport", "0.0.0.0:8000", "HTTP listener host:port")
     auth_dir: str = _kind("str", "", "basic-auth users: file name = user, content = password")
     max_request_size: int = _kind("size", 20_000_000, "largest inject request body (413 beyond)")
+    max_recipients: int = _kind(
+        "int", 10_000, "recipients per inject request (413 beyond; at least 1)"
+    )
     trusted_hosts: list[str] = _kind(
         "cidrs", ["127.0.0.1/32", "::1/128"], "CIDRs trusted for the admin API"
     )
@@ -101,6 +104,11 @@ class SpoolSettings:
         0.0,
         "extra wait to gather writes into one fsync "
         "(0: batch what arrived during the previous fsync)",
+    )
+    write_timeout: float = _kind(
+        "duration",
+        30.0,
+        "longest a reception waits for its spool commit (then SMTP 451 4.3.0 / HTTP 503)",
     )
 
 
@@ -376,6 +384,10 @@ def load_settings(
             parse_hostport(settings.sink.endpoint)
         except ValueError as exc:
             raise ConfigError(f"[sink] endpoint: sink is enabled but {exc}") from None
+    if settings.spool.write_timeout <= 0:
+        raise ConfigError("[spool] write_timeout: must be more than 0s")
+    if settings.http.max_recipients < 1:
+        raise ConfigError("[http] max_recipients: must be at least 1")
     if bool(settings.smtp.tls_certificate) != bool(settings.smtp.tls_private_key):
         raise ConfigError("[smtp] tls_certificate and tls_private_key must be set together")
     return settings

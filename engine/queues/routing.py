@@ -56,6 +56,9 @@ CONFIG_TTL = 60.0
 # queue or path; beyond it the least recently used answer is asked again.
 POLICY_CACHE_SIZE = 10_000
 READY_FULL_DELAY = 5.0
+# Messages routed between two yields to the loop: one injection can make thousands due
+# at once, and routing each (~100 us) must not hold every SMTP session and delivery.
+_YIELD_EVERY = 64
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -340,7 +343,9 @@ class Router:
                 else:
                     self._outcomes.bounced(msg, response, Attempt())
             return
-        for msg in batch:
+        for index, msg in enumerate(batch):
+            if index % _YIELD_EVERY == _YIELD_EVERY - 1:
+                await asyncio.sleep(0)  # thousands due at once (one big injection)
             await self._insert_ready(msg, q, cfg, sink, mx)
 
     async def _effective_path(self, destination: str, source: str, site: str) -> EgressPathConfig:

@@ -274,3 +274,25 @@ def test_dkim_settings_from_environment():
 
     s = load_settings(env={"NIMBUS_DKIM_WORKERS": "0", "NIMBUS_DKIM_TIMEOUT": "5s"})
     assert (s.dkim.workers, s.dkim.timeout) == (0, 5.0)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"NIMBUS_SPOOL_WRITE_TIMEOUT": "0s"}, "[spool] write_timeout: must be more than 0s"),
+        ({"NIMBUS_HTTP_MAX_RECIPIENTS": "0"}, "[http] max_recipients: must be at least 1"),
+        ({"NIMBUS_HTTP_MAX_RECIPIENTS": "-5"}, "[http] max_recipients: must not be negative"),
+    ],
+)
+def test_accept_bounds_are_validated(env, named):
+    """spool.write_timeout and http.max_recipients refuse values that would disable them."""
+    with pytest.raises(ConfigError) as exc:
+        load_settings(env=env)
+    assert named in str(exc.value)
+
+
+def test_accept_bounds_have_documented_defaults():
+    """A reception waits 30s for its commit; an inject takes up to 10,000 recipients."""
+    settings = load_settings(env={})
+    assert settings.spool.write_timeout == 30.0
+    assert settings.http.max_recipients == 10_000
