@@ -54,7 +54,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from engine.delivery.client import ConnectionLost
+from engine.delivery.errors import ConnectionLost
 from engine.delivery.ports import Resolver, SmtpConnection, SmtpConnector
 from engine.policy.egress import EgressPathConfig, EgressSource
 from engine.policy.events import Registry

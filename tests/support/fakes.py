@@ -9,7 +9,7 @@ Exports:
 
 Like httpx's ``MockTransport`` and KumoMTA's ``TestResolver``: no sockets, no
 processes. The fake connection keeps the real client's contract
-(``engine.delivery.client``): a MAIL or RCPT refusal is followed by RSET and
+(``engine.delivery.commands``): a MAIL or RCPT refusal is followed by RSET and
 returned; a 421 marks the session unusable and raises ConnectionLost; a refused
 RSET makes the session unusable.
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from engine.delivery.client import ConnectFailed, ConnectionLost, TlsFailed
+from engine.delivery.errors import ConnectFailed, ConnectionLost, TlsFailed
 from engine.delivery.mx import HostResolutionError, MailExchanger, MxError
 from engine.delivery.ports import Endpoint
 from engine.policy.egress import EgressPathConfig, EgressSource
