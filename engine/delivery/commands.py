@@ -21,7 +21,7 @@ from typing import TypeVar
 
 import aiosmtplib
 
-from engine.delivery.errors import ConnectionLost
+from engine.delivery.errors import ConnectionLost, LossCause, SessionLoss
 from engine.policy.egress import EgressPathConfig
 from engine.records import Response
 
@@ -43,12 +43,17 @@ class SmtpCommands:
         self._host = host
         self._path = path
         self._broken = False
+        self._reused = False  # the transaction in flight is not the session's first
         self.transactions = 0
 
     @property
     def usable(self) -> bool:
         """False once the session broke or the peer closed it."""
         return not self._broken and self._smtp.is_connected
+
+    def _lost(self, response: Response, phase: str, cause: LossCause) -> ConnectionLost:
+        self.fail()
+        return ConnectionLost(response, SessionLoss(phase=phase, cause=cause, reused=self._reused))
 
     def fail(self) -> None:
         """Mark the session unusable and close its transport."""
@@ -67,28 +72,26 @@ class SmtpCommands:
             async with asyncio.timeout(timeout):
                 return await aw
         except TimeoutError:
-            self.fail()
-            raise ConnectionLost(
+            raise self._lost(
                 Response.parse(
                     451, f"4.4.2 timeout waiting for {phase} reply from {self._host}", command
-                )
+                ),
+                phase,
+                LossCause.TIMEOUT,
             ) from None
         except aiosmtplib.SMTPResponseException as exc:
             if exc.code != aiosmtplib.SMTPStatus.invalid_response:
                 raise
             error: Exception = exc  # a malformed reply: the session is out of step
-        except (
-            aiosmtplib.SMTPServerDisconnected,
-            aiosmtplib.SMTPTimeoutError,
-            ConnectionError,
-        ) as exc:
-            error = exc
-        self.fail()
-        raise ConnectionLost(
-            Response.parse(
-                421, f"4.4.2 {self._host}: connection lost during {phase}: {error}", command
-            )
-        ) from error
+            cause = LossCause.GARBLED
+        except aiosmtplib.SMTPTimeoutError as exc:
+            error, cause = exc, LossCause.TIMEOUT
+        except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
+            error, cause = exc, LossCause.DISCONNECTED  # EOF or reset: no reply came
+        response = Response.parse(
+            421, f"4.4.2 {self._host}: connection lost during {phase}: {error}", command
+        )
+        raise self._lost(response, phase, cause) from error
 
     async def command(
         self,
@@ -110,8 +113,7 @@ class SmtpCommands:
         )
         response = Response.parse(smtp_reply.code, smtp_reply.message, shown)
         if response.code == 421:  # RFC 5321 3.8: the peer is closing the channel.
-            self.fail()
-            raise ConnectionLost(response)
+            raise self._lost(response, phase, LossCause.CLOSING)
         return response
 
     async def transaction(self, sender: str, recipient: str, data: bytes) -> Response:
@@ -124,8 +126,11 @@ class SmtpCommands:
         """
         if _CONTROL.search(sender) or _CONTROL.search(recipient):
             raise ValueError("envelope address contains a control character")
+        self._reused = self.transactions > 0
         if not self.usable:
-            raise ConnectionLost(Response.parse(421, f"4.4.2 {self._host}: connection closed"))
+            # Closed while pooled (a restart, the peer's idle timeout): nothing was sent.
+            closed = Response.parse(421, f"4.4.2 {self._host}: connection closed")
+            raise self._lost(closed, "idle", LossCause.DISCONNECTED)
         utf8 = not (sender.isascii() and recipient.isascii())
         if utf8 and not self._smtp.supports_extension("smtputf8"):
             # RFC 6531 3.2: never send a non-ASCII address to a server without SMTPUTF8.
@@ -171,8 +176,7 @@ class SmtpCommands:
         )
         response = Response.parse(final.code, final.message, "DATA")
         if response.code == 421:
-            self.fail()
-            raise ConnectionLost(response)
+            raise self._lost(response, "end-of-data", LossCause.CLOSING)
         return response
 
     async def _write_payload(self, payload: bytes) -> aiosmtplib.SMTPResponse:
