@@ -170,11 +170,8 @@ class ReadyQueue:
 
     def enqueue(self, msg: Message) -> bool:
         """Add a due message; False when the queue is full (caller delays it)."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(msg)
-                return True
+        if self._hand_over(msg):
+            return True
         if len(self.queue) >= self.path.max_ready:
             return False
         self.queue.append(msg)
@@ -317,8 +314,18 @@ class ReadyQueue:
             return conn, slot
 
     def _put_back(self, msg: Message | None) -> None:
-        if msg is not None:
+        """A retry this task cannot send: to an idle connection, else the queue front."""
+        if msg is not None and not self._hand_over(msg):
             self.queue.appendleft(msg)
+
+    def _hand_over(self, msg: Message) -> bool:
+        """Give ``msg`` to a connection idle-waiting for work, if there is one."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(msg)
+                return True
+        return False
 
     async def _connection(self) -> None:
         conn: SmtpConnection | None = None
