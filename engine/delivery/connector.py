@@ -28,7 +28,7 @@ class SmtpClientConnector:
     async def connect(
         self, endpoint: Endpoint, source: EgressSource, path: EgressPathConfig
     ) -> SmtpConnection:
-        """Raises ConnectFailed, TlsRequiredError or TlsFailed (``delivery.client``)."""
+        """Raises ConnectFailed, TlsRequiredError or TlsFailed (``delivery.errors``)."""
         return await open_connection(
             self._broken_tls,
             host_name=endpoint.host,

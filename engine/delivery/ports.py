@@ -13,9 +13,9 @@ The ready queue depends only on these protocols. The node wires the real ones
 ``MockTransport`` and KumoMTA's ``TestResolver`` do.
 
 The transaction stays one call (``send``: MAIL, RCPT, DATA, and RSET after a
-refusal) because ``delivery.client`` drives those commands itself (pipelining order,
+refusal) because ``delivery.commands`` drives those commands itself (pipelining order,
 per-phase timeouts, SMTPUTF8 checks); the reply's ``command`` says which one answered.
-Errors are those of ``delivery.client`` and ``delivery.mx``: ``connect`` raises
+Errors are those of ``delivery.errors`` and ``delivery.mx``: ``connect`` raises
 ``DeliveryError`` (ConnectFailed, TlsRequiredError, TlsFailed), ``send`` raises
 ``ConnectionLost``, ``resolve_addresses`` raises ``HostResolutionError``.
 """
@@ -47,9 +47,13 @@ class SmtpConnection(Protocol):
     attempted on it; tls_*: the negotiated TLS, or None for plaintext."""
 
     peer: PeerAddress
-    deliveries: int
     tls_cipher: str | None
     tls_protocol_version: str | None
+
+    @property
+    def deliveries(self) -> int:
+        """Transactions attempted on this session."""
+        ...
 
     @property
     def is_usable(self) -> bool:

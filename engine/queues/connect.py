@@ -22,7 +22,7 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 
-from engine.delivery.client import DeliveryError
+from engine.delivery.errors import DeliveryError
 from engine.delivery.mx import HostResolutionError, order_addresses
 from engine.delivery.ports import Endpoint, Resolver, SmtpConnection, SmtpConnector
 from engine.policy.egress import EgressPathConfig, EgressSource, is_prohibited

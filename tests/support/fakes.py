@@ -9,9 +9,10 @@ Exports:
 
 Like httpx's ``MockTransport`` and KumoMTA's ``TestResolver``: no sockets, no
 processes. The fake connection keeps the real client's contract
-(``engine.delivery.client``): a MAIL or RCPT refusal is followed by RSET and
+(``engine.delivery.commands``): a MAIL or RCPT refusal is followed by RSET and
 returned; a 421 marks the session unusable and raises ConnectionLost; a refused
-RSET makes the session unusable.
+RSET makes the session unusable; a session the peer closed before answering raises
+ConnectionLost with a DISCONNECTED SessionLoss saying whether it was reused.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from engine.delivery.client import ConnectFailed, ConnectionLost, TlsFailed
+from engine.delivery.errors import (
+    ConnectFailed,
+    ConnectionLost,
+    LossCause,
+    SessionLoss,
+    TlsFailed,
+)
 from engine.delivery.mx import HostResolutionError, MailExchanger, MxError
 from engine.delivery.ports import Endpoint
 from engine.policy.egress import EgressPathConfig, EgressSource
@@ -37,7 +44,9 @@ class HostScript:
     replies: one final reply per transaction, in order (then ``default``); the reply's
     ``command`` (``MAIL FROM``, ``RCPT TO``, ``DATA``) says which command answered.
     rset_code: the reply to RSET after a refusal. hold: when set, each ``send`` waits for
-    it (tests observe a delivery in progress); ``sending`` is set when one starts."""
+    it (tests observe a delivery in progress); ``sending`` is set when one starts.
+    drop_at: transaction numbers (1-based, counted over all of this host's sessions in
+    ``sends``) at which the peer closes the session before answering MAIL FROM."""
 
     refuse_connect: Response | None = None
     tls_failure: Response | None = None
@@ -46,6 +55,8 @@ class HostScript:
     rset_code: int = 250
     hold: asyncio.Event | None = None
     sending: asyncio.Event = field(default_factory=asyncio.Event)
+    drop_at: set[int] = field(default_factory=set)
+    sends: int = 0
 
 
 class FakeConnection:
@@ -70,7 +81,16 @@ class FakeConnection:
     async def send(self, sender: str, recipient: str, data: bytes) -> Response:
         if not self.is_usable:
             raise ConnectionLost(Response.parse(421, "4.4.2 connection closed"))
+        reused = self.deliveries > 0
         self.deliveries += 1
+        self._script.sends += 1
+        if self._script.sends in self._script.drop_at:
+            self._broken = True
+            self.commands.append(f"MAIL FROM:<{sender}>")
+            raise ConnectionLost(
+                Response.parse(421, "4.4.2 connection lost during MAIL FROM", "MAIL FROM"),
+                SessionLoss(phase="MAIL FROM", cause=LossCause.DISCONNECTED, reused=reused),
+            )
         self._script.sending.set()
         if self._script.hold is not None:
             await self._script.hold.wait()
