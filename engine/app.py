@@ -38,7 +38,14 @@ from engine.dkim.service import DkimService
 from engine.logs.hooks.publisher import LogHookPublisher
 from engine.logs.metrics import GaugeReading, Metrics
 from engine.logs.writer import LogWriter
-from engine.policy.events import INIT, PolicyFailure, PolicyLoadError, Registry, Rejected
+from engine.policy.events import (
+    HTTP_SERVER_VALIDATE_AUTH_BASIC,
+    INIT,
+    PolicyFailure,
+    PolicyLoadError,
+    Registry,
+    Rejected,
+)
 from engine.policy.loader import load_policy
 from engine.policy.log_hook import tsa_hooks
 from engine.queues.controls import Controls
@@ -49,6 +56,7 @@ from engine.reception.accept import Acceptor
 from engine.reception.auth import Credentials
 from engine.reception.http import build_app
 from engine.reception.http_listener import HttpListener
+from engine.reception.listen import binding
 from engine.reception.smtp import SmtpListener
 from engine.shaping.gate import Gate
 from engine.shaping.overlay import Overlay
@@ -269,9 +277,11 @@ class Node:
         s = self.settings
         loaded = await asyncio.to_thread(_fingerprint, s.policy.dir)
         self._registry = self._load()
+        self._warn_if_injection_disabled()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.logs.run(), name="log-writer")
-            self.ports["http"] = (await self.http.start(*parse_hostport(s.http.listen)))[1]
+            with binding("HTTP", s.http.listen, "http.listen"):
+                self.ports["http"] = (await self.http.start(*parse_hostport(s.http.listen)))[1]
             await self._init_policy()
             await self._start_log_hooks(tg)
             if self.tsa_subscriber is not None:
@@ -281,7 +291,8 @@ class Node:
             await self._recover()
             scheduler = tg.create_task(self.scheduler.run(), name="scheduler")
             watcher = tg.create_task(self._watch_policy(loaded), name="policy-watcher")
-            self.ports["smtp"] = (await self.smtp.start(*parse_hostport(s.smtp.listen)))[1]
+            with binding("SMTP", s.smtp.listen, "smtp.listen"):
+                self.ports["smtp"] = (await self.smtp.start(*parse_hostport(s.smtp.listen)))[1]
             self.acceptor.set_ready()
             log.info(
                 "ready",
@@ -296,6 +307,20 @@ class Node:
             await self._stop.wait()
             watcher.cancel()
             await self._shutdown(scheduler)
+
+    def _warn_if_injection_disabled(self) -> None:
+        """One warning at start when no HTTP inject request can authenticate: no users
+        directory and no ``http_server_validate_auth_basic`` handler (every inject is 401)."""
+        if self.settings.http.auth_dir or self._registry.has(HTTP_SERVER_VALIDATE_AUTH_BASIC):
+            return
+        log.warning(
+            "http_injection_disabled",
+            extra={
+                "reason": "NIMBUS_HTTP_AUTH_DIR is not set and the policy does not handle "
+                "http_server_validate_auth_basic: every inject request is refused with 401",
+                "fix": "set NIMBUS_HTTP_AUTH_DIR (http.auth_dir) to a directory of users",
+            },
+        )
 
     async def _init_policy(self) -> None:
         try:

@@ -187,7 +187,10 @@ class Spool:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise SpoolLocked(f"{self.dir}: spool is locked by another process") from None
+            raise SpoolLocked(
+                f"{self.dir}: spool is locked by another process; stop it or set spool.dir "
+                "(NIMBUS_SPOOL_DIR) to a directory of this node's own"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd

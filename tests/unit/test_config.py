@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from engine.config.settings import BUNDLED_POLICY_DIR, ConfigError, Settings, load_settings
+from engine.config.units import MemoryLimit, parse_memory_limit
 
 
 def write(tmp_path: Path, text: str) -> str:
