@@ -211,6 +211,7 @@ class Node:
             "spool_bytes": self.spool.size_bytes(),
             "spool_messages": self.spool.count,
             "log_hooks": self.log_hooks.stats() if self.log_hooks is not None else {},
+            "log_records_dropped": self.logs.dropped,
         }
 
     def request_reload(self) -> None:

@@ -33,6 +33,7 @@ class GaugeReading(TypedDict):
     spool_bytes: int
     spool_messages: int
     log_hooks: NotRequired[dict[str, dict[str, int]]]
+    log_records_dropped: NotRequired[int]
 
 
 GaugeSource = Callable[[], GaugeReading]
@@ -92,6 +93,11 @@ class _LiveGauges(Collector):
         yield pending
         yield sent
         yield failed
+        yield CounterMetricFamily(
+            "nimbus_log_records_dropped",
+            "Log records that could not be written to the log directory (disk full, I/O error)",
+            value=float(s.get("log_records_dropped", 0)),
+        )
 
 
 class Metrics:
