@@ -57,6 +57,7 @@ from engine.reception.auth import Credentials
 from engine.reception.http import build_app
 from engine.reception.http_listener import HttpListener
 from engine.reception.listen import binding
+from engine.reception.shedding import Reason, Shedder, Shedding
 from engine.reception.smtp import SmtpListener
 from engine.shaping.gate import Gate
 from engine.shaping.overlay import Overlay
@@ -164,6 +165,12 @@ class Node:
             node_id=settings.effective_node_id,
             dkim=self.dkim,
         )
+        self.shedder = Shedder(
+            settings.shedding,
+            spool_dir=Path(settings.spool.dir),
+            spool_health=self._spool_health,
+            on_change=self._shedding_changed,
+        )
         self.credentials = Credentials(settings.http.auth_dir or None)
         sessions = self.metrics.connections.labels("esmtp_listener")
         self.smtp = SmtpListener(
@@ -172,6 +179,7 @@ class Node:
             policy=self.policy,
             credentials=self.credentials,
             on_connection=sessions.inc,
+            shedding=self._shedding,
         )
         http_app = build_app(
             settings=settings,
@@ -179,6 +187,7 @@ class Node:
             credentials=self.credentials,
             metrics_=self.metrics,
             policy=self.policy,
+            shedding=self._shedding,
         )
         add_admin_routes(http_app, admin=self.admin, settings=settings)
         self.http = HttpListener(http_app)
@@ -190,6 +199,19 @@ class Node:
 
     def policy(self) -> Registry:
         return self._registry
+
+    def _shedding(self) -> Shedding | None:
+        return self.shedder.current
+
+    async def _spool_health(self) -> str | None:
+        # Generous: under load a probe queues behind real commits (milliseconds each).
+        return await self.spool.check_health(timeout=max(5.0, 2 * self.settings.shedding.interval))
+
+    def _shedding_changed(self, state: Shedding | None) -> None:
+        for reason in Reason:
+            self.metrics.shedding.labels(reason.value).set(
+                1 if state is not None and state.reason == reason else 0
+            )
 
     def _redis_state(self, degraded: bool) -> None:
         self.metrics.redis_degraded.set(1 if degraded else 0)
@@ -290,6 +312,10 @@ class Node:
                     tg.create_task(self.tsa_subscriber.run(), name="tsa-subscriber")
                 )
             await self._recover()
+            # One sample before SMTP listens, so a node that starts short of disk or memory
+            # never takes a session it should have shed; then the sampler owns the state.
+            await self._sample_load()
+            self._background.append(tg.create_task(self.shedder.run(), name="load-shedding"))
             scheduler = tg.create_task(self.scheduler.run(), name="scheduler")
             watcher = tg.create_task(self._watch_policy(loaded), name="policy-watcher")
             with binding("SMTP", s.smtp.listen, "smtp.listen"):
@@ -322,6 +348,13 @@ class Node:
                 "fix": "set NIMBUS_HTTP_AUTH_DIR (http.auth_dir) to a directory of users",
             },
         )
+
+    async def _sample_load(self) -> None:
+        self._shedding_changed(None)  # every reason's gauge exists (0) from the start
+        try:
+            await self.shedder.sample()
+        except (OSError, ValueError) as exc:
+            log.error("load_shedding_sample_failed", extra={"error": str(exc)})
 
     async def _init_policy(self) -> None:
         try:

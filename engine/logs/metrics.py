@@ -144,6 +144,12 @@ class Metrics:
             "1 while Redis is unreachable and limits are enforced locally",
             registry=r,
         )
+        self.shedding = Gauge(
+            "nimbus_shedding",
+            "1 while the node sheds load (readiness 503, new SMTP sessions 421), by reason",
+            ["reason"],
+            registry=r,
+        )
         self.redis_outages = Counter(
             "nimbus_redis_outages", "Redis outages (fallback to local limits)", registry=r
         )

@@ -1,7 +1,7 @@
 """The durable spool: message bodies and state on stable storage, with group commit.
 
 Exports:
-    Spool            save / update / remove / load_data / recover
+    Spool            save / update / remove / load_data / recover / check_health
     SpoolFull        not enough room (disk below min_free_space, max_size, SQLITE_FULL)
     SpoolError       any other storage failure
     SpoolLocked      another process holds this spool directory
@@ -324,6 +324,21 @@ class Spool:
             await self._writer.run(timeout=self.settings.write_timeout)
         except WriterTimeout as exc:
             raise SpoolTimeout(f"{exc} (spool.write_timeout)") from exc
+
+    async def check_health(self, timeout: float) -> str | None:
+        """Why the spool cannot take writes now, or None: its writer must be running and
+        commit an (empty) transaction within ``timeout`` seconds (a stuck or dead writer
+        thread, a database lock nobody releases). Room is measured separately (shedding)."""
+        if not self._writer.running:
+            return "spool is not open"
+        try:
+            async with asyncio.timeout(timeout):
+                await self._writer.run()
+        except TimeoutError:
+            return f"spool writer did not commit within {timeout:g}s"
+        except sqlite3.Error as exc:
+            return f"spool commit failed: {exc}"
+        return None
 
     # -- reads -----------------------------------------------------------------
 
