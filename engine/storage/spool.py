@@ -164,10 +164,12 @@ class Spool:
         self.settings = settings
         self.dir = Path(settings.dir)
         self.path = self.dir / "spool.db"
+        self._on_commit = on_commit
+        self._probe_in_batch = False  # writer thread only: a health probe rode this batch
         self._writer = Writer(
             "spool",
             commit_window=settings.commit_window,
-            on_commit=on_commit,
+            on_commit=self._committed,
             on_error=_log_state_update_error,
         )
         self._lock_fd: int | None = None
@@ -325,15 +327,27 @@ class Spool:
         except WriterTimeout as exc:
             raise SpoolTimeout(f"{exc} (spool.write_timeout)") from exc
 
+    def _committed(self, requests: int) -> None:
+        """Writer thread, after each batch: report it without the health probe (which
+        writes nothing), so commit metrics count real work only."""
+        if self._probe_in_batch:
+            self._probe_in_batch = False
+            requests -= 1
+        if requests and self._on_commit is not None:
+            self._on_commit(requests)
+
+    def _probe(self, conn: sqlite3.Connection) -> None:
+        self._probe_in_batch = True  # runs on the writer thread, just before _committed
+
     async def check_health(self, timeout: float) -> str | None:
         """Why the spool cannot take writes now, or None: its writer must be running and
-        commit an (empty) transaction within ``timeout`` seconds (a stuck or dead writer
-        thread, a database lock nobody releases). Room is measured separately (shedding)."""
+        commit a transaction (that writes nothing) within ``timeout`` seconds, else it is a
+        stuck or dead writer thread, or a lock nobody releases. Room is measured apart."""
         if not self._writer.running:
             return "spool is not open"
         try:
             async with asyncio.timeout(timeout):
-                await self._writer.run()
+                await self._writer.run(self._probe)
         except TimeoutError:
             return f"spool writer did not commit within {timeout:g}s"
         except sqlite3.Error as exc:
