@@ -338,15 +338,15 @@ def _apply(target: Any, values: Mapping[str, Any], source: str, table: str) -> A
     for key, value in values.items():
         f = fields.get(key)
         where = f"{source}: [{table}] {key}" if table else f"{source}: {key}"
-        if source == "environment":  # name the variable the user has to fix
-            where += f" ({_env_name(table, key)})"
+        # From the environment, also name the variable the user has to fix.
+        var = f"; set by {_env_name(table, key)}" if source == "environment" else ""
         if f is None or "kind" not in f.metadata:
             known = ", ".join(sorted(n for n, g in fields.items() if "kind" in g.metadata))
             raise ConfigError(f"{where}: unknown key (known keys: {known})")
         try:
             changes[key] = _convert(f.metadata["kind"], value)
         except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
+            raise ConfigError(f"{where}: {exc}{var}") from None
     return dataclasses.replace(target, **changes)
 
 

@@ -14,7 +14,9 @@ Errors are JSON ``{"error": reason, "field": ...}``: 400 malformed JSON or field
 401 missing/wrong credentials, 413 body over ``http.max_request_size`` (counted
 while streaming, since aiohttp doesn't cap streamed reads) or more recipients than
 ``http.max_recipients``, 415 wrong content type, 422 template error, 503 not ready /
-shutting down / spool full / spool not answering within ``spool.write_timeout``.
+shutting down / spool full / spool not answering within ``spool.write_timeout`` /
+load shedding (``{"error": "load shedding", "reason": ..., "detail": ...}`` with
+``Retry-After``).
 A recipient whose address is unusable or whose template fails is one failed recipient
 of a 200 answer (KumoMTA's ``failed_recipients`` / ``errors``), not a failed request.
 Building yields to the loop after each recipient, so a 10,000-recipient request never

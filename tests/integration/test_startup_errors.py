@@ -128,8 +128,8 @@ def test_unknown_log_level_is_one_line_and_exit_2(tmp_path, role):
     rc, err = nimbus(role, tmp_path, {"NIMBUS_LOG_LEVEL": "verbose"})
     assert (rc, err) == (
         2,
-        "nimbus: configuration error: environment: [log] level (NIMBUS_LOG_LEVEL): unknown "
-        "log level 'verbose' (use one of debug, info, warning, error)\n",
+        "nimbus: configuration error: environment: [log] level: unknown log level "
+        "'verbose' (use one of debug, info, warning, error); set by NIMBUS_LOG_LEVEL\n",
     )
 
 
