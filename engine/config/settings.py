@@ -15,6 +15,7 @@ keys as ``NIMBUS_<KEY>``. A few names fixed by the runtime contract are aliases:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import ipaddress
 import os
@@ -26,13 +27,14 @@ from typing import Any
 
 import tomli
 
-from engine.config.units import parse_duration, parse_hostport, parse_size
+from engine.config.units import parse_duration, parse_hostport, parse_memory_limit, parse_size
 
 __all__ = [
     "Settings",
     "SmtpSettings",
     "HttpSettings",
     "SpoolSettings",
+    "SheddingSettings",
     "LogSettings",
     "PolicySettings",
     "SinkSettings",
@@ -47,9 +49,12 @@ __all__ = [
     "read_toml",
     "ConfigError",
     "BUNDLED_POLICY_DIR",
+    "LOG_LEVELS",
 ]
 
 BUNDLED_POLICY_DIR = Path(__file__).resolve().parents[2] / "policy"
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class ConfigError(ValueError):
@@ -113,11 +118,31 @@ class SpoolSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SheddingSettings:
+    min_free_disk: int = _kind(
+        "size", 128_000_000, "shed below this much free space on the spool filesystem (0: off)"
+    )
+    min_free_inodes: int = _kind(
+        "int", 1000, "shed below this many free inodes on the spool filesystem (0: off)"
+    )
+    max_memory: str = _kind(
+        "memory",
+        "90%",
+        "shed above this working set: bytes (2GB) or % of the cgroup's memory.max (0: off)",
+    )
+    interval: float = _kind("duration", 1.0, "how often disk, memory and the spool are sampled")
+    retry_after: float = _kind("duration", 30.0, "Retry-After of HTTP 503s while shedding")
+    cgroup_dir: str = _kind(
+        "str", "", "cgroup v2 directory to read memory from (empty: this process's own)"
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LogSettings:
     dir: str = _kind("str", "nimbus-data/logs", "NDJSON log-record segments")
     max_file_size: int = _kind("size", 100_000_000, "start a new segment after this many bytes")
     max_segment_duration: float = _kind("duration", 3600.0, "start a new segment after this long")
-    level: str = _kind("str", "info", "diagnostic log level: debug, info, warning, error")
+    level: str = _kind("level", "info", "diagnostic log level: debug, info, warning, error")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -204,6 +229,7 @@ class Settings:
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     spool: SpoolSettings = field(default_factory=SpoolSettings)
+    shedding: SheddingSettings = field(default_factory=SheddingSettings)
     log: LogSettings = field(default_factory=LogSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     sink: SinkSettings = field(default_factory=SinkSettings)
@@ -232,6 +258,14 @@ def _hostname() -> str:
 _ENV_ALIASES = {
     "NIMBUS_RELAY_HOSTS": ("smtp", "relay_hosts"),
 }
+
+
+def _env_name(table: str, key: str) -> str:
+    """The environment name of ``[table] key`` (an alias when it has one)."""
+    for var, (section, name) in _ENV_ALIASES.items():
+        if (section, name) == (table, key):
+            return var
+    return f"NIMBUS_{table.upper()}_{key.upper()}" if table else f"NIMBUS_{key.upper()}"
 
 
 def _sections() -> dict[str, type]:
@@ -268,6 +302,15 @@ def _convert(kind: str, value: Any) -> Any:
         if text in ("0", "false", "no", "off", ""):
             return False
         raise ValueError(f"expected true or false, got {value!r}")
+    if kind == "level":
+        text = str(value).strip().lower()
+        if text not in LOG_LEVELS:
+            raise ValueError(f"unknown log level {value!r} (use one of {', '.join(LOG_LEVELS)})")
+        return text
+    if kind == "memory":
+        text = str(value).strip()
+        parse_memory_limit(text)
+        return text
     if kind == "duration":
         return parse_duration(value)
     if kind == "size":
@@ -295,18 +338,32 @@ def _apply(target: Any, values: Mapping[str, Any], source: str, table: str) -> A
     for key, value in values.items():
         f = fields.get(key)
         where = f"{source}: [{table}] {key}" if table else f"{source}: {key}"
+        # From the environment, also name the variable the user has to fix.
+        var = f"; set by {_env_name(table, key)}" if source == "environment" else ""
         if f is None or "kind" not in f.metadata:
             known = ", ".join(sorted(n for n, g in fields.items() if "kind" in g.metadata))
             raise ConfigError(f"{where}: unknown key (known keys: {known})")
         try:
             changes[key] = _convert(f.metadata["kind"], value)
         except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
+            raise ConfigError(f"{where}: {exc}{var}") from None
     return dataclasses.replace(target, **changes)
+
+
+def _unknown_section(name: str, source: str, sections: Mapping[str, type]) -> ConfigError:
+    """A table that is no section (``[smtpp]``): name it and the closest known section,
+    instead of calling it an unknown key of the top level."""
+    close = difflib.get_close_matches(name, sorted(sections), n=1, cutoff=0.6)
+    hint = f"did you mean [{close[0]}]? " if close else ""
+    known = ", ".join(sorted(sections))
+    return ConfigError(f"{source}: unknown section [{name}] ({hint}known sections: {known})")
 
 
 def _layer(settings: Settings, tree: Mapping[str, Any], source: str) -> Settings:
     sections = _sections()
+    for name, value in tree.items():
+        if name not in sections and isinstance(value, Mapping):
+            raise _unknown_section(name, source, sections)
     top = {k: v for k, v in tree.items() if k not in sections}
     settings = _apply(settings, top, source, "")
     for name in sections:

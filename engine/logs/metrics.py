@@ -33,6 +33,7 @@ class GaugeReading(TypedDict):
     spool_bytes: int
     spool_messages: int
     log_hooks: NotRequired[dict[str, dict[str, int]]]
+    log_records_dropped: NotRequired[int]
 
 
 GaugeSource = Callable[[], GaugeReading]
@@ -92,6 +93,11 @@ class _LiveGauges(Collector):
         yield pending
         yield sent
         yield failed
+        yield CounterMetricFamily(
+            "nimbus_log_records_dropped",
+            "Log records that could not be written to the log directory (disk full, I/O error)",
+            value=float(s.get("log_records_dropped", 0)),
+        )
 
 
 class Metrics:
@@ -136,6 +142,12 @@ class Metrics:
         self.redis_degraded = Gauge(
             "nimbus_redis_degraded",
             "1 while Redis is unreachable and limits are enforced locally",
+            registry=r,
+        )
+        self.shedding = Gauge(
+            "nimbus_shedding",
+            "1 while the node sheds load (readiness 503, new SMTP sessions 421), by reason",
+            ["reason"],
             registry=r,
         )
         self.redis_outages = Counter(

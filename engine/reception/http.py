@@ -7,14 +7,16 @@ Exports:
 
 Routes:
     POST /api/inject/v1        KumoMTA-compatible injection (basic auth)
-    GET  /api/check-liveness/v1  200 "OK", or 503 with the reason
+    GET  /api/check-liveness/v1  200 "OK", or 503 with the reason (JSON while shedding load)
     GET  /metrics              Prometheus exposition
 
 Errors are JSON ``{"error": reason, "field": ...}``: 400 malformed JSON or field,
 401 missing/wrong credentials, 413 body over ``http.max_request_size`` (counted
 while streaming, since aiohttp doesn't cap streamed reads) or more recipients than
 ``http.max_recipients``, 415 wrong content type, 422 template error, 503 not ready /
-shutting down / spool full / spool not answering within ``spool.write_timeout``.
+shutting down / spool full / spool not answering within ``spool.write_timeout`` /
+load shedding (``{"error": "load shedding", "reason": ..., "detail": ...}`` with
+``Retry-After``).
 A recipient whose address is unusable or whose template fails is one failed recipient
 of a 200 answer (KumoMTA's ``failed_recipients`` / ``errors``), not a failed request.
 Building yields to the loop after each recipient, so a 10,000-recipient request never
@@ -56,6 +58,7 @@ from engine.reception.inject.request import (
     check_recipient,
     parse_request,
 )
+from engine.reception.shedding import Shedding
 from engine.records import Json, PeerAddress
 from engine.storage.spool import SpoolError, SpoolFull, SpoolTimeout
 
@@ -68,6 +71,7 @@ _CREDENTIALS = web.AppKey("credentials", Credentials)
 _SETTINGS = web.AppKey("settings", Settings)
 _METRICS = web.AppKey("metrics", Metrics)
 _POLICY = web.AppKey[Callable[[], Registry]]("policy")
+_SHEDDING = web.AppKey[Callable[[], Shedding | None]]("shedding")
 
 
 def _error(status: int, reason: str, field: str | None = None, **headers: str) -> web.Response:
@@ -159,6 +163,9 @@ async def inject_v1(request: web.Request) -> web.Response:
     settings = request.app[_SETTINGS]
     if acceptor.not_ready:
         return _error(503, acceptor.not_ready)
+    shedding = request.app[_SHEDDING]()
+    if shedding is not None:
+        return _shedding_response(shedding, request.app[_SETTINGS])
     user = await _authenticate(request)
     if isinstance(user, web.Response):
         return user
@@ -258,10 +265,23 @@ async def inject_v1(request: web.Request) -> web.Response:
     )
 
 
+def _shedding_response(shedding: Shedding, settings: Settings) -> web.Response:
+    """503 naming why the node sheds load (RFC 9110 15.6.4: Retry-After says when to retry)."""
+    return web.json_response(
+        {"error": "load shedding", "reason": shedding.reason.value, "detail": shedding.detail},
+        status=503,
+        headers={"Retry-After": str(max(1, round(settings.shedding.retry_after)))},
+    )
+
+
 async def check_liveness_v1(request: web.Request) -> web.Response:
+    """200 "OK"; 503 with the reason as text (KumoMTA's), or as JSON while shedding load."""
     reason = request.app[_ACCEPTOR].not_ready
     if reason:
         return web.Response(status=503, text=reason)
+    shedding = request.app[_SHEDDING]()
+    if shedding is not None:
+        return _shedding_response(shedding, request.app[_SETTINGS])
     return web.Response(text="OK")
 
 
@@ -277,6 +297,7 @@ def build_app(
     credentials: Credentials,
     metrics_: Metrics,
     policy: Callable[[], Registry],
+    shedding: Callable[[], Shedding | None] = lambda: None,
 ) -> web.Application:
     # Our own cap (_read_capped) applies to inject; aiohttp's client_max_size is set
     # just above it so other routes stay bounded too.
@@ -288,6 +309,7 @@ def build_app(
     app[_SETTINGS] = settings
     app[_METRICS] = metrics_
     app[_POLICY] = policy
+    app[_SHEDDING] = shedding
     app[_AUTH_CACHE] = _AuthCache()
     app.router.add_post("/api/inject/v1", inject_v1)
     app.router.add_get("/api/check-liveness/v1", check_liveness_v1)

@@ -11,7 +11,8 @@ authenticated clients), recipient and connection limits, bare-LF refusal (RFC
 ``250 OK ids=<id> ...``, sent only after the spool commit.
 
 Reply codes used here:
-    421 4.3.2  shutting down          421 4.7.0  too many connections
+    421 4.3.2  shutting down, or load shedding (new sessions)
+    421 4.7.0  too many connections
     421 4.4.2  idle timeout           450 4.3.0 / 451 4.3.0  policy error
     452 4.3.1  spool full             452 4.5.3  too many recipients
     550 5.7.1  relaying denied        550 5.6.0  bare CR or LF in message data
@@ -48,6 +49,7 @@ from engine.policy.events import (
 )
 from engine.reception.accept import Accepted, Acceptor, Incoming
 from engine.reception.auth import Credentials
+from engine.reception.shedding import Shedding
 from engine.reception.smtp_session import Refuse, SmtpSession
 from engine.records import PeerAddress, Response, new_message_id
 from engine.storage.spool import SpoolError, SpoolFull
@@ -351,9 +353,11 @@ class SmtpListener:
         policy: Callable[[], Registry],
         credentials: Credentials,
         on_connection: Callable[[], None] = lambda: None,
+        shedding: Callable[[], Shedding | None] = lambda: None,
     ) -> None:
         self._settings = settings
         self._on_connection = on_connection
+        self._shedding = shedding
         self._draining = False
         self._handler = SmtpHandler(
             settings=settings, acceptor=acceptor, policy=policy, draining=lambda: self._draining
@@ -391,6 +395,9 @@ class SmtpListener:
             return Refuse(SHUTTING_DOWN)
         if self.open_sessions >= self._settings.smtp.max_connections:
             return Refuse("421 4.7.0 Too many connections, try again later")
+        shedding = self._shedding()
+        if shedding is not None:  # RFC 3463 4.3.2: system not accepting network messages
+            return Refuse(f"421 4.3.2 Load shedding ({shedding.reason}), try again later")
         self._on_connection()
         session = _Session(
             self._handler,

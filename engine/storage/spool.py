@@ -1,7 +1,7 @@
 """The durable spool: message bodies and state on stable storage, with group commit.
 
 Exports:
-    Spool            save / update / remove / load_data / recover
+    Spool            save / update / remove / load_data / recover / check_health
     SpoolFull        not enough room (disk below min_free_space, max_size, SQLITE_FULL)
     SpoolError       any other storage failure
     SpoolLocked      another process holds this spool directory
@@ -164,10 +164,12 @@ class Spool:
         self.settings = settings
         self.dir = Path(settings.dir)
         self.path = self.dir / "spool.db"
+        self._on_commit = on_commit
+        self._probe_in_batch = False  # writer thread only: a health probe rode this batch
         self._writer = Writer(
             "spool",
             commit_window=settings.commit_window,
-            on_commit=on_commit,
+            on_commit=self._committed,
             on_error=_log_state_update_error,
         )
         self._lock_fd: int | None = None
@@ -187,7 +189,10 @@ class Spool:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise SpoolLocked(f"{self.dir}: spool is locked by another process") from None
+            raise SpoolLocked(
+                f"{self.dir}: spool is locked by another process; stop it or set spool.dir "
+                "(NIMBUS_SPOOL_DIR) to a directory of this node's own"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
@@ -321,6 +326,33 @@ class Spool:
             await self._writer.run(timeout=self.settings.write_timeout)
         except WriterTimeout as exc:
             raise SpoolTimeout(f"{exc} (spool.write_timeout)") from exc
+
+    def _committed(self, requests: int) -> None:
+        """Writer thread, after each batch: report it without the health probe (which
+        writes nothing), so commit metrics count real work only."""
+        if self._probe_in_batch:
+            self._probe_in_batch = False
+            requests -= 1
+        if requests and self._on_commit is not None:
+            self._on_commit(requests)
+
+    def _probe(self, conn: sqlite3.Connection) -> None:
+        self._probe_in_batch = True  # runs on the writer thread, just before _committed
+
+    async def check_health(self, timeout: float) -> str | None:
+        """Why the spool cannot take writes now, or None: its writer must be running and
+        commit a transaction (that writes nothing) within ``timeout`` seconds, else it is a
+        stuck or dead writer thread, or a lock nobody releases. Room is measured apart."""
+        if not self._writer.running:
+            return "spool is not open"
+        try:
+            async with asyncio.timeout(timeout):
+                await self._writer.run(self._probe)
+        except TimeoutError:
+            return f"spool writer did not commit within {timeout:g}s"
+        except sqlite3.Error as exc:
+            return f"spool commit failed: {exc}"
+        return None
 
     # -- reads -----------------------------------------------------------------
 

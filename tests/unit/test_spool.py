@@ -352,3 +352,35 @@ async def test_flush_on_a_stuck_writer_is_a_spool_timeout(tmp_path):
     finally:
         release.set()
         await spool.close()
+
+
+async def test_health_probe_commits_and_is_not_counted_as_work(tmp_path):
+    """check_health is None while the writer commits; its probe is not reported to
+    on_commit (commit metrics count real work); a closed spool is 'not open'."""
+    commits: list[int] = []
+    spool = Spool(settings(tmp_path), on_commit=commits.append)
+    before = await spool.check_health(timeout=5)
+    await spool.recover()
+    try:
+        healthy = await spool.check_health(timeout=5)
+        await spool.save([(message(), b"x")])
+        await asyncio.gather(spool.check_health(timeout=5), spool.save([(message(1), b"y")]))
+    finally:
+        await spool.close()
+    after = await spool.check_health(timeout=5)
+    assert (before, healthy, after) == ("spool is not open", None, "spool is not open")
+    assert sum(commits) == 2
+
+
+async def test_health_probe_names_a_stuck_writer(tmp_path):
+    """A writer that does not commit within the timeout is named as such."""
+    spool = Spool(settings(tmp_path))
+    await spool.recover()
+    gate = threading.Event()
+    try:
+        spool._writer.submit_nowait(lambda conn: gate.wait(10))  # the writer thread blocks
+        problem = await spool.check_health(timeout=0.2)
+    finally:
+        gate.set()
+        await spool.close()
+    assert problem == "spool writer did not commit within 0.2s"
