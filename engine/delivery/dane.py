@@ -29,7 +29,14 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from cryptography.x509.verification import DNSName, PolicyBuilder, Store, VerificationError
+from cryptography.x509.verification import (
+    Criticality,
+    DNSName,
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
 
 __all__ = [
     "Tlsa",
@@ -47,6 +54,11 @@ DANE_TA = 2
 DANE_EE = 3
 _SELECTORS = (0, 1)  # full certificate, SubjectPublicKeyInfo
 _MATCHING = (0, 1, 2)  # exact, SHA2-256, SHA2-512
+# DANE-TA anchors are often private CAs: the CA/Browser Forum's leaf profile (e.g. "SAN
+# not critical") is not SMTP's, so the leaf needs only a subjectAltName to match names.
+_LEAF_POLICY = ExtensionPolicy.permit_all().require_present(
+    x509.SubjectAlternativeName, Criticality.AGNOSTIC, None
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,6 +130,7 @@ def _chains_to(
         PolicyBuilder()
         .store(Store([chain[anchor]]))
         .time(now)
+        .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=_LEAF_POLICY)
         .build_server_verifier(DNSName(host.rstrip(".").lower()))
     )
     try:
