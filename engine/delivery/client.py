@@ -35,7 +35,7 @@ from typing import TypeVar
 
 import aiosmtplib
 
-from engine.delivery.dane import Tlsa, peer_chain, tlsa_matches, usable
+from engine.delivery.dane import Tlsa, peer_chain, tlsa_matches, tlsa_name, usable
 from engine.delivery.smtp_auth import auth_refusal, plain_initial_response, read_password
 from engine.policy.egress import EgressPathConfig, EgressSource, TlsMode
 from engine.records import PeerAddress, Response
@@ -136,6 +136,7 @@ class SmtpClientConnection:
         self._smtp = smtp
         self._path = path
         self._host = host_name
+        self._port = port
         self._broken = False
         self.peer = PeerAddress(name=host_name, addr=f"{address}:{port}")
         self.deliveries = 0
@@ -309,7 +310,7 @@ class SmtpClientConnection:
                 Response.parse(
                     451,
                     f"4.7.5 DANE: the certificate of {host} matches no TLSA record of "
-                    f"_25._tcp.{host}",
+                    f"{tlsa_name(host, self._port)}",
                     "STARTTLS",
                 )
             )

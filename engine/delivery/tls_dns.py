@@ -115,7 +115,7 @@ class TlsDnsResolver:
             self._cache[("tlsa", name)] = (TlsaAnswer(), now + NEGATIVE_TTL_MAX)
             return TlsaAnswer()
         except (dns.exception.DNSException, OSError, TimeoutError) as exc:
-            log.warning("dane_tlsa_lookup_failed", extra={"name": name, "error": str(exc)})
+            log.warning("dane_tlsa_lookup_failed", extra={"tlsa_name": name, "error": str(exc)})
             return TlsaAnswer()
         records = tuple(
             Tlsa(usage=r.usage, selector=r.selector, matching=r.mtype, data=bytes(r.cert))
@@ -123,7 +123,7 @@ class TlsDnsResolver:
         )
         validated = bool(answer.response.flags & dns.flags.AD)
         if records and not validated:
-            log.warning("dane_tlsa_unvalidated", extra={"name": name, "records": len(records)})
+            log.warning("dane_tlsa_unvalidated", extra={"tlsa_name": name, "records": len(records)})
         result = TlsaAnswer(records=records, validated=validated)
         ttl = answer.chaining_result.minimum_ttl if records else NEGATIVE_TTL_MAX
         self._cache[("tlsa", name)] = (result, now + ttl)
