@@ -32,7 +32,7 @@ import logging
 from dataclasses import dataclass
 
 from engine.delivery.client import DeliveryError, TlsFailed, TlsRequiredError
-from engine.delivery.dane import Tlsa, dane_applies
+from engine.delivery.dane import Tlsa, dane_applies, usable
 from engine.delivery.mta_sts import MtaStsPolicy, mx_matches
 from engine.delivery.mx import HostResolutionError, order_addresses
 from engine.delivery.ports import (
@@ -141,6 +141,8 @@ async def open_session(
     path, plan, sts = route.path, 0, route.mta_sts
     for target in route.targets:
         tlsa = await _validated_tlsa(tls_policy, route, target)
+        if sts is not None and tlsa is not None and not usable(tlsa):
+            tlsa = None  # RFC 8461 §2: only usable TLSA outranks MTA-STS's verified TLS
         if sts is not None and tlsa is None and not mx_matches(sts.mx, target.host):
             last = Response.parse(
                 451,

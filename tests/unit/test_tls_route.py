@@ -107,3 +107,23 @@ async def test_ip_literal_targets_get_no_tlsa_lookup():
     tls = FakeTlsPolicy()
     connector, _ = await session(route(dane=True, hosts=("192.0.2.9",)), tls)
     assert tls.lookups == [] and connector.endpoints[0].tlsa is None
+
+
+async def test_unusable_tlsa_does_not_outrank_mta_sts():
+    """A validated RRset with only PKIX-EE records is not usable DANE: the enforce
+    policy's mx check still applies (RFC 8461 §2 speaks of usable TLSA)."""
+    pkix = Tlsa(usage=1, selector=1, matching=1, data=b"\x01" * 32)
+    tls = FakeTlsPolicy(tlsa={h: TlsaAnswer(records=(pkix,), validated=True) for h in ADDRESSES})
+    connector = FakeConnector()
+    with pytest.raises(NoTargetAvailable, match="matches no mx pattern"):
+        await session(route(mta_sts=ENFORCE, dane=True), tls, connector)
+    assert connector.connects == []
+
+
+async def test_unusable_validated_tlsa_still_makes_tls_mandatory():
+    """Without MTA-STS, a validated RRset of unusable records still reaches the connection:
+    TLS is mandatory, unauthenticated (RFC 7672 §3)."""
+    pkix = Tlsa(usage=1, selector=1, matching=1, data=b"\x01" * 32)
+    tls = FakeTlsPolicy(tlsa={"mx1.shared.test": TlsaAnswer(records=(pkix,), validated=True)})
+    connector, _ = await session(route(dane=True), tls)
+    assert connector.endpoints[0].tlsa == (pkix,)
