@@ -9,6 +9,7 @@ Exports:
     policy_url(domain)      ``https://mta-sts.<domain>/.well-known/mta-sts.txt``
     PolicyFetcher           HTTPS GET with certificate validation, no redirects, bounded
     MtaStsPolicies          policy(domain): TXT id check, cache by max_age, refresh on id change
+    FAILED_FETCH_TTL        how long a failed fetch is not repeated for the same TXT id
 
 Exceptions: ``PolicyFetchError`` (the fetch or the policy failed), ``TxtLookupFailed``
 (the TXT lookup did not complete; the cached policy, if any, stays in use).
@@ -17,7 +18,9 @@ The cache (§3.3, §5.1): a policy is used until ``max_age`` after it was fetche
 lookup asks the TXT record (itself cached for its DNS TTL); a different id, or no
 cached policy, means a fetch. A failed fetch keeps an unexpired cached policy and
 otherwise means no policy (§5: "treat as if no policy"); so does a missing TXT record
-with nothing cached.
+with nothing cached. A failed fetch is not retried for the same TXT id for
+``FAILED_FETCH_TTL`` (5 minutes), so a broken policy host costs one fetch (and at most
+one timeout) per domain per 5 minutes, not one per message.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ __all__ = [
     "PolicyFetchError",
     "TxtLookupFailed",
     "MtaStsPolicies",
+    "FAILED_FETCH_TTL",
 ]
 
 log = logging.getLogger("nimbus.mta_sts")
@@ -53,6 +57,7 @@ log = logging.getLogger("nimbus.mta_sts")
 MAX_POLICY_BYTES = 64 * 1024  # §3.3: senders may limit the body size (64 KiB suggested)
 MAX_AGE_LIMIT = 31_557_600  # §3.2: at most one year
 CACHE_SIZE = 100_000
+FAILED_FETCH_TTL = 300.0
 _ID = re.compile(r"^[A-Za-z0-9]{1,32}$")  # §3.1: id = 1*32(ALPHA / DIGIT)
 
 
@@ -243,6 +248,8 @@ class MtaStsPolicies:
         self._fetch = fetch
         self._clock = clock
         self._cache: LRUCache[str, tuple[MtaStsPolicy, float]] = LRUCache(CACHE_SIZE)
+        # (domain, id) -> until when a failed fetch is not repeated
+        self._failed: LRUCache[tuple[str, str], float] = LRUCache(CACHE_SIZE)
 
     def _cached(self, domain: str, now: float) -> MtaStsPolicy | None:
         entry = self._cache.get(domain)
@@ -265,10 +272,13 @@ class MtaStsPolicies:
             return cached
         if txt is None or (cached is not None and cached.id == txt):
             return cached  # §5.1: no TXT record, yet an unexpired cached policy applies
+        if self._failed.get((domain, txt), 0.0) > now:
+            return cached  # this id's fetch failed recently: not again per message
         try:
             text = await self._fetch(domain)
             policy = parse_policy(text, domain=domain, id=txt)
         except (PolicyFetchError, ValueError) as exc:
+            self._failed[(domain, txt)] = now + FAILED_FETCH_TTL
             log.warning(
                 "mta_sts_fetch_failed",
                 extra={"domain": domain, "error": str(exc), "cached": cached is not None},

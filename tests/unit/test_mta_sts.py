@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.delivery.mta_sts import (
+    FAILED_FETCH_TTL,
     MtaStsPolicies,
     PolicyFetchError,
     StsMode,
@@ -216,3 +217,28 @@ async def test_no_txt_and_nothing_cached_is_no_policy(txt):
     src.txt = txt
     assert await src.policies().policy("example.com") is None
     assert src.fetches == 0
+
+
+async def test_failed_fetch_is_not_repeated_per_lookup():
+    """A failed fetch for an id is retried only after FAILED_FETCH_TTL, not per message."""
+    src = Source()
+    src.text = PolicyFetchError("timeout")
+    cache = src.policies()
+    assert await cache.policy("example.com") is None
+    assert await cache.policy("example.com") is None
+    assert src.fetches == 1
+    src.now += FAILED_FETCH_TTL
+    src.text = POLICY
+    policy = await cache.policy("example.com")
+    assert src.fetches == 2 and policy is not None and policy.mode is StsMode.ENFORCE
+
+
+async def test_a_new_id_is_fetched_even_after_a_failure():
+    """A failure remembered for one id does not stop fetching a new id's policy."""
+    src = Source()
+    src.text = PolicyFetchError("HTTP 404")
+    cache = src.policies()
+    await cache.policy("example.com")
+    src.txt, src.text = "id2", POLICY
+    assert await cache.policy("example.com") is not None
+    assert src.fetches == 2
