@@ -38,6 +38,8 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from cachetools import LRUCache
 
+from engine.delivery.mx import MxError
+
 __all__ = [
     "StsMode",
     "MtaStsPolicy",
@@ -163,8 +165,12 @@ class _Resolver(AbstractResolver):
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
+        try:
+            addresses = await self._resolve(host)
+        except MxError as exc:  # aiohttp expects OSError (it becomes a ClientConnectorError)
+            raise OSError(f"{host}: {exc}") from exc
         out: list[ResolveResult] = []
-        for address in await self._resolve(host):
+        for address in addresses:
             fam = socket.AF_INET6 if ":" in address else socket.AF_INET
             out.append(
                 ResolveResult(hostname=host, host=address, port=port, family=fam, proto=0, flags=0)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ssl
+
 import pytest
 
 from engine.delivery.mta_sts import (
     FAILED_FETCH_TTL,
     MtaStsPolicies,
+    PolicyFetcher,
     PolicyFetchError,
     StsMode,
     TxtLookupFailed,
@@ -15,6 +18,7 @@ from engine.delivery.mta_sts import (
     parse_txt,
     policy_url,
 )
+from engine.delivery.mx import HostResolutionError
 
 POLICY = "version: STSv1\r\nmode: enforce\r\nmx: mx1.example.com\r\nmx: *.example.net\r\nmax_age: 86400\r\n"
 
@@ -242,3 +246,18 @@ async def test_a_new_id_is_fetched_even_after_a_failure():
     src.txt, src.text = "id2", POLICY
     assert await cache.policy("example.com") is not None
     assert src.fetches == 2
+
+
+async def test_unresolvable_policy_host_is_a_failed_fetch():
+    """mta-sts.<domain> without an address: a PolicyFetchError (no policy), not a crash of
+    the routing batch. No socket is opened: resolution fails first."""
+
+    async def no_address(host: str) -> list[str]:
+        raise HostResolutionError(host, transient=False, message=f"{host}: no A/AAAA record")
+
+    fetcher = PolicyFetcher(resolve_addresses=no_address, ssl_context=ssl.create_default_context())
+    try:
+        with pytest.raises(PolicyFetchError, match="mta-sts.example.com"):
+            await fetcher.fetch("example.com")
+    finally:
+        await fetcher.close()
