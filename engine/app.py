@@ -34,6 +34,7 @@ from engine.config.settings import ConfigError, Settings
 from engine.config.units import parse_hostport
 from engine.delivery.connector import SmtpClientConnector
 from engine.delivery.mx import MxResolver
+from engine.delivery.tls_policy import TlsPolicies, tls_context_factory
 from engine.dkim.service import DkimService
 from engine.logs.hooks.publisher import LogHookPublisher
 from engine.logs.metrics import GaugeReading, Metrics
@@ -109,6 +110,13 @@ class Node:
         self._registry = Registry(executor=self._policy_threads)
         self.scheduler = Scheduler(self._on_due)
         self.resolver = MxResolver(settings.dns)
+        tls_contexts = tls_context_factory(settings.delivery.tls_ca_file)
+        self.tls_policies = TlsPolicies(
+            dns=settings.dns,
+            delivery=settings.delivery,
+            resolve_addresses=self.resolver.resolve_addresses,
+            contexts=tls_contexts,
+        )
         self.outcomes = Outcomes(
             spool=self.spool,
             scheduler=self.scheduler,
@@ -135,11 +143,15 @@ class Node:
             settings=settings,
             policy=self.policy,
             resolver=self.resolver,
-            connector=SmtpClientConnector(hostname=settings.effective_hostname),
+            connector=SmtpClientConnector(
+                hostname=settings.effective_hostname,
+                tls_context_factory=tls_contexts,
+            ),
             spool=self.spool,
             outcomes=self.outcomes,
             controls=self.controls,
             gate=self.gate,
+            tls_policy=self.tls_policies,
         )
         self.log_hooks: LogHookPublisher | None = None
         self._background: list[asyncio.Task] = []  # run until shutdown cancels them
@@ -421,6 +433,7 @@ class Node:
         # whole deadline, so a message is never half-stored when the spool closes.
         await self.acceptor.close(max(deadline - time.monotonic(), 1.0))
         await self.resolver.close()
+        await self.tls_policies.close()
         await self.dkim.close()
         await self.spool.close()
         self.logs.close()

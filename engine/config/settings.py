@@ -221,6 +221,11 @@ class DeliverySettings:
         "duration", 25.0, "in-flight deliveries get this long at SIGTERM"
     )
     allow_loopback_mx: bool = _kind("bool", False, "permit loopback/unspecified MX targets (tests)")
+    tls_ca_file: str = _kind(
+        "str", "", "PEM CA bundle for verified outbound TLS and MTA-STS fetches; empty = system"
+    )
+    mta_sts_port: int = _kind("int", 443, "MTA-STS policy host's HTTPS port (443; tests only)")
+    mta_sts_timeout: float = _kind("duration", 10.0, "MTA-STS policy fetch, whole request")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -447,4 +452,11 @@ def load_settings(
         raise ConfigError("[http] max_recipients: must be at least 1")
     if bool(settings.smtp.tls_certificate) != bool(settings.smtp.tls_private_key):
         raise ConfigError("[smtp] tls_certificate and tls_private_key must be set together")
+    if not 1 <= settings.delivery.mta_sts_port <= 65535:
+        raise ConfigError(
+            f"[delivery] mta_sts_port: must be 1-65535, got {settings.delivery.mta_sts_port}"
+        )
+    ca_file = settings.delivery.tls_ca_file
+    if ca_file and not os.access(ca_file, os.R_OK):
+        raise ConfigError(f"[delivery] tls_ca_file: cannot read {ca_file!r}")
     return settings

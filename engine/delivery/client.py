@@ -4,24 +4,27 @@ Exports:
     SmtpClientConnection   a reusable session to one MX host, wrapping aiosmtplib
 
 ``open`` connects, reads the banner, says EHLO (or HELO), negotiates TLS per the path's
-``enable_tls`` and authenticates; failures raise the errors of ``delivery.errors``
-(ConnectFailed, TlsRequiredError, TlsFailed, TlsHandshakeFailed, AuthFailed). The
-commands of a transaction (MAIL, RCPT, DATA, RSET) and their timed replies are
-``delivery.commands``; ``send`` runs one transaction there.
+``enable_tls`` (or, with a DNSSEC-validated TLSA RRset, DANE: TLS mandatory and the
+certificate must match a record, RFC 7672) and authenticates; failures raise the errors of
+``delivery.errors`` (ConnectFailed, TlsRequiredError, TlsFailed, TlsHandshakeFailed,
+AuthFailed). The commands of a transaction (MAIL, RCPT, DATA, RSET) and their timed replies
+are ``delivery.commands``; ``send`` runs one transaction there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import functools
 import ipaddress
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import aiosmtplib
 
 from engine.delivery.commands import SmtpCommands
+from engine.delivery.dane import Tlsa, peer_chain, tlsa_matches, tlsa_name, usable
 from engine.delivery.errors import (
     AuthFailed,
     ConnectFailed,
@@ -86,6 +89,7 @@ class SmtpClientConnection:
         self._path = path
         self._host = host_name
         self._commands = SmtpCommands(smtp, host=host_name, path=path)
+        self._port = port
         self.peer = PeerAddress(name=host_name, addr=f"{address}:{port}")
         self.tls_cipher: str | None = None
         self.tls_protocol_version: str | None = None
@@ -111,6 +115,7 @@ class SmtpClientConnection:
         source: EgressSource,
         ehlo_domain: str,
         tls_context_factory: TlsContextFactory | None = None,
+        tlsa: Sequence[Tlsa] | None = None,
     ) -> SmtpClientConnection:
         """Connect, read the banner, EHLO (or HELO), STARTTLS per ``path.enable_tls``,
         and AUTH PLAIN when ``path.smtp_auth_plain_username`` is set.
@@ -120,6 +125,8 @@ class SmtpClientConnection:
         source: binds ``source.source_address`` when set.
         ehlo_domain: our name in EHLO/HELO.
         tls_context_factory: ``(verify) -> SSLContext``; default: system CAs / no checks.
+        tlsa: the host's DNSSEC-validated TLSA RRset, when DANE applies (RFC 7672): TLS
+            is then mandatory whatever ``enable_tls`` says, authenticated by the records.
         Raises ConnectFailed, TlsRequiredError, TlsFailed or AuthFailed; nothing is left
         open then.
         """
@@ -150,7 +157,10 @@ class SmtpClientConnection:
             raise
         try:
             await conn._hello()
-            await conn._negotiate_tls(path.enable_tls, tls_context_factory)
+            if tlsa is not None:
+                await conn._dane_tls(tlsa, tls_context_factory)
+            else:
+                await conn._negotiate_tls(path.enable_tls, tls_context_factory)
             if path.smtp_auth_plain_username is not None:
                 await conn._authenticate(path.smtp_auth_plain_username)
         except (TlsRequiredError, AuthFailed):
@@ -222,6 +232,49 @@ class SmtpClientConnection:
             self.tls_cipher, self.tls_protocol_version = cipher[0], cipher[1]
         self.tls_verified = verify
         await self._hello()  # RFC 3207 4.2: forget pre-TLS EHLO state.
+
+    async def _dane_tls(self, tlsa: Sequence[Tlsa], factory: TlsContextFactory | None) -> None:
+        """RFC 7672 §2.2: a validated TLSA RRset makes STARTTLS mandatory (no downgrade when
+        it is missing, refused or fails) and the chain must match a usable record; with
+        none usable the session is encrypted but not authenticated (§3). DANE replaces
+        PKIX, so the context does not verify; names matter only for DANE-TA (§3.2.2)."""
+        host = self._host
+        if not self._smtp.supports_extension("starttls"):
+            raise TlsRequiredError(
+                Response.parse(
+                    451, f"4.7.5 DANE: {host} has TLSA records but offers no STARTTLS", "EHLO"
+                )
+            )
+        ctx = factory(False) if factory else await asyncio.to_thread(_default_tls_context, False)
+        try:
+            await self._starttls(ctx)
+        except aiosmtplib.SMTPResponseException as exc:
+            raise TlsFailed(
+                Response.parse(
+                    451, f"4.7.5 DANE: STARTTLS refused by {host}: {exc.code}", "STARTTLS"
+                )
+            ) from exc
+        except TlsHandshakeFailed as exc:  # a TlsFailed, so never the plaintext fallback
+            raise TlsFailed(exc.response) from exc
+        records = usable(tlsa)
+        now = datetime.datetime.now(datetime.UTC)
+        if records and not tlsa_matches(
+            peer_chain(self._smtp.get_transport_info("ssl_object")), records, host=host, now=now
+        ):
+            self._smtp.close()
+            raise TlsFailed(
+                Response.parse(
+                    451,
+                    f"4.7.5 DANE: the certificate of {host} matches no TLSA record of "
+                    f"{tlsa_name(host, self._port)}",
+                    "STARTTLS",
+                )
+            )
+        cipher = self._smtp.get_transport_info("cipher")
+        if cipher:
+            self.tls_cipher, self.tls_protocol_version = cipher[0], cipher[1]
+        self.tls_verified = bool(records)
+        await self._hello()  # RFC 3207 4.2
 
     async def _authenticate(self, username: str) -> None:
         """AUTH PLAIN with the initial response (RFC 4954 4); 235 means authenticated."""

@@ -58,7 +58,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from engine.delivery.ports import Resolver, SmtpConnection, SmtpConnector
+from engine.delivery.mta_sts import MtaStsPolicy
+from engine.delivery.ports import Resolver, SmtpConnection, SmtpConnector, TlsPolicySource
 from engine.policy.egress import EgressPathConfig, EgressSource
 from engine.policy.events import Registry
 from engine.queues.attempt import Sent, apply_fate, attempt_facts, deliver
@@ -97,6 +98,7 @@ class DeliveryParts:
     outcomes: applies dispositions. policy: the current Registry. controls: admin and
     TSA holds. gate: connection leases and rates (None: only the local limit).
     allow_loopback_mx: ``delivery.allow_loopback_mx``: DNS answers may be loopback.
+    tls_policy: MTA-STS policies and TLSA records (None: neither is applied).
     """
 
     connector: SmtpConnector
@@ -107,6 +109,7 @@ class DeliveryParts:
     controls: Controls | None = None
     gate: Any = None
     allow_loopback_mx: bool = False
+    tls_policy: TlsPolicySource | None = None
 
 
 class ReadyQueue:
@@ -161,11 +164,17 @@ class ReadyQueue:
     def is_idle(self) -> bool:
         return not self.queue and not self._conns
 
-    def reconfigure(self, *, path: EgressPathConfig, targets: tuple[Target, ...]) -> None:
-        """Adopt a changed path config (policy reload, TSA override). Idle connections
-        close so the next message opens one under the new settings (e.g. TLS Required);
-        a delivery in progress finishes on its connection."""
-        self.route = dataclasses.replace(self.route, path=path, targets=targets)
+    def reconfigure(
+        self,
+        *,
+        path: EgressPathConfig,
+        targets: tuple[Target, ...],
+        mta_sts: MtaStsPolicy | None = None,
+    ) -> None:
+        """Adopt a changed path config (policy reload, TSA override, new MTA-STS policy).
+        Idle connections close so the next message opens one under the new settings
+        (e.g. TLS Required); a delivery in progress finishes on its connection."""
+        self.route = dataclasses.replace(self.route, path=path, targets=targets, mta_sts=mta_sts)
         self._release_waiters()
 
     def enqueue(self, msg: Message) -> bool:
@@ -299,6 +308,7 @@ class ReadyQueue:
                     connector=self._parts.connector,
                     resolver=self._parts.resolver,
                     allow_loopback_mx=self._parts.allow_loopback_mx,
+                    tls_policy=self._parts.tls_policy,
                 )
             except NoTargetAvailable as exc:
                 if slot is not None:

@@ -4,6 +4,7 @@ Exports:
     HostScript      how one fake host behaves: connect refusal, TLS failure, replies
     FakeConnector   an SmtpConnector with scripted replies per host; records every command
     FakeResolver    a Resolver answering from dicts (MX, addresses, failures); records lookups
+    FakeTlsPolicy   a TlsPolicySource answering from dicts (MTA-STS policies, TLSA answers)
     FakeSpool       message bodies by id (``load_data``)
     FakeOutcomes    records each disposition the ready queue applies; waits for a count
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from engine.delivery.dane import TlsaAnswer
 from engine.delivery.errors import (
     ConnectFailed,
     ConnectionLost,
@@ -27,13 +29,21 @@ from engine.delivery.errors import (
     SessionLoss,
     TlsFailed,
 )
+from engine.delivery.mta_sts import MtaStsPolicy
 from engine.delivery.mx import HostResolutionError, MailExchanger, MxError
 from engine.delivery.ports import Endpoint
 from engine.policy.egress import EgressPathConfig, EgressSource
 from engine.queues.outcomes import Attempt
 from engine.records import Message, PeerAddress, Response
 
-__all__ = ["HostScript", "FakeConnector", "FakeResolver", "FakeSpool", "FakeOutcomes"]
+__all__ = [
+    "HostScript",
+    "FakeConnector",
+    "FakeResolver",
+    "FakeTlsPolicy",
+    "FakeSpool",
+    "FakeOutcomes",
+]
 
 OK = Response.parse(250, "2.0.0 OK", "DATA")
 
@@ -119,13 +129,14 @@ class FakeConnection:
 class FakeConnector:
     """scripts: host name -> HostScript (hosts not listed accept and reply 250).
 
-    connects: (host, address, port) per attempt, failed ones too. connections: the
-    sessions opened, in order. open_now / max_open: sessions open now and at most.
+    connects: (host, address, port) per attempt, failed ones too; endpoints: the same
+    Endpoints (with their TLSA records). connections: the sessions opened, in order. open_now / max_open: sessions open now and at most.
     """
 
     def __init__(self, scripts: dict[str, HostScript] | None = None) -> None:
         self.scripts = scripts or {}
         self.connects: list[tuple[str, str, int]] = []
+        self.endpoints: list[Endpoint] = []
         self.connections: list[FakeConnection] = []
         self.open_now = 0
         self.max_open = 0
@@ -138,6 +149,7 @@ class FakeConnector:
         self, endpoint: Endpoint, source: EgressSource, path: EgressPathConfig
     ) -> FakeConnection:
         self.connects.append((endpoint.host, endpoint.address, endpoint.port))
+        self.endpoints.append(endpoint)
         script = self.script(endpoint.host)
         if script.refuse_connect is not None:
             raise ConnectFailed(script.refuse_connect)
@@ -190,6 +202,29 @@ class FakeResolver:
         if isinstance(answer, HostResolutionError):
             raise answer
         return list(answer)
+
+
+class FakeTlsPolicy:
+    """policies: domain -> MtaStsPolicy (absent: none). tlsa: host -> TlsaAnswer (absent:
+    no records). lookups: ("mta_sts" | "tlsa", name) per call."""
+
+    def __init__(
+        self,
+        *,
+        policies: dict[str, MtaStsPolicy] | None = None,
+        tlsa: dict[str, TlsaAnswer] | None = None,
+    ) -> None:
+        self.policies = policies or {}
+        self.tlsa_answers = tlsa or {}
+        self.lookups: list[tuple[str, str]] = []
+
+    async def mta_sts(self, domain: str) -> MtaStsPolicy | None:
+        self.lookups.append(("mta_sts", domain))
+        return self.policies.get(domain)
+
+    async def tlsa(self, host: str, port: int = 25) -> TlsaAnswer:
+        self.lookups.append(("tlsa", host))
+        return self.tlsa_answers.get(host, TlsaAnswer())
 
 
 class FakeSpool:
