@@ -8,8 +8,10 @@ import re
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 
 from engine.config.settings import LogSettings
+from engine.logs.metrics import Metrics
 from engine.logs.writer import LogWriter, segment_name
 from engine.records import LogRecord, RecordType, Response
 
@@ -176,3 +178,20 @@ async def test_close_before_any_record_writes_no_file(tmp_path):
     task = await run_writer(writer)
     await finish(writer, task)
     assert list((tmp_path / "logs").iterdir()) == []
+
+
+def test_asyncio_task_gauge_counts_live_tasks():
+    """nimbus_asyncio_tasks is the loop's live task count at scrape time, absent off-loop."""
+    metrics = Metrics()
+    assert b"nimbus_asyncio_tasks" not in generate_latest(metrics.registry)
+
+    async def scrape() -> bytes:
+        gate = asyncio.Event()
+        tasks = [asyncio.create_task(gate.wait()) for _ in range(3)]
+        try:
+            return generate_latest(metrics.registry)
+        finally:
+            gate.set()
+            await asyncio.gather(*tasks)
+
+    assert b"nimbus_asyncio_tasks 4.0" in asyncio.run(scrape())  # 3 + the scraping task
