@@ -32,6 +32,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from engine.admin.audit import ANONYMOUS, AUDITED_METHODS, TRUSTED_HOST, audit_params, audit_record
@@ -128,19 +129,27 @@ def _reason(response: web.StreamResponse) -> str:
     return response.reason
 
 
+async def _body(request: web.Request) -> bytes:
+    """The request body for the audit record; b"" when it cannot be read (too large, or
+    the client went away): the attempt is recorded all the same."""
+    try:
+        # Read once by aiohttp and cached, so this costs nothing after a handler read it.
+        return await request.read()
+    except (web.HTTPException, aiohttp.ClientError, ConnectionError):
+        return b""
+
+
 async def _audit(request: web.Request, who: str, status: int, reason: str) -> None:
     sink = request.app[_AUDIT]
     if sink is None:
         return
-    # The body is read once by aiohttp and cached, so this costs nothing after a handler.
-    params = audit_params(request.query, await request.read())
     sink(
         audit_record(
             who=who,
             peer=request.remote or "",
             method=request.method,
             path=request.path,
-            params=params,
+            params=audit_params(request.query, await _body(request)),
             status=status,
             reason=reason,
             node_id=request.app[_NODE_ID],
@@ -148,29 +157,36 @@ async def _audit(request: web.Request, who: str, status: int, reason: str) -> No
     )
 
 
-async def _serve(request: web.Request, handler: Handler) -> tuple[str, web.StreamResponse]:
-    admitted = request.app[_GUARD].admit(request)
-    if isinstance(admitted, web.StreamResponse):
-        return ANONYMOUS, admitted
+async def _serve(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        return admitted, await handler(request)
+        return await handler(request)
     except AdminInputError as exc:
-        return admitted, _error(400, exc.reason, exc.field)
+        return _error(400, exc.reason, exc.field)
     except UnknownEntry as exc:
-        return admitted, _error(404, f"no entry with id {exc.args[0]}", "id")
+        return _error(404, f"no entry with id {exc.args[0]}", "id")
 
 
 def _guarded(handler: Handler, method: str) -> Handler:
+    audited = method in AUDITED_METHODS
+
     async def guarded(request: web.Request) -> web.StreamResponse:
-        if method not in AUDITED_METHODS:
-            return (await _serve(request, handler))[1]
+        admitted = request.app[_GUARD].admit(request)
+        if isinstance(admitted, web.StreamResponse):
+            if audited:
+                await _audit(request, ANONYMOUS, admitted.status, _reason(admitted))
+            return admitted
         try:
-            who, response = await _serve(request, handler)
-        except Exception as exc:
-            # aiohttp answers 500; the attempt is still on the record.
-            await _audit(request, ANONYMOUS, 500, f"internal error: {type(exc).__name__}")
+            response = await _serve(request, handler)
+        except web.HTTPException as exc:  # e.g. 413 from aiohttp while reading the body
+            if audited:
+                await _audit(request, admitted, exc.status, exc.reason)
             raise
-        await _audit(request, who, response.status, _reason(response))
+        except Exception as exc:
+            if audited:  # aiohttp answers 500; the attempt is still on the record
+                await _audit(request, admitted, 500, f"internal error: {type(exc).__name__}")
+            raise
+        if audited:
+            await _audit(request, admitted, response.status, _reason(response))
         return response
 
     guarded.__name__ = handler.__name__

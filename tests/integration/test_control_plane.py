@@ -38,7 +38,8 @@ async def call(
             kwargs["json"] = body
         async with http.request(method, f"http://127.0.0.1:{port}{path}", **kwargs) as resp:
             text = await resp.text()
-            return resp.status, (json.loads(text) if text else None), dict(resp.headers)
+            is_json = resp.content_type == "application/json"
+            return resp.status, (json.loads(text) if is_json else text), dict(resp.headers)
 
 
 def audits(node) -> list[dict[str, Any]]:
@@ -231,3 +232,14 @@ async def test_peer_recovers_after_refill(tmp_path, auth_dir):
                 if status == 200:
                     break
         assert seen <= {429, 200}
+
+
+async def test_oversized_body_is_audited_as_413(tmp_path):
+    """A body over the size cap is refused by aiohttp while read: still one record, 413."""
+    async with running_node(tmp_path, **{"http.max_request_size": 1000}) as node:
+        body = {"domain": "big.test", "reason": "x" * 5000}
+        status, _, _ = await call(node.http_port, "POST", "/api/admin/suspend/v1", body)
+        assert status == 413
+        [record] = audits(node)
+        assert (record["response"]["code"], record["meta"]["admin_user"]) == (413, "trusted host")
+        assert record["meta"]["admin_params"] == {}
