@@ -54,7 +54,7 @@ from engine.queues.outcomes import Attempt, Outcomes
 from engine.queues.routing import Router
 from engine.queues.scheduled import Scheduler
 from engine.reception.accept import Acceptor
-from engine.reception.auth import Credentials
+from engine.reception.auth import Credentials, FailureLimiter
 from engine.reception.http import build_app
 from engine.reception.http_listener import HttpListener
 from engine.reception.listen import binding
@@ -193,6 +193,8 @@ class Node:
             on_connection=sessions.inc,
             shedding=self._shedding,
         )
+        # One brute-force brake for both APIs: a guesser gets no extra tries on the other.
+        auth_limiter = FailureLimiter.from_settings(settings.http)
         http_app = build_app(
             settings=settings,
             acceptor=self.acceptor,
@@ -200,8 +202,15 @@ class Node:
             metrics_=self.metrics,
             policy=self.policy,
             shedding=self._shedding,
+            auth_limiter=auth_limiter,
         )
-        add_admin_routes(http_app, admin=self.admin, settings=settings)
+        add_admin_routes(
+            http_app,
+            admin=self.admin,
+            settings=settings,
+            audit=self.logs.emit,
+            auth_limiter=auth_limiter,
+        )
         self.http = HttpListener(http_app)
         self.metrics.attach_gauges(self._gauges)
         self.ports: dict[str, int] = {}

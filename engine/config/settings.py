@@ -97,6 +97,15 @@ class HttpSettings:
         "cidrs", ["127.0.0.1/32", "::1/128"], "CIDRs trusted for the admin API"
     )
     admin_auth_dir: str = _kind("str", "", "admin users (one file per user), besides trusted hosts")
+    auth_failure_burst: int = _kind(
+        "int", 10, "failed basic-auth attempts a peer may make at once, then 429 (0: no limit)"
+    )
+    auth_failure_refill: float = _kind(
+        "duration", 1.0, "one more failed attempt is allowed per this long (token bucket)"
+    )
+    auth_failure_peers: int = _kind(
+        "int", 10_000, "peers (IPv4 address, IPv6 /64) whose failures are tracked, LRU-bounded"
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -450,6 +459,12 @@ def load_settings(
         raise ConfigError("[spool] write_timeout: must be more than 0s")
     if settings.http.max_recipients < 1:
         raise ConfigError("[http] max_recipients: must be at least 1")
+    http = settings.http
+    if http.auth_failure_burst and not (http.auth_failure_refill > 0 and http.auth_failure_peers):
+        raise ConfigError(
+            "[http] auth_failure_refill and auth_failure_peers must be above 0 "
+            "when auth_failure_burst is set"
+        )
     if bool(settings.smtp.tls_certificate) != bool(settings.smtp.tls_private_key):
         raise ConfigError("[smtp] tls_certificate and tls_private_key must be set together")
     if not 1 <= settings.delivery.mta_sts_port <= 65535:

@@ -6,11 +6,13 @@ Exports:
 
 Counters are incremented where things happen; gauges (queue sizes, connections,
 spool size) are read from the engine at scrape time through ``GaugeSource``, so
-the hot path never updates them.
+the hot path never updates them. ``nimbus_asyncio_tasks`` counts the loop's live
+tasks at scrape time (a leak of tasks shows as growth; ``bench/soak.py`` watches it).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 from typing import NotRequired, TypedDict
 
@@ -100,12 +102,26 @@ class _LiveGauges(Collector):
         )
 
 
+class _LoopGauges(Collector):
+    """Gauges of the event loop the scrape runs on (/metrics is served on it)."""
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            tasks = len(asyncio.all_tasks())
+        except RuntimeError:  # scraped with no running loop: nothing to report
+            return
+        yield GaugeMetricFamily(
+            "nimbus_asyncio_tasks", "Live asyncio tasks on the node's loop", value=float(tasks)
+        )
+
+
 class Metrics:
     """All of a node's metrics in one registry."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        r.register(_LoopGauges())
         self.received = Counter(
             "nimbus_messages_received", "Messages accepted into the spool", ["listener"], registry=r
         )

@@ -11,7 +11,8 @@ Routes:
     GET  /metrics              Prometheus exposition
 
 Errors are JSON ``{"error": reason, "field": ...}``: 400 malformed JSON or field,
-401 missing/wrong credentials, 413 body over ``http.max_request_size`` (counted
+401 missing/wrong credentials, 429 too many failed authentications from the peer
+(``Retry-After``; ``reception/auth.py``), 413 body over ``http.max_request_size`` (counted
 while streaming, since aiohttp doesn't cap streamed reads) or more recipients than
 ``http.max_recipients``, 415 wrong content type, 422 template error, 503 not ready /
 shutting down / spool full / spool not answering within ``spool.write_timeout`` /
@@ -48,7 +49,13 @@ from engine.policy.events import (
     Rejected,
 )
 from engine.reception.accept import Accepted, Acceptor, Incoming
-from engine.reception.auth import Credentials, MalformedAuthorization, parse_basic
+from engine.reception.auth import (
+    Credentials,
+    FailureLimiter,
+    MalformedAuthorization,
+    parse_basic,
+    too_many_failures_reason,
+)
 from engine.reception.inject.build import Templates, build_message
 from engine.reception.inject.request import (
     InjectError,
@@ -132,17 +139,23 @@ async def _log_context(request: web.Request, handler: Any) -> web.StreamResponse
 
 
 _AUTH_CACHE = web.AppKey("auth_cache", _AuthCache)
+_AUTH_LIMITER = web.AppKey("auth_limiter", FailureLimiter)
 
 
 async def _authenticate(request: web.Request) -> str | web.Response:
-    """The authenticated user name, or the 400/401 response to send."""
+    """The authenticated user name, or the 400/401/429 response to send."""
     challenge = {"WWW-Authenticate": 'Basic realm="nimbus"'}
+    limiter = request.app[_AUTH_LIMITER]
+    wait = limiter.retry_after(request.remote)
+    if wait:
+        return _error(429, too_many_failures_reason(wait), **{"Retry-After": str(wait)})
     header = request.headers.get("Authorization")
     if not header:
         return _error(401, "authentication required", **challenge)
     try:
         creds = parse_basic(header)
     except MalformedAuthorization as exc:
+        limiter.failed(request.remote)
         return _error(400, str(exc))
     if creds is None:
         return _error(401, "only Basic authentication is supported", **challenge)
@@ -153,6 +166,7 @@ async def _authenticate(request: web.Request) -> str | web.Response:
     except (PolicyFailure, Rejected):
         return _error(500, "authentication hook failed; try again later")
     if not ok:
+        limiter.failed(request.remote)
         return _error(401, "invalid credentials", **challenge)
     return creds[0]
 
@@ -298,6 +312,7 @@ def build_app(
     metrics_: Metrics,
     policy: Callable[[], Registry],
     shedding: Callable[[], Shedding | None] = lambda: None,
+    auth_limiter: FailureLimiter | None = None,
 ) -> web.Application:
     # Our own cap (_read_capped) applies to inject; aiohttp's client_max_size is set
     # just above it so other routes stay bounded too.
@@ -311,6 +326,10 @@ def build_app(
     app[_POLICY] = policy
     app[_SHEDDING] = shedding
     app[_AUTH_CACHE] = _AuthCache()
+    # One limiter for inject and admin (app.py passes the same one to both).
+    if auth_limiter is None:
+        auth_limiter = FailureLimiter.from_settings(settings.http)
+    app[_AUTH_LIMITER] = auth_limiter
     app.router.add_post("/api/inject/v1", inject_v1)
     app.router.add_get("/api/check-liveness/v1", check_liveness_v1)
     app.router.add_get("/metrics", metrics)

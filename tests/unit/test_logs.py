@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from engine.config.settings import LogSettings
+from engine.logs.metrics import Metrics
 from engine.logs.writer import LogWriter, segment_name
 from engine.records import LogRecord, RecordType, Response
 
@@ -218,3 +220,20 @@ def test_full_disk_drops_whole_batches_counts_them_and_logs_once(tmp_path, caplo
     assert [r["id"] for r in lines(path)] == [f"{n:032x}" for n in (0, 4)]
     assert writer.dropped == 3
     assert events == [("log_records_dropped", 2), ("log_records_writing_again", None)]
+
+
+def test_asyncio_task_gauge_counts_live_tasks():
+    """nimbus_asyncio_tasks is the loop's live task count at scrape time, absent off-loop."""
+    metrics = Metrics()
+    assert b"nimbus_asyncio_tasks" not in generate_latest(metrics.registry)
+
+    async def scrape() -> bytes:
+        gate = asyncio.Event()
+        tasks = [asyncio.create_task(gate.wait()) for _ in range(3)]
+        try:
+            return generate_latest(metrics.registry)
+        finally:
+            gate.set()
+            await asyncio.gather(*tasks)
+
+    assert b"nimbus_asyncio_tasks 4.0" in asyncio.run(scrape())  # 3 + the scraping task
