@@ -5,6 +5,7 @@ Run from the repository root (see BENCHMARKS.md and bench/README.md):
     python3 -m bench.run_bench [--messages N --runs R --sizes 4096,40960 --dkim ...]
     python3 -m bench.spool_bench
     python3 -m bench.memory_bench
+    python3 -m bench.soak [--minutes 30 --interval 60 --phase 60 --write BENCHMARKS.md]
 
 Modules, one concept each:
     run_bench      the command line: options, preflight, the interleaved runs, the summary
@@ -23,4 +24,6 @@ Modules, one concept each:
     support        process and port plumbing shared by all of them
     spool_bench    what a durable spool save costs, alone and with group commit
     memory_bench   RAM per queued message
+    soak           N minutes of SMTP + HTTP traffic with receiver faults; RSS, fds, tasks, spool
+    soak_report    the soak's flatness rule, message ledger and BENCHMARKS.md section (pure)
 """

@@ -1,11 +1,12 @@
 """The nimbus harnesses: ``nimbus mta`` in sink mode with fresh spool and log directories.
 
 Exports:
-    NimbusHarness       MtaHarness for nimbus with the bench policy (bench.nimbus_policy)
-    NimbusDkimHarness   the same nimbus and policy plus a DKIM key: signing is the only change
-    nimbus_env(...)     pure: the NIMBUS_* settings of one instance
-    nimbus_command(env) pure: the shell line starting it, for the report
-    NIMBUS_MTAS         the names of both variants
+    NimbusHarness          MtaHarness for nimbus with the bench policy (bench.nimbus_policy)
+    NimbusDkimHarness      the same nimbus and policy plus a DKIM key: signing is the only change
+    NimbusBaselineHarness  nimbus of an older revision (bench.baseline), its own policy/ tree
+    nimbus_env(...)        pure: the NIMBUS_* settings of one instance
+    nimbus_command(env)    pure: the shell line starting it, for the report
+    NIMBUS_MTAS            the names of the variants
 
 Its CPU includes its children (the DKIM signing workers, when they run); its peak RSS is
 its own (the kernel's high-water mark, read when it is reaped).
@@ -23,6 +24,13 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Any
 
+from bench.baseline import (
+    BASELINE_MTA,
+    baseline_argv,
+    baseline_command,
+    baseline_env,
+    probe_engine,
+)
 from bench.harness import MtaHarness, Placement
 from bench.nimbus_output import (
     StderrScan,
@@ -32,7 +40,7 @@ from bench.nimbus_output import (
     record_types,
     scan_stderr,
 )
-from bench.nimbus_policy import write_bench_policy, write_dkim_policy
+from bench.nimbus_policy import BUNDLED_POLICY, write_bench_policy, write_dkim_policy
 from bench.sampling import (
     CpuSample,
     child_cmdlines,
@@ -44,9 +52,16 @@ from bench.sampling import (
 )
 from bench.support import BenchError, free_port, smtp_banner_ok, stop_and_reap, wait_until
 
-__all__ = ["NimbusHarness", "NimbusDkimHarness", "nimbus_env", "nimbus_command", "NIMBUS_MTAS"]
+__all__ = [
+    "NimbusHarness",
+    "NimbusDkimHarness",
+    "NimbusBaselineHarness",
+    "nimbus_env",
+    "nimbus_command",
+    "NIMBUS_MTAS",
+]
 
-NIMBUS_MTAS = ("nimbus", "nimbus-dkim")
+NIMBUS_MTAS = ("nimbus", "nimbus-dkim", BASELINE_MTA)
 # engine shutdown_deadline is 25 s: give it that and some before SIGKILL
 _TERM_TIMEOUT = 40
 
@@ -92,6 +107,7 @@ class NimbusHarness(MtaHarness):
         self.stderr_path = place.outdir / f"{place.tag}.nimbus-stderr.log"
         exe = Path(sys.executable).parent / "nimbus"
         self.exe = str(exe) if exe.exists() else (shutil.which("nimbus") or "nimbus")
+        self.policy_source = BUNDLED_POLICY  # the policy/ tree its bench policy is made of
         self.proc: subprocess.Popen[bytes] | None = None
         self.exit_code: int | None = None
         self.peak_rss_kb: int | None = None
@@ -102,16 +118,28 @@ class NimbusHarness(MtaHarness):
         return [nimbus_command(self.env)]
 
     def write_policy(self, dest: Path) -> None:
-        write_bench_policy(dest)
+        write_bench_policy(dest, self.policy_source)
+
+    def argv(self) -> list[str]:
+        return [self.exe, "mta"]
+
+    def process_env(self) -> dict[str, str]:
+        """The bench's environment without its NIMBUS_* settings, plus this instance's."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NIMBUS_")}
+        env.update(self.env)
+        return env
+
+    def check_launch(self, env: dict[str, str]) -> None:
+        """Last check before the launch (BenchError): none for the current tree."""
 
     def start(self) -> None:
         self.dir.mkdir(parents=True)
         self.write_policy(Path(self.env["NIMBUS_POLICY_DIR"]))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NIMBUS_")}
-        env.update(self.env)
+        env = self.process_env()
+        self.check_launch(env)
         self._stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(
-            [self.exe, "mta"],
+            self.argv(),
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=self._stderr,
@@ -148,7 +176,7 @@ class NimbusHarness(MtaHarness):
 
     def failure(self) -> str | None:
         if self.proc is not None and self.proc.poll() is not None:
-            return f"nimbus exited rc={self.proc.returncode}; stderr in {self.stderr_path}"
+            return f"{self.name} exited rc={self.proc.returncode}; stderr in {self.stderr_path}"
         return None
 
     def _http_status(self, path: str) -> int | None:
@@ -233,4 +261,35 @@ class NimbusDkimHarness(NimbusHarness):
     signs = True
 
     def write_policy(self, dest: Path) -> None:
-        write_dkim_policy(dest)
+        write_dkim_policy(dest, self.policy_source)
+
+
+class NimbusBaselineHarness(NimbusHarness):
+    """nimbus-baseline: nimbus of an older revision, checked out in ``tree`` (a worktree made
+    by bench.baseline), started as ``python -m engine.cli mta`` with PYTHONPATH=tree and the
+    bench policy made of that tree's own policy/. Everything else is NimbusHarness's."""
+
+    name = BASELINE_MTA
+
+    def __init__(self, place: Placement, tree: Path):
+        super().__init__(place)
+        self.tree = tree
+        self.policy_source = tree / "policy"
+        self.engine_file: str | None = None
+
+    def argv(self) -> list[str]:
+        return baseline_argv(sys.executable)
+
+    def process_env(self) -> dict[str, str]:
+        return baseline_env(self.tree, super().process_env())
+
+    def commands(self) -> list[str]:
+        return [baseline_command(baseline_env(Path("$BASELINE"), self.env))]
+
+    def check_launch(self, env: dict[str, str]) -> None:
+        """The same interpreter, env and cwd must import engine from the tree, not from
+        the venv's editable install of the current one (BenchError otherwise)."""
+        self.engine_file = probe_engine(sys.executable, env, self.dir, self.tree)
+
+    def post_stats(self) -> dict[str, Any]:
+        return {**super().post_stats(), "engine_file": self.engine_file}

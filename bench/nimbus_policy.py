@@ -1,8 +1,9 @@
 """The policy directories the nimbus harnesses run with.
 
 Exports:
-    write_bench_policy(dest)         the bundled policy minus the default shaping rate limits
-    write_dkim_policy(dest)          the same plus a dkim_data.toml and a fresh RSA key
+    write_bench_policy(dest, source) a policy/ tree minus the default shaping rate limits
+    write_dkim_policy(dest, source)  the same plus a dkim_data.toml and a fresh RSA key
+    BUNDLED_POLICY                   the current tree's policy/ (the default source)
     strip_default_rate_limits(text)  pure: shaping.toml without exactly those two lines
     DKIM_DATA, DKIM_DOMAIN, DKIM_SELECTOR
 
@@ -10,7 +11,9 @@ policy/shaping.toml's ["default"] caps every destination at max_message_rate 100
 max_connection_rate 100/min (KumoMTA's default file does the same). Those are a sender-
 reputation choice, not relay capacity, and Postfix has none here; so the benchmark removes
 exactly those two lines and keeps everything else the bundled policy does (queues.toml
-tenants, sources, shaping resolution, bounce rules).
+tenants, sources, shaping resolution, bounce rules). The source tree is a parameter: the
+baseline (bench.baseline) runs with its own revision's policy/, whose init.py imports that
+revision's engine modules.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from bench.machine import REPO
 from bench.support import BenchError, run
 
 __all__ = [
+    "BUNDLED_POLICY",
     "write_bench_policy",
     "write_dkim_policy",
     "strip_default_rate_limits",
@@ -40,6 +44,7 @@ key_dir = "keys"   # keys/{DKIM_DOMAIN}/{DKIM_SELECTOR}.key: openssl genrsa -tra
 [domain."{DKIM_DOMAIN}"]
 algo = "sha256"
 """
+BUNDLED_POLICY = REPO / "policy"
 _RATE_LINES = ('max_message_rate = "100/s"', 'max_connection_rate = "100/min"')
 
 
@@ -59,18 +64,24 @@ def strip_default_rate_limits(text: str) -> str:
     return "".join(kept)
 
 
-def write_bench_policy(dest: Path) -> None:
-    """Copy the bundled policy to ``dest`` without the default shaping rate limits."""
-    shutil.copytree(REPO / "policy", dest, ignore=shutil.ignore_patterns("__pycache__"))
+def write_bench_policy(dest: Path, source: Path = BUNDLED_POLICY) -> None:
+    """Copy the policy directory ``source`` to ``dest`` without the default shaping rate
+    limits (BenchError naming ``source`` if its shaping.toml does not have exactly them)."""
+    if not (source / "shaping.toml").is_file():
+        raise BenchError(f"{source}: no shaping.toml; is it a nimbus policy/ directory?")
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__"))
     shaping = dest / "shaping.toml"
-    shaping.write_text(strip_default_rate_limits(shaping.read_text()))
+    try:
+        shaping.write_text(strip_default_rate_limits(shaping.read_text()))
+    except BenchError as exc:
+        raise BenchError(f"{source / 'shaping.toml'}: {exc}") from None
 
 
-def write_dkim_policy(dest: Path) -> None:
+def write_dkim_policy(dest: Path, source: Path = BUNDLED_POLICY) -> None:
     """The bench policy plus a dkim_data.toml naming a fresh 2048-bit RSA key (PKCS#1, as
     KumoMTA's docs): the bundled init.py signs whenever dkim_data.toml configures a key, so
     signing is the only difference between nimbus and nimbus-dkim."""
-    write_bench_policy(dest)
+    write_bench_policy(dest, source)
     key_dir = dest / "keys" / DKIM_DOMAIN
     key_dir.mkdir(parents=True)
     (dest / "dkim_data.toml").write_text(DKIM_DATA)

@@ -5,6 +5,7 @@ Exports:
     report_commands(...)   pure: the per-trial commands, with placeholders, as printed
     table_md(rows)         the table of every MTA (the relay section's, and the DKIM one's end)
     table_dkim_md(rows)    nimbus DKIM off vs on, one line per size
+    table_baseline_md(rows)  nimbus vs nimbus-baseline (an older revision), one line per size
     table_text(rows)       the console summary
     relay_section(rows, rep), dkim_section(rows, rep)   whole sections, markers included
     splice_section(...)    pure: a section put in place of its previous version
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.baseline import BASELINE_MTA, baseline_command, baseline_env
 from bench.load import source_command
 from bench.machine import MachineFacts
 from bench.nimbus import NIMBUS_MTAS, nimbus_command, nimbus_env
@@ -37,6 +39,7 @@ __all__ = [
     "fmt",
     "table_md",
     "table_dkim_md",
+    "table_baseline_md",
     "table_text",
     "relay_section",
     "dkim_section",
@@ -56,8 +59,10 @@ Row = dict[str, Any]
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunReport:
     """started: "YYYY-MM-DD HH:MM UTC"; commands: shell lines per part ("sink", "source",
-    "postfix", "nimbus", "nimbus-dkim"); results_rel: the raw results directory, relative to
-    the repository when inside it; problems: from ``bench.stats.collect_problems``."""
+    "postfix", "nimbus", "nimbus-dkim", "nimbus-baseline"); results_rel: the raw results
+    directory, relative to the repository when inside it; problems: from
+    ``bench.stats.collect_problems``; baseline: ``bench.baseline.Baseline.label`` of the
+    run's nimbus-baseline, "" when it had none."""
 
     started: str
     info: MachineFacts
@@ -71,6 +76,7 @@ class RunReport:
     commands: dict[str, list[str]]
     results_rel: str
     problems: tuple[str, ...] = ()
+    baseline: str = ""
 
 
 def report_commands(
@@ -78,7 +84,8 @@ def report_commands(
 ) -> dict[str, list[str]]:
     """The per-trial commands with placeholders ($TMP, PORT, SINKPORT, ...) for the report."""
     tmp = Path("$TMP")
-    nimbus = [nimbus_command(nimbus_env(tmp / "nimbus", "PORT", "HTTPPORT", "SINKPORT"))]
+    env = nimbus_env(tmp / "nimbus", "PORT", "HTTPPORT", "SINKPORT")
+    nimbus = [nimbus_command(env)]
     source = source_command(
         sessions=sessions,
         messages=messages,
@@ -92,6 +99,7 @@ def report_commands(
         "postfix": postfix_commands(tmp / "postfix", "PORT", "SINKPORT", postfix_log),
         "nimbus": nimbus,
         "nimbus-dkim": nimbus,  # the same command; only its policy directory differs
+        BASELINE_MTA: [baseline_command(baseline_env(Path("$BASELINE"), env))],
     }
 
 
@@ -126,16 +134,17 @@ def table_md(rows: list[Row]) -> str:
 
 
 def table_text(rows: list[Row]) -> str:
-    hdr = f"{'size':>6} {'MTA':11} {'e2e/s':>8} {'(min-max)':>13} {'ingress/s':>9} {'MTAcpu':>7} {'boxcpu':>7} {'ratio':>6} {'RSS MiB':>7} {'bg%':>4} ok"
+    hdr = f"{'size':>6} {'MTA':15} {'e2e/s':>8} {'(min-max)':>13} {'ingress/s':>9} {'MTAcpu':>7} {'boxcpu':>7} {'ratio':>6} {'RSS MiB':>7} {'bg%':>4} ok"
     out = [hdr, "-" * len(hdr)]
     for r in rows:
         rng = f"{fmt(r['e2e_min'])}-{fmt(r['e2e_max'])}" if r["e2e"] else ""
         out.append(
-            f"{r['size']:>6} {r['mta']:11} {fmt(r['e2e']):>8} {rng:>13} {fmt(r['ingress']):>9} "
+            f"{r['size']:>6} {r['mta']:15} {fmt(r['e2e']):>8} {rng:>13} {fmt(r['ingress']):>9} "
             f"{fmt(r['mta_cpu'], '.2f'):>7} {fmt(r['box_cpu'], '.2f'):>7} "
             f"{fmt(r.get('ratio'), '.2f'):>6} {fmt(r.get('peak_rss_mb'), '.0f'):>7} {fmt(r.get('background')):>4} "
             f"{r['trials_ok']}/{r['trials']}"
             + (f"   DKIM on/off {r['dkim_ratio']:.2f}" if r.get("dkim_ratio") else "")
+            + (f"   vs baseline {r['baseline_ratio']:.2f}" if r.get("baseline_ratio") else "")
         )
     return "\n".join(out)
 
@@ -176,7 +185,7 @@ Commands (per trial; ports are picked free on 127.0.0.1):
 ```
 
 {table_md(rows)}
-
+{_baseline_md(rows, rep)}
 Raw per-trial JSON, nimbus stderr logs and Postfix warning lines: `{rep.results_rel}/` (not committed).
 {_problems_md(rep.problems)}
 {MD_END}
@@ -265,11 +274,55 @@ nimbus-dkim e2e / median nimbus e2e (per-run paired ratios in brackets).
 All MTAs of the run:
 
 {table_md(rows)}
-
+{_baseline_md(rows, rep)}
 Raw per-trial JSON and nimbus stderr logs: `{rep.results_rel}/` (not committed).
 {_problems_md(rep.problems)}
 {MD_DKIM_END}
 """
 
 
-# --------------------------------------------------------------------------- main
+def table_baseline_md(rows: list[Row]) -> str:
+    """nimbus vs nimbus-baseline, one line per size."""
+    out = [
+        "| size (B) | nimbus e2e msgs/s | nimbus-baseline e2e msgs/s | nimbus / nimbus-baseline e2e "
+        "| MTA CPU ms/msg nimbus | baseline | nimbus peak RSS | baseline |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for size in sorted({r["size"] for r in rows}):
+        cur = next((r for r in rows if r["size"] == size and r["mta"] == "nimbus"), None)
+        old = next((r for r in rows if r["size"] == size and r["mta"] == BASELINE_MTA), None)
+        if cur is None or old is None:
+            continue
+        ratio = "—"
+        if cur.get("baseline_ratio") is not None:
+            pr = ", ".join(f"{p:.2f}" for p in cur.get("baseline_ratio_paired", []))
+            ratio = f"**{cur['baseline_ratio']:.2f}×** (per run: {pr})"
+        out.append(
+            f"| {size} | **{fmt(cur['e2e'])}** ({fmt(cur['e2e_min'])}–{fmt(cur['e2e_max'])}) "
+            f"| **{fmt(old['e2e'])}** ({fmt(old['e2e_min'])}–{fmt(old['e2e_max'])}) | {ratio} "
+            f"| {fmt(cur['mta_cpu'], '.2f')} | {fmt(old['mta_cpu'], '.2f')} "
+            f"| {fmt(cur.get('peak_rss_mb'))} MiB | {fmt(old.get('peak_rss_mb'))} MiB |"
+        )
+    return "\n".join(out)
+
+
+def _baseline_md(rows: list[Row], rep: RunReport) -> str:
+    """The baseline's paragraph, command and table; "" for a run without one."""
+    if not rep.baseline:
+        return ""
+    return f"""
+Baseline: **{BASELINE_MTA}** is nimbus at git
+{rep.baseline},
+run in this run from a detached worktree of that revision (`$BASELINE`) with its own
+`policy/` (minus the same two default rate lines), the same harness and settings,
+interleaved with the other MTAs. Its row above has its own ratio to Postfix;
+nimbus / nimbus-baseline = median nimbus e2e / median nimbus-baseline e2e (per-run paired
+ratios in brackets): unlike a ratio from an older run, it does not move with the box's
+speed from day to day.
+
+```
+{chr(10).join(rep.commands[BASELINE_MTA])}
+```
+
+{table_baseline_md(rows)}
+"""

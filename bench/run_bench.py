@@ -26,11 +26,18 @@ go to bench/results/<timestamp>/; a summary section is written into BENCHMARKS.m
 every message (dkim_data.toml, a fresh 2048-bit RSA key from ``openssl genrsa`` per trial,
 relaxed/relaxed). Its CPU includes its signing worker process. Such a run writes its own
 section of BENCHMARKS.md (DKIM off vs on, side by side) and leaves the relay section alone.
+
+``--baseline REV`` adds ``nimbus-baseline``: nimbus of git revision REV, from a detached
+worktree in a temp dir (removed at the end, also on an error or Ctrl-C), started with its own
+engine and its own policy/ (``bench.baseline``), interleaved like nimbus. The report adds
+nimbus / nimbus-baseline ratios: the comparison with an older nimbus that a ratio from an
+older run cannot give (the shared box's speed changes from day to day).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -39,11 +46,14 @@ import pwd
 import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench.baseline import BASELINE_MTA, Baseline, baseline_worktree
+from bench.harness import Placement
 from bench.machine import REPO, MachineFacts, machine_facts
-from bench.nimbus import NIMBUS_MTAS
+from bench.nimbus import NIMBUS_MTAS, NimbusBaselineHarness
 from bench.postfix import etc_postfix_fingerprint
 from bench.report import RunReport, report_commands, table_text, write_report
 from bench.stats import collect_problems, summarize
@@ -65,7 +75,13 @@ def _add_load_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mtas",
         default="postfix,nimbus",
-        help="which MTAs: postfix, nimbus, nimbus-dkim (default postfix,nimbus)",
+        help="which MTAs: postfix, nimbus, nimbus-dkim, nimbus-baseline (default postfix,nimbus)",
+    )
+    p.add_argument(
+        "--baseline",
+        metavar="REV",
+        default="",
+        help="also run nimbus-baseline: nimbus at git revision REV (e.g. 726b18a)",
     )
     p.add_argument(
         "--dkim",
@@ -116,9 +132,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.size_list = [int(s) for s in args.sizes.split(",") if s.strip()]
     args.mta_list = [m.strip() for m in args.mtas.split(",") if m.strip()]
     if args.dkim:
-        args.mta_list += [m for m in NIMBUS_MTAS if m not in args.mta_list]
+        args.mta_list += [m for m in ("nimbus", "nimbus-dkim") if m not in args.mta_list]
+    if args.baseline and BASELINE_MTA not in args.mta_list:
+        args.mta_list.append(BASELINE_MTA)
     if not set(args.mta_list) <= {"postfix", *NIMBUS_MTAS} or not args.mta_list:
-        p.error("--mtas takes postfix, nimbus and/or nimbus-dkim")
+        p.error(f"--mtas takes postfix, {', '.join(NIMBUS_MTAS)}")
+    if BASELINE_MTA in args.mta_list and not args.baseline:
+        p.error(f"{BASELINE_MTA} needs --baseline REV")
     args.dkim = "nimbus-dkim" in args.mta_list
     if args.messages < 1 or args.runs < 1 or args.sessions < 1 or not args.size_list:
         p.error("--messages, --runs, --sessions must be positive and --sizes non-empty")
@@ -145,7 +165,21 @@ def preflight(args: argparse.Namespace) -> None:
         raise BenchError(f"--workdir {args.workdir} is not a directory")
 
 
-def _spec(args: argparse.Namespace, mta: str, size: int, run_no: int) -> TrialSpec:
+def check_baseline(args: argparse.Namespace, base: Baseline, outdir: Path) -> str:
+    """Before any trial: a baseline instance, made exactly as a trial makes it, imports
+    engine from the baseline tree (BenchError otherwise). Returns that engine.__file__."""
+    with tempfile.TemporaryDirectory(prefix="nimbus-bench-probe-", dir=args.workdir) as d:
+        place = Placement(workdir=Path(d), sink_port=0, outdir=outdir, tag="baseline-probe")
+        mta = NimbusBaselineHarness(place, base.tree)
+        mta.dir.mkdir()
+        mta.check_launch(mta.process_env())
+        assert mta.engine_file is not None
+        return mta.engine_file
+
+
+def _spec(
+    args: argparse.Namespace, mta: str, size: int, run_no: int, base: Baseline | None
+) -> TrialSpec:
     return TrialSpec(
         mta=mta,
         size=size,
@@ -159,6 +193,7 @@ def _spec(args: argparse.Namespace, mta: str, size: int, run_no: int) -> TrialSp
         stall_timeout=args.stall_timeout,
         workdir=Path(args.workdir),
         keep_workdir=args.keep_workdir,
+        baseline_tree=base.tree if base is not None else None,
     )
 
 
@@ -174,7 +209,9 @@ def _log_trial(t: dict[str, Any]) -> None:
     )
 
 
-def run_trials(args: argparse.Namespace, outdir: Path) -> tuple[list[dict[str, Any]], bool]:
+def run_trials(
+    args: argparse.Namespace, outdir: Path, base: Baseline | None = None
+) -> tuple[list[dict[str, Any]], bool]:
     """Every trial, interleaved (order of MTAs alternating per run); (trials, interrupted).
 
     trials.json is rewritten after each trial, so an interrupted run keeps what finished.
@@ -186,7 +223,7 @@ def run_trials(args: argparse.Namespace, outdir: Path) -> tuple[list[dict[str, A
                 order = args.mta_list if run_no % 2 else list(reversed(args.mta_list))
                 for mta in order:
                     log(f"run {run_no}/{args.runs} size {size} {mta}: start")
-                    trials.append(run_trial(_spec(args, mta, size, run_no), outdir))
+                    trials.append(run_trial(_spec(args, mta, size, run_no, base), outdir))
                     (outdir / "trials.json").write_text(json.dumps(trials, indent=1))
                     _log_trial(trials[-1])
     except KeyboardInterrupt as exc:
@@ -202,6 +239,7 @@ def _markdown(
     problems: list[str],
     started: dt.datetime,
     outdir: Path,
+    base: Baseline | None,
 ) -> None:
     try:
         rel = str(outdir.relative_to(REPO))
@@ -225,6 +263,7 @@ def _markdown(
         ),
         results_rel=rel,
         problems=tuple(problems),
+        baseline=base.label if base is not None else "",
     )
     md = Path(args.markdown)
     write_report(md, rows, rep, dkim=args.dkim)  # a --dkim run: its own section only
@@ -247,13 +286,36 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now(dt.UTC)
     outdir = Path(args.results_dir) / started.strftime("%Y%m%dT%H%M%SZ")
     outdir.mkdir(parents=True, exist_ok=True)
+    # The baseline's worktree lives for the whole run and goes on every way out of it.
+    with contextlib.ExitStack() as stack:
+        base = None
+        try:
+            if args.baseline:
+                base = stack.enter_context(
+                    baseline_worktree(REPO, args.baseline, Path(args.workdir))
+                )
+                engine_file = check_baseline(args, base, outdir)
+                log(f"{BASELINE_MTA}: engine imported from {engine_file}")
+        except BenchError as exc:
+            print(f"run_bench: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as exc:
+            log(f"interrupted ({exc}) while preparing the baseline")
+            return 1
+        return _run(args, started, outdir, base)
+
+
+def _run(
+    args: argparse.Namespace, started: dt.datetime, outdir: Path, base: Baseline | None
+) -> int:
+    """The trials, the summary and the report of a prepared run; the exit code."""
     info = machine_facts()
     etc_before = etc_postfix_fingerprint()
     log(
         f"results -> {outdir}; {args.messages} msgs x sizes {args.size_list} x {args.runs} runs; "
         f"{info.nproc} CPUs {info.cpu_model}"
     )
-    trials, interrupted = run_trials(args, outdir)
+    trials, interrupted = run_trials(args, outdir, base)
     etc_unchanged = etc_before == etc_postfix_fingerprint()
     problems = collect_problems(trials, etc_unchanged)
     rows = summarize(trials, args.size_list)
@@ -265,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         "problems": problems,
         "etc_postfix_unchanged": etc_unchanged,
         "interrupted": interrupted,
+        "baseline": dataclasses.asdict(base) if base is not None else None,
     }
     (outdir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print()
@@ -275,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             print(" -", p)
     print(f"\nraw results: {outdir}")
     if args.markdown and trials and not interrupted:
-        _markdown(args, rows, info, problems, started, outdir)
+        _markdown(args, rows, info, problems, started, outdir, base)
     return 1 if interrupted or any(not t.get("ok") for t in trials) else 0
 
 

@@ -8,8 +8,9 @@ Exports:
     collect_problems(trials)   one line per failed trial, warning or suspicious log
 
 All pure: trials are the dicts ``bench.trial.run_trial`` returns (also in trials.json).
-Ratios: ``ratio`` = median nimbus e2e / median Postfix e2e; ``dkim_ratio`` = median
-nimbus-dkim e2e / median nimbus e2e; ``*_paired`` the same per run.
+Ratios: ``ratio`` = median e2e of a nimbus variant / median Postfix e2e; ``dkim_ratio`` =
+median nimbus-dkim e2e / median nimbus e2e; ``baseline_ratio`` (on the nimbus row) = median
+nimbus e2e / median nimbus-baseline e2e; ``*_paired`` the same per run.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 __all__ = ["MTA_ORDER", "median", "summarize", "paired_ratios", "collect_problems"]
 
-MTA_ORDER = ("postfix", "nimbus", "nimbus-dkim")
+MTA_ORDER = ("postfix", "nimbus", "nimbus-baseline", "nimbus-dkim")
 _NIMBUS = MTA_ORDER[1:]  # the nimbus variants (bench.nimbus.NIMBUS_MTAS)
 Trial = dict[str, Any]
 
@@ -90,6 +91,7 @@ def summarize(trials: list[Trial], sizes: list[int]) -> list[dict[str, Any]]:
         for mta in _NIMBUS:
             _add_ratio(per, trials, size, mta, "postfix", "ratio")
         _add_ratio(per, trials, size, "nimbus-dkim", "nimbus", "dkim_ratio")
+        _add_ratio(per, trials, size, "nimbus", "nimbus-baseline", "baseline_ratio")
     return rows
 
 

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.baseline import BASELINE_MTA
 from bench.harness import MtaHarness, Placement
 from bench.load import LoadGenerator, source_command
-from bench.nimbus import NIMBUS_MTAS, NimbusDkimHarness, NimbusHarness
+from bench.nimbus import NIMBUS_MTAS, NimbusBaselineHarness, NimbusDkimHarness, NimbusHarness
 from bench.postfix import PostfixHarness
 from bench.sampling import box_busy_seconds
 from bench.sink import Sink
@@ -36,7 +37,7 @@ __all__ = ["TrialSpec", "run_trial", "make_harness"]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrialSpec:
-    mta: str  # postfix, nimbus or nimbus-dkim
+    mta: str  # postfix, nimbus, nimbus-dkim or nimbus-baseline
     size: int  # smtp-source -l
     run: int  # 1-based run number
     messages: int
@@ -48,6 +49,7 @@ class TrialSpec:
     stall_timeout: float = 60.0  # sink count unchanged this long after ingress: failed
     workdir: Path = Path("/var/tmp")  # parent of the trial's temp dir
     keep_workdir: bool = False
+    baseline_tree: Path | None = None  # nimbus-baseline's worktree (bench.baseline)
 
     @property
     def tag(self) -> str:
@@ -72,14 +74,20 @@ class _Snapshot:
     sink: float | None
 
 
-def make_harness(name: str, place: Placement, postfix_log: bool = True) -> MtaHarness:
+def make_harness(
+    name: str, place: Placement, postfix_log: bool = True, baseline_tree: Path | None = None
+) -> MtaHarness:
+    if name == BASELINE_MTA:
+        if baseline_tree is None:
+            raise BenchError(f"{BASELINE_MTA} needs a baseline tree (run_bench --baseline REV)")
+        return NimbusBaselineHarness(place, baseline_tree)
     if name == "postfix":
         return PostfixHarness(place, log_to_file=postfix_log)
     if name == "nimbus":
         return NimbusHarness(place)
     if name == "nimbus-dkim":
         return NimbusDkimHarness(place)
-    raise BenchError(f"unknown MTA {name!r} (postfix, nimbus, nimbus-dkim)")
+    raise BenchError(f"unknown MTA {name!r} (postfix, {', '.join(NIMBUS_MTAS)})")
 
 
 def _snapshot(parts: _Parts) -> _Snapshot:
@@ -176,7 +184,7 @@ def _measure(spec: TrialSpec, parts: _Parts, outdir: Path) -> dict[str, Any]:
 def _start(spec: TrialSpec, place: Placement, parts: _Parts, result: dict[str, Any]) -> None:
     parts.sink = Sink(place.sink_port, spec.messages, place.outdir)
     parts.sink.wait_listening()
-    parts.mta = make_harness(spec.mta, place, spec.postfix_log)
+    parts.mta = make_harness(spec.mta, place, spec.postfix_log, spec.baseline_tree)
     parts.mta.start()
     parts.mta.ready()
     result["mta_port"] = parts.mta.port

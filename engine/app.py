@@ -34,11 +34,19 @@ from engine.config.settings import ConfigError, Settings
 from engine.config.units import parse_hostport
 from engine.delivery.connector import SmtpClientConnector
 from engine.delivery.mx import MxResolver
+from engine.delivery.tls_policy import TlsPolicies, tls_context_factory
 from engine.dkim.service import DkimService
 from engine.logs.hooks.publisher import LogHookPublisher
 from engine.logs.metrics import GaugeReading, Metrics
 from engine.logs.writer import LogWriter
-from engine.policy.events import INIT, PolicyFailure, PolicyLoadError, Registry, Rejected
+from engine.policy.events import (
+    HTTP_SERVER_VALIDATE_AUTH_BASIC,
+    INIT,
+    PolicyFailure,
+    PolicyLoadError,
+    Registry,
+    Rejected,
+)
 from engine.policy.loader import load_policy
 from engine.policy.log_hook import tsa_hooks
 from engine.queues.controls import Controls
@@ -46,9 +54,11 @@ from engine.queues.outcomes import Attempt, Outcomes
 from engine.queues.routing import Router
 from engine.queues.scheduled import Scheduler
 from engine.reception.accept import Acceptor
-from engine.reception.auth import Credentials
+from engine.reception.auth import Credentials, FailureLimiter
 from engine.reception.http import build_app
 from engine.reception.http_listener import HttpListener
+from engine.reception.listen import binding
+from engine.reception.shedding import Reason, Shedder, Shedding
 from engine.reception.smtp import SmtpListener
 from engine.shaping.gate import Gate
 from engine.shaping.overlay import Overlay
@@ -100,6 +110,13 @@ class Node:
         self._registry = Registry(executor=self._policy_threads)
         self.scheduler = Scheduler(self._on_due)
         self.resolver = MxResolver(settings.dns)
+        tls_contexts = tls_context_factory(settings.delivery.tls_ca_file)
+        self.tls_policies = TlsPolicies(
+            dns=settings.dns,
+            delivery=settings.delivery,
+            resolve_addresses=self.resolver.resolve_addresses,
+            contexts=tls_contexts,
+        )
         self.outcomes = Outcomes(
             spool=self.spool,
             scheduler=self.scheduler,
@@ -126,11 +143,15 @@ class Node:
             settings=settings,
             policy=self.policy,
             resolver=self.resolver,
-            connector=SmtpClientConnector(hostname=settings.effective_hostname),
+            connector=SmtpClientConnector(
+                hostname=settings.effective_hostname,
+                tls_context_factory=tls_contexts,
+            ),
             spool=self.spool,
             outcomes=self.outcomes,
             controls=self.controls,
             gate=self.gate,
+            tls_policy=self.tls_policies,
         )
         self.log_hooks: LogHookPublisher | None = None
         self._background: list[asyncio.Task] = []  # run until shutdown cancels them
@@ -156,6 +177,12 @@ class Node:
             node_id=settings.effective_node_id,
             dkim=self.dkim,
         )
+        self.shedder = Shedder(
+            settings.shedding,
+            spool_dir=Path(settings.spool.dir),
+            spool_health=self._spool_health,
+            on_change=self._shedding_changed,
+        )
         self.credentials = Credentials(settings.http.auth_dir or None)
         sessions = self.metrics.connections.labels("esmtp_listener")
         self.smtp = SmtpListener(
@@ -164,15 +191,26 @@ class Node:
             policy=self.policy,
             credentials=self.credentials,
             on_connection=sessions.inc,
+            shedding=self._shedding,
         )
+        # One brute-force brake for both APIs: a guesser gets no extra tries on the other.
+        auth_limiter = FailureLimiter.from_settings(settings.http)
         http_app = build_app(
             settings=settings,
             acceptor=self.acceptor,
             credentials=self.credentials,
             metrics_=self.metrics,
             policy=self.policy,
+            shedding=self._shedding,
+            auth_limiter=auth_limiter,
         )
-        add_admin_routes(http_app, admin=self.admin, settings=settings)
+        add_admin_routes(
+            http_app,
+            admin=self.admin,
+            settings=settings,
+            audit=self.logs.emit,
+            auth_limiter=auth_limiter,
+        )
         self.http = HttpListener(http_app)
         self.metrics.attach_gauges(self._gauges)
         self.ports: dict[str, int] = {}
@@ -182,6 +220,19 @@ class Node:
 
     def policy(self) -> Registry:
         return self._registry
+
+    def _shedding(self) -> Shedding | None:
+        return self.shedder.current
+
+    async def _spool_health(self) -> str | None:
+        # Generous: under load a probe queues behind real commits (milliseconds each).
+        return await self.spool.check_health(timeout=max(5.0, 2 * self.settings.shedding.interval))
+
+    def _shedding_changed(self, state: Shedding | None) -> None:
+        for reason in Reason:
+            self.metrics.shedding.labels(reason.value).set(
+                1 if state is not None and state.reason == reason else 0
+            )
 
     def _redis_state(self, degraded: bool) -> None:
         self.metrics.redis_degraded.set(1 if degraded else 0)
@@ -203,6 +254,7 @@ class Node:
             "spool_bytes": self.spool.size_bytes(),
             "spool_messages": self.spool.count,
             "log_hooks": self.log_hooks.stats() if self.log_hooks is not None else {},
+            "log_records_dropped": self.logs.dropped,
         }
 
     def request_reload(self) -> None:
@@ -269,9 +321,11 @@ class Node:
         s = self.settings
         loaded = await asyncio.to_thread(_fingerprint, s.policy.dir)
         self._registry = self._load()
+        self._warn_if_injection_disabled()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.logs.run(), name="log-writer")
-            self.ports["http"] = (await self.http.start(*parse_hostport(s.http.listen)))[1]
+            with binding("HTTP", s.http.listen, "http.listen"):
+                self.ports["http"] = (await self.http.start(*parse_hostport(s.http.listen)))[1]
             await self._init_policy()
             await self._start_log_hooks(tg)
             if self.tsa_subscriber is not None:
@@ -279,9 +333,14 @@ class Node:
                     tg.create_task(self.tsa_subscriber.run(), name="tsa-subscriber")
                 )
             await self._recover()
+            # One sample before SMTP listens, so a node that starts short of disk or memory
+            # never takes a session it should have shed; then the sampler owns the state.
+            await self._sample_load()
+            self._background.append(tg.create_task(self.shedder.run(), name="load-shedding"))
             scheduler = tg.create_task(self.scheduler.run(), name="scheduler")
             watcher = tg.create_task(self._watch_policy(loaded), name="policy-watcher")
-            self.ports["smtp"] = (await self.smtp.start(*parse_hostport(s.smtp.listen)))[1]
+            with binding("SMTP", s.smtp.listen, "smtp.listen"):
+                self.ports["smtp"] = (await self.smtp.start(*parse_hostport(s.smtp.listen)))[1]
             self.acceptor.set_ready()
             log.info(
                 "ready",
@@ -296,6 +355,27 @@ class Node:
             await self._stop.wait()
             watcher.cancel()
             await self._shutdown(scheduler)
+
+    def _warn_if_injection_disabled(self) -> None:
+        """One warning at start when no HTTP inject request can authenticate: no users
+        directory and no ``http_server_validate_auth_basic`` handler (every inject is 401)."""
+        if self.settings.http.auth_dir or self._registry.has(HTTP_SERVER_VALIDATE_AUTH_BASIC):
+            return
+        log.warning(
+            "http_injection_disabled",
+            extra={
+                "reason": "NIMBUS_HTTP_AUTH_DIR is not set and the policy does not handle "
+                "http_server_validate_auth_basic: every inject request is refused with 401",
+                "fix": "set NIMBUS_HTTP_AUTH_DIR (http.auth_dir) to a directory of users",
+            },
+        )
+
+    async def _sample_load(self) -> None:
+        self._shedding_changed(None)  # every reason's gauge exists (0) from the start
+        try:
+            await self.shedder.sample()
+        except (OSError, ValueError) as exc:
+            log.error("load_shedding_sample_failed", extra={"error": str(exc)})
 
     async def _init_policy(self) -> None:
         try:
@@ -362,6 +442,7 @@ class Node:
         # whole deadline, so a message is never half-stored when the spool closes.
         await self.acceptor.close(max(deadline - time.monotonic(), 1.0))
         await self.resolver.close()
+        await self.tls_policies.close()
         await self.dkim.close()
         await self.spool.close()
         self.logs.close()

@@ -29,9 +29,10 @@ from engine.config.env_names import describe_unknown_env, unknown_env_names
 from engine.config.settings import ConfigError, dotted_tree, load_settings
 from engine.logs import diagnostics as diag
 from engine.policy.events import PolicyLoadError
+from engine.reception.listen import ListenError
 from engine.storage.spool import SpoolLocked
 
-__all__ = ["main"]
+__all__ = ["main", "startup_error"]
 
 log = logging.getLogger("nimbus.cli")
 
@@ -184,35 +185,38 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "mta":
         from engine.app import run_mta
 
-        try:
-            _run(run_mta(settings))
-        except (PolicyLoadError, SpoolLocked, BaseExceptionGroup) as exc:
-            leaf = _first_leaf(exc)
-            if isinstance(leaf, PolicyLoadError):
-                print(f"nimbus: policy error: {leaf}", file=sys.stderr)
-                return 2
-            if isinstance(leaf, SpoolLocked):
-                print(f"nimbus: {leaf}", file=sys.stderr)
-                return 2
-            raise
-        except KeyboardInterrupt:
-            return 130
+        return _serve(run_mta(settings))
     return 0
 
 
 def _serve(coro: Any) -> int:
-    """Run a service coroutine in the foreground; configuration errors exit 2."""
+    """Run a service coroutine in the foreground. An error that stops it from starting
+    (settings, policy, a busy port, a locked spool) is one line on stderr and exit 2."""
     try:
         _run(coro)
-    except (ConfigError, BaseExceptionGroup) as exc:
-        leaf = _first_leaf(exc)
-        if isinstance(leaf, ConfigError):
-            print(f"nimbus: configuration error: {leaf}", file=sys.stderr)
-            return 2
-        raise
+    except (ConfigError, PolicyLoadError, ListenError, SpoolLocked, BaseExceptionGroup) as exc:
+        line = startup_error(_first_leaf(exc))
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def startup_error(exc: BaseException) -> str | None:
+    """The one line ``nimbus`` prints for an error that stops a service from starting
+    (cause and fix), or None for any other exception (a bug: its traceback is wanted)."""
+    if isinstance(exc, ConfigError):
+        text = f"nimbus: configuration error: {exc}"
+    elif isinstance(exc, PolicyLoadError):
+        text = f"nimbus: policy error: {exc}; fix the policy (check it with nimbus validate)"
+    elif isinstance(exc, (ListenError, SpoolLocked)):
+        text = f"nimbus: {exc}"
+    else:
+        return None
+    return " ".join(text.split())  # one line, whatever the message held
 
 
 def _first_leaf(exc: BaseException) -> BaseException:

@@ -175,6 +175,7 @@ class RecordType(StrEnum):
     ADMIN_BOUNCE = "AdminBounce"
     ADMIN_REBIND = "AdminRebind"
     REJECTION = "Rejection"
+    ADMIN_AUDIT = "AdminAudit"  # Nimbus addition: one per mutating admin API request
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

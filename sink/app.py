@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from engine.config.settings import ConfigError, Settings
 from engine.config.units import parse_hostport
 from engine.reception.http_listener import HttpListener
+from engine.reception.listen import binding
 
 from .responses import Responses, load_responses
 from .server import SinkListener, SinkMetrics
@@ -126,8 +127,10 @@ class Sink:
             seen = await asyncio.to_thread(_fingerprint, self._path)
             self.responses = await asyncio.to_thread(load_responses, self._path)
         try:
-            self.http_port = (await self.http.start(*parse_hostport(s.http_listen)))[1]
-            self.smtp_port = (await self.smtp.start(*parse_hostport(s.listen)))[1]
+            with binding("the sink's HTTP", s.http_listen, "sink.http_listen"):
+                self.http_port = (await self.http.start(*parse_hostport(s.http_listen)))[1]
+            with binding("the sink's SMTP", s.listen, "sink.listen"):
+                self.smtp_port = (await self.smtp.start(*parse_hostport(s.listen)))[1]
             async with asyncio.TaskGroup() as tg:
                 watcher = (
                     tg.create_task(self._watch(seen), name="sink-responses-watcher")

@@ -46,6 +46,7 @@ from engine import __version__
 from engine.config.settings import ConfigError, Settings
 from engine.config.units import parse_hostport
 from engine.reception.http_listener import HttpListener
+from engine.reception.listen import binding
 from engine.shaping.overlay import OverlayEntry
 
 from .exports import bounces_json, render_shaping_toml, suspensions_json
@@ -290,7 +291,8 @@ async def run(settings: Settings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     try:
-        bound = await listener.start(host, port)
+        with binding("the TSA's HTTP", settings.tsa.listen, "tsa.listen"):
+            bound = await listener.start(host, port)
         log.info(
             "listening",
             extra={

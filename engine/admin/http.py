@@ -1,7 +1,7 @@
 """The admin HTTP API: KumoMTA's ``/api/admin/*`` routes over an ``AdminApi``.
 
 Exports:
-    add_admin_routes(app, *, admin, settings, credentials=None)
+    add_admin_routes(app, *, admin, settings, credentials=None, audit=None, auth_limiter=None)
 
 Routes (KumoMTA ``crates/kumod/src/http_server/mod.rs``; bodies and answers in
 shared/reference/kumomta-interfaces.md §8):
@@ -17,7 +17,10 @@ shared/reference/kumomta-interfaces.md §8):
 
 Access: a peer in ``http.trusted_hosts`` (KumoMTA's default ACL), or Basic
 credentials of a user in ``http.admin_auth_dir``. Otherwise 401 (credentials
-missing or wrong) or 403 (untrusted peer and no admin users configured).
+missing or wrong) or 403 (untrusted peer and no admin users configured); 429 with
+``Retry-After`` while the peer has failed basic auth too often (the limiter shared with
+the inject API, ``reception/auth.py``). Every POST/DELETE, allowed or refused, is
+handed to ``audit`` as an ``AdminAudit`` record (``admin/audit.py``); GETs are not.
 Errors are JSON ``{"error": reason, "field": ...}``: 400 bad JSON or field,
 404 unknown id / message / queue.
 """
@@ -25,16 +28,26 @@ Errors are JSON ``{"error": reason, "field": ...}``: 400 bad JSON or field,
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
+from engine.admin.audit import ANONYMOUS, AUDITED_METHODS, TRUSTED_HOST, audit_params, audit_record
 from engine.admin.requests import AdminInputError
 from engine.admin.state import AdminApi, UnknownEntry
 from engine.config.settings import Settings
-from engine.reception.auth import Credentials, MalformedAuthorization, parse_basic
+from engine.reception.auth import (
+    Credentials,
+    FailureLimiter,
+    MalformedAuthorization,
+    parse_basic,
+    too_many_failures_reason,
+)
 from engine.reception.json_body import BodyInvalid, decode_json
+from engine.records import LogRecord
 
 __all__ = ["add_admin_routes"]
 
@@ -53,9 +66,12 @@ def _error(status: int, reason: str, field: str | None = None, **headers: str) -
 class _Guard:
     """Who may use the admin API: trusted networks, or admin users."""
 
-    def __init__(self, trusted_hosts: list[str], credentials: Credentials) -> None:
+    def __init__(
+        self, trusted_hosts: list[str], credentials: Credentials, limiter: FailureLimiter
+    ) -> None:
         self._nets = [ipaddress.ip_network(c, strict=False) for c in trusted_hosts]
         self._credentials = credentials
+        self._limiter = limiter
 
     def trusted(self, address: str | None) -> bool:
         try:
@@ -66,10 +82,13 @@ class _Guard:
             ip = ip.ipv4_mapped
         return any(ip.version == net.version and ip in net for net in self._nets)
 
-    def refuse(self, request: web.Request) -> web.Response | None:
-        """None when the request may proceed, else the 400/401/403 to send."""
+    def admit(self, request: web.Request) -> str | web.Response:
+        """Who is asking (an admin user or ``TRUSTED_HOST``), else the 400/401/403/429."""
         if self.trusted(request.remote):
-            return None
+            return TRUSTED_HOST
+        wait = self._limiter.retry_after(request.remote)
+        if wait:
+            return _error(429, too_many_failures_reason(wait), **{"Retry-After": str(wait)})
         challenge = {"WWW-Authenticate": 'Basic realm="nimbus-admin"'}
         header = request.headers.get("Authorization")
         if not header:
@@ -83,28 +102,93 @@ class _Guard:
         try:
             creds = parse_basic(header)
         except MalformedAuthorization as exc:
+            self._limiter.failed(request.remote)
             return _error(400, str(exc))
         if creds is None:
             return _error(401, "only Basic authentication is supported", **challenge)
         if not self._credentials.check(*creds):
+            self._limiter.failed(request.remote)
             return _error(401, "invalid admin credentials", **challenge)
-        return None
+        return creds[0]
 
 
 _GUARD = web.AppKey("admin_guard", _Guard)
+_AUDIT = web.AppKey[Callable[[LogRecord], None] | None]("admin_audit")
+_NODE_ID = web.AppKey("admin_node_id", str)
 
 
-def _guarded(handler: Handler) -> Handler:
-    async def guarded(request: web.Request) -> web.StreamResponse:
-        refusal = request.app[_GUARD].refuse(request)
-        if refusal is not None:
-            return refusal
+def _reason(response: web.StreamResponse) -> str:
+    """A response's short reason: the JSON ``error`` of a refusal, else the status phrase."""
+    if response.status >= 400 and isinstance(response, web.Response):
         try:
-            return await handler(request)
-        except AdminInputError as exc:
-            return _error(400, exc.reason, exc.field)
-        except UnknownEntry as exc:
-            return _error(404, f"no entry with id {exc.args[0]}", "id")
+            body = json.loads(response.body) if isinstance(response.body, bytes) else None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = None
+        if isinstance(body, dict) and isinstance(body.get("error"), str):
+            field = body.get("field")
+            return f"{field}: {body['error']}" if field else body["error"]
+    return response.reason
+
+
+async def _body(request: web.Request) -> bytes:
+    """The request body for the audit record; b"" when it cannot be read (too large, or
+    the client went away): the attempt is recorded all the same."""
+    try:
+        # Read once by aiohttp and cached, so this costs nothing after a handler read it.
+        return await request.read()
+    except (web.HTTPException, aiohttp.ClientError, ConnectionError):
+        return b""
+
+
+async def _audit(request: web.Request, who: str, status: int, reason: str) -> None:
+    sink = request.app[_AUDIT]
+    if sink is None:
+        return
+    sink(
+        audit_record(
+            who=who,
+            peer=request.remote or "",
+            method=request.method,
+            path=request.path,
+            params=audit_params(request.query, await _body(request)),
+            status=status,
+            reason=reason,
+            node_id=request.app[_NODE_ID],
+        )
+    )
+
+
+async def _serve(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except AdminInputError as exc:
+        return _error(400, exc.reason, exc.field)
+    except UnknownEntry as exc:
+        return _error(404, f"no entry with id {exc.args[0]}", "id")
+
+
+def _guarded(handler: Handler, method: str) -> Handler:
+    audited = method in AUDITED_METHODS
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        admitted = request.app[_GUARD].admit(request)
+        if isinstance(admitted, web.StreamResponse):
+            if audited:
+                await _audit(request, ANONYMOUS, admitted.status, _reason(admitted))
+            return admitted
+        try:
+            response = await _serve(request, handler)
+        except web.HTTPException as exc:  # e.g. 413 from aiohttp while reading the body
+            if audited:
+                await _audit(request, admitted, exc.status, exc.reason)
+            raise
+        except Exception as exc:
+            if audited:  # aiohttp answers 500; the attempt is still on the record
+                await _audit(request, admitted, 500, f"internal error: {type(exc).__name__}")
+            raise
+        if audited:
+            await _audit(request, admitted, response.status, _reason(response))
+        return response
 
     guarded.__name__ = handler.__name__
     guarded.__doc__ = handler.__doc__
@@ -258,17 +342,26 @@ def add_admin_routes(
     admin: AdminApi,
     settings: Settings,
     credentials: Credentials | None = None,
+    audit: Callable[[LogRecord], None] | None = None,
+    auth_limiter: FailureLimiter | None = None,
 ) -> None:
     """Register the admin routes on ``app``.
 
     admin: answers the requests (and holds the entries the node enforces).
     settings: ``http.trusted_hosts`` and ``http.admin_auth_dir`` decide access.
     credentials: the admin users; default read from ``http.admin_auth_dir``.
+    audit: receives the ``AdminAudit`` record of each POST/DELETE (the node's
+        ``LogWriter.emit``); None: not audited.
+    auth_limiter: failed basic-auth attempts per peer (share the inject API's);
+        default a new one from ``settings.http``.
     """
     app[_ADMIN] = admin
     app[_GUARD] = _Guard(
         settings.http.trusted_hosts,
         credentials or Credentials(settings.http.admin_auth_dir or None),
+        auth_limiter if auth_limiter is not None else FailureLimiter.from_settings(settings.http),
     )
+    app[_AUDIT] = audit
+    app[_NODE_ID] = settings.effective_node_id
     for method, path, handler in _ROUTES:
-        app.router.add_route(method, path, _guarded(handler))
+        app.router.add_route(method, path, _guarded(handler, method))

@@ -15,6 +15,7 @@ keys as ``NIMBUS_<KEY>``. A few names fixed by the runtime contract are aliases:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import ipaddress
 import os
@@ -26,13 +27,14 @@ from typing import Any
 
 import tomli
 
-from engine.config.units import parse_duration, parse_hostport, parse_size
+from engine.config.units import parse_duration, parse_hostport, parse_memory_limit, parse_size
 
 __all__ = [
     "Settings",
     "SmtpSettings",
     "HttpSettings",
     "SpoolSettings",
+    "SheddingSettings",
     "LogSettings",
     "PolicySettings",
     "SinkSettings",
@@ -47,9 +49,12 @@ __all__ = [
     "read_toml",
     "ConfigError",
     "BUNDLED_POLICY_DIR",
+    "LOG_LEVELS",
 ]
 
 BUNDLED_POLICY_DIR = Path(__file__).resolve().parents[2] / "policy"
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class ConfigError(ValueError):
@@ -85,10 +90,22 @@ class HttpSettings:
     listen: str = _kind("hostport", "0.0.0.0:8000", "HTTP listener host:port")
     auth_dir: str = _kind("str", "", "basic-auth users: file name = user, content = password")
     max_request_size: int = _kind("size", 20_000_000, "largest inject request body (413 beyond)")
+    max_recipients: int = _kind(
+        "int", 10_000, "recipients per inject request (413 beyond; at least 1)"
+    )
     trusted_hosts: list[str] = _kind(
         "cidrs", ["127.0.0.1/32", "::1/128"], "CIDRs trusted for the admin API"
     )
     admin_auth_dir: str = _kind("str", "", "admin users (one file per user), besides trusted hosts")
+    auth_failure_burst: int = _kind(
+        "int", 10, "failed basic-auth attempts a peer may make at once, then 429 (0: no limit)"
+    )
+    auth_failure_refill: float = _kind(
+        "duration", 1.0, "one more failed attempt is allowed per this long (token bucket)"
+    )
+    auth_failure_peers: int = _kind(
+        "int", 10_000, "peers (IPv4 address, IPv6 /64) whose failures are tracked, LRU-bounded"
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,6 +119,31 @@ class SpoolSettings:
         "extra wait to gather writes into one fsync "
         "(0: batch what arrived during the previous fsync)",
     )
+    write_timeout: float = _kind(
+        "duration",
+        30.0,
+        "longest a reception waits for its spool commit (then SMTP 451 4.3.0 / HTTP 503)",
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SheddingSettings:
+    min_free_disk: int = _kind(
+        "size", 128_000_000, "shed below this much free space on the spool filesystem (0: off)"
+    )
+    min_free_inodes: int = _kind(
+        "int", 1000, "shed below this many free inodes on the spool filesystem (0: off)"
+    )
+    max_memory: str = _kind(
+        "memory",
+        "90%",
+        "shed above this working set: bytes (2GB) or % of the cgroup's memory.max (0: off)",
+    )
+    interval: float = _kind("duration", 1.0, "how often disk, memory and the spool are sampled")
+    retry_after: float = _kind("duration", 30.0, "Retry-After of HTTP 503s while shedding")
+    cgroup_dir: str = _kind(
+        "str", "", "cgroup v2 directory to read memory from (empty: this process's own)"
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -109,7 +151,7 @@ class LogSettings:
     dir: str = _kind("str", "nimbus-data/logs", "NDJSON log-record segments")
     max_file_size: int = _kind("size", 100_000_000, "start a new segment after this many bytes")
     max_segment_duration: float = _kind("duration", 3600.0, "start a new segment after this long")
-    level: str = _kind("str", "info", "diagnostic log level: debug, info, warning, error")
+    level: str = _kind("level", "info", "diagnostic log level: debug, info, warning, error")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -188,6 +230,11 @@ class DeliverySettings:
         "duration", 25.0, "in-flight deliveries get this long at SIGTERM"
     )
     allow_loopback_mx: bool = _kind("bool", False, "permit loopback/unspecified MX targets (tests)")
+    tls_ca_file: str = _kind(
+        "str", "", "PEM CA bundle for verified outbound TLS and MTA-STS fetches; empty = system"
+    )
+    mta_sts_port: int = _kind("int", 443, "MTA-STS policy host's HTTPS port (443; tests only)")
+    mta_sts_timeout: float = _kind("duration", 10.0, "MTA-STS policy fetch, whole request")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -196,6 +243,7 @@ class Settings:
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     spool: SpoolSettings = field(default_factory=SpoolSettings)
+    shedding: SheddingSettings = field(default_factory=SheddingSettings)
     log: LogSettings = field(default_factory=LogSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     sink: SinkSettings = field(default_factory=SinkSettings)
@@ -224,6 +272,14 @@ def _hostname() -> str:
 _ENV_ALIASES = {
     "NIMBUS_RELAY_HOSTS": ("smtp", "relay_hosts"),
 }
+
+
+def _env_name(table: str, key: str) -> str:
+    """The environment name of ``[table] key`` (an alias when it has one)."""
+    for var, (section, name) in _ENV_ALIASES.items():
+        if (section, name) == (table, key):
+            return var
+    return f"NIMBUS_{table.upper()}_{key.upper()}" if table else f"NIMBUS_{key.upper()}"
 
 
 def _sections() -> dict[str, type]:
@@ -260,6 +316,15 @@ def _convert(kind: str, value: Any) -> Any:
         if text in ("0", "false", "no", "off", ""):
             return False
         raise ValueError(f"expected true or false, got {value!r}")
+    if kind == "level":
+        text = str(value).strip().lower()
+        if text not in LOG_LEVELS:
+            raise ValueError(f"unknown log level {value!r} (use one of {', '.join(LOG_LEVELS)})")
+        return text
+    if kind == "memory":
+        text = str(value).strip()
+        parse_memory_limit(text)
+        return text
     if kind == "duration":
         return parse_duration(value)
     if kind == "size":
@@ -287,18 +352,32 @@ def _apply(target: Any, values: Mapping[str, Any], source: str, table: str) -> A
     for key, value in values.items():
         f = fields.get(key)
         where = f"{source}: [{table}] {key}" if table else f"{source}: {key}"
+        # From the environment, also name the variable the user has to fix.
+        var = f"; set by {_env_name(table, key)}" if source == "environment" else ""
         if f is None or "kind" not in f.metadata:
             known = ", ".join(sorted(n for n, g in fields.items() if "kind" in g.metadata))
             raise ConfigError(f"{where}: unknown key (known keys: {known})")
         try:
             changes[key] = _convert(f.metadata["kind"], value)
         except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
+            raise ConfigError(f"{where}: {exc}{var}") from None
     return dataclasses.replace(target, **changes)
+
+
+def _unknown_section(name: str, source: str, sections: Mapping[str, type]) -> ConfigError:
+    """A table that is no section (``[smtpp]``): name it and the closest known section,
+    instead of calling it an unknown key of the top level."""
+    close = difflib.get_close_matches(name, sorted(sections), n=1, cutoff=0.6)
+    hint = f"did you mean [{close[0]}]? " if close else ""
+    known = ", ".join(sorted(sections))
+    return ConfigError(f"{source}: unknown section [{name}] ({hint}known sections: {known})")
 
 
 def _layer(settings: Settings, tree: Mapping[str, Any], source: str) -> Settings:
     sections = _sections()
+    for name, value in tree.items():
+        if name not in sections and isinstance(value, Mapping):
+            raise _unknown_section(name, source, sections)
     top = {k: v for k, v in tree.items() if k not in sections}
     settings = _apply(settings, top, source, "")
     for name in sections:
@@ -376,6 +455,23 @@ def load_settings(
             parse_hostport(settings.sink.endpoint)
         except ValueError as exc:
             raise ConfigError(f"[sink] endpoint: sink is enabled but {exc}") from None
+    if settings.spool.write_timeout <= 0:
+        raise ConfigError("[spool] write_timeout: must be more than 0s")
+    if settings.http.max_recipients < 1:
+        raise ConfigError("[http] max_recipients: must be at least 1")
+    http = settings.http
+    if http.auth_failure_burst and not (http.auth_failure_refill > 0 and http.auth_failure_peers):
+        raise ConfigError(
+            "[http] auth_failure_refill and auth_failure_peers must be above 0 "
+            "when auth_failure_burst is set"
+        )
     if bool(settings.smtp.tls_certificate) != bool(settings.smtp.tls_private_key):
         raise ConfigError("[smtp] tls_certificate and tls_private_key must be set together")
+    if not 1 <= settings.delivery.mta_sts_port <= 65535:
+        raise ConfigError(
+            f"[delivery] mta_sts_port: must be 1-65535, got {settings.delivery.mta_sts_port}"
+        )
+    ca_file = settings.delivery.tls_ca_file
+    if ca_file and not os.access(ca_file, os.R_OK):
+        raise ConfigError(f"[delivery] tls_ca_file: cannot read {ca_file!r}")
     return settings

@@ -3,6 +3,7 @@
 Exports:
     parse_duration("90m") -> 5400.0 seconds   (humantime-style, as KumoMTA accepts)
     parse_size("20MB")    -> 20_000_000 bytes
+    parse_memory_limit("90%") -> MemoryLimit(percent=90.0); ("2GB") -> MemoryLimit(bytes=...)
     parse_hostport("0.0.0.0:2525") -> ("0.0.0.0", 2525)
 
 Each raises ``ValueError`` with a message that says what was expected; callers
@@ -12,8 +13,16 @@ Each raises ``ValueError`` with a message that says what was expected; callers
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
-__all__ = ["parse_duration", "parse_size", "parse_hostport", "format_duration"]
+__all__ = [
+    "parse_duration",
+    "parse_size",
+    "parse_hostport",
+    "format_duration",
+    "MemoryLimit",
+    "parse_memory_limit",
+]
 
 _DURATION_UNITS: dict[str, float] = {
     "ms": 0.001,
@@ -123,6 +132,38 @@ def parse_size(value: str | int) -> int:
         raise ValueError(f"expected a size such as '20MB' or '512KiB', got {value!r}")
     number = float(m.group(1).replace("_", "").replace(",", ""))
     return int(number * _SIZE_UNITS[m.group(2).lower()])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemoryLimit:
+    """A memory threshold: absolute ``bytes``, or ``percent`` of the memory limit; both
+    None means off."""
+
+    bytes: int | None = None
+    percent: float | None = None
+
+
+def parse_memory_limit(value: str | int) -> MemoryLimit:
+    """Parse ``"90%"`` (of the cgroup's ``memory.max``), a size (``"2GB"``), or ``0`` (off).
+
+    Raises ValueError for anything else, or a percentage outside (0, 100].
+    """
+    text = str(value).strip()
+    if text.endswith("%"):
+        try:
+            percent = float(text[:-1])
+        except ValueError:
+            raise ValueError(f"expected a percentage such as '90%', got {value!r}") from None
+        if not 0 < percent <= 100:
+            raise ValueError(f"a percentage must be above 0 and at most 100, got {value!r}")
+        return MemoryLimit(percent=percent)
+    try:
+        size = parse_size(text)
+    except ValueError:
+        raise ValueError(
+            f"expected a size such as '2GB' or a percentage such as '90%', got {value!r}"
+        ) from None
+    return MemoryLimit(bytes=size) if size else MemoryLimit()
 
 
 def parse_hostport(value: str, *, default_port: int | None = None) -> tuple[str, int]:

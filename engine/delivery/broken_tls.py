@@ -19,7 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from engine.delivery.client import SmtpClientConnection, TlsHandshakeFailed
+from engine.delivery.client import SmtpClientConnection
+from engine.delivery.errors import TlsHandshakeFailed
 from engine.policy.egress import EgressPathConfig, TlsMode
 
 __all__ = ["BrokenTlsHosts", "open_connection"]

@@ -7,6 +7,8 @@ Exports:
                                    one shared in-flight query per name; close()
     factor_names(hosts) -> str     KumoMTA's site-name rollup of MX host names (pure)
     order_addresses(addresses, strategy, limit) -> list   ip_lookup_strategy (pure)
+    build_resolver(settings), BACKSTOP   the dnspython resolver and timeout backstop
+                                   (shared with ``delivery.tls_dns``)
 
 Exceptions (each carries an SMTP ``code``, RFC 3463 ``enhanced`` code and message):
 
@@ -52,13 +54,15 @@ __all__ = [
     "MxTemporaryError",
     "MxPermanentError",
     "HostResolutionError",
+    "build_resolver",
+    "BACKSTOP",
 ]
 
 _T = TypeVar("_T")
 
 NEGATIVE_TTL_MAX = 300
 # dnspython enforces ``lifetime`` itself; this backstop only catches a hung resolver.
-_BACKSTOP = 1.0
+BACKSTOP = 1.0
 
 
 class MxError(Exception):
@@ -178,7 +182,8 @@ def _nameserver(entry: str) -> dns.nameserver.Do53Nameserver:
     return dns.nameserver.Do53Nameserver(host, port)
 
 
-def _build_resolver(settings: DnsSettings) -> dns.asyncresolver.Resolver:
+def build_resolver(settings: DnsSettings) -> dns.asyncresolver.Resolver:
+    """A dnspython resolver over ``dns.nameservers`` with the configured timeouts, no cache."""
     if settings.nameservers:
         resolver = dns.asyncresolver.Resolver(configure=False)
         # Do53Nameserver carries its own port, so entries may use different ports.
@@ -222,7 +227,7 @@ class MxResolver:
     ) -> None:
         self._settings = settings
         self._clock = clock
-        self._resolver = _build_resolver(settings)
+        self._resolver = build_resolver(settings)
         # Per-entry expiry (each answer's own TTL); least recently used evicted at cache_size.
         self._cache: TLRUCache[Hashable, tuple[Any, float]] = TLRUCache(
             maxsize=max(settings.cache_size, 1), ttu=_entry_expiry, timer=clock
@@ -289,7 +294,7 @@ class MxResolver:
     async def _query(self, name: str, rdtype: dns.rdatatype.RdataType) -> tuple[list[Any], int]:
         """(records, ttl) for one RRset; NODATA gives ([], negative TTL). Raises DNSException."""
         qname = dns.name.from_text(name)
-        async with asyncio.timeout(self._settings.lifetime + _BACKSTOP):
+        async with asyncio.timeout(self._settings.lifetime + BACKSTOP):
             answer = await self._resolver.resolve(
                 qname, rdtype, search=False, raise_on_no_answer=False
             )

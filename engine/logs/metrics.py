@@ -6,11 +6,13 @@ Exports:
 
 Counters are incremented where things happen; gauges (queue sizes, connections,
 spool size) are read from the engine at scrape time through ``GaugeSource``, so
-the hot path never updates them.
+the hot path never updates them. ``nimbus_asyncio_tasks`` counts the loop's live
+tasks at scrape time (a leak of tasks shows as growth; ``bench/soak.py`` watches it).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 from typing import NotRequired, TypedDict
 
@@ -33,6 +35,7 @@ class GaugeReading(TypedDict):
     spool_bytes: int
     spool_messages: int
     log_hooks: NotRequired[dict[str, dict[str, int]]]
+    log_records_dropped: NotRequired[int]
 
 
 GaugeSource = Callable[[], GaugeReading]
@@ -92,6 +95,24 @@ class _LiveGauges(Collector):
         yield pending
         yield sent
         yield failed
+        yield CounterMetricFamily(
+            "nimbus_log_records_dropped",
+            "Log records that could not be written to the log directory (disk full, I/O error)",
+            value=float(s.get("log_records_dropped", 0)),
+        )
+
+
+class _LoopGauges(Collector):
+    """Gauges of the event loop the scrape runs on (/metrics is served on it)."""
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            tasks = len(asyncio.all_tasks())
+        except RuntimeError:  # scraped with no running loop: nothing to report
+            return
+        yield GaugeMetricFamily(
+            "nimbus_asyncio_tasks", "Live asyncio tasks on the node's loop", value=float(tasks)
+        )
 
 
 class Metrics:
@@ -100,6 +121,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        r.register(_LoopGauges())
         self.received = Counter(
             "nimbus_messages_received", "Messages accepted into the spool", ["listener"], registry=r
         )
@@ -136,6 +158,12 @@ class Metrics:
         self.redis_degraded = Gauge(
             "nimbus_redis_degraded",
             "1 while Redis is unreachable and limits are enforced locally",
+            registry=r,
+        )
+        self.shedding = Gauge(
+            "nimbus_shedding",
+            "1 while the node sheds load (readiness 503, new SMTP sessions 421), by reason",
+            ["reason"],
             registry=r,
         )
         self.redis_outages = Counter(

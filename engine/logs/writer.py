@@ -9,11 +9,18 @@ with ``tail -f``/``jq`` and are rotated by size and age). A segment is named by 
 UTC open time. Records are written by one task in batches, flushed after each
 batch, so ``emit`` never blocks on disk. Subscribers (later: TSA and webhook
 publishers) receive each record through their own bounded queue.
+
+A write that fails (ENOSPC on a full disk, EIO) never stops the node: the segment is
+cut back to its last whole line, the batch is counted in ``dropped``
+(``nimbus_log_records_dropped_total``) and logged once per episode
+(``log_records_dropped`` when it starts, ``log_records_writing_again`` when a write
+succeeds again); subscribers and metrics got the records already.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -53,6 +60,8 @@ class LogWriter:
         self._opened_at = 0.0
         self._written = 0
         self._subscribers: list[asyncio.Queue[LogRecord]] = []
+        self.dropped = 0  # records that could not be written (all episodes)
+        self._episode_dropped = 0  # in the current failure episode (0: writing works)
         self._callbacks: list[Callable[[LogRecord], None]] = []
 
     def emit(self, record: LogRecord) -> None:
@@ -97,7 +106,8 @@ class LogWriter:
                 self._write(self._pending)
                 self._pending = []
             if self._file is not None:
-                self._file.close()
+                with contextlib.suppress(OSError):  # written and flushed batch by batch
+                    self._file.close()
                 self._file = None
 
     def close(self) -> None:
@@ -106,16 +116,45 @@ class LogWriter:
         self._wake.set()
 
     def _write(self, batch: list[LogRecord]) -> None:
+        """Append the batch to the current segment (rotating first when due); a failed
+        write is cut back to the last whole line and counted, never raised."""
         data = b"".join(
             json.dumps(r.to_json(), separators=(",", ":")).encode() + b"\n" for r in batch
         )
         now = self._clock()
-        if self._file is None or self._should_rotate(now):
-            self._rotate(now)
-        assert self._file is not None
-        self._file.write(data)
-        self._file.flush()
+        try:
+            if self._file is None or self._should_rotate(now):
+                self._rotate(now)
+            assert self._file is not None
+            start = self._file.tell()
+            try:
+                view = memoryview(data)
+                while view:  # unbuffered: a short write returns what it wrote
+                    view = view[self._file.write(view) or 0 :]
+            except OSError:
+                with contextlib.suppress(OSError):  # keep the segment whole lines only
+                    self._file.truncate(start)
+                    self._file.seek(start)
+                raise
+        except OSError as exc:
+            self._dropped(len(batch), exc)
+            return
         self._written += len(data)
+        if self._episode_dropped:
+            log.warning(
+                "log_records_writing_again",
+                extra={"dir": str(self.dir), "dropped": self._episode_dropped},
+            )
+            self._episode_dropped = 0
+
+    def _dropped(self, n: int, exc: OSError) -> None:
+        if not self._episode_dropped:
+            log.error(
+                "log_records_dropped",
+                extra={"dir": str(self.dir), "error": f"{exc.strerror or exc}", "records": n},
+            )
+        self._episode_dropped += n
+        self.dropped += n
 
     def _should_rotate(self, now: float) -> bool:
         return (
@@ -125,11 +164,14 @@ class LogWriter:
 
     def _rotate(self, now: float) -> None:
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # every batch was flushed already
+                self._file.close()
+            self._file = None
         path = self.dir / segment_name(now)
         while path.exists():  # two segments in one microsecond: keep names unique
             now += 1e-6
             path = self.dir / segment_name(now)
-        self._file = open(path, "ab")
+        # Unbuffered: each batch is one write() reaching the file, or an error we see.
+        self._file = open(path, "ab", buffering=0)
         self._opened_at = now
         self._written = 0

@@ -5,22 +5,19 @@ Exports:
     parse_egress_options(options, *, where) -> {name: parsed value} (pure, ConfigError)
     apply_egress_options(parsed, base=EgressPathConfig()) -> EgressPathConfig
     egress_path_from_options(options, *, where) -> EgressPathConfig (pure, ConfigError)
-    check_egress_path(config, *, where) -> warnings  a policy-built config (ConfigError)
-    egress_option_warning(name, parsed) -> str | None  the MTA-STS / DANE word
+    check_egress_path(config, *, where) -> None   a policy-built config (ConfigError)
     EGRESS_OPTION_NAMES  every option key ``make_egress_path`` / shaping.toml accepts
-    IMPLEMENTED_OPTIONS, REFUSED_OPTIONS, WARNED_OPTIONS   the support table (below)
+    IMPLEMENTED_OPTIONS, REFUSED_OPTIONS   the support table (below)
 
 Support table (one source for the docs, the loader and the tests). Every EgressPathConfig
 field is in exactly one set:
 
-* IMPLEMENTED: read by the engine (routing, gate, ready queue, delivery client, mx).
+* IMPLEMENTED: read by the engine (routing, gate, ready queue, delivery client, mx),
+  ``enable_mta_sts`` (``delivery.mta_sts``) and ``enable_dane`` (``delivery.dane``) too.
 * REFUSED: not implemented. Any value other than KumoMTA's code default is a ConfigError
   ``<file>: [table] key "<name>": not supported by Nimbus``; the code default itself is
   accepted silently because setting it changes nothing (KumoMTA's own default shaping
   file writes ``consecutive_connection_failures_before_delay = 100``).
-* WARNED: ``enable_mta_sts`` / ``enable_dane``. KumoMTA defaults MTA-STS to true, so
-  refusing it would break every KumoMTA shaping file: ``true`` gives one warning at load
-  (``egress_option_warning``), ``false`` is silent.
 
 Option values: durations as ``"60s"`` or seconds; integers as TOML integers
 or ``"1,000"``; ``connection_limit`` and ``additional_connection_limits`` values as
@@ -60,9 +57,7 @@ __all__ = [
     "EGRESS_OPTION_NAMES",
     "IMPLEMENTED_OPTIONS",
     "REFUSED_OPTIONS",
-    "WARNED_OPTIONS",
     "check_egress_path",
-    "egress_option_warning",
 ]
 
 
@@ -269,6 +264,9 @@ IMPLEMENTED_OPTIONS: frozenset[str] = frozenset(
         "smtp_auth_plain_password",
         "allow_smtp_auth_plain_without_tls",
         "allow_smtp_auth_plain_without_valid_certificate",
+        # outbound TLS policy: engine/delivery/{mta_sts,dane}.py, engine/queues/{routing,connect}.py
+        "enable_mta_sts",
+        "enable_dane",
         # timeouts: engine/delivery/client.py, engine/queues/ready.py (idle)
         "idle_timeout",
         "connect_timeout",
@@ -284,31 +282,17 @@ IMPLEMENTED_OPTIONS: frozenset[str] = frozenset(
         "rset_timeout",
     }
 )
-WARNED_OPTIONS: frozenset[str] = frozenset({"enable_mta_sts", "enable_dane"})
 REFUSED_OPTIONS: frozenset[str] = (
-    frozenset(f.name for f in fields(EgressPathConfig)) - IMPLEMENTED_OPTIONS - WARNED_OPTIONS
+    frozenset(f.name for f in fields(EgressPathConfig)) - IMPLEMENTED_OPTIONS
 )
 
 assert IMPLEMENTED_OPTIONS <= {f.name for f in fields(EgressPathConfig)}, "stale support table"
 
 _DEFAULTS = EgressPathConfig()
-_WARNINGS = {
-    "enable_mta_sts": "MTA-STS is not implemented yet; mail to this path is delivered "
-    "without MTA-STS policy checks",
-    "enable_dane": "DANE is not implemented yet; mail to this path is delivered "
-    "without DANE (TLSA) checks",
-}
 
 
 def _not_supported(name: str, where: str) -> ConfigError:
     return ConfigError(f'{where} key "{name}": not supported by Nimbus')
-
-
-def egress_option_warning(name: str, parsed: Any) -> str | None:
-    """The warning to log once at load for a WARNED option set to true, else None."""
-    if name in WARNED_OPTIONS and parsed is True:
-        return _WARNINGS[name]
-    return None
 
 
 def _unknown(name: str, where: str) -> ConfigError:
@@ -370,19 +354,12 @@ def egress_path_from_options(options: Mapping[str, Any], *, where: str) -> Egres
     return apply_egress_options(parse_egress_options(options, where=where))
 
 
-def check_egress_path(config: EgressPathConfig, *, where: str) -> list[str]:
+def check_egress_path(config: EgressPathConfig, *, where: str) -> None:
     """Check a policy-built EgressPathConfig against the support table.
 
     where: names the policy answer, e.g. ``get_egress_path_config(example.com, ...)``.
-    Returns the warnings to log (a WARNED option that differs from its default: the
-    default ``enable_mta_sts = true`` cannot be told from an explicit one here).
     Raises ConfigError for a REFUSED field that differs from its default.
     """
     for name in sorted(REFUSED_OPTIONS):
         if getattr(config, name) != getattr(_DEFAULTS, name):
             raise _not_supported(name, where)
-    return [
-        f"{where} key {name!r}: {_WARNINGS[name]}"
-        for name in sorted(WARNED_OPTIONS)
-        if getattr(config, name) != getattr(_DEFAULTS, name) and getattr(config, name)
-    ]

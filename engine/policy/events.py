@@ -274,6 +274,7 @@ class PolicyFailure(Exception):
     def __init__(self, event: str, reason: str) -> None:
         super().__init__(f"policy event {event} failed: {reason}")
         self.event = event
+        self.reason = reason
         self.response = Response.parse(451, f"4.3.0 policy error in {event}; try again later")
 
 

@@ -4,6 +4,13 @@ Exports:
     LogHook            one webhook (validated at construction)
     tsa_hooks(urls)    one hook per TSA base URL (``<url>/publish_log_v1``)
     TSA_RECORD_TYPES   the record types published to the TSA
+    redact_url(url)    the URL with its userinfo password masked, for names and log lines
+
+A hook URL may carry credentials in its userinfo (``https://user:pw@host/``, which
+aiohttp sends as Basic auth); they are masked wherever the URL is shown: the TSA
+hook's name (a key in the hook queue, a metrics label, a field of log lines), the
+``url`` of ``log_hook_delivery_failed`` and validation errors. ``headers`` (maybe an
+``Authorization``) are left out of ``repr``.
 """
 
 from __future__ import annotations
@@ -11,14 +18,28 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from urllib.parse import urlsplit, urlunsplit
 
 from engine.records import LogRecord, RecordType
 
-__all__ = ["LogHook", "tsa_hooks", "TSA_RECORD_TYPES"]
+__all__ = ["LogHook", "tsa_hooks", "TSA_RECORD_TYPES", "redact_url"]
 
 TSA_RECORD_TYPES = frozenset(
     {RecordType.TRANSIENT_FAILURE, RecordType.BOUNCE, RecordType.EXPIRATION}
 )
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its userinfo (RFC 3986 §3.2.1) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -39,7 +60,7 @@ class LogHook:
     record_types: frozenset[str] | None = None
     batch_size: int = 100
     max_latency: float = 1.0
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     timeout: float = 10.0
     backoff_base: float = 1.0
     backoff_max: float = 60.0
@@ -49,7 +70,9 @@ class LogHook:
         if not self.name:
             raise ValueError("log hook name must not be empty")
         if not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"log hook {self.name!r}: url must be http(s), got {self.url!r}")
+            raise ValueError(
+                f"log hook {self.name!r}: url must be http(s), got {redact_url(self.url)!r}"
+            )
         if self.batch_size < 1 or self.max_pending < 1:
             raise ValueError(f"log hook {self.name!r}: batch_size and max_pending must be >= 1")
         if self.max_latency < 0 or self.timeout <= 0:
@@ -59,6 +82,11 @@ class LogHook:
         if self.record_types is not None:
             object.__setattr__(self, "record_types", frozenset(str(t) for t in self.record_types))
         object.__setattr__(self, "headers", MappingProxyType(dict(self.headers)))
+
+    @property
+    def display_url(self) -> str:
+        """The URL as log lines show it (userinfo password masked)."""
+        return redact_url(self.url)
 
     def wants(self, record: LogRecord) -> bool:
         return self.record_types is None or str(record.type) in self.record_types
@@ -72,7 +100,7 @@ def tsa_hooks(urls: Iterable[str]) -> list[LogHook]:
     """
     return [
         LogHook(
-            name=f"tsa:{url}",
+            name=f"tsa:{redact_url(url)}",
             url=url.rstrip("/") + "/publish_log_v1",
             record_types=TSA_RECORD_TYPES,
         )

@@ -2,6 +2,11 @@
 
 Exports:
     PolicyMessage   id/sender/recipient, meta get/set, raw data, header access and edits
+    check_meta_value(key, value)
+                    raise TypeError/ValueError naming the key and the part of ``value`` that
+                    is not JSON (the spool stores meta as JSON; KumoMTA's meta is a JSON object)
+    check_meta(meta) the same for every key of a meta dict (a handler may edit ``msg.meta``
+                    in place, past set_meta)
 
 It wraps a message under construction at reception: handlers may change meta
 (``queue``, ``tenant``, ``campaign``, ``routing_domain``, ``x_*``) and headers.
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import email.header
 import email.utils
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -24,7 +30,7 @@ from engine.records import Json
 if TYPE_CHECKING:  # for annotations only: the crypto loads when a policy signs (dkim_sign)
     from engine.dkim.signer import Signer
 
-__all__ = ["PolicyMessage"]
+__all__ = ["PolicyMessage", "check_meta", "check_meta_value"]
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 
@@ -73,6 +79,12 @@ class PolicyMessage:
         return self._meta.get(key, default)
 
     def set_meta(self, key: str, value: Json) -> None:
+        """Set meta ``key``. Raises TypeError (a key that is not a str, a value that is
+        not JSON: a set, bytes, an object) or ValueError (NaN, infinity), naming the key:
+        checked here so the policy author sees the line that set it, not a spool error."""
+        if not isinstance(key, str):
+            raise TypeError(f"set_meta: the key must be a str, not {type(key).__name__}")
+        check_meta_value(key, value)
         self._meta[key] = value
 
     @property
@@ -241,6 +253,51 @@ class PolicyMessage:
     def get_scheduling(self) -> Scheduling | None:
         raw = self._meta.get("scheduling")
         return Scheduling.from_options(raw) if isinstance(raw, Mapping) else None
+
+
+def check_meta(meta: Mapping[str, object]) -> None:
+    """Raise TypeError/ValueError naming the first key whose value (or which key itself)
+    is not JSON."""
+    for key, value in meta.items():
+        if not isinstance(key, str):
+            raise TypeError(f"meta has a {type(key).__name__} key {key!r}; meta keys are str")
+        check_meta_value(key, value)
+
+
+def check_meta_value(key: str, value: object) -> None:
+    """Raise TypeError/ValueError unless ``value`` is JSON: str, int, float (finite), bool,
+    None, list/tuple of JSON, dict with str keys of JSON. The message names ``key`` and
+    where inside the value the bad part is (``x_tags[1]``, ``x_map["a"]``)."""
+    problem = _json_problem(value, f"meta {key!r}")
+    if problem is not None:
+        raise problem
+
+
+def _json_problem(value: object, where: str) -> TypeError | ValueError | None:
+    if value is None or isinstance(value, (str, bool, int)):
+        return None
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return None
+        return ValueError(f"{where} is {value}, which JSON cannot represent")
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            problem = _json_problem(item, f"{where}[{i}]")
+            if problem is not None:
+                return problem
+        return None
+    if isinstance(value, dict):
+        for k, item in value.items():
+            if not isinstance(k, str):
+                return TypeError(f"{where} has a {type(k).__name__} key {k!r}; JSON keys are str")
+            problem = _json_problem(item, f"{where}[{k!r}]")
+            if problem is not None:
+                return problem
+        return None
+    return TypeError(
+        f"{where} is a {type(value).__name__}, not a JSON value "
+        "(str, int, float, bool, None, list, or dict with str keys)"
+    )
 
 
 def _decode(raw: bytes) -> str:

@@ -14,6 +14,15 @@ the next address, then the next host. Each host's addresses are ordered by the p
 are skipped unless the targets came from configuration (sink, ``mx_list``) or the
 node allows loopback MX answers; addresses in ``skip_hosts`` are skipped always (an
 error, ``451 4.4.4``, only when nothing else remains, as KumoMTA).
+
+Outbound TLS policy, per target: with ``enable_dane`` a host whose TLSA RRset is
+DNSSEC-validated gets it on its Endpoint (TLS mandatory, RFC 7672 §2.2); an
+unvalidated RRset is ignored. A route carrying an MTA-STS ``enforce`` policy (its
+ready queue serves that one recipient domain, so a broken policy fails only that
+domain's mail) skips hosts matching none of the policy's ``mx:`` patterns
+(RFC 8461 §4.1) unless DANE applies to them (DANE takes precedence, §2); its path
+requires verified TLS (routing sets it), and TLS failures say it was MTA-STS. Such
+refusals are transient (``451 4.7.5``): a policy may be fixed.
 """
 
 from __future__ import annotations
@@ -22,9 +31,17 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 
-from engine.delivery.client import DeliveryError
+from engine.delivery.dane import Tlsa, dane_applies, usable
+from engine.delivery.errors import DeliveryError, TlsFailed, TlsRequiredError
+from engine.delivery.mta_sts import MtaStsPolicy, mx_matches
 from engine.delivery.mx import HostResolutionError, order_addresses
-from engine.delivery.ports import Endpoint, Resolver, SmtpConnection, SmtpConnector
+from engine.delivery.ports import (
+    Endpoint,
+    Resolver,
+    SmtpConnection,
+    SmtpConnector,
+    TlsPolicySource,
+)
 from engine.policy.egress import EgressPathConfig, EgressSource, is_prohibited
 from engine.queues.decisions import no_target_is_permanent
 from engine.records import Response
@@ -45,7 +62,8 @@ class ReadyRoute:
     """name: ``source->site@smtp_client``. site: the MX site (or ``mx_list:...``).
     source / pool: the egress source and the pool it was picked from. path: the
     egress path config. targets: hosts in the order to try. explicit: targets came
-    from configuration (sink, mx_list), so loopback addresses are allowed."""
+    from configuration (sink, mx_list), so loopback addresses are allowed.
+    mta_sts: the recipient domain's MTA-STS policy in ``enforce`` mode, or None."""
 
     name: str
     site: str
@@ -54,6 +72,7 @@ class ReadyRoute:
     path: EgressPathConfig
     targets: tuple[Target, ...]
     explicit: bool = False
+    mta_sts: MtaStsPolicy | None = None
 
 
 class NoTargetAvailable(Exception):
@@ -73,24 +92,69 @@ async def _addresses(resolver: Resolver, host: str) -> list[str]:
         return await resolver.resolve_addresses(host)
 
 
+def _is_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+async def _validated_tlsa(
+    tls: TlsPolicySource | None, route: ReadyRoute, target: Target
+) -> tuple[Tlsa, ...] | None:
+    """The target's TLSA RRset when DANE applies to it, else None (RFC 7672 §2.2)."""
+    if tls is None or not route.path.enable_dane or _is_literal(target.host):
+        return None
+    answer = await tls.tlsa(target.host, target.port)
+    return answer.records if dane_applies(answer) else None
+
+
+def _mta_sts_failure(policy: MtaStsPolicy, exc: DeliveryError) -> Response:
+    """A TLS failure under an enforce policy, saying so (RFC 8461 §5: the MX is not used)."""
+    text = exc.response.content
+    return Response.parse(
+        451,
+        f"4.7.5 MTA-STS policy of {policy.domain} (enforce): {text}",
+        exc.response.command,
+    )
+
+
 async def open_session(
     route: ReadyRoute,
     *,
     connector: SmtpConnector,
     resolver: Resolver,
     allow_loopback_mx: bool,
+    tls_policy: TlsPolicySource | None = None,
 ) -> SmtpConnection:
     """The first session any of ``route.targets`` accepts.
 
     allow_loopback_mx: DNS answers may be prohibited (loopback) addresses.
+    tls_policy: TLSA lookups for ``enable_dane`` (None: DANE is never applied).
     Raises NoTargetAvailable with the last failure; ``permanent`` when no address
     could be tried and no DNS failure may heal (``no_target_is_permanent``).
     """
     last = Response.parse(451, f"4.4.0 no usable hosts for {route.site}")
     tried_address = dns_transient = False
     allow_loopback = route.explicit or allow_loopback_mx
-    path, plan = route.path, 0
+    path, plan, sts = route.path, 0, route.mta_sts
     for target in route.targets:
+        tlsa = await _validated_tlsa(tls_policy, route, target)
+        if sts is not None and tlsa is not None and not usable(tlsa):
+            tlsa = None  # RFC 8461 §2: only usable TLSA outranks MTA-STS's verified TLS
+        if sts is not None and tlsa is None and not mx_matches(sts.mx, target.host):
+            last = Response.parse(
+                451,
+                f"4.7.5 MTA-STS policy of {sts.domain} (enforce): {target.host} matches no "
+                f"mx pattern ({', '.join(sts.mx)})",
+            )
+            dns_transient = True  # a policy refusal is never permanent
+            log.info(
+                "mta_sts_mx_mismatch",
+                extra={"ready_queue": route.name, "host": target.host, "domain": sts.domain},
+            )
+            continue
         try:
             addresses = await _addresses(resolver, target.host)
         except HostResolutionError as exc:
@@ -113,11 +177,17 @@ async def open_session(
             if plan >= path.max_mx_plan_size:  # the whole plan was tried
                 raise NoTargetAvailable(last, permanent=False)
             plan += 1
-            endpoint = Endpoint(host=target.host, address=address, port=target.port)
+            endpoint = Endpoint(host=target.host, address=address, port=target.port, tlsa=tlsa)
             try:
                 return await connector.connect(endpoint, route.source, route.path)
             except DeliveryError as exc:  # connect, banner, EHLO, TLS: the next one
                 last = exc.response
+                if (
+                    sts is not None
+                    and tlsa is None
+                    and isinstance(exc, TlsFailed | TlsRequiredError)
+                ):
+                    last = _mta_sts_failure(sts, exc)
                 log.info(
                     "connect_failed",
                     extra={

@@ -2,16 +2,19 @@
 
 Exports:
     Fate                        what happens to a message: delivered / transient / bounce /
-                                give back to its scheduled queue / keep waiting
+                                give back to its scheduled queue / keep waiting / retry now
     SlotStep                    what a connection task does when its lease was refused
     connections_to_open(...)    how many connection tasks to start now
     after_lease_refused(...)    hold off, and wait or leave, when the connection limit is full
     after_no_target(...)        the waiting messages' fate when no host could be reached
     no_target_is_permanent(...) whether that failure is final (bounce) or worth a retry
     reply_fate(...)             a transaction's reply -> the message's fate
+    lost_session_fate(...)      a lost session: a stale pooled connection (send again now
+                                on a fresh one, no attempt counted) or a TransientFailure
     retires_connection(...)     whether the connection closes after a transaction
     rate_wait_fate(...)         wait for a message-rate token, or give the message back
     hold_delay(...)             how long a suspended queue's messages go back for
+    connect_backoff(...)        how long to open no extra connections after no host answered
 
 The loop that calls them is written down in ``queues/ready.py``'s docstring.
 Like KumoMTA's ``ideal_connection_count`` (``crates/kumod/src/ready_queue.rs``),
@@ -23,10 +26,13 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from engine.config.backoff import backoff_delay
+from engine.delivery.errors import LossCause, SessionLoss
 from engine.records import Response
 
 __all__ = [
-    "CONNECT_BACKOFF",
+    "CONNECT_BACKOFF_BASE",
+    "CONNECT_BACKOFF_CAP",
     "MAX_SLOT_WAIT",
     "Fate",
     "SlotStep",
@@ -35,13 +41,18 @@ __all__ = [
     "after_no_target",
     "no_target_is_permanent",
     "reply_fate",
+    "lost_session_fate",
     "retires_connection",
     "rate_wait_fate",
     "hold_delay",
+    "connect_backoff",
 ]
 
-CONNECT_BACKOFF = 5.0
-"""After no host could be reached, no extra connections for this long while others deliver."""
+CONNECT_BACKOFF_BASE = 0.5
+"""After the first time no host could be reached, no extra connections for about this long
+(doubling with each further consecutive failure) while others deliver."""
+CONNECT_BACKOFF_CAP = 5.0
+"""The longest such hold-off, so a receiver that comes back is used again promptly."""
 MAX_SLOT_WAIT = 3.0
 """Longest single wait for a connection slot before asking the gate again."""
 MIN_HOLD_DELAY = 1.0
@@ -54,6 +65,7 @@ class Fate(enum.Enum):
     BOUNCE = "bounce"  # 5xx or a permanent routing failure: Bounce, remove
     GIVE_BACK = "give_back"  # back to the scheduled queue without counting an attempt
     KEEP_WAITING = "keep_waiting"  # stay in the ready queue for a connection that works
+    RETRY_NOW = "retry_now"  # a stale pooled connection: send again at once on a fresh one
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -128,6 +140,23 @@ def reply_fate(response: Response, *, lost: bool) -> Fate:
     return Fate.BOUNCE
 
 
+def lost_session_fate(loss: SessionLoss, *, retried: bool) -> Fate:
+    """A session was lost during a transaction: was it a delivery attempt?
+
+    A pooled session (``loss.reused``) that the peer closed before answering the
+    command in flight (``DISCONNECTED``: a restart, or its idle timeout shorter than
+    ours) was found dead, not refused: RETRY_NOW, on a fresh connection, counting no
+    attempt. That holds in every phase (idle, MAIL, RCPT, DATA); after the final dot the
+    message may already have been delivered, and it is still sent again at once (a
+    possible duplicate, as Postfix accepts, rather than a retry interval's delay).
+    retried: the message already had its one immediate retry; a fresh session failing
+    the same way, a timeout, a ``421`` or a garbled reply is an ordinary TRANSIENT.
+    """
+    if loss.cause is LossCause.DISCONNECTED and loss.reused and not retried:
+        return Fate.RETRY_NOW
+    return Fate.TRANSIENT
+
+
 def retires_connection(
     *,
     response: Response | None,
@@ -165,3 +194,11 @@ def rate_wait_fate(*, wait: float, idle_timeout: float, stopping: bool) -> Fate:
 def hold_delay(*, expires: float, now: float) -> float:
     """Seconds a suspended queue's messages go back to their scheduled queue for."""
     return max(MIN_HOLD_DELAY, expires - now)
+
+
+def connect_backoff(*, failures: int, rand: float) -> float:
+    """Seconds to open no extra connections after the ``failures``-th consecutive time no
+    host could be reached (``config.backoff``: from CONNECT_BACKOFF_BASE, doubling,
+    capped at CONNECT_BACKOFF_CAP, equal jitter from ``rand`` in [0, 1)). A session that
+    opens resets the count and ends the hold-off."""
+    return backoff_delay(failures, base=CONNECT_BACKOFF_BASE, cap=CONNECT_BACKOFF_CAP, rand=rand)

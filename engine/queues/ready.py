@@ -22,7 +22,7 @@ The feedback loop (each decision is a pure function of ``queues/decisions.py``):
             open_session (queues/connect.py): each target, each of its addresses
                 (RFC 5321 §5.1, MX order); skip prohibited addresses (550 5.4.4);
                 connector.connect -> session, or a connect/TLS failure: the next one
-            none reached: hold off CONNECT_BACKOFF
+            none reached: hold off connect_backoff(consecutive failures, jitter)
                 fate = after_no_target(established,
                                        no_target_is_permanent(tried_address, dns_transient))
                 KEEP_WAITING (another session drains the queue) / every waiting message
@@ -32,6 +32,9 @@ The feedback loop (each decision is a pure function of ``queues/decisions.py``):
         rate_wait_fate(wait, idle_timeout, stopping): wait for the token here, or
             GIVE_BACK the message to its scheduled queue for that long
         reply = session.send(msg)              # lost session: synthetic 4xx, lost=True
+        lost: lost_session_fate(loss, retried) = RETRY_NOW for a pooled session the
+            peer closed before answering: log pooled_connection_stale, no record, no
+            attempt; retire it and send msg first on a fresh session (once per message)
         failure reply: smtp_client_rewrite_delivery_status may change its code
         apply reply_fate(reply, lost) to msg: DELIVERED / TRANSIENT / BOUNCE
         retires_connection(reply, lost, usable, deliveries,
@@ -48,32 +51,32 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import random
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from engine.delivery.client import ConnectionLost
-from engine.delivery.ports import Resolver, SmtpConnection, SmtpConnector
+from engine.delivery.mta_sts import MtaStsPolicy
+from engine.delivery.ports import Resolver, SmtpConnection, SmtpConnector, TlsPolicySource
 from engine.policy.egress import EgressPathConfig, EgressSource
 from engine.policy.events import Registry
+from engine.queues.attempt import Sent, apply_fate, attempt_facts, deliver
 from engine.queues.connect import NoTargetAvailable, ReadyRoute, Target, open_session
 from engine.queues.controls import Controls
 from engine.queues.decisions import (
-    CONNECT_BACKOFF,
     Fate,
     after_lease_refused,
     after_no_target,
+    connect_backoff,
     connections_to_open,
     hold_delay,
     rate_wait_fate,
-    reply_fate,
     retires_connection,
 )
-from engine.queues.outcomes import Attempt, Outcomes
-from engine.queues.rewrite import rewrite_delivery_status
-from engine.records import Message, Response, rfc3339
+from engine.queues.outcomes import Outcomes
+from engine.records import Message, rfc3339
 from engine.shaping.gate import Ticket
 
 __all__ = ["DeliveryParts", "ReadyQueue"]
@@ -95,6 +98,7 @@ class DeliveryParts:
     outcomes: applies dispositions. policy: the current Registry. controls: admin and
     TSA holds. gate: connection leases and rates (None: only the local limit).
     allow_loopback_mx: ``delivery.allow_loopback_mx``: DNS answers may be loopback.
+    tls_policy: MTA-STS policies and TLSA records (None: neither is applied).
     """
 
     connector: SmtpConnector
@@ -105,6 +109,7 @@ class DeliveryParts:
     controls: Controls | None = None
     gate: Any = None
     allow_loopback_mx: bool = False
+    tls_policy: TlsPolicySource | None = None
 
 
 class ReadyQueue:
@@ -127,6 +132,8 @@ class ReadyQueue:
         self._conns: set[asyncio.Task] = set()
         self._established = 0
         self._hold_off_until = 0.0  # monotonic: no extra connections before then
+        self._connect_hold_until = 0.0  # the same after no host answered; a session ends it
+        self._connect_failures = 0  # consecutive times no host answered
         self._stopping = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -157,20 +164,23 @@ class ReadyQueue:
     def is_idle(self) -> bool:
         return not self.queue and not self._conns
 
-    def reconfigure(self, *, path: EgressPathConfig, targets: tuple[Target, ...]) -> None:
-        """Adopt a changed path config (policy reload, TSA override). Idle connections
-        close so the next message opens one under the new settings (e.g. TLS Required);
-        a delivery in progress finishes on its connection."""
-        self.route = dataclasses.replace(self.route, path=path, targets=targets)
+    def reconfigure(
+        self,
+        *,
+        path: EgressPathConfig,
+        targets: tuple[Target, ...],
+        mta_sts: MtaStsPolicy | None = None,
+    ) -> None:
+        """Adopt a changed path config (policy reload, TSA override, new MTA-STS policy).
+        Idle connections close so the next message opens one under the new settings
+        (e.g. TLS Required); a delivery in progress finishes on its connection."""
+        self.route = dataclasses.replace(self.route, path=path, targets=targets, mta_sts=mta_sts)
         self._release_waiters()
 
     def enqueue(self, msg: Message) -> bool:
         """Add a due message; False when the queue is full (caller delays it)."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(msg)
-                return True
+        if self._hand_over(msg):
+            return True
         if len(self.queue) >= self.path.max_ready:
             return False
         self.queue.append(msg)
@@ -183,7 +193,7 @@ class ReadyQueue:
             connecting=len(self._conns) - self._established,
             established=self._established,
             connection_limit=self.path.connection_limit,
-            holding_off=time.monotonic() < self._hold_off_until,
+            holding_off=time.monotonic() < max(self._hold_off_until, self._connect_hold_until),
             stopping=self._stopping,
         )
         for _ in range(count):
@@ -273,16 +283,22 @@ class ReadyQueue:
         self.set_state("message_rate_throttled", None)
         return True
 
-    async def _session(self) -> tuple[SmtpConnection, Ticket | None] | None:
-        """A lease and a session, or None: this task ends (nothing to do, or no host)."""
+    async def _session(self, retry: Message | None) -> tuple[SmtpConnection, Ticket | None] | None:
+        """A lease and a session, or None: this task ends (nothing to do, or no host).
+
+        retry: a message this task owes an immediate send (its pooled session was stale);
+        with None it goes back to the front of the queue, for the others or the next start.
+        """
         while True:
-            if not self.queue or self._stopping:
+            if (not self.queue and retry is None) or self._stopping:
+                self._put_back(retry)
                 return None
             slot = await self._slot()
             if isinstance(slot, float):
                 step = after_lease_refused(wait=slot, established=self._established)
                 self._hold_off(step.hold_off)
                 if step.sleep is None:
+                    self._put_back(retry)
                     return None  # the open connections drain the queue
                 await asyncio.sleep(step.sleep)
                 continue
@@ -292,37 +308,61 @@ class ReadyQueue:
                     connector=self._parts.connector,
                     resolver=self._parts.resolver,
                     allow_loopback_mx=self._parts.allow_loopback_mx,
+                    tls_policy=self._parts.tls_policy,
                 )
             except NoTargetAvailable as exc:
                 if slot is not None:
                     await self._parts.gate.close(slot)
-                self._hold_off(CONNECT_BACKOFF)
+                self._connect_failures += 1
+                hold = connect_backoff(failures=self._connect_failures, rand=random.random())
+                self._connect_hold_until = max(self._connect_hold_until, time.monotonic() + hold)
+                self._put_back(retry)
                 await self._fail_waiting(exc)
                 return None
+            self._connect_failures, self._connect_hold_until = 0, 0.0  # a host answers again
             self._established += 1
             return conn, slot
+
+    def _put_back(self, msg: Message | None) -> None:
+        """A retry this task cannot send: to an idle connection, else the queue front."""
+        if msg is not None and not self._hand_over(msg):
+            self.queue.appendleft(msg)
+
+    def _hand_over(self, msg: Message) -> bool:
+        """Give ``msg`` to a connection idle-waiting for work, if there is one."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(msg)
+                return True
+        return False
 
     async def _connection(self) -> None:
         conn: SmtpConnection | None = None
         ticket: Ticket | None = None
+        retry: Message | None = None  # its pooled session was stale: first on a fresh one
         gate = self._parts.gate
         try:
             while True:
                 if conn is None:
-                    session = await self._session()
+                    session = await self._session(retry)
                     if session is None:
                         return
                     conn, ticket = session
-                msg = await self._next(self.path.idle_timeout)
+                msg, retried = retry, retry is not None  # a retry's rate token is spent
+                retry = None
                 if msg is None:
-                    return
-                if not await self._rate_wait(msg):
-                    continue
+                    msg = await self._next(self.path.idle_timeout)
+                    if msg is None:
+                        return
+                    if not await self._rate_wait(msg):
+                        continue
                 kept = ticket is None or await gate.keep(ticket)
-                response, lost = await self._deliver(conn, msg)
+                sent = await self._deliver(conn, msg, retried=retried)
+                retry = msg if sent.stale else None
                 if retires_connection(
-                    response=response,
-                    lost=lost,
+                    response=sent.response,
+                    lost=sent.lost,
                     usable=conn.is_usable,
                     deliveries=conn.deliveries,
                     max_deliveries=self.path.max_deliveries_per_connection,
@@ -348,53 +388,31 @@ class ReadyQueue:
                 if not self.queue:
                     self._on_idle(self)
 
-    async def _deliver(self, conn: SmtpConnection, msg: Message) -> tuple[Response | None, bool]:
-        """Send one message and apply its fate; returns (reply or None, session lost)."""
-        attempt = Attempt(
-            site=self.name,
-            egress_source=self.source.name,
-            egress_pool=self.route.pool,
-            peer=conn.peer,
-            tls_cipher=conn.tls_cipher,
-            tls_protocol_version=conn.tls_protocol_version,
-            provider_name=self.path.provider_name,
-        )
+    async def _deliver(self, conn: SmtpConnection, msg: Message, *, retried: bool) -> Sent:
+        """Send one message and apply its fate (``queues.attempt.deliver``)."""
         data = await self._parts.spool.load_data(msg.id)
         if data is None:
-            return None, False  # removed while queued (admin bounce); nothing to send
-        lost = False
-        try:
-            response = await conn.send(msg.sender, msg.recipient, data)
-        except ConnectionLost as exc:
-            response, lost = exc.response, True
-        except Exception as exc:  # a bug must cost a retry, never the message
-            log.exception("delivery_internal_error", extra={"id": msg.id})
-            response = Response.parse(451, f"4.3.0 internal error: {type(exc).__name__}")
-            lost = True
-        if not lost and not response.is_success:
-            response = await rewrite_delivery_status(self._parts.policy(), msg.queue, response)
-        await self._apply(reply_fate(response, lost=lost), msg, response, attempt)
-        return response, lost
-
-    async def _apply(self, fate: Fate, msg: Message, response: Response, attempt: Attempt) -> None:
-        outcomes = self._parts.outcomes
-        if fate is Fate.DELIVERED:
-            outcomes.delivered(msg, response, attempt)
-        elif fate is Fate.TRANSIENT:
-            await outcomes.transient(msg, response, attempt)
-        elif fate is Fate.BOUNCE:
-            outcomes.bounced(msg, response, attempt)
+            return Sent(response=None)  # removed while queued (admin bounce); nothing to send
+        return await deliver(
+            self.route,
+            conn,
+            msg,
+            data,
+            outcomes=self._parts.outcomes,
+            policy=self._parts.policy,
+            retried=retried,
+        )
 
     async def _fail_waiting(self, exc: NoTargetAvailable) -> None:
         """No host reachable: the waiting messages' fate (after_no_target)."""
         fate = after_no_target(established=self._established, permanent=exc.permanent)
         if fate is Fate.KEEP_WAITING:
             return
-        attempt = Attempt(
-            site=self.name, egress_source=self.source.name, egress_pool=self.route.pool
-        )
+        attempt = attempt_facts(self.route)
         while self.queue:
-            await self._apply(fate, self.queue.popleft(), exc.response, attempt)
+            await apply_fate(
+                self._parts.outcomes, fate, self.queue.popleft(), exc.response, attempt
+            )
 
     # -- shutdown ----------------------------------------------------------------
 

@@ -11,11 +11,20 @@ config and destination once for the whole batch (MX answers are cached by the
 resolver), then inserts each message into its ready queue. DNS failures become
 TransientFailure (retry) or Bounce (NXDOMAIN, null MX), as RFC 5321 §5 and
 RFC 7505 require.
+
+MTA-STS (RFC 8461) is judged per recipient domain, here, where the domain is known:
+with ``enable_mta_sts`` an MX-routed domain's policy is looked up (cached); ``enforce``
+sends the domain's mail through its own ready queue on the shared site
+(``<source>-><site>@smtp_client;mta-sts=<domain>``) whose route carries the policy and
+whose path requires verified TLS, so one domain's broken policy defers only its own
+mail (KumoMTA issue #484); ``testing`` delivers as usual and logs
+``mta_sts_testing_failure`` once per policy id for MX hosts no pattern matches.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -25,9 +34,16 @@ from cachetools import LRUCache, TLRUCache, TTLCache
 
 from engine.config.settings import ConfigError, Settings
 from engine.config.units import parse_hostport
-from engine.delivery.mx import MxError
-from engine.delivery.ports import Resolver, SmtpConnector
-from engine.policy.egress import DEFAULT_POOL, EgressPathConfig, EgressPool, EgressSource
+from engine.delivery.mta_sts import MtaStsPolicy, StsMode, mx_matches
+from engine.delivery.mx import MailExchanger, MxError
+from engine.delivery.ports import Resolver, SmtpConnector, TlsPolicySource
+from engine.policy.egress import (
+    DEFAULT_POOL,
+    EgressPathConfig,
+    EgressPool,
+    EgressSource,
+    TlsMode,
+)
 from engine.policy.egress_options import apply_egress_options, check_egress_path
 from engine.policy.events import (
     GET_EGRESS_PATH_CONFIG,
@@ -56,6 +72,9 @@ CONFIG_TTL = 60.0
 # queue or path; beyond it the least recently used answer is asked again.
 POLICY_CACHE_SIZE = 10_000
 READY_FULL_DELAY = 5.0
+# Messages routed between two yields to the loop: one injection can make thousands due
+# at once, and routing each (~100 us) must not hold every SMTP session and delivery.
+_YIELD_EVERY = 64
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -152,6 +171,7 @@ class Router:
     settings: node settings (sink mode, DNS, delivery).
     policy: returns the current policy Registry (it may be reloaded).
     clock: monotonic seconds for the policy-answer caches (tests inject one).
+    tls_policy: MTA-STS policies and TLSA records (None: neither is applied).
     """
 
     def __init__(
@@ -166,6 +186,7 @@ class Router:
         controls: Controls | None = None,
         gate: Gate | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tls_policy: TlsPolicySource | None = None,
     ) -> None:
         self._settings = settings
         self._policy = policy
@@ -183,6 +204,16 @@ class Router:
             controls=self._controls,
             gate=gate,
             allow_loopback_mx=settings.delivery.allow_loopback_mx,
+            tls_policy=tls_policy,
+        )
+        self._tls_policy = tls_policy
+        # The enforcing variant of each path object (verified TLS), so an unchanged ready
+        # queue keeps seeing the same object and skips comparing its fields per message.
+        self._enforcing: LRUCache[int, tuple[EgressPathConfig, EgressPathConfig]] = LRUCache(
+            POLICY_CACHE_SIZE
+        )
+        self._sts_reported: LRUCache[tuple[str, str, tuple[str, ...]], bool] = LRUCache(
+            POLICY_CACHE_SIZE
         )
         self._pending: dict[str, list[Message]] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -194,7 +225,6 @@ class Router:
         # The last good config per queue, kept past its TTL: a failing policy must not stall mail.
         self._last_good_configs: LRUCache[str, QueueConfig] = LRUCache(POLICY_CACHE_SIZE)
         self._paths: TTLCache[tuple, EgressPathConfig] = _policy_cache(clock)
-        self._warned: set[str] = set()
         self._pickers: TTLCache[str, SourcePicker] = _policy_cache(clock)
         self._sources: TTLCache[str, EgressSource] = _policy_cache(clock)
         self.ready: dict[str, ReadyQueue] = {}
@@ -255,16 +285,50 @@ class Router:
         )
         where = f"get_egress_path_config({routing_domain}, {source}, {site})"
         try:
-            warnings = check_egress_path(cfg, where=where)
+            check_egress_path(cfg, where=where)
         except ConfigError as exc:  # an option Nimbus would silently ignore: never deliver
             log.error("policy_answer_refused", extra={"error": str(exc)})
             raise PolicyFailure("get_egress_path_config", str(exc)) from None
-        for text in warnings:
-            if text not in self._warned:  # once per path, not per 60 s cache refresh
-                self._warned.add(text)
-                log.warning("option_not_implemented", extra={"warning": text})
         self._paths[key] = cfg
         return cfg
+
+    async def _mta_sts(
+        self, domain: str, path: EgressPathConfig, mx: MailExchanger | None
+    ) -> MtaStsPolicy | None:
+        """The domain's policy when it must be enforced, else None (none, ``none``, testing:
+        reported here). Only MX-routed mail: sink and mx_list targets are not the
+        domain's MX hosts, so a policy about those cannot apply (RFC 8461 §4)."""
+        if mx is None or self._tls_policy is None or not path.enable_mta_sts:
+            return None
+        policy = await self._tls_policy.mta_sts(domain)
+        if policy is None or policy.mode is StsMode.NONE:
+            return None
+        if policy.mode is StsMode.ENFORCE:
+            return policy
+        failing = tuple(h for h in mx.hosts if not mx_matches(policy.mx, h))
+        key = (domain, policy.id, failing)
+        if failing and key not in self._sts_reported:
+            self._sts_reported[key] = True
+            log.warning(
+                "mta_sts_testing_failure",
+                extra={
+                    "domain": domain,
+                    "id": policy.id,
+                    "hosts": list(failing),
+                    "mx": list(policy.mx),
+                    "detail": "MX hosts match no mx pattern; delivered anyway (mode testing)",
+                },
+            )
+        return None
+
+    def _enforcing_path(self, path: EgressPathConfig) -> EgressPathConfig:
+        """``path`` requiring TLS verified against the MX name (RFC 8461 §4.2)."""
+        hit = self._enforcing.get(id(path))
+        if hit is not None and hit[0] is path:
+            return hit[1]
+        enforced = dataclasses.replace(path, enable_tls=TlsMode.REQUIRED)
+        self._enforcing[id(path)] = (path, enforced)
+        return enforced
 
     def forget_policy_answers(self) -> None:
         """Drop cached policy answers (after a reload) so new config applies at once."""
@@ -340,7 +404,9 @@ class Router:
                 else:
                     self._outcomes.bounced(msg, response, Attempt())
             return
-        for msg in batch:
+        for index, msg in enumerate(batch):
+            if index % _YIELD_EVERY == _YIELD_EVERY - 1:
+                await asyncio.sleep(0)  # thousands due at once (one big injection)
             await self._insert_ready(msg, q, cfg, sink, mx)
 
     async def _effective_path(self, destination: str, source: str, site: str) -> EgressPathConfig:
@@ -393,9 +459,16 @@ class Router:
             return
         source, path = chosen
         name = ready_queue_name(source.name, site)
+        sts = await self._mta_sts(q.destination, path, mx)
+        if sts is not None:  # this domain's own queue on the shared site (KumoMTA #484)
+            name, path = f"{name};mta-sts={sts.domain}", self._enforcing_path(path)
         ready = self.ready.get(name)
         # Usually the very same cached object: skip comparing its ~60 fields per message.
-        if ready is None or (ready.path is not path and ready.path != path):
+        if (
+            ready is None
+            or (ready.path is not path and ready.path != path)
+            or (ready.route.mta_sts is not sts and ready.route.mta_sts != sts)
+        ):
             dest = destination_for(
                 sink_endpoint=sink,
                 mx_list=cfg.mx_list,
@@ -412,11 +485,12 @@ class Router:
                     path=path,
                     targets=dest.targets,
                     explicit=dest.explicit,
+                    mta_sts=sts,
                 )
                 ready = ReadyQueue(route, self._parts, on_idle=self._forget)
                 self.ready[name] = ready
             else:
-                ready.reconfigure(path=path, targets=dest.targets)
+                ready.reconfigure(path=path, targets=dest.targets, mta_sts=sts)
         hold = self._controls.ready_suspended(name, source.name, site, time.time())
         ready.set_state("suspended", hold.reason if hold else None)  # visible to operators
         if hold is not None:

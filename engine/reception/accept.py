@@ -12,11 +12,19 @@ message, names its scheduled queue, stores the whole batch in one spool commit,
 and only then logs ``Reception`` and schedules it. Store-and-schedule runs
 shielded from cancellation: a client that disconnects mid-commit can cost a
 duplicate, never a message stranded in the spool.
+
+Faults stay with one request: meta a handler left that JSON cannot encode fails that
+message with the event's 451 (and a ``policy_meta_not_json`` line naming the event and
+key) before anything is stored; the wait for the commit is bounded by
+``spool.write_timeout`` (then SpoolTimeout: SMTP 451 4.3.0, HTTP 503). A commit that
+finishes after its timeout is still logged and scheduled (the client may retry: a
+duplicate, never a loss).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +34,7 @@ from engine.dkim.service import DkimService
 from engine.dkim.signer import DkimError
 from engine.logs.writer import LogWriter
 from engine.policy.events import Event, PolicyFailure, Registry, Rejected
-from engine.policy.message import PolicyMessage
+from engine.policy.message import PolicyMessage, check_meta
 from engine.queues.naming import NULL_QUEUE, scheduled_queue_name
 from engine.queues.scheduled import Scheduler
 from engine.records import (
@@ -38,9 +46,16 @@ from engine.records import (
     Response,
     new_message_id,
 )
-from engine.storage.spool import Spool
+from engine.storage.spool import Spool, SpoolTimeout
 
 __all__ = ["Incoming", "Accepted", "Acceptor", "RECEIVED"]
+
+# Messages handled between two yields to the loop: a 10,000-recipient injection is one
+# batch, and its per-message work (event, naming, Reception record, scheduling: ~50-150 us
+# each) must not hold the loop that serves every other session for a second.
+YIELD_EVERY = 64
+
+log = logging.getLogger("nimbus.accept")
 
 RECEIVED = Response(code=250, content="")
 
@@ -107,13 +122,17 @@ class Acceptor:
     ) -> list[Accepted | Rejected | PolicyFailure]:
         """Accept a batch; each result is Accepted, or the Rejected/PolicyFailure for it.
 
-        Raises SpoolFull / SpoolError when the batch could not be stored (nothing was).
+        Raises SpoolFull / SpoolError when the batch could not be stored (nothing was),
+        SpoolTimeout when the commit did not finish within ``spool.write_timeout`` (it
+        may still finish: then the batch is logged and scheduled).
         """
         now = self._clock()
         results: list[Accepted | Rejected | PolicyFailure] = []
         to_store: list[tuple[Message, bytes]] = []
         registry = self._policy()
-        for item in batch:
+        for index, item in enumerate(batch):
+            if index % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)
             pm = PolicyMessage(item.id, item.sender, item.recipient, item.data, item.meta)
             try:
                 await registry.dispatch(event, pm, event_arg)
@@ -124,6 +143,15 @@ class Acceptor:
                 continue
             except DkimError as exc:
                 results.append(PolicyFailure("dkim_sign", str(exc)))
+                continue
+            try:
+                check_meta(pm.meta)  # edited in place past set_meta: the spool needs JSON
+            except (TypeError, ValueError) as exc:
+                log.error(
+                    "policy_meta_not_json",
+                    extra={"event_name": event.name, "message_id": item.id, "error": str(exc)},
+                )
+                results.append(PolicyFailure(event.name, str(exc)))
                 continue
             queue = scheduled_queue_name(pm.recipient(), pm.meta)
             results.append(Accepted(item.id, queue))
@@ -147,8 +175,23 @@ class Acceptor:
             task = asyncio.create_task(self._store(to_store, protocol, peer), name="spool-commit")
             self._stores.add(task)
             task.add_done_callback(self._stores.discard)
-            await asyncio.shield(task)
+            await self._wait_stored(task, len(to_store))
         return results
+
+    async def _wait_stored(self, task: asyncio.Task[None], count: int) -> None:
+        """Wait for a store task up to ``spool.write_timeout``; it runs on past that."""
+        timeout = self._spool.settings.write_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(task)
+        except TimeoutError:
+            if task.done():
+                raise  # the store's own error, not our deadline
+            log.error("spool_write_timed_out", extra={"timeout": timeout, "messages": count})
+            raise SpoolTimeout(
+                f"spool commit of {count} message(s) did not finish within {timeout}s "
+                "(spool.write_timeout)"
+            ) from None
 
     async def close(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for spool commits whose client went away, then
@@ -164,7 +207,9 @@ class Acceptor:
         self, items: list[tuple[Message, bytes]], protocol: str, peer: PeerAddress | None
     ) -> None:
         await self._spool.save(items)
-        for msg, _ in items:
+        for index, (msg, _) in enumerate(items):
+            if index % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)
             self._logs.emit(self._reception(msg, protocol, peer))
             self._scheduler.insert(msg)
 

@@ -1,7 +1,10 @@
-"""Credentials for HTTP basic auth and SMTP AUTH, from a directory of files.
+"""Credentials for HTTP basic auth and SMTP AUTH, from a directory of files, and the
+brake on guessing them.
 
 Exports:
     Credentials     check(user, password) -> bool; parse_basic(header) -> (user, password)
+    FailureLimiter  per-peer token bucket of failed basic-auth attempts (429 while empty)
+    Bucket, FailureBudget, retry_after, after_failure, peer_key   its pure decisions
 
 The directory holds one file per user: the file name is the username and the
 content the password (trailing newline ignored) - exactly what a mounted
@@ -10,6 +13,16 @@ skipped. The directory is re-read when its modification time changes (a Secret
 update swaps the ``..data`` symlink), checked at most once a second. Passwords
 are compared in constant time (``hmac.compare_digest``) against a SHA-256 of
 each, so neither length nor content leaks through timing.
+
+Brute force: every failed basic-auth attempt takes a token from its peer's bucket
+(``http.auth_failure_burst`` tokens, one back per ``http.auth_failure_refill``);
+while the bucket holds less than one token the peer gets 429 with ``Retry-After``
+before its credentials are even checked (good ones too: otherwise guessing would go
+on). Successful attempts take nothing. Peers are IPv4 addresses or IPv6 /64s (one
+host usually owns a whole /64, RFC 4291 §2.5.4). The table is a TTL+LRU cache of
+``http.auth_failure_peers`` entries: an entry expires when its bucket would be full
+again, and the least recently failing peer is evicted first, so memory is bounded
+whatever an attacker sends.
 """
 
 from __future__ import annotations
@@ -18,12 +31,31 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import logging
+import math
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Credentials", "parse_basic", "MalformedAuthorization"]
+from cachetools import TTLCache
+
+from engine.config.settings import HttpSettings
+
+__all__ = [
+    "Credentials",
+    "parse_basic",
+    "MalformedAuthorization",
+    "FailureLimiter",
+    "FailureBudget",
+    "Bucket",
+    "retry_after",
+    "after_failure",
+    "peer_key",
+    "too_many_failures_reason",
+]
 
 log = logging.getLogger("nimbus.auth")
 
@@ -102,3 +134,110 @@ class Credentials:
             hmac.compare_digest(given, given)  # same work whether or not the user exists
             return False
         return hmac.compare_digest(given, expected)
+
+
+# -- brute-force brake ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailureBudget:
+    """burst: failed attempts a fresh peer may make at once; refill: seconds per token back."""
+
+    burst: int
+    refill: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Bucket:
+    """tokens: failures still allowed at ``at`` (monotonic seconds)."""
+
+    tokens: float
+    at: float
+
+
+def _refilled(bucket: Bucket | None, now: float, budget: FailureBudget) -> Bucket:
+    if bucket is None:
+        return Bucket(tokens=float(budget.burst), at=now)
+    gained = max(0.0, now - bucket.at) / budget.refill
+    return Bucket(tokens=min(float(budget.burst), bucket.tokens + gained), at=now)
+
+
+def retry_after(bucket: Bucket | None, now: float, budget: FailureBudget) -> int:
+    """0 when the peer may try now, else the whole seconds until it may (at least 1)."""
+    tokens = _refilled(bucket, now, budget).tokens
+    if tokens >= 1.0:
+        return 0
+    return max(1, math.ceil((1.0 - tokens) * budget.refill - 1e-9))
+
+
+def after_failure(bucket: Bucket | None, now: float, budget: FailureBudget) -> Bucket:
+    """The peer's bucket once one failed attempt has been paid for."""
+    current = _refilled(bucket, now, budget)
+    return Bucket(tokens=max(0.0, current.tokens - 1.0), at=now)
+
+
+def peer_key(address: str | None) -> str:
+    """The bucket a peer address shares: IPv4 itself, IPv6 its /64, else the raw text."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return address or ""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+class FailureLimiter:
+    """Failed basic-auth attempts per peer, shared by the inject and admin APIs.
+
+    budget: burst and refill (``burst == 0`` turns the brake off).
+    max_peers: table bound; clock: monotonic seconds (tests inject one).
+    """
+
+    def __init__(
+        self,
+        budget: FailureBudget,
+        *,
+        max_peers: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.budget = budget
+        self._clock = clock
+        # An entry untouched for burst*refill seconds is a full bucket: the same as none.
+        ttl = max(budget.burst * budget.refill, 1e-3)
+        self._buckets: TTLCache[str, Bucket] = TTLCache(
+            maxsize=max(1, max_peers), ttl=ttl, timer=clock
+        )
+
+    @classmethod
+    def from_settings(cls, http: HttpSettings) -> FailureLimiter:
+        budget = FailureBudget(burst=http.auth_failure_burst, refill=http.auth_failure_refill)
+        return cls(budget, max_peers=http.auth_failure_peers)
+
+    def retry_after(self, peer: str | None) -> int:
+        """0 when ``peer`` may attempt authentication now, else seconds to wait."""
+        if not self.budget.burst:
+            return 0
+        return retry_after(self._buckets.get(peer_key(peer)), self._clock(), self.budget)
+
+    def failed(self, peer: str | None) -> None:
+        """Charge ``peer`` one failed attempt."""
+        if not self.budget.burst:
+            return
+        key = peer_key(peer)
+        bucket = after_failure(self._buckets.get(key), self._clock(), self.budget)
+        self._buckets[key] = bucket
+        if bucket.tokens < 1.0:
+            log.warning("auth_failures_limited", extra={"peer": key})
+
+    @property
+    def tracked(self) -> int:
+        """Peers with a bucket in the table now."""
+        return len(self._buckets)
+
+
+def too_many_failures_reason(wait: int) -> str:
+    """The 429 body's reason, the same for every API."""
+    return f"too many failed authentication attempts from this address; retry in {wait}s"

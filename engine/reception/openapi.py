@@ -41,9 +41,10 @@ def _errors(*codes: int) -> dict[str, JsonObject]:
         401: "credentials missing or wrong",
         403: "untrusted peer and no admin users configured",
         404: "no such id, message or queue",
-        413: "body over http.max_request_size",
+        413: "body over http.max_request_size, or recipients over http.max_recipients",
         415: "content type or Content-Encoding not supported",
         422: "a template failed to compile or render",
+        429: "too many failed authentications from this peer (Retry-After)",
         503: "not ready, shutting down or out of spool space; try again later",
     }
     return {str(code): _json(_ref("Error"), why[code]) for code in codes}
@@ -54,7 +55,7 @@ _STR: JsonObject = {"type": "string"}
 _EMAIL: JsonObject = {"type": "string", "pattern": r"^[^\s@<>]+@[^\s@<>]+$"}
 _OBJ: JsonObject = {"type": "object"}
 _NULLABLE_STR: JsonObject = {"type": ["string", "null"]}
-_ADMIN_ERRORS = (400, 401, 403)
+_ADMIN_ERRORS = (400, 401, 403, 429)
 _ADMIN_SECURITY: list[JsonObject] = [{}, {"basicAuth": []}]  # trusted host, or an admin user
 _WANT_BODY: JsonObject = {
     "name": "want_body",
@@ -97,7 +98,7 @@ def _entry_routes(kind: str, add: JsonObject, added: JsonObject, tag: str) -> Js
             "security": _ADMIN_SECURITY,
             "responses": {
                 "200": _json({"type": "array", "items": _ref("AdminEntry")}, "live entries"),
-                **_errors(401, 403),
+                **_errors(401, 403, 429),
             },
         },
         "delete": {
@@ -268,7 +269,7 @@ _PATHS: JsonObject = {
             },
             "responses": {
                 "200": _json(_ref("InjectResult"), "accepted (per-recipient failures listed)"),
-                **_errors(400, 401, 413, 415, 422, 503),
+                **_errors(400, 401, 413, 415, 422, 429, 503),
             },
         }
     },
@@ -278,7 +279,16 @@ _PATHS: JsonObject = {
             "tags": ["health"],
             "summary": "Liveness and readiness: 200 OK, or 503 with the reason",
             "security": [],
-            "responses": {"200": _text("ready"), "503": _text("not ready: the reason")},
+            "responses": {
+                "200": _text("ready"),
+                "503": {
+                    "description": "not ready (the reason as text), or shedding load (JSON)",
+                    "content": {
+                        "text/plain": {"schema": _STR},
+                        "application/json": {"schema": _ref("Error")},
+                    },
+                },
+            },
         }
     },
     "/metrics": {

@@ -1,10 +1,12 @@
 """The durable spool: message bodies and state on stable storage, with group commit.
 
 Exports:
-    Spool            save / update / remove / load_data / recover
+    Spool            save / update / remove / load_data / recover / check_health
     SpoolFull        not enough room (disk below min_free_space, max_size, SQLITE_FULL)
     SpoolError       any other storage failure
     SpoolLocked      another process holds this spool directory
+    SpoolTimeout     a commit did not finish within ``spool.write_timeout`` (raised by the
+                     accept path, which bounds the wait; see engine/reception/accept.py)
 
 Design (see ARCHITECTURE.md "Spool"): one SQLite database in WAL mode with
 ``synchronous=FULL`` per spool directory. A single writer thread
@@ -25,6 +27,7 @@ logged; a database that cannot be opened at all is renamed aside and logged.
          +-- SpoolError
               +-- SpoolFull
               +-- SpoolLocked
+              +-- SpoolTimeout
 """
 
 from __future__ import annotations
@@ -44,9 +47,9 @@ from pathlib import Path
 
 from engine.config.settings import SpoolSettings
 from engine.records import Message
-from engine.storage.writer import Writer, connect, move_aside
+from engine.storage.writer import Writer, WriterClosed, WriterTimeout, connect, move_aside
 
-__all__ = ["Spool", "SpoolError", "SpoolFull", "SpoolLocked", "Quarantined"]
+__all__ = ["Spool", "SpoolError", "SpoolFull", "SpoolLocked", "SpoolTimeout", "Quarantined"]
 
 log = logging.getLogger("nimbus.spool")
 
@@ -78,6 +81,10 @@ class SpoolFull(SpoolError):
 
 class SpoolLocked(SpoolError):
     """Another process holds this spool directory's lock."""
+
+
+class SpoolTimeout(SpoolError):
+    """A commit did not finish in time; it may still finish (then the message is kept)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,10 +164,12 @@ class Spool:
         self.settings = settings
         self.dir = Path(settings.dir)
         self.path = self.dir / "spool.db"
+        self._on_commit = on_commit
+        self._probe_in_batch = False  # writer thread only: a health probe rode this batch
         self._writer = Writer(
             "spool",
             commit_window=settings.commit_window,
-            on_commit=on_commit,
+            on_commit=self._committed,
             on_error=_log_state_update_error,
         )
         self._lock_fd: int | None = None
@@ -180,7 +189,10 @@ class Spool:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise SpoolLocked(f"{self.dir}: spool is locked by another process") from None
+            raise SpoolLocked(
+                f"{self.dir}: spool is locked by another process; stop it or set spool.dir "
+                "(NIMBUS_SPOOL_DIR) to a directory of this node's own"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
@@ -267,8 +279,11 @@ class Spool:
     async def save(self, items: list[tuple[Message, bytes]]) -> None:
         """Store new messages; returns once they are committed and fsynced.
 
+        Not bounded here: the caller bounds the wait (accept.py, ``spool.write_timeout``)
+        while this commit runs on, so a commit that finishes late is still scheduled.
         Raises SpoolFull when there is no room (nothing of this batch is stored),
-        SpoolError when the write failed otherwise or the spool is not open.
+        SpoolError when the write failed otherwise (any error of an op, such as a meta
+        value JSON cannot encode) or the spool is not open.
         """
         self._check_free_space()
         if not self._writer.running:
@@ -277,6 +292,12 @@ class Spool:
             await self._writer.run(*(partial(_insert, m, data) for m, data in items))
         except sqlite3.Error as exc:
             raise _classify(exc) from exc
+        except WriterClosed as exc:
+            raise SpoolError(f"spool is not open: {exc}") from exc
+        except Exception as exc:  # a bug's TypeError must reach the client as a 451, not a 500
+            raise SpoolError(
+                f"spool write failed: {type(exc).__name__}: {exc} (in {self.path})"
+            ) from exc
         self.count += len(items)
 
     def update_nowait(self, msg: Message) -> None:
@@ -295,10 +316,43 @@ class Spool:
         self.count -= len(ids)
 
     async def flush(self) -> None:
-        """Wait until every request queued so far is committed."""
+        """Wait until every request queued so far is committed.
+
+        Raises SpoolTimeout past ``spool.write_timeout``, SpoolError when not open.
+        """
         if not self._writer.running:
             raise SpoolError("spool is not open")
-        await self._writer.run()
+        try:
+            await self._writer.run(timeout=self.settings.write_timeout)
+        except WriterTimeout as exc:
+            raise SpoolTimeout(f"{exc} (spool.write_timeout)") from exc
+
+    def _committed(self, requests: int) -> None:
+        """Writer thread, after each batch: report it without the health probe (which
+        writes nothing), so commit metrics count real work only."""
+        if self._probe_in_batch:
+            self._probe_in_batch = False
+            requests -= 1
+        if requests and self._on_commit is not None:
+            self._on_commit(requests)
+
+    def _probe(self, conn: sqlite3.Connection) -> None:
+        self._probe_in_batch = True  # runs on the writer thread, just before _committed
+
+    async def check_health(self, timeout: float) -> str | None:
+        """Why the spool cannot take writes now, or None: its writer must be running and
+        commit a transaction (that writes nothing) within ``timeout`` seconds, else it is a
+        stuck or dead writer thread, or a lock nobody releases. Room is measured apart."""
+        if not self._writer.running:
+            return "spool is not open"
+        try:
+            async with asyncio.timeout(timeout):
+                await self._writer.run(self._probe)
+        except TimeoutError:
+            return f"spool writer did not commit within {timeout:g}s"
+        except sqlite3.Error as exc:
+            return f"spool commit failed: {exc}"
+        return None
 
     # -- reads -----------------------------------------------------------------
 

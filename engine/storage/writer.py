@@ -2,7 +2,8 @@
 transaction.
 
 Exports:
-    Writer                 start(conn) / await run(*ops) / submit_nowait(*ops) / await close()
+    Writer                 start(conn) / await run(*ops, timeout=) / submit_nowait(*ops) /
+                           await close()
     Op                     one operation: a callable taking the connection, returning a result
     connect(path, *, synchronous) -> sqlite3.Connection
                            a WAL connection with the caller's durability (FULL / NORMAL)
@@ -28,12 +29,20 @@ How the thread serves requests (pseudocode)::
 
 The thread never dies of a request: any ``Exception`` an op raises (``sqlite3.Error``,
 a bug's ``TypeError``) is handed to that request's future, or to ``on_error`` for a
-request nobody awaits (``submit_nowait``).
+request nobody awaits (``submit_nowait``); a ``BaseException`` that is not an
+``Exception`` (``SystemExit``, ``KeyboardInterrupt`` raised by an op) is handed on as
+``WriterOpFailed`` wrapping it, since a future must not carry those into the loop. If the
+thread dies anyway (a bug in this module), every request waiting and every later one
+fails with ``WriterClosed`` instead of waiting forever; ``run(timeout=)`` bounds the wait
+on a thread that is stuck (an op blocked in a slow fsync or a lock).
 
     Exception tree:
         Exception
          +-- RuntimeError
-              +-- WriterClosed    run() before start() or after close()
+         |    +-- WriterClosed    run() before start(), after close(), or the thread died
+         |    +-- WriterOpFailed  an op raised a BaseException that is not an Exception
+         +-- TimeoutError
+              +-- WriterTimeout   run(timeout=) expired; the request may still commit later
 """
 
 from __future__ import annotations
@@ -47,7 +56,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Writer", "Op", "WriterClosed", "connect", "move_aside"]
+__all__ = [
+    "Writer",
+    "Op",
+    "WriterClosed",
+    "WriterOpFailed",
+    "WriterTimeout",
+    "connect",
+    "move_aside",
+]
 
 Op = Callable[[sqlite3.Connection], Any]
 
@@ -57,7 +74,16 @@ _Outcome = tuple[Any, BaseException | None]
 
 
 class WriterClosed(RuntimeError):
-    """The writer is not running (not started yet, or closed)."""
+    """The writer is not running (not started yet, closed, or its thread died)."""
+
+
+class WriterOpFailed(RuntimeError):
+    """An op raised a BaseException that is not an Exception (kept as ``__cause__``)."""
+
+
+class WriterTimeout(TimeoutError):
+    """``run(timeout=)`` expired before the commit; the request stays queued and may still
+    be committed later (the caller must treat the outcome as unknown)."""
 
 
 def connect(path: Path, *, synchronous: str) -> sqlite3.Connection:
@@ -118,7 +144,8 @@ class Writer:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None
+        """Started, not closed, and the thread alive."""
+        return self._thread is not None and self._thread.is_alive()
 
     def start(self, conn: sqlite3.Connection) -> None:
         """Serve requests on ``conn`` (the writer owns it from now on, and closes it)."""
@@ -129,23 +156,35 @@ class Writer:
         )
         self._thread.start()
 
-    async def run(self, *ops: Op) -> list[Any]:
+    async def run(self, *ops: Op, timeout: float | None = None) -> list[Any]:
         """Run ``ops`` in order in the next transaction; their results, once committed.
 
+        timeout: the longest to wait for the commit, in seconds (None: no bound; the
+            caller bounds the wait itself).
         Raises whatever an op raised (the request was rolled back; others are not
-        affected), or WriterClosed when the writer is not running.
+        affected), WriterOpFailed for an op's non-Exception BaseException, WriterClosed
+        when the writer is not running, WriterTimeout when ``timeout`` expired.
         """
-        if self._thread is None:
+        if not self.running:
             raise WriterClosed(f"{self.name} writer is not running")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[Any]] = loop.create_future()
         self._requests.put((ops, loop, fut))
-        return await fut
+        thread = self._thread
+        if thread is not None and not thread.is_alive():  # died since the check above
+            self._fail_leftovers()
+        try:
+            async with asyncio.timeout(timeout):
+                return await fut
+        except TimeoutError:
+            if fut.done() and not fut.cancelled() and fut.exception() is not None:
+                raise  # an op's own TimeoutError
+            raise WriterTimeout(f"{self.name} writer did not commit within {timeout}s") from None
 
     def submit_nowait(self, *ops: Op) -> None:
         """Run ``ops`` in the next transaction without waiting; errors go to ``on_error``
         (WriterClosed too: a caller that cannot wait cannot be raised at either)."""
-        if self._thread is None:
+        if not self.running:
             self._report(WriterClosed(f"{self.name} writer is not running"))
             return
         self._requests.put((ops, None, None))
@@ -169,9 +208,15 @@ class Writer:
                 stop = None in batch
                 work = [r for r in batch if r is not None]
                 if work:
-                    self._commit(conn, work)
+                    try:
+                        self._commit(conn, work)
+                    except BaseException as exc:  # a bug here: fail the batch, keep serving
+                        self._report(exc)
+                        _fail(work, WriterOpFailed(f"{self.name} writer failed: {exc!r}"))
         finally:
             conn.close()
+            # Whatever ended the thread, nothing may wait on it any more.
+            self._fail_leftovers()
 
     def _next_batch(self) -> list[_Request | None]:
         batch = [self._requests.get()]
@@ -188,7 +233,7 @@ class Writer:
         outcomes: list[_Outcome]
         try:
             outcomes = [(res, None) for res in _transaction(conn, [r[0] for r in batch])]
-        except Exception:  # isolate the failing request(s) below
+        except BaseException:  # isolate the failing request(s) below
             outcomes = [_alone(conn, ops) for ops, _, _ in batch]
         if self._on_commit is not None:
             try:
@@ -224,13 +269,8 @@ class Writer:
                 request = self._requests.get_nowait()
             except queue.Empty:
                 return
-            if request is None or request[1] is None or request[2] is None:
-                continue
-            try:
-                outcome: _Outcome = (None, closed)
-                request[1].call_soon_threadsafe(_resolve, [(request[2], outcome)])
-            except RuntimeError:
-                pass
+            if request is not None:
+                _fail([request], closed)
 
 
 def _transaction(conn: sqlite3.Connection, requests: list[tuple[Op, ...]]) -> list[list[Any]]:
@@ -251,6 +291,22 @@ def _alone(conn: sqlite3.Connection, ops: tuple[Op, ...]) -> _Outcome:
         return _transaction(conn, [ops])[0], None
     except Exception as exc:  # handed to the request's future
         return None, exc
+    except BaseException as exc:  # SystemExit from an op must not end the thread or the loop
+        failed = WriterOpFailed(f"an op raised {exc!r}")
+        failed.__cause__ = exc
+        return None, failed
+
+
+def _fail(requests: list[_Request], exc: BaseException) -> None:
+    """Fail every awaited request in ``requests`` with ``exc`` (on its own loop)."""
+    for _, loop, fut in requests:
+        if loop is None or fut is None:
+            continue
+        outcome: _Outcome = (None, exc)
+        try:
+            loop.call_soon_threadsafe(_resolve, [(fut, outcome)])
+        except RuntimeError:  # that loop is closed: nobody is waiting any more
+            pass
 
 
 def _resolve(items: list[tuple[asyncio.Future, _Outcome]]) -> None:

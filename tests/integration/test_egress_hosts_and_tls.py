@@ -9,7 +9,7 @@ import aiosmtplib
 import pytest
 
 from engine.delivery.broken_tls import BrokenTlsHosts, open_connection
-from engine.delivery.client import TlsFailed, TlsHandshakeFailed
+from engine.delivery.errors import TlsFailed, TlsHandshakeFailed
 from engine.policy.egress import DEFAULT_SOURCE, EgressPathConfig, TlsMode
 from tests.support.node import running_node
 from tests.support.receiver import Receiver

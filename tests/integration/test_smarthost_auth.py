@@ -10,7 +10,8 @@ import pytest
 import trustme
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
-from engine.delivery.client import AuthFailed, SmtpClientConnection
+from engine.delivery.client import SmtpClientConnection
+from engine.delivery.errors import AuthFailed
 from engine.policy.egress import DEFAULT_SOURCE, EgressPathConfig, KeySource, TlsMode
 from tests.support.node import running_node
 

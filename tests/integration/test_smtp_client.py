@@ -12,13 +12,8 @@ import pytest
 import trustme
 from aiosmtpd.smtp import SMTP
 
-from engine.delivery.client import (
-    ConnectFailed,
-    ConnectionLost,
-    SmtpClientConnection,
-    TlsFailed,
-    TlsRequiredError,
-)
+from engine.delivery.client import SmtpClientConnection
+from engine.delivery.errors import ConnectFailed, ConnectionLost, TlsFailed, TlsRequiredError
 from engine.policy.egress import DEFAULT_SOURCE, EgressPathConfig, EgressSource, TlsMode
 from engine.records import EnhancedCode
 

@@ -1,8 +1,9 @@
 """FakeDns: an in-process authoritative DNS server on 127.0.0.1 for tests.
 
 Exports:
-    FakeDns    records from ``add()``; UDP and TCP on one free port; injectable
-               SERVFAIL and silence; a query counter per (name, type)
+    FakeDns    records from ``add()`` (MX, A, TXT, TLSA, ...), ``remove()``; UDP and TCP
+               on one free port; injectable SERVFAIL and silence; the AD bit for names
+               marked ``secure()``; a query counter per (name, type)
 
     async with FakeDns(ttl=60) as server:
         server.add("example.test", "MX", "10 mx1.example.test.")
@@ -14,6 +15,10 @@ carry an SOA in the authority section so resolvers have a negative TTL (RFC 2308
 A name is known when it, or a name below it, has records (RFC 8020: empty
 non-terminals exist). UDP answers longer than ``udp_limit`` are truncated with
 TC set, so the client retries over TCP (2-byte length prefix, RFC 1035 4.2.2).
+
+``secure(name)`` makes the server answer for that name like a validating resolver
+answering for a signed zone: AD set (RFC 4035 §3.2.3) when the query asked for it
+with AD or DO (RFC 6840 §5.7). No signatures are served; clients trust the AD bit.
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ class FakeDns:
         self.names: set[dns.name.Name] = set()
         self.servfail_names: set[dns.name.Name] = set()
         self.drop_names: set[dns.name.Name] = set()
+        self.secure_names: set[dns.name.Name] = set()
         self.queries: Counter[tuple[str, str]] = Counter()
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
@@ -107,6 +113,14 @@ class FakeDns:
             self.names.add(owner)
             owner = owner.parent()
 
+    def remove(self, name: str, rdtype: str) -> None:
+        """Stop serving ``name``'s records of ``rdtype`` (then NODATA)."""
+        self.records.pop((_key(name), dns.rdatatype.from_text(rdtype)), None)
+
+    def secure(self, name: str) -> None:
+        """Answer queries for ``name`` as DNSSEC-validated: AD set when asked for."""
+        self.secure_names.add(_key(name))
+
     def servfail(self, name: str) -> None:
         """Answer every query for ``name`` with SERVFAIL."""
         self.servfail_names.add(_key(name))
@@ -135,6 +149,9 @@ class FakeDns:
         self.queries[(str(name).lower(), dns.rdatatype.to_text(kind))] += 1
         if name in self.drop_names:
             return None
+        asked = query.flags & dns.flags.AD or query.ednsflags & dns.flags.DO
+        if name in self.secure_names and asked:
+            response.flags |= dns.flags.AD
         if name in self.servfail_names:
             response.set_rcode(dns.rcode.SERVFAIL)
         elif (name, kind) in self.records:

@@ -4,14 +4,16 @@ Exports:
     HostScript      how one fake host behaves: connect refusal, TLS failure, replies
     FakeConnector   an SmtpConnector with scripted replies per host; records every command
     FakeResolver    a Resolver answering from dicts (MX, addresses, failures); records lookups
+    FakeTlsPolicy   a TlsPolicySource answering from dicts (MTA-STS policies, TLSA answers)
     FakeSpool       message bodies by id (``load_data``)
     FakeOutcomes    records each disposition the ready queue applies; waits for a count
 
 Like httpx's ``MockTransport`` and KumoMTA's ``TestResolver``: no sockets, no
 processes. The fake connection keeps the real client's contract
-(``engine.delivery.client``): a MAIL or RCPT refusal is followed by RSET and
+(``engine.delivery.commands``): a MAIL or RCPT refusal is followed by RSET and
 returned; a 421 marks the session unusable and raises ConnectionLost; a refused
-RSET makes the session unusable.
+RSET makes the session unusable; a session the peer closed before answering raises
+ConnectionLost with a DISCONNECTED SessionLoss saying whether it was reused.
 """
 
 from __future__ import annotations
@@ -19,14 +21,29 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from engine.delivery.client import ConnectFailed, ConnectionLost, TlsFailed
+from engine.delivery.dane import TlsaAnswer
+from engine.delivery.errors import (
+    ConnectFailed,
+    ConnectionLost,
+    LossCause,
+    SessionLoss,
+    TlsFailed,
+)
+from engine.delivery.mta_sts import MtaStsPolicy
 from engine.delivery.mx import HostResolutionError, MailExchanger, MxError
 from engine.delivery.ports import Endpoint
 from engine.policy.egress import EgressPathConfig, EgressSource
 from engine.queues.outcomes import Attempt
 from engine.records import Message, PeerAddress, Response
 
-__all__ = ["HostScript", "FakeConnector", "FakeResolver", "FakeSpool", "FakeOutcomes"]
+__all__ = [
+    "HostScript",
+    "FakeConnector",
+    "FakeResolver",
+    "FakeTlsPolicy",
+    "FakeSpool",
+    "FakeOutcomes",
+]
 
 OK = Response.parse(250, "2.0.0 OK", "DATA")
 
@@ -37,7 +54,9 @@ class HostScript:
     replies: one final reply per transaction, in order (then ``default``); the reply's
     ``command`` (``MAIL FROM``, ``RCPT TO``, ``DATA``) says which command answered.
     rset_code: the reply to RSET after a refusal. hold: when set, each ``send`` waits for
-    it (tests observe a delivery in progress); ``sending`` is set when one starts."""
+    it (tests observe a delivery in progress); ``sending`` is set when one starts.
+    drop_at: transaction numbers (1-based, counted over all of this host's sessions in
+    ``sends``) at which the peer closes the session before answering MAIL FROM."""
 
     refuse_connect: Response | None = None
     tls_failure: Response | None = None
@@ -46,6 +65,8 @@ class HostScript:
     rset_code: int = 250
     hold: asyncio.Event | None = None
     sending: asyncio.Event = field(default_factory=asyncio.Event)
+    drop_at: set[int] = field(default_factory=set)
+    sends: int = 0
 
 
 class FakeConnection:
@@ -70,7 +91,16 @@ class FakeConnection:
     async def send(self, sender: str, recipient: str, data: bytes) -> Response:
         if not self.is_usable:
             raise ConnectionLost(Response.parse(421, "4.4.2 connection closed"))
+        reused = self.deliveries > 0
         self.deliveries += 1
+        self._script.sends += 1
+        if self._script.sends in self._script.drop_at:
+            self._broken = True
+            self.commands.append(f"MAIL FROM:<{sender}>")
+            raise ConnectionLost(
+                Response.parse(421, "4.4.2 connection lost during MAIL FROM", "MAIL FROM"),
+                SessionLoss(phase="MAIL FROM", cause=LossCause.DISCONNECTED, reused=reused),
+            )
         self._script.sending.set()
         if self._script.hold is not None:
             await self._script.hold.wait()
@@ -99,13 +129,14 @@ class FakeConnection:
 class FakeConnector:
     """scripts: host name -> HostScript (hosts not listed accept and reply 250).
 
-    connects: (host, address, port) per attempt, failed ones too. connections: the
-    sessions opened, in order. open_now / max_open: sessions open now and at most.
+    connects: (host, address, port) per attempt, failed ones too; endpoints: the same
+    Endpoints (with their TLSA records). connections: the sessions opened, in order. open_now / max_open: sessions open now and at most.
     """
 
     def __init__(self, scripts: dict[str, HostScript] | None = None) -> None:
         self.scripts = scripts or {}
         self.connects: list[tuple[str, str, int]] = []
+        self.endpoints: list[Endpoint] = []
         self.connections: list[FakeConnection] = []
         self.open_now = 0
         self.max_open = 0
@@ -118,6 +149,7 @@ class FakeConnector:
         self, endpoint: Endpoint, source: EgressSource, path: EgressPathConfig
     ) -> FakeConnection:
         self.connects.append((endpoint.host, endpoint.address, endpoint.port))
+        self.endpoints.append(endpoint)
         script = self.script(endpoint.host)
         if script.refuse_connect is not None:
             raise ConnectFailed(script.refuse_connect)
@@ -170,6 +202,29 @@ class FakeResolver:
         if isinstance(answer, HostResolutionError):
             raise answer
         return list(answer)
+
+
+class FakeTlsPolicy:
+    """policies: domain -> MtaStsPolicy (absent: none). tlsa: host -> TlsaAnswer (absent:
+    no records). lookups: ("mta_sts" | "tlsa", name) per call."""
+
+    def __init__(
+        self,
+        *,
+        policies: dict[str, MtaStsPolicy] | None = None,
+        tlsa: dict[str, TlsaAnswer] | None = None,
+    ) -> None:
+        self.policies = policies or {}
+        self.tlsa_answers = tlsa or {}
+        self.lookups: list[tuple[str, str]] = []
+
+    async def mta_sts(self, domain: str) -> MtaStsPolicy | None:
+        self.lookups.append(("mta_sts", domain))
+        return self.policies.get(domain)
+
+    async def tlsa(self, host: str, port: int = 25) -> TlsaAnswer:
+        self.lookups.append(("tlsa", host))
+        return self.tlsa_answers.get(host, TlsaAnswer())
 
 
 class FakeSpool:

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import sys
+from pathlib import Path
+
 import pytest
 
+from bench.baseline import (
+    BASELINE_MTA,
+    Baseline,
+    baseline_argv,
+    baseline_env,
+    engine_origin_error,
+)
+from bench.harness import Placement
 from bench.load import source_command
 from bench.machine import REPO, MachineFacts
+from bench.nimbus import NimbusBaselineHarness, NimbusHarness
 from bench.nimbus_output import (
     dkim_pool_started,
     is_dkim_worker,
@@ -14,7 +27,7 @@ from bench.nimbus_output import (
     record_types,
     scan_stderr,
 )
-from bench.nimbus_policy import strip_default_rate_limits
+from bench.nimbus_policy import BUNDLED_POLICY, strip_default_rate_limits, write_bench_policy
 from bench.postfix import rewrite_master_cf, scan_maillog
 from bench.report import (
     MD_BEGIN,
@@ -23,12 +36,16 @@ from bench.report import (
     relay_section,
     report_commands,
     splice_section,
+    table_baseline_md,
     table_dkim_md,
     table_md,
+    table_text,
 )
+from bench.run_bench import parse_args
 from bench.sink import parse_counter
 from bench.stats import collect_problems, median, paired_ratios, summarize
 from bench.support import BenchError
+from bench.trial import make_harness
 
 
 def trial(mta: str, run: int, e2e: float, size: int = 4096, ok: bool = True, **kw) -> dict:
@@ -467,3 +484,215 @@ def test_strip_default_rate_limits_refuses_a_changed_file():
     """If the two lines are not both there, the bench refuses to guess."""
     with pytest.raises(BenchError, match="rate lines changed"):
         strip_default_rate_limits('[default]\nmax_message_rate = "100/s"\n')
+
+
+# --------------------------------------------------------------------------- baseline
+
+
+def test_summarize_baseline_ratios():
+    """nimbus-baseline gets its own ratio to Postfix; the nimbus row gets nimbus /
+    nimbus-baseline, of the medians and per run."""
+    trials = [
+        trial("postfix", 1, 400),
+        trial("nimbus", 1, 600),
+        trial("nimbus-baseline", 1, 500),
+        trial("postfix", 2, 500),
+        trial("nimbus", 2, 550),
+        trial("nimbus-baseline", 2, 550),
+        trial("postfix", 3, 450),
+        trial("nimbus", 3, 660),
+        trial("nimbus-baseline", 3, 600),
+    ]
+    rows = summarize(trials, [4096])
+    assert [r["mta"] for r in rows] == ["postfix", "nimbus", "nimbus-baseline"]
+    _, cur, old = rows
+    assert old["ratio"] == pytest.approx(550 / 450)
+    assert old["ratio_paired"] == pytest.approx([1.25, 1.1, 600 / 450])
+    assert cur["baseline_ratio"] == pytest.approx(600 / 550)
+    assert cur["baseline_ratio_paired"] == pytest.approx([1.2, 1.0, 1.1])
+    assert "baseline_ratio" not in old
+
+
+def baseline_rows() -> list[dict]:
+    """benchmark_rows plus a baseline row, and the nimbus row's ratios to it."""
+    postfix, cur = benchmark_rows()
+    old = {**cur, "mta": "nimbus-baseline", "e2e": 600.0, "e2e_min": 590.0, "e2e_max": 610.0}
+    old.update(mta_cpu=1.8, peak_rss_mb=70.0, ratio=600.0 / 517.3, ratio_paired=[1.1, 1.2, 1.3])
+    cur = {**cur, "baseline_ratio": 664.0 / 600.0, "baseline_ratio_paired": [1.05, 1.12, 1.1]}
+    return [postfix, cur, old]
+
+
+def test_table_md_baseline_row_has_its_own_ratio():
+    """The baseline row shows its ratio to Postfix and its peak RSS, like nimbus."""
+    line = table_md(baseline_rows()).splitlines()[4]
+    assert line == (
+        "| 4096 | nimbus-baseline | **600** (590–610) | 663 | 1.80 | 1.99 | 0 "
+        "| **1.16×** (per run: 1.10, 1.20, 1.30) | 70 MiB | 3/3 |"
+    )
+
+
+def test_table_baseline_md_one_line_per_size():
+    """nimbus vs nimbus-baseline: both medians with ranges, the ratio, CPU and RSS of both."""
+    assert table_baseline_md(baseline_rows()).splitlines()[2] == (
+        "| 4096 | **664** (629–722) | **600** (590–610) | **1.11×** (per run: 1.05, 1.12, 1.10) "
+        "| 1.65 | 1.80 | 72 MiB | 70 MiB |"
+    )
+    assert len(table_baseline_md(benchmark_rows()).splitlines()) == 2  # no baseline: no line
+
+
+def test_table_text_shows_baseline_ratio():
+    """The console line of nimbus ends with its ratio to the baseline."""
+    text = table_text(baseline_rows())
+    assert text.splitlines()[3].endswith("3/3   vs baseline 1.11")
+    assert "nimbus-baseline" in text.splitlines()[4]
+
+
+LABEL = "`726b18a` (commit `726b18af7e1c`: A changed egress path)"
+
+
+def test_relay_section_names_the_baseline_revision():
+    """With a baseline, the method text names its revision, its command and its table."""
+    rep = dataclasses.replace(report(), mtas=("postfix", "nimbus", BASELINE_MTA), baseline=LABEL)
+    text = relay_section(baseline_rows(), rep)
+    assert f"**nimbus-baseline** is nimbus at git\n{LABEL},\nrun in this run" in text
+    assert "PYTHONPATH=$BASELINE python -m engine.cli mta" in text
+    assert table_baseline_md(baseline_rows()) in text
+    assert text.index(table_md(baseline_rows())) < text.index("Baseline: ")
+
+
+def test_relay_section_without_baseline_says_nothing_of_one():
+    """A run without --baseline renders the section exactly as before: table, blank line, raw."""
+    text = relay_section(benchmark_rows(), report())
+    assert "baseline" not in text.lower()
+    assert BENCHMARKS_TABLE + "\n\nRaw per-trial JSON" in text
+
+
+def test_report_commands_baseline():
+    """The baseline's command: the same NIMBUS_* settings, its tree on PYTHONPATH, and its
+    own engine's entry point instead of the venv's console script."""
+    cmds = report_commands(sessions=20, messages=10000, reuse_sessions=False, postfix_log=True)
+    (line,) = cmds[BASELINE_MTA]
+    assert line == (
+        cmds["nimbus"][0].removesuffix(" nimbus mta")
+        + " PYTHONPATH=$BASELINE python -m engine.cli mta"
+    )
+
+
+def test_baseline_label_shortens_commit_and_subject():
+    """The report names the revision as given, 12 hex digits of it and a short subject."""
+    base = Baseline(rev="726b18a", commit="726b18af7e1c" + "0" * 28, subject="x" * 80, tree=Path())
+    assert base.label == "`726b18a` (commit `726b18af7e1c`: " + "x" * 71 + "…)"
+
+
+def test_baseline_env_and_argv():
+    """PYTHONPATH is the tree (it wins over the venv's editable finder, which comes after
+    sys.path); the command is the interpreter running the tree's engine.cli."""
+    env = baseline_env(Path("/t/tree"), {"NIMBUS_SPOOL_DIR": "/s", "PYTHONPATH": "/elsewhere"})
+    assert env == {"NIMBUS_SPOOL_DIR": "/s", "PYTHONPATH": "/t/tree"}
+    assert baseline_argv("/v/bin/python") == ["/v/bin/python", "-m", "engine.cli", "mta"]
+
+
+@pytest.fixture
+def place(tmp_path, monkeypatch) -> Placement:
+    ports = iter(range(40001, 40010))
+    monkeypatch.setattr("bench.nimbus.free_port", lambda: next(ports))  # binds a socket
+    return Placement(workdir=tmp_path, sink_port=40000, outdir=tmp_path, tag="r1-4096-x")
+
+
+def test_baseline_harness_env_command_and_policy_source(place, monkeypatch):
+    """The baseline harness runs sys.executable -m engine.cli mta with PYTHONPATH=tree, the
+    same NIMBUS_* settings as nimbus (none inherited) and the tree's own policy/."""
+    monkeypatch.setenv("NIMBUS_SPOOL_DIR", "/inherited")
+    tree = Path("/var/tmp/b/tree")
+    harness = make_harness(BASELINE_MTA, place, baseline_tree=tree)
+    assert isinstance(harness, NimbusBaselineHarness)
+    assert harness.argv() == [sys.executable, "-m", "engine.cli", "mta"]
+    env = harness.process_env()
+    assert env["PYTHONPATH"] == str(tree)
+    assert {k: v for k, v in env.items() if k.startswith("NIMBUS_")} == harness.env
+    assert env["NIMBUS_SPOOL_DIR"] == str(place.workdir / "nimbus" / "spool")
+    assert harness.policy_source == tree / "policy"
+    assert harness.commands()[0].endswith(" PYTHONPATH=$BASELINE python -m engine.cli mta")
+
+
+def test_nimbus_harness_keeps_the_bundled_policy_and_console_script(place):
+    """Plain nimbus is unchanged: the venv's nimbus script, the current tree's policy/."""
+    harness = make_harness("nimbus", place)
+    assert isinstance(harness, NimbusHarness)
+    assert harness.argv()[1:] == ["mta"] and harness.argv()[0].endswith("nimbus")
+    assert harness.policy_source == BUNDLED_POLICY == REPO / "policy"
+    assert "PYTHONPATH" not in harness.env
+
+
+def test_make_harness_baseline_needs_a_tree(place):
+    with pytest.raises(BenchError, match="needs a baseline tree"):
+        make_harness(BASELINE_MTA, place)
+
+
+@pytest.mark.parametrize(
+    ("printed", "error"),
+    [
+        ("/var/tmp/b/tree/engine/__init__.py\n", None),
+        ("warning: x\n/var/tmp/b/tree/engine/__init__.py", None),  # the last line counts
+        ("/work/main/engine/__init__.py\n", "engine imported from /work/main/engine"),
+        ("/var/tmp/b/tree2/engine/__init__.py", "not from the baseline tree /var/tmp/b/tree"),
+        ("", "printed no engine.__file__"),
+    ],
+)
+def test_engine_origin_error(printed, error):
+    """Only an engine inside the baseline tree passes; the editable install's is refused."""
+    why = engine_origin_error(printed, Path("/var/tmp/b/tree"))
+    assert why is None if error is None else error in why
+
+
+OLD_SHAPING = '[default]\nconnection_limit = 10\nmax_connection_rate = "100/min"\n'
+OLD_SHAPING += 'max_message_rate = "100/s"\n\n["gmail.com"]\nmx_rollup = false\n'
+
+
+def test_write_bench_policy_from_a_given_source_tree(tmp_path):
+    """The policy is copied from the given tree (its init.py, its TOML), minus exactly the
+    two default rate lines; nothing of the current tree's policy/ comes in."""
+    src = tmp_path / "old" / "policy"
+    src.mkdir(parents=True)
+    (src / "shaping.toml").write_text(OLD_SHAPING)
+    (src / "init.py").write_text("from engine.helpers.queues import QueueHelper\n")
+    (src / "__pycache__").mkdir()
+    write_bench_policy(tmp_path / "dest", src)
+    dest = tmp_path / "dest"
+    assert sorted(p.name for p in dest.iterdir()) == ["init.py", "shaping.toml"]
+    assert (dest / "init.py").read_text() == (src / "init.py").read_text()
+    assert (dest / "shaping.toml").read_text() == (
+        '[default]\nconnection_limit = 10\n\n["gmail.com"]\nmx_rollup = false\n'
+    )
+
+
+def test_write_bench_policy_names_the_source_it_refuses(tmp_path):
+    """A source whose shaping.toml lacks the lines, or that has none, is named in the error."""
+    src = tmp_path / "policy"
+    src.mkdir()
+    with pytest.raises(BenchError, match=f"{src}: no shaping.toml"):
+        write_bench_policy(tmp_path / "d1", src)
+    (src / "shaping.toml").write_text("[default]\n")
+    with pytest.raises(BenchError, match=f"{src / 'shaping.toml'}: .*rate lines changed"):
+        write_bench_policy(tmp_path / "d2", src)
+
+
+@pytest.mark.parametrize(
+    ("argv", "mtas"),
+    [
+        ([], ["postfix", "nimbus"]),
+        (["--baseline", "726b18a"], ["postfix", "nimbus", "nimbus-baseline"]),
+        (["--dkim"], ["postfix", "nimbus", "nimbus-dkim"]),
+        (["--dkim", "--baseline", "a"], ["postfix", "nimbus", "nimbus-dkim", "nimbus-baseline"]),
+        (["--mtas", "nimbus-baseline,nimbus", "--baseline", "a"], ["nimbus-baseline", "nimbus"]),
+    ],
+)
+def test_parse_args_baseline_joins_the_mtas(argv, mtas):
+    """--baseline adds nimbus-baseline to the interleaved MTAs; --dkim does not."""
+    assert parse_args(argv).mta_list == mtas
+
+
+def test_parse_args_baseline_mta_needs_a_revision(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--mtas", "postfix,nimbus-baseline"])
+    assert "nimbus-baseline needs --baseline REV" in capsys.readouterr().err

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from engine.config.settings import BUNDLED_POLICY_DIR, ConfigError, Settings, load_settings
+from engine.config.units import MemoryLimit, parse_memory_limit
 
 
 def write(tmp_path: Path, text: str) -> str:
@@ -274,3 +275,83 @@ def test_dkim_settings_from_environment():
 
     s = load_settings(env={"NIMBUS_DKIM_WORKERS": "0", "NIMBUS_DKIM_TIMEOUT": "5s"})
     assert (s.dkim.workers, s.dkim.timeout) == (0, 5.0)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"NIMBUS_SPOOL_WRITE_TIMEOUT": "0s"}, "[spool] write_timeout: must be more than 0s"),
+        ({"NIMBUS_HTTP_MAX_RECIPIENTS": "0"}, "[http] max_recipients: must be at least 1"),
+        ({"NIMBUS_HTTP_MAX_RECIPIENTS": "-5"}, "[http] max_recipients: must not be negative"),
+    ],
+)
+def test_accept_bounds_are_validated(env, named):
+    """spool.write_timeout and http.max_recipients refuse values that would disable them."""
+    with pytest.raises(ConfigError) as exc:
+        load_settings(env=env)
+    assert named in str(exc.value)
+
+
+def test_accept_bounds_have_documented_defaults():
+    """A reception waits 30s for its commit; an inject takes up to 10,000 recipients."""
+    settings = load_settings(env={})
+    assert settings.spool.write_timeout == 30.0
+    assert settings.http.max_recipients == 10_000
+
+
+@pytest.mark.parametrize(
+    "toml, message",
+    [
+        (
+            "[smtpp]\nlisten = '127.0.0.1:1'\n",
+            r"unknown section \[smtpp\] \(did you mean \[smtp\]\?",
+        ),
+        ("[sheding]\ninterval = 1\n", r"unknown section \[sheding\] \(did you mean \[shedding\]\?"),
+        ("[zzz]\nx = 1\n", r"unknown section \[zzz\] \(known sections: cluster, "),
+        ("nodeid = 'x'\n", r"nodeid: unknown key \(known keys: node_id\)"),
+    ],
+)
+def test_unknown_section_names_file_section_and_closest(tmp_path, toml, message):
+    """A table that is no section is named as a section, with the closest known one."""
+    path = tmp_path / "nimbus.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=f"^{path}: " + message):
+        load_settings(str(path), env={})
+
+
+@pytest.mark.parametrize(
+    "value, expected", [("debug", "debug"), ("WARNING", "warning"), (" info ", "info")]
+)
+def test_log_level_accepts_the_four_levels(value, expected):
+    """log.level is one of debug, info, warning, error (any case)."""
+    assert load_settings(env={"NIMBUS_LOG_LEVEL": value}).log.level == expected
+
+
+def test_unknown_log_level_names_the_variable_and_the_choices():
+    """An unknown NIMBUS_LOG_LEVEL is a ConfigError naming the variable and the levels."""
+    with pytest.raises(
+        ConfigError,
+        match=r"\[log\] level: unknown log level 'verbose' .*; set by NIMBUS_LOG_LEVEL$",
+    ):
+        load_settings(env={"NIMBUS_LOG_LEVEL": "verbose"})
+
+
+@pytest.mark.parametrize(
+    "value, limit",
+    [
+        ("90%", MemoryLimit(percent=90.0)),
+        ("2GB", MemoryLimit(bytes=2_000_000_000)),
+        ("0", MemoryLimit()),
+        (0, MemoryLimit()),
+    ],
+)
+def test_memory_limit_is_a_size_or_a_percentage(value, limit):
+    """shedding.max_memory: bytes, a percentage of memory.max, or 0 (off)."""
+    assert parse_memory_limit(value) == limit
+
+
+@pytest.mark.parametrize("value", ["0%", "101%", "lots", "-1"])
+def test_bad_memory_limit_is_refused(value):
+    """A memory threshold that is neither a size nor a percentage in (0, 100] is an error."""
+    with pytest.raises(ConfigError, match=r"\[shedding\] max_memory"):
+        load_settings(env={"NIMBUS_SHEDDING_MAX_MEMORY": value})

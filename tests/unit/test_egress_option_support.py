@@ -1,4 +1,4 @@
-"""Every egress-path option is implemented, refused ("not supported by Nimbus") or warned."""
+"""Every egress-path option is implemented or refused ("not supported by Nimbus")."""
 
 from __future__ import annotations
 
@@ -17,13 +17,12 @@ from engine.policy.egress import EgressPathConfig, IpLookupStrategy
 from engine.policy.egress_options import (
     IMPLEMENTED_OPTIONS,
     REFUSED_OPTIONS,
-    WARNED_OPTIONS,
     check_egress_path,
     parse_egress_option,
 )
 from engine.policy.helpers.shaping_load import load_shaping
 
-IMPL, R, W = "implemented", "refused", "warned"
+IMPL, R = "implemented", "refused"
 SUPPORT = {
     "connection_limit": IMPL,
     "connection_limit_local": IMPL,
@@ -38,8 +37,8 @@ SUPPORT = {
     "max_ready": IMPL,
     "consecutive_connection_failures_before_delay": R,
     "enable_tls": IMPL,
-    "enable_mta_sts": W,
-    "enable_dane": W,
+    "enable_mta_sts": IMPL,
+    "enable_dane": IMPL,
     "enable_pipelining": R,
     "enable_rset": R,
     "use_lmtp": R,
@@ -150,7 +149,6 @@ def test_table_matches_the_code(name, status):
     """The engine's support sets say the same as this table."""
     code = {name: IMPL for name in IMPLEMENTED_OPTIONS}
     code.update({name: R for name in REFUSED_OPTIONS})
-    code.update({name: W for name in WARNED_OPTIONS})
     assert code[name] == status
 
 
@@ -207,46 +205,21 @@ def test_refused_option_at_its_default_is_accepted(name, value):
     assert parsed == getattr(EgressPathConfig(), name)
 
 
-@pytest.mark.parametrize("name", sorted(WARNED_OPTIONS))
-def test_warned_option_true_warns_once_per_file(tmp_path, caplog, name):
-    """enable_mta_sts / enable_dane = true log one warning naming the file and key, however
-    many blocks set it; the value still loads."""
-    path = write(tmp_path, f'["default"]\n{name} = true\n["a.example"]\n{name} = true\n')
+@pytest.mark.parametrize("name", ["enable_mta_sts", "enable_dane"])
+@pytest.mark.parametrize("value", [True, False])
+def test_tls_policy_options_load_silently(tmp_path, caplog, name, value):
+    """enable_mta_sts / enable_dane are implemented: either value loads with no warning and
+    reaches the resolved path."""
+    path = write(tmp_path, f'["default"]\n{name} = {_toml(value)}\n')
     with caplog.at_level(logging.WARNING, logger="nimbus.config"):
-        load_shaping([path])
-    warnings = [r.warning for r in caplog.records if r.getMessage() == "option_not_implemented"]
-    assert len(warnings) == 1
-    assert warnings[0].startswith(f'{path}: key "{name}": ')
-    assert "not implemented yet" in warnings[0]
+        shaping = load_shaping([path])
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert shaping.default is not None and shaping.default.options[name] is value
 
 
-@pytest.mark.parametrize("name", sorted(WARNED_OPTIONS))
-def test_warned_option_false_is_silent(tmp_path, caplog, name):
-    """A false MTA-STS / DANE setting says nothing."""
-    path = write(tmp_path, f'["default"]\n{name} = false\n')
-    with caplog.at_level(logging.WARNING, logger="nimbus.config"):
-        load_shaping([path])
-    assert [r for r in caplog.records if r.getMessage() == "option_not_implemented"] == []
-
-
-def test_mta_sts_warning_text(tmp_path, caplog):
-    """The MTA-STS warning says what the user does not get."""
-    path = write(tmp_path, '["default"]\nenable_mta_sts = true\n')
-    with caplog.at_level(logging.WARNING, logger="nimbus.config"):
-        load_shaping([path])
-    [record] = [r for r in caplog.records if r.getMessage() == "option_not_implemented"]
-    assert record.warning == (
-        f'{path}: key "enable_mta_sts": MTA-STS is not implemented yet; mail to this path '
-        "is delivered without MTA-STS policy checks"
-    )
-
-
-def test_policy_built_dane_warns():
-    """A policy answer with enable_dane = true gets the DANE warning (the MTA-STS default
-    cannot be told from an explicit true there)."""
-    path = EgressPathConfig(enable_dane=True)
-    [text] = check_egress_path(path, where="answer")
-    assert "DANE is not implemented yet" in text and "'enable_dane'" in text
+def test_policy_built_dane_is_accepted():
+    """A policy answer with enable_dane = true passes the support check."""
+    assert check_egress_path(EgressPathConfig(enable_dane=True), where="answer") is None
 
 
 def test_vault_key_source_is_refused():

@@ -15,8 +15,11 @@ import pytest
 from engine.reception.inject.build import Templates, build_message
 from engine.reception.inject.request import (
     InjectRequest,
+    RecipientInvalid,
     RequestInvalid,
+    RequestTooLarge,
     TemplateFailed,
+    check_recipient,
     parse_request,
 )
 
@@ -451,12 +454,10 @@ INVALID = [
     ("recipient not an object", rcpts("a@b.c"), "recipients[0]"),
     ("recipient without email", rcpts({"email": "a@b.c"}, {"name": "B"}), "recipients[1].email"),
     (
-        "bad recipient email",
-        rcpts({"email": "a@b.c"}, {"email": "not-an-address"}),
+        "recipient email not a string",
+        rcpts({"email": "a@b.c"}, {"email": 5}),
         "recipients[1].email",
     ),
-    ("recipient email with space", rcpts({"email": "a b@c.d"}), "recipients[0].email"),
-    ("recipient header-unsafe email", rcpts({"email": "a..b@c.d"}), "recipients[0].email"),
     ("unknown recipient key", rcpts({"email": "a@b.c", "nmae": "x"}), "recipients[0].nmae"),
     (
         "recipient substitutions not an object",
@@ -547,6 +548,61 @@ def test_invalid_request_names_field(body: Any, field: str) -> None:
         parse_request(copy.deepcopy(body))
     assert info.value.field == field
     assert info.value.reason
+
+
+# An unusable address fails only its recipient (KumoMTA): parse_request accepts the shape,
+# check_recipient refuses the address, naming it.
+BAD_ADDRESSES = [
+    ("not an address", request(recipients=[{"email": "a@b.c"}, {"email": "nope"}]), 1, "expected"),
+    ("space in address", request(recipients=[{"email": "a b@c.d"}]), 0, "expected"),
+    ("header-unsafe", request(recipients=[{"email": "a..b@c.d"}]), 0, "not usable in a header"),
+    (
+        "no domain, raw content",
+        request(recipients=[{"email": "x@"}], content="S: x\r\n"),
+        0,
+        "expected",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "index", "reason"),
+    [(b, i, r) for _, b, i, r in BAD_ADDRESSES],
+    ids=[name for name, _, _, _ in BAD_ADDRESSES],
+)
+def test_unusable_address_fails_only_its_recipient(body: Any, index: int, reason: str) -> None:
+    """parse_request accepts the body; check_recipient raises RecipientInvalid naming the
+    recipient's email field and why, and passes the other recipients."""
+    req = parse_request(copy.deepcopy(body))
+    for i in range(len(req.recipients)):
+        if i != index:
+            check_recipient(req, i)
+    with pytest.raises(RecipientInvalid) as info:
+        check_recipient(req, index)
+    assert info.value.field == f"recipients[{index}].email"
+    assert reason in info.value.reason
+
+
+def test_raw_content_takes_an_address_a_header_could_not() -> None:
+    """With a whole-message template the address is only the envelope's, so ``a..b@c.d``
+    passes (a builder would write it into To: and refuses it)."""
+    req = parse_request(request(recipients=[{"email": "a..b@c.d"}], content="S: x\r\n"))
+    check_recipient(req, 0)
+
+
+@pytest.mark.parametrize(
+    ("count", "limit", "too_large"), [(3, 3, False), (4, 3, True), (1, 1, False)]
+)
+def test_recipient_limit(count: int, limit: int, too_large: bool) -> None:
+    """Up to max_recipients is accepted; one more raises RequestTooLarge naming the limit."""
+    body = request(recipients=[{"email": f"u{i}@example.com"} for i in range(count)])
+    if not too_large:
+        assert len(parse_request(body, max_recipients=limit).recipients) == count
+        return
+    with pytest.raises(RequestTooLarge) as info:
+        parse_request(body, max_recipients=limit)
+    assert info.value.field == "recipients"
+    assert f"{count} recipients exceed the limit of {limit}" in info.value.reason
 
 
 def test_handlebars_reason_says_not_supported() -> None:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from engine.config.settings import LogSettings
+from engine.logs.metrics import Metrics
 from engine.logs.writer import LogWriter, segment_name
 from engine.records import LogRecord, RecordType, Response
 
@@ -176,3 +180,60 @@ async def test_close_before_any_record_writes_no_file(tmp_path):
     task = await run_writer(writer)
     await finish(writer, task)
     assert list((tmp_path / "logs").iterdir()) == []
+
+
+class _DiskFills:
+    """A segment file on a disk that fills up: while ``full``, a write stores part of its
+    data and then fails with ENOSPC, as write(2) does at the end of the free space."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.full = False
+
+    def write(self, data: Any) -> int:
+        if not self.full:
+            return self.real.write(data)
+        if len(data) > 1:
+            return self.real.write(bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_full_disk_drops_whole_batches_counts_them_and_logs_once(tmp_path, caplog, monkeypatch):
+    """With the disk full, batches are cut back to whole lines and counted, one error is
+    logged for the episode, and writing resumes (logged once) when space returns."""
+    writer = LogWriter(LogSettings(dir=str(tmp_path)))
+    writer._write([record(0)])
+    disk = _DiskFills(writer._file)
+    monkeypatch.setattr(writer, "_file", disk)
+    disk.full = True
+    with caplog.at_level("WARNING", logger="nimbus.logs"):
+        writer._write([record(1), record(2)])
+        writer._write([record(3)])
+        disk.full = False
+        writer._write([record(4)])
+    disk.real.close()
+    (path,) = tmp_path.iterdir()
+    events = [(r.getMessage(), getattr(r, "records", None)) for r in caplog.records]
+    assert [r["id"] for r in lines(path)] == [f"{n:032x}" for n in (0, 4)]
+    assert writer.dropped == 3
+    assert events == [("log_records_dropped", 2), ("log_records_writing_again", None)]
+
+
+def test_asyncio_task_gauge_counts_live_tasks():
+    """nimbus_asyncio_tasks is the loop's live task count at scrape time, absent off-loop."""
+    metrics = Metrics()
+    assert b"nimbus_asyncio_tasks" not in generate_latest(metrics.registry)
+
+    async def scrape() -> bytes:
+        gate = asyncio.Event()
+        tasks = [asyncio.create_task(gate.wait()) for _ in range(3)]
+        try:
+            return generate_latest(metrics.registry)
+        finally:
+            gate.set()
+            await asyncio.gather(*tasks)
+
+    assert b"nimbus_asyncio_tasks 4.0" in asyncio.run(scrape())  # 3 + the scraping task

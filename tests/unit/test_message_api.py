@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.utils
 import json
+from typing import Any
 
 import pytest
 
@@ -308,3 +309,42 @@ def test_set_scheduling_invalid_keeps_previous():
     with pytest.raises(ValueError):
         msg.set_scheduling({"when": "soon"})
     assert msg.get_scheduling() == Scheduling.from_options(OPTIONS)
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "named"),
+    [
+        ({1, 2}, TypeError, "meta 'x_k' is a set"),
+        (b"raw", TypeError, "meta 'x_k' is a bytes"),
+        (object(), TypeError, "meta 'x_k' is a object"),
+        ([1, {2}], TypeError, "meta 'x_k'[1] is a set"),
+        ({"a": {"b": b"x"}}, TypeError, "meta 'x_k'['a']['b'] is a bytes"),
+        ({1: "one"}, TypeError, "meta 'x_k' has a int key 1"),
+        (float("nan"), ValueError, "meta 'x_k' is nan"),
+        ([float("inf")], ValueError, "meta 'x_k'[0] is inf"),
+    ],
+)
+def test_set_meta_refuses_what_is_not_json_naming_the_key(value, error, named):
+    """set_meta raises at once, naming the key and the bad part, and leaves meta unchanged."""
+    msg = message(meta={"tenant": "t"})
+    with pytest.raises(error) as info:
+        msg.set_meta("x_k", value)
+    assert named in str(info.value)
+    assert msg.meta == {"tenant": "t"}
+
+
+@pytest.mark.parametrize(
+    "value", [None, True, 3, 2.5, "s", [1, "a", None], (1, 2), {"a": [{"b": 1.0}]}]
+)
+def test_set_meta_keeps_json_values(value):
+    """Every JSON value (tuples too: they are JSON arrays) is stored as given."""
+    msg = message()
+    msg.set_meta("x_k", value)
+    assert msg.get_meta("x_k") == value
+
+
+def test_set_meta_refuses_a_key_that_is_not_a_str():
+    """Meta is a JSON object: its keys are strings."""
+    key: Any = 1
+    with pytest.raises(TypeError, match="key must be a str, not int"):
+        message().set_meta(key, "v")

@@ -2,14 +2,19 @@
 
 import pytest
 
+from engine.delivery.errors import ConnectionLost, LossCause, SessionLoss
 from engine.queues.decisions import (
+    CONNECT_BACKOFF_BASE,
+    CONNECT_BACKOFF_CAP,
     MAX_SLOT_WAIT,
     Fate,
     SlotStep,
     after_lease_refused,
     after_no_target,
+    connect_backoff,
     connections_to_open,
     hold_delay,
+    lost_session_fate,
     no_target_is_permanent,
     rate_wait_fate,
     reply_fate,
@@ -196,3 +201,66 @@ def test_rate_wait_fate(wait: float, idle_timeout: float, stopping: bool, fate: 
 def test_hold_delay(expires: float, now: float, delay: float) -> None:
     """A suspension gives messages back until it ends, at least one second."""
     assert hold_delay(expires=expires, now=now) == delay
+
+
+D, T, C, G = LossCause.DISCONNECTED, LossCause.TIMEOUT, LossCause.CLOSING, LossCause.GARBLED
+
+
+@pytest.mark.parametrize(
+    ("phase", "cause", "reused", "retried", "fate"),
+    [
+        # A pooled session the peer closed before answering: not an attempt, in every phase.
+        ("idle", D, True, False, Fate.RETRY_NOW),  # found closed before MAIL was sent
+        ("MAIL FROM", D, True, False, Fate.RETRY_NOW),
+        ("RCPT TO", D, True, False, Fate.RETRY_NOW),
+        ("DATA", D, True, False, Fate.RETRY_NOW),
+        ("end-of-data", D, True, False, Fate.RETRY_NOW),  # maybe delivered: a duplicate at worst
+        # The one immediate retry is spent: an ordinary TransientFailure (no spinning).
+        ("MAIL FROM", D, True, True, Fate.TRANSIENT),
+        ("end-of-data", D, True, True, Fate.TRANSIENT),
+        # A fresh session failing so is a TransientFailure.
+        ("idle", D, False, False, Fate.TRANSIENT),
+        ("MAIL FROM", D, False, False, Fate.TRANSIENT),
+        ("end-of-data", D, False, False, Fate.TRANSIENT),
+        # The peer answered or is slow: a real attempt, even on a pooled session.
+        ("MAIL FROM", T, True, False, Fate.TRANSIENT),  # a timeout is not "found dead"
+        ("end-of-data", T, True, False, Fate.TRANSIENT),
+        ("MAIL FROM", C, True, False, Fate.TRANSIENT),  # 421: RFC 5321 §3.8, it said so
+        ("RCPT TO", G, True, False, Fate.TRANSIENT),  # a malformed reply
+    ],
+)
+def test_lost_session_fate(
+    phase: str, cause: LossCause, reused: bool, retried: bool, fate: Fate
+) -> None:
+    loss = SessionLoss(phase=phase, cause=cause, reused=reused)
+    assert lost_session_fate(loss, retried=retried) is fate
+
+
+def test_connection_lost_without_facts_is_never_stale() -> None:
+    """A ConnectionLost raised without a SessionLoss (e.g. by a fake) is a fresh-session
+    disconnect: a TransientFailure, never a retry."""
+    lost = ConnectionLost(Response.parse(421, "4.4.2 gone", "MAIL FROM"))
+    assert lost.loss == SessionLoss(phase="MAIL FROM", cause=D, reused=False)
+    assert lost_session_fate(lost.loss, retried=False) is Fate.TRANSIENT
+
+
+@pytest.mark.parametrize(
+    ("failures", "rand", "expected"),
+    [
+        (1, 0.0, CONNECT_BACKOFF_BASE / 2),  # equal jitter: at least half the schedule
+        (1, 0.999999, CONNECT_BACKOFF_BASE),  # below the full schedule
+        (2, 0.0, CONNECT_BACKOFF_BASE),  # doubles per consecutive failure
+        (3, 0.0, CONNECT_BACKOFF_BASE * 2),
+        (10, 0.0, CONNECT_BACKOFF_CAP / 2),  # capped
+        (10, 0.999999, CONNECT_BACKOFF_CAP),
+        (10_000, 0.5, CONNECT_BACKOFF_CAP * 0.75),  # huge counts do not overflow
+        (0, 0.0, CONNECT_BACKOFF_BASE / 2),  # 0 counts as the first
+    ],
+)
+def test_connect_backoff(failures: int, rand: float, expected: float) -> None:
+    assert connect_backoff(failures=failures, rand=rand) == pytest.approx(expected, rel=1e-5)
+
+
+def test_connect_backoff_recovers_promptly() -> None:
+    """The cap keeps the hold-off after a long outage short (it was a fixed 5 s)."""
+    assert max(connect_backoff(failures=n, rand=0.999999) for n in range(1, 100)) <= 5.0

@@ -237,3 +237,37 @@ async def test_drain_finishes_the_message_in_hand_and_leaves_the_rest() -> None:
     assert list(h.ready.queue) == msgs[1:]
     assert h.connector.connections[0].closed
     assert h.ready.enqueue(msgs[0]) and h.ready.connections == 0  # nothing new starts
+
+
+async def test_stale_pooled_session_is_retried_at_once_on_a_fresh_one() -> None:
+    """The peer closed the pooled session before answering the second message's MAIL:
+    no attempt is recorded, and the message goes out at once on a new session."""
+    h = Harness(path=dataclasses.replace(PATH, connection_limit=1))
+    h.connector.script("mx1.example").drop_at = {2}
+    first, second = h.add(2)
+    await h.until_idle()
+    assert h.outcomes.kinds() == [("delivered", first.id), ("delivered", second.id)]
+    stale, fresh = h.connector.connections
+    assert stale.commands[-1] == "MAIL FROM:<a@sender.example>" and stale.closed
+    assert fresh.deliveries == 1 and h.outcomes.records[1].attempt.peer == fresh.peer
+
+
+async def test_fresh_session_dropping_too_is_one_transient_failure() -> None:
+    """Bounded: the immediate retry on a fresh session fails the same way, and that is an
+    ordinary TransientFailure; no third session is opened for it."""
+    h = Harness(path=dataclasses.replace(PATH, connection_limit=1))
+    h.connector.script("mx1.example").drop_at = {2, 3}
+    first, second = h.add(2)
+    await h.until_idle()
+    assert h.outcomes.kinds() == [("delivered", first.id), ("transient", second.id)]
+    assert len(h.connector.connections) == 2
+
+
+async def test_first_transaction_dropped_is_a_transient_failure() -> None:
+    """A fresh session the peer closes is a delivery attempt (TransientFailure)."""
+    h = Harness()
+    h.connector.script("mx1.example").drop_at = {1}
+    [msg] = h.add(1)
+    await h.until_idle()
+    assert h.outcomes.kinds() == [("transient", msg.id)]
+    assert len(h.connector.connections) == 1

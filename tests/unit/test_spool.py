@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,7 +16,14 @@ import pytest
 
 from engine.config.settings import SpoolSettings
 from engine.records import Message, new_message_id
-from engine.storage.spool import Quarantined, Spool, SpoolError, SpoolFull, SpoolLocked
+from engine.storage.spool import (
+    Quarantined,
+    Spool,
+    SpoolError,
+    SpoolFull,
+    SpoolLocked,
+    SpoolTimeout,
+)
 
 T = 1_700_000_000.0
 
@@ -315,3 +323,64 @@ async def test_duplicate_id_save_fails_without_affecting_others(tmp_path, spool)
     with pytest.raises(SpoolError):
         await spool.save([(m, b"two")])
     assert await spool.load_data(m.id) == b"one"
+
+
+async def test_save_of_a_meta_json_cannot_encode_is_a_spool_error_and_the_next_save_works(
+    tmp_path, spool
+):
+    """A message whose meta holds a set fails its save with SpoolError naming the type
+    (not a bare TypeError a listener would turn into a 500); the spool saves on."""
+    bad = message(1, meta={"x_tags": {1, 2}})
+    with pytest.raises(SpoolError, match="TypeError: Object of type set"):
+        await asyncio.wait_for(spool.save([(bad, b"b")]), 5)
+    good = message(2)
+    await asyncio.wait_for(spool.save([(good, b"g")]), 5)
+    await spool.close()
+    recovered, _ = await reopen(tmp_path)
+    assert recovered == [good]
+
+
+async def test_flush_on_a_stuck_writer_is_a_spool_timeout(tmp_path):
+    """flush() waits at most spool.write_timeout for a writer held by a blocked op."""
+    spool = Spool(settings(tmp_path, write_timeout=0.2))
+    await spool.recover()
+    release = threading.Event()
+    spool._writer.submit_nowait(lambda conn: release.wait(5))
+    try:
+        with pytest.raises(SpoolTimeout, match="within 0.2s"):
+            await asyncio.wait_for(spool.flush(), 5)
+    finally:
+        release.set()
+        await spool.close()
+
+
+async def test_health_probe_commits_and_is_not_counted_as_work(tmp_path):
+    """check_health is None while the writer commits; its probe is not reported to
+    on_commit (commit metrics count real work); a closed spool is 'not open'."""
+    commits: list[int] = []
+    spool = Spool(settings(tmp_path), on_commit=commits.append)
+    before = await spool.check_health(timeout=5)
+    await spool.recover()
+    try:
+        healthy = await spool.check_health(timeout=5)
+        await spool.save([(message(), b"x")])
+        await asyncio.gather(spool.check_health(timeout=5), spool.save([(message(1), b"y")]))
+    finally:
+        await spool.close()
+    after = await spool.check_health(timeout=5)
+    assert (before, healthy, after) == ("spool is not open", None, "spool is not open")
+    assert sum(commits) == 2
+
+
+async def test_health_probe_names_a_stuck_writer(tmp_path):
+    """A writer that does not commit within the timeout is named as such."""
+    spool = Spool(settings(tmp_path))
+    await spool.recover()
+    gate = threading.Event()
+    try:
+        spool._writer.submit_nowait(lambda conn: gate.wait(10))  # the writer thread blocks
+        problem = await spool.check_health(timeout=0.2)
+    finally:
+        gate.set()
+        await spool.close()
+    assert problem == "spool writer did not commit within 0.2s"

@@ -12,7 +12,13 @@ import pytest
 
 from engine.logs.hooks.store import Store
 from engine.storage import spool
-from engine.storage.writer import Writer, WriterClosed, connect
+from engine.storage.writer import (
+    Writer,
+    WriterClosed,
+    WriterOpFailed,
+    WriterTimeout,
+    connect,
+)
 
 WAIT = 5.0  # seconds; a deadline for the writer thread, never a sleep
 
@@ -33,7 +39,7 @@ def _values(path: Path) -> list[int]:
         return [v for (v,) in conn.execute("SELECT v FROM t ORDER BY v")]
 
 
-def _raise(exc: Exception, conn: sqlite3.Connection) -> None:
+def _raise(exc: BaseException, conn: sqlite3.Connection) -> None:
     raise exc
 
 
@@ -178,3 +184,99 @@ def test_each_user_keeps_its_durability(tmp_path, open_connection, level):
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [SystemExit(3), KeyboardInterrupt(), GeneratorExit()],
+    ids=["system-exit", "keyboard-interrupt", "generator-exit"],
+)
+async def test_base_exception_in_an_op_fails_that_request_and_the_thread_serves_on(tmp_path, error):
+    """An op raising a BaseException that is not an Exception fails only its request
+    (WriterOpFailed, the original as its cause); the next request commits."""
+    path = tmp_path / "w.db"
+    writer = Writer("test")
+    writer.start(_db(path))
+    try:
+        with pytest.raises(WriterOpFailed) as info:
+            await asyncio.wait_for(writer.run(partial(_insert, 1), partial(_raise, error)), WAIT)
+        assert info.value.__cause__ is error
+        assert await asyncio.wait_for(writer.run(partial(_insert, 2)), WAIT) == [2]
+        assert writer.running
+    finally:
+        await writer.close()
+    assert _values(path) == [2]
+
+
+async def test_a_failure_inside_the_writer_fails_the_batch_not_the_thread(tmp_path, monkeypatch):
+    """A bug in the commit step itself fails the requests of that batch (and reports it to
+    on_error); the thread keeps serving the next ones."""
+    errors: list[BaseException] = []
+    writer = Writer("test", on_error=errors.append)
+    writer.start(_db(tmp_path / "w.db"))
+    real_commit = writer._commit
+    calls = iter([RuntimeError("bug in commit")])
+
+    def broken_once(conn: sqlite3.Connection, batch: list) -> None:
+        failure = next(calls, None)
+        if failure is not None:
+            raise failure
+        real_commit(conn, batch)
+
+    monkeypatch.setattr(writer, "_commit", broken_once)
+    try:
+        with pytest.raises(WriterOpFailed, match="bug in commit"):
+            await asyncio.wait_for(writer.run(partial(_insert, 1)), WAIT)
+        assert await asyncio.wait_for(writer.run(partial(_insert, 2)), WAIT) == [2]
+    finally:
+        await writer.close()
+    assert [str(e) for e in errors] == ["bug in commit"]
+
+
+async def test_run_on_a_stuck_writer_ends_in_writer_timeout(tmp_path):
+    """run(timeout=) on a writer blocked by an op ends in WriterTimeout within the bound;
+    once the op returns, the writer serves again."""
+    writer = Writer("test")
+    writer.start(_db(tmp_path / "w.db"))
+    blocker = _Blocker()
+    try:
+        held = asyncio.create_task(writer.run(blocker))
+        assert await asyncio.to_thread(blocker.started.wait, WAIT)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(WriterTimeout, match="test writer did not commit within 0.2s"):
+            await writer.run(partial(_insert, 1), timeout=0.2)
+        assert 0.2 <= loop.time() - started < 0.2 + WAIT / 5
+        blocker.release.set()
+        assert await asyncio.wait_for(held, WAIT) == [None]
+        assert await asyncio.wait_for(writer.run(partial(_insert, 2)), WAIT) == [2]
+    finally:
+        blocker.release.set()
+        await writer.close()
+
+
+async def test_an_op_raising_timeout_error_is_not_a_writer_timeout(tmp_path):
+    """An op's own TimeoutError reaches the caller as itself, even with run(timeout=)."""
+    writer = Writer("test")
+    writer.start(_db(tmp_path / "w.db"))
+    error = TimeoutError("the op's own")
+    try:
+        with pytest.raises(TimeoutError) as info:
+            await writer.run(partial(_raise, error), timeout=WAIT)
+        assert info.value is error
+    finally:
+        await writer.close()
+
+
+async def test_requests_fail_with_writer_closed_when_the_thread_has_died(tmp_path):
+    """A writer whose thread ended without close() refuses requests instead of hanging."""
+    writer = Writer("test")
+    writer.start(_db(tmp_path / "w.db"))
+    writer._requests.put(None)  # the stop marker alone: the thread ends, close() not called
+    thread = writer._thread
+    assert thread is not None
+    await asyncio.to_thread(thread.join, WAIT)
+    assert not writer.running
+    with pytest.raises(WriterClosed):
+        await asyncio.wait_for(writer.run(partial(_insert, 1)), WAIT)
+    await writer.close()

@@ -180,7 +180,7 @@ class HookSender:
                     "log_hook_delivery_failed",
                     extra={
                         "hook": hook.name,
-                        "url": hook.url,
+                        "url": hook.display_url,
                         "reason": reason,
                         "pending": st.pending,
                     },

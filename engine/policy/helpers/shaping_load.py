@@ -30,9 +30,8 @@ KumoMTA quirks fixed here:
 
 from __future__ import annotations
 
-import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -42,7 +41,6 @@ from engine.config.throttle_spec import LimitSpec, ThrottleSpec
 from engine.config.units import parse_duration
 from engine.policy.egress_options import (
     EGRESS_OPTION_NAMES,
-    egress_option_warning,
     parse_egress_option,
 )
 from engine.policy.helpers.shaping import (
@@ -59,9 +57,7 @@ from engine.policy.helpers.shaping import (
     normalize_host,
 )
 
-__all__ = ["load_shaping", "option_warnings"]
-
-log = logging.getLogger("nimbus.config")
+__all__ = ["load_shaping"]
 
 _MATCH_KINDS = ("MXSuffix", "DomainSuffix", "HostName")
 _RULE_KEYS = {"regex", "action", "trigger", "duration", "match_internal"}
@@ -349,38 +345,13 @@ def _parse_provider(path: str, name: str, table: Any) -> tuple[Provider, bool]:
     return Provider(name=name, automation=rules, origin=where, **fields), replace_base
 
 
-def _set_options(node: Any) -> Iterator[tuple[str, Any]]:
-    """Every (key, value) in a TOML tree, and every SetConfig ``{name, value}`` pair."""
-    if isinstance(node, dict):
-        if set(node) == {"name", "value"} and isinstance(node["name"], str):
-            yield node["name"], node["value"]
-        for key, value in node.items():
-            yield key, value
-            yield from _set_options(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _set_options(item)
-
-
-def option_warnings(path: str, tree: Any) -> list[str]:
-    """One warning per WARNED option (MTA-STS, DANE) that a file sets to true, in any
-    block, source table or SetConfig action."""
-    seen: dict[str, str] = {}
-    for key, value in _set_options(tree):
-        text = egress_option_warning(key, value)
-        if text is not None and key not in seen:
-            seen[key] = f'{path}: key "{key}": {text}'
-    return list(seen.values())
-
-
 def load_shaping(paths: Sequence[str | Path]) -> Shaping:
     """Load and merge shaping TOML files, later over earlier.
 
     paths: files in order (defaults first, local overrides, then a TSA overlay).
     Raises ConfigError naming file, table and key for anything invalid (a refused
     option: "not supported by Nimbus"), and for a provider with no ``match`` once every
-    file is merged. Logs one ``option_not_implemented`` warning (logger ``nimbus.config``)
-    per file and MTA-STS / DANE key set to true.
+    file is merged.
     """
     default: Block | None = None
     domains: dict[str, Block] = {}
@@ -388,8 +359,6 @@ def load_shaping(paths: Sequence[str | Path]) -> Shaping:
     providers: dict[str, Provider] = {}
     for path in map(str, paths):
         tree = read_toml(path)
-        for text in option_warnings(path, tree):
-            log.warning("option_not_implemented", extra={"file": path, "warning": text})
         for name, table in tree.items():
             if name == "provider":
                 if not isinstance(table, dict):

@@ -1,17 +1,24 @@
 """Injection request validation: the ``/api/inject/v1`` body as frozen records (reference §1).
 
 Validate the decoded JSON body strictly and name the first offending field; pure,
-no templating (that is engine.reception.inject.build).
+no templating (that is engine.reception.inject.build). The request's *shape* is checked
+here for the whole body (a malformed shape fails the request); a recipient's address is
+checked by ``check_recipient``, once per recipient while building, so an unusable address
+fails only that recipient, as in KumoMTA (reference §1: "an error fails only that
+recipient") and the check's cost is spread over the build loop.
 
 Exports:
-    parse_request(body) -> InjectRequest       strict validation of the JSON value
+    parse_request(body, max_recipients=) -> InjectRequest   strict validation of the JSON value
+    check_recipient(req, index)                raise RecipientInvalid for an unusable address
     InjectRequest, Recipient, Builder, Attachment, Address, TraceHeaders   records
 
 Exceptions::
 
     InjectError
-    ├── RequestInvalid   bad field in the body          -> 400 {"error", "field"}
-    └── TemplateFailed   template syntax or render error -> 422
+    ├── RequestInvalid    bad field in the body          -> 400 {"error", "field"}
+    │   └── RequestTooLarge  more recipients than allowed -> 413 {"error", "field"}
+    ├── RecipientInvalid  one recipient's address        -> that recipient fails (200)
+    └── TemplateFailed    template syntax or render error -> 422
 
 Deliberate differences from KumoMTA: ``deferred_generation: true`` and the
 ``Handlebars`` dialect are rejected as not supported; ``deferred_spool`` is
@@ -36,6 +43,8 @@ from engine.records import Json
 __all__ = [
     "InjectError",
     "RequestInvalid",
+    "RequestTooLarge",
+    "RecipientInvalid",
     "TemplateFailed",
     "InjectRequest",
     "Recipient",
@@ -44,6 +53,7 @@ __all__ = [
     "Address",
     "TraceHeaders",
     "parse_request",
+    "check_recipient",
 ]
 
 
@@ -60,6 +70,22 @@ class RequestInvalid(InjectError):
 
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(f"{field or 'body'}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class RequestTooLarge(RequestInvalid):
+    """More recipients than the per-request limit (``http.max_recipients``)."""
+
+
+class RecipientInvalid(InjectError):
+    """One recipient's address cannot be used; only that recipient fails.
+
+    field: JSON path of the address (``recipients[2].email``). reason: why.
+    """
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
 
@@ -234,13 +260,16 @@ def _check_address(value: str, where: str, *, in_header: bool) -> None:
             raise RequestInvalid(where, f"not usable in a header: {exc}") from None
 
 
-def parse_request(body: Json) -> InjectRequest:
-    """Validate a decoded ``/api/inject/v1`` JSON body.
+def parse_request(body: Json, *, max_recipients: int | None = None) -> InjectRequest:
+    """Validate a decoded ``/api/inject/v1`` JSON body (its shape; addresses of
+    recipients are ``check_recipient``'s).
 
     body: the JSON value as ``json.loads`` returns it.
+    max_recipients: the most recipients allowed (None: no limit).
     Returns the request as frozen records, attachments decoded.
-    Raises RequestInvalid naming the first offending field (also for nesting deeper
-    than json_body.MAX_DEPTH and lone surrogates, which no message could carry).
+    Raises RequestTooLarge past ``max_recipients``, RequestInvalid naming the first
+    offending field (also for nesting deeper than json_body.MAX_DEPTH and lone
+    surrogates, which no message could carry).
     """
     try:
         check_json(body)
@@ -256,10 +285,13 @@ def parse_request(body: Json) -> InjectRequest:
     recipients = _field(obj, "recipients", "", list, required=True)
     if not recipients:
         raise RequestInvalid("recipients", "must not be empty")
-    builder = isinstance(content, Builder)
-    rcpts = tuple(
-        _parse_recipient(r, f"recipients[{i}]", builder) for i, r in enumerate(recipients)
-    )
+    if max_recipients is not None and len(recipients) > max_recipients:
+        raise RequestTooLarge(
+            "recipients",
+            f"{len(recipients)} recipients exceed the limit of {max_recipients} per request "
+            "(http.max_recipients)",
+        )
+    rcpts = tuple(_parse_recipient(r, f"recipients[{i}]") for i, r in enumerate(recipients))
     dialect = _field(obj, "template_dialect", "", str)
     dialect = "Jinja" if dialect is None else dialect
     if dialect == "Handlebars":
@@ -279,10 +311,24 @@ def parse_request(body: Json) -> InjectRequest:
     )
 
 
-def _parse_recipient(value: Any, path: str, in_header: bool) -> Recipient:
+def check_recipient(req: InjectRequest, index: int) -> None:
+    """Check ``req.recipients[index]``'s address: ``local@domain``, and for a builder
+    request (which writes it into ``To:``) RFC 5322 addr-spec syntax.
+
+    Raises RecipientInvalid naming ``recipients[index].email`` and why.
+    """
+    where = f"recipients[{index}].email"
+    try:
+        _check_address(
+            req.recipients[index].email, where, in_header=isinstance(req.content, Builder)
+        )
+    except RequestInvalid as exc:
+        raise RecipientInvalid(where, exc.reason) from None
+
+
+def _parse_recipient(value: Any, path: str) -> Recipient:
     obj = _object(value, path, frozenset({"email", "name", "substitutions", "metadata"}))
     email = _field(obj, "email", path, str, required=True)
-    _check_address(email, f"{path}.email", in_header=in_header)
     name = _field(obj, "name", path, str)
     _one_line(name, f"{path}.name")
     return Recipient(
