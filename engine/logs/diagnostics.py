@@ -5,7 +5,7 @@ Exports:
     configure_structlog()   just the structlog half (tests that keep their own handlers)
     formatter()             the JSON-lines logging.Formatter (structlog's ProcessorFormatter)
     get_logger(name)        a structlog logger rendering through the same pipeline
-    bound_contextvars / bind_contextvars
+    bound_contextvars / bind_contextvars / reset_contextvars
                             structlog.contextvars, used by reception to put the SMTP session
                             or HTTP request on every line logged while serving it
 
@@ -39,7 +39,7 @@ import time
 from typing import Any
 
 import structlog
-from structlog.contextvars import bind_contextvars, bound_contextvars
+from structlog.contextvars import bind_contextvars, bound_contextvars, reset_contextvars
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "formatter",
     "get_logger",
     "bind_contextvars",
+    "reset_contextvars",
     "bound_contextvars",
 ]
 
