@@ -258,6 +258,11 @@ def _check_address(value: str, where: str, *, in_header: bool) -> None:
             headerregistry.Address(addr_spec=value)
         except (ValueError, email_errors.HeaderParseError) as exc:
             raise RequestInvalid(where, f"not usable in a header: {exc}") from None
+        except (AttributeError, TypeError, IndexError) as exc:
+            # The stdlib parser itself fails on some malformed input (an unclosed domain
+            # literal ending in a backslash raises AttributeError in all_defects): the
+            # address is unusable, not the server broken.
+            raise RequestInvalid(where, f"not usable in a header ({type(exc).__name__})") from None
 
 
 def parse_request(body: Json, *, max_recipients: int | None = None) -> InjectRequest:
