@@ -185,6 +185,9 @@ class Node:
         )
         self.credentials = Credentials(settings.http.auth_dir or None)
         sessions = self.metrics.connections.labels("esmtp_listener")
+        # One brute-force brake for SMTP AUTH and both HTTP APIs: a guesser gets no extra
+        # tries on another door.
+        auth_limiter = FailureLimiter.from_settings(settings.http)
         self.smtp = SmtpListener(
             settings=settings,
             acceptor=self.acceptor,
@@ -192,9 +195,8 @@ class Node:
             credentials=self.credentials,
             on_connection=sessions.inc,
             shedding=self._shedding,
+            auth_limiter=auth_limiter,
         )
-        # One brute-force brake for both APIs: a guesser gets no extra tries on the other.
-        auth_limiter = FailureLimiter.from_settings(settings.http)
         http_app = build_app(
             settings=settings,
             acceptor=self.acceptor,

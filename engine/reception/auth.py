@@ -3,7 +3,8 @@ brake on guessing them.
 
 Exports:
     Credentials     check(user, password) -> bool; parse_basic(header) -> (user, password)
-    FailureLimiter  per-peer token bucket of failed basic-auth attempts (429 while empty)
+    FailureLimiter  per-peer token bucket of failed attempts: HTTP basic auth (429) and
+                    SMTP AUTH (454 4.7.0, auth_limited_reply) while empty
     Bucket, FailureBudget, retry_after, after_failure, peer_key   its pure decisions
 
 The directory holds one file per user: the file name is the username and the
@@ -49,6 +50,7 @@ __all__ = [
     "parse_basic",
     "MalformedAuthorization",
     "FailureLimiter",
+    "auth_limited_reply",
     "FailureBudget",
     "Bucket",
     "retry_after",
@@ -190,7 +192,7 @@ def peer_key(address: str | None) -> str:
 
 
 class FailureLimiter:
-    """Failed basic-auth attempts per peer, shared by the inject and admin APIs.
+    """Failed authentication attempts per peer, shared by SMTP AUTH and the inject and admin APIs.
 
     budget: burst and refill (``burst == 0`` turns the brake off).
     max_peers: table bound; clock: monotonic seconds (tests inject one).
@@ -241,3 +243,8 @@ class FailureLimiter:
 def too_many_failures_reason(wait: int) -> str:
     """The 429 body's reason, the same for every API."""
     return f"too many failed authentication attempts from this address; retry in {wait}s"
+
+
+def auth_limited_reply(wait: int) -> str:
+    """The SMTP AUTH answer while a peer's failure budget is empty (RFC 4954: 454 4.7.0)."""
+    return f"454 4.7.0 Too many failed authentication attempts from this address; retry in {wait}s"

@@ -48,7 +48,7 @@ from engine.policy.events import (
     Rejected,
 )
 from engine.reception.accept import Accepted, Acceptor, Incoming
-from engine.reception.auth import Credentials
+from engine.reception.auth import Credentials, FailureLimiter, auth_limited_reply
 from engine.reception.shedding import Shedding
 from engine.reception.smtp_session import Refuse, SmtpSession
 from engine.records import PeerAddress, Response, new_message_id
@@ -360,8 +360,11 @@ class SmtpListener:
         credentials: Credentials,
         on_connection: Callable[[], None] = lambda: None,
         shedding: Callable[[], Shedding | None] = lambda: None,
+        auth_limiter: FailureLimiter | None = None,
     ) -> None:
         self._settings = settings
+        # Failed AUTH attempts per peer: the same brake (and count) as HTTP basic auth.
+        self._auth_limiter = auth_limiter or FailureLimiter.from_settings(settings.http)
         self._on_connection = on_connection
         self._shedding = shedding
         self._draining = False
@@ -390,10 +393,15 @@ class SmtpListener:
     def _authenticate(
         self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
     ) -> AuthResult:
+        peer = session.peer[0] if isinstance(session.peer, tuple) else None
+        wait = self._auth_limiter.retry_after(peer)
+        if wait:  # refused unchecked: a guesser learns nothing while the bucket is empty
+            return AuthResult(success=False, handled=False, message=auth_limited_reply(wait))
         if isinstance(auth_data, LoginPassword):
             user = auth_data.login.decode("utf-8", "replace")
             if self._credentials.check(user, auth_data.password.decode("utf-8", "replace")):
                 return AuthResult(success=True, auth_data=user)
+        self._auth_limiter.failed(peer)
         return AuthResult(success=False, handled=False)
 
     def _protocol(self) -> asyncio.BaseProtocol:

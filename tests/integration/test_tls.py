@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import smtplib
 import ssl
 
@@ -179,3 +180,45 @@ async def test_unauthenticated_client_outside_relay_hosts_is_denied(tmp_path, ce
     assert code == 550 and text.startswith(b"5.7.1")
     assert rec["recipient"] == "u@dst.test"
     assert rx.messages == []
+
+
+async def test_repeated_bad_smtp_auth_is_braked_with_the_http_budget(tmp_path, cert, auth_dir):
+    """Three wrong AUTH PLAIN passwords are 535; the fourth attempt, even with the right
+    password, is 454 4.7.0 with the wait (refused unchecked: guessing cannot go on); HTTP basic
+    auth from the same peer shares the count (429); another peer may still authenticate."""
+    import aiohttp
+
+    def attempts(port: int, tries: list[str], local: str = "127.0.0.1") -> list[tuple[int, bytes]]:
+        answers = []
+        with smtplib.SMTP("127.0.0.1", port, timeout=10, source_address=(local, 0)) as client:
+            client.starttls(context=unverified())
+            client.ehlo("client.test")
+            for password in tries:
+                token = base64.b64encode(f"\0alice\0{password}".encode()).decode()
+                answers.append(client.docmd("AUTH", "PLAIN " + token))
+        return answers
+
+    settings = {
+        "smtp.tls_certificate": str(cert[0]),
+        "smtp.tls_private_key": str(cert[1]),
+        "http.auth_dir": str(auth_dir),
+        "http.auth_failure_burst": 3,
+        "http.auth_failure_refill": "60s",
+        "sink.enabled": True,
+        "sink.endpoint": "127.0.0.1:9",
+    }
+    async with running_node(tmp_path, **settings) as node:
+        port = node.smtp_port
+        answers = await asyncio.to_thread(attempts, port, ["g1", "g2", "g3", "s3cret"])
+        good = {"Authorization": aiohttp.encode_basic_auth("alice", "s3cret")}
+        async with aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{node.http_port}/api/inject/v1"
+            async with http.post(url, json={}, headers=good) as response:
+                http_status = response.status
+        other = await asyncio.to_thread(attempts, port, ["s3cret"], "127.0.0.2")
+    assert [code for code, _ in answers[:3]] == [535, 535, 535]
+    code, text = answers[3]
+    assert code == 454 and text.startswith(b"4.7.0 Too many failed authentication attempts")
+    assert 1 <= int(text.rsplit(b"retry in ", 1)[1].rstrip(b"s")) <= 60
+    assert http_status == 429
+    assert other[0][0] == 235
