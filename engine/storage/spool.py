@@ -255,8 +255,10 @@ class Spool:
         return messages, quarantined
 
     async def close(self) -> None:
-        """Commit what is queued, stop the writer, close connections, release the lock."""
-        await self._writer.close()
+        """Commit what is queued, stop the writer, close connections, release the lock.
+        A writer stuck past ``spool.write_timeout`` (a hung disk) is abandoned, not awaited:
+        what it had not committed was never acknowledged."""
+        await self._writer.close(timeout=self.settings.write_timeout)
         with self._readers_lock:
             for conn in self._readers:
                 conn.close()

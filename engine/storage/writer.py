@@ -48,6 +48,7 @@ on a thread that is stuck (an op blocked in a slow fsync or a lock).
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import sqlite3
 import threading
@@ -67,6 +68,8 @@ __all__ = [
 ]
 
 Op = Callable[[sqlite3.Connection], Any]
+
+log = logging.getLogger("nimbus.storage")
 
 # (ops, loop, future); loop and future are None for submit_nowait.
 _Request = tuple[tuple[Op, ...], asyncio.AbstractEventLoop | None, asyncio.Future | None]
@@ -193,14 +196,24 @@ class Writer:
             return
         self._requests.put((ops, None, None))
 
-    async def close(self) -> None:
-        """Commit every request queued so far, stop the thread, close the connection."""
+    async def close(self, timeout: float | None = None) -> bool:
+        """Commit every request queued so far, stop the thread, close the connection.
+
+        timeout: the longest to wait for the thread (None: no bound). A writer stuck past
+            it (a hung disk) is left to die with the process: a daemon thread, whose
+            uncommitted requests were never acknowledged. Returns False then, after one
+            ``writer_close_timed_out`` line.
+        """
         thread, self._thread = self._thread, None
         if thread is None:
-            return
+            return True
         self._requests.put(None)
-        await asyncio.to_thread(thread.join)
+        await asyncio.to_thread(thread.join, timeout)
+        if thread.is_alive():
+            log.critical("writer_close_timed_out", extra={"writer": self.name, "timeout": timeout})
+            return False
         self._fail_leftovers()
+        return True
 
     # -- the writer thread ----------------------------------------------------
 

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import sqlite3
+import threading
 import time
 
 import pytest
@@ -368,3 +369,50 @@ async def test_close_commits_records_when_never_run(tmp_path):
     pub.offer(record(2))
     await pub.close()
     assert pending_rows(tmp_path) == [1, 2]
+
+
+class _Blocker:
+    """A store op that holds the writer thread (a hung disk) until released."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, conn: sqlite3.Connection) -> None:
+        self.started.set()
+        self.release.wait(WAIT)
+
+
+async def test_a_stuck_store_delays_records_but_stops_nothing(tmp_path, caplog):
+    """With the writer stuck, storing a record and deleting a sent batch each give up after
+    the store timeout, are logged and retried; once the disk answers again every record is
+    delivered and the sender still runs (before, both waits were unbounded, and a timeout
+    would have ended the sender task)."""
+    blocker = _Blocker()
+    pub: LogHookPublisher
+
+    class StallAfterPost(FakeTransport):
+        async def __call__(self, hook: LogHook, body: bytes) -> int:
+            status = await super().__call__(hook, body)
+            if self.attempts == 1:  # the batch is out: now the disk hangs before the delete
+                held.append(asyncio.create_task(pub._store._writer.run(blocker)))
+                assert await asyncio.to_thread(blocker.started.wait, WAIT)
+            return status
+
+    held: list[asyncio.Task] = []
+    tx = StallAfterPost()
+    pub = publisher(tmp_path, [hook()], tx, store_timeout=0.2)
+    async with running(pub):
+        pub.offer(record(1))
+        await tx.until(lambda: tx.attempts == 1)
+        async with asyncio.timeout(WAIT):  # the delete timed out and was logged, not fatal
+            while "log_hook_database_read_failed" not in caplog.messages:
+                await asyncio.sleep(0.05)
+        pub.offer(record(2))
+        async with asyncio.timeout(WAIT):  # storing record 2 is stuck behind it as well
+            while "log_hook_database_write_failed" not in caplog.messages:
+                await asyncio.sleep(0.05)
+        blocker.release.set()
+        await tx.until(lambda: 2 in tx.sizes())
+        await asyncio.gather(*held)
+    assert set(tx.sizes()) == {1, 2}  # at least once each (a late commit may repeat one)

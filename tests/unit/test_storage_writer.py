@@ -280,3 +280,40 @@ async def test_requests_fail_with_writer_closed_when_the_thread_has_died(tmp_pat
     with pytest.raises(WriterClosed):
         await asyncio.wait_for(writer.run(partial(_insert, 1)), WAIT)
     await writer.close()
+
+
+async def test_close_of_a_stuck_writer_gives_up_after_its_timeout(tmp_path, caplog):
+    """close(timeout=) on a writer blocked by an op (a hung disk) returns False within the
+    bound with one writer_close_timed_out line, instead of holding shutdown forever."""
+    writer = Writer("test")
+    writer.start(_db(tmp_path / "w.db"))
+    blocker = _Blocker()
+    held = asyncio.create_task(writer.run(blocker))
+    try:
+        assert await asyncio.to_thread(blocker.started.wait, WAIT)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await asyncio.wait_for(writer.close(timeout=0.2), WAIT) is False
+        assert 0.2 <= loop.time() - started < 0.2 + WAIT / 5
+        assert "writer_close_timed_out" in caplog.messages
+    finally:
+        blocker.release.set()
+        assert await asyncio.wait_for(held, WAIT) == [None]  # it did commit, late
+
+
+async def test_log_hook_store_bounds_every_wait(tmp_path):
+    """The log-hook store's run() is bounded by its timeout (it was unbounded: a stuck
+    writer held the publisher and the senders forever)."""
+    store = Store(tmp_path / "loghooks.db", timeout=0.2)
+    store.open()
+    blocker = _Blocker()
+    held = asyncio.create_task(store.run(blocker))
+    try:
+        assert await asyncio.to_thread(blocker.started.wait, WAIT)
+        with pytest.raises(WriterTimeout):
+            await asyncio.wait_for(store.run(lambda conn: None), WAIT)
+    finally:
+        blocker.release.set()
+        with pytest.raises(WriterTimeout):  # the blocker itself outlived the bound
+            await asyncio.wait_for(held, WAIT)
+        await store.close()

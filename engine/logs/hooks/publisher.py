@@ -43,7 +43,6 @@ import asyncio
 import json
 import logging
 import random
-import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -53,12 +52,13 @@ import aiohttp
 
 from engine.config.backoff import backoff_delay
 from engine.logs.hooks.sender import HookSender, HookState, Transport, post
-from engine.logs.hooks.store import Op, Store, insert_rows, trim_rows
+from engine.logs.hooks.store import STORE_ERRORS, Op, Store, insert_rows, trim_rows
 from engine.logs.writer import LogWriter
 from engine.policy.events import SHOULD_ENQUEUE_LOG_RECORD, PolicyFailure, Registry, Rejected
 from engine.policy.log_hook import LogHook
 from engine.policy.message import PolicyMessage
 from engine.records import LogRecord
+from engine.storage.writer import WriterClosed
 
 __all__ = ["LogHookPublisher"]
 
@@ -82,6 +82,7 @@ class LogHookPublisher:
         policy: Callable[[], Registry] | None = None,
         transport: Transport | None = None,
         rand: Callable[[], float] = random.random,
+        store_timeout: float = 30.0,
     ) -> None:
         self._hook_list = tuple(hooks)
         self.hooks = {h.name: h for h in self._hook_list}
@@ -90,7 +91,7 @@ class LogHookPublisher:
         self._policy = policy
         self._transport = transport
         self._rand = rand
-        self._store = Store(Path(db_path))
+        self._store = Store(Path(db_path), timeout=store_timeout)
         self._state = {name: HookState() for name in self.hooks}
         self._incoming: list[tuple[LogRecord, tuple[LogHook, ...]]] = []
         self._wake = asyncio.Event()
@@ -195,7 +196,7 @@ class LogHookPublisher:
                     try:
                         await self._store_rows(rows)
                         break
-                    except sqlite3.Error as exc:  # disk trouble: keep retrying
+                    except STORE_ERRORS as exc:  # disk trouble, a stuck writer: keep retrying
                         failures += 1
                         if self._closing:
                             log.error(
@@ -211,6 +212,12 @@ class LogHookPublisher:
                         await asyncio.sleep(
                             backoff_delay(failures, base=0.5, cap=5.0, rand=self._rand())
                         )
+                    except WriterClosed as exc:  # the store is gone: nothing to retry on
+                        log.error(
+                            "log_hook_records_lost_store_closed",
+                            extra={"records": len(rows), "error": str(exc)},
+                        )
+                        break
                     except (TypeError, ValueError):  # a record JSON cannot hold: a bug
                         log.exception(
                             "log_hook_records_unserialisable",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,8 +22,9 @@ from functools import partial
 import aiohttp
 
 from engine.config.backoff import backoff_delay
-from engine.logs.hooks.store import Store, delete_rows, read_rows
+from engine.logs.hooks.store import STORE_ERRORS, Store, delete_rows, read_rows
 from engine.policy.log_hook import LogHook
+from engine.storage.writer import WriterClosed
 
 __all__ = ["HookState", "HookSender", "post", "Transport"]
 
@@ -100,7 +100,11 @@ class HookSender:
                 if not await self._send_batch(hook, st):
                     return
                 db_failures = 0
-            except sqlite3.Error as exc:  # disk trouble: a re-sent batch, never a loss
+            except WriterClosed:  # the store closed under us (shutdown): nothing to send from
+                if not self._closing():
+                    log.error("log_hook_store_closed", extra={"hook": hook.name})
+                return
+            except STORE_ERRORS as exc:  # disk trouble, a stuck writer: a re-sent batch, no loss
                 db_failures += 1
                 log.error(
                     "log_hook_database_read_failed",

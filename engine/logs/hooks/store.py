@@ -2,7 +2,10 @@
 
 Exports:
     Store        opens (or re-creates a corrupt) database; ``await run(*ops)`` runs ops
-                 in the next transaction on its writer thread; ``await close()``
+                 in the next transaction on its writer thread, waiting at most
+                 ``timeout``; ``await close()``
+    STORE_ERRORS what ``run`` raises for trouble worth retrying (disk errors, a commit
+                 that did not finish in time, a failing op); WriterClosed is not one
     Op           one operation: a callable taking the connection (engine.storage.writer)
     insert_rows, trim_rows, read_rows, delete_rows
                  the row operations (partially apply, pass to ``Store.run``)
@@ -23,9 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from engine.records import LogRecord
-from engine.storage.writer import Op, Writer, connect, move_aside
+from engine.storage.writer import Op, Writer, WriterOpFailed, WriterTimeout, connect, move_aside
 
-__all__ = ["Store", "Op", "insert_rows", "trim_rows", "read_rows", "delete_rows"]
+__all__ = ["Store", "STORE_ERRORS", "Op", "insert_rows", "trim_rows", "read_rows", "delete_rows"]
+
+# A timed-out request may still commit later: a retried insert can then store a record twice
+# and a retried delete re-send a batch (at-least-once, as after a crash), never lose one.
+STORE_ERRORS = (sqlite3.Error, WriterTimeout, WriterOpFailed)
 
 log = logging.getLogger("nimbus.log_hooks")
 
@@ -75,8 +82,9 @@ def delete_rows(hook: str, upto: int, conn: sqlite3.Connection) -> int:
 class Store:
     """The SQLite file and the one writer thread that runs every statement on it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, timeout: float = 30.0) -> None:
         self.path = path
+        self.timeout = timeout  # the longest one request (or close) waits for its commit
         self._writer = Writer("loghooks")
 
     def open(self) -> dict[str, int]:
@@ -107,10 +115,12 @@ class Store:
     async def run(self, *ops: Op) -> list[Any]:
         """Run ``ops`` in the next transaction (shared with other waiting requests).
 
-        Raises what an op raised, or WriterClosed when the database is not open.
+        Raises what an op raised, WriterTimeout past ``timeout`` (the request may still
+        commit), or WriterClosed when the database is not open.
         """
-        return await self._writer.run(*ops)
+        return await self._writer.run(*ops, timeout=self.timeout)
 
     async def close(self) -> None:
-        """Commit what is queued, stop the writer thread, close the database."""
-        await self._writer.close()
+        """Commit what is queued, stop the writer thread, close the database (waits at
+        most ``timeout`` for a stuck writer)."""
+        await self._writer.close(timeout=self.timeout)
