@@ -6,6 +6,8 @@ Exports:
     tlsa_name(host, port) -> str          the TLSA owner name (RFC 6698 §3)
     usable(records) -> tuple[Tlsa, ...]   the records SMTP may use (RFC 7672 §3.1)
     dane_applies(answer) -> bool          a validated, non-empty RRset: TLS is mandatory
+    DaneVerdict, dane_verdict(tlsa=, address_secure=)   RFC 7672 §2.2: apply, not, skip host
+    TlsaLookupFailed     the TLSA lookup did not complete (SERVFAIL, timeout)
     tlsa_matches(chain, records, *, host, now) -> bool   the chain satisfies a record
     peer_chain(ssl_object) -> list[bytes]   the certificates a TLS peer sent (DER)
 
@@ -22,6 +24,7 @@ matching types make a record unusable (RFC 6698 §4.1).
 from __future__ import annotations
 
 import datetime
+import enum
 import hashlib
 import ssl
 from collections.abc import Sequence
@@ -44,6 +47,9 @@ __all__ = [
     "tlsa_name",
     "usable",
     "dane_applies",
+    "DaneVerdict",
+    "dane_verdict",
+    "TlsaLookupFailed",
     "tlsa_matches",
     "peer_chain",
     "DANE_TA",
@@ -102,6 +108,35 @@ def dane_applies(answer: TlsaAnswer) -> bool:
     """A validated, non-empty TLSA RRset: TLS is mandatory for the host (RFC 7672 §2.2),
     authenticated by the usable records (none usable: encrypted but unauthenticated, §3)."""
     return answer.validated and bool(answer.records)
+
+
+class TlsaLookupFailed(Exception):
+    """The TLSA lookup of a host did not complete (SERVFAIL, timeout, network error)."""
+
+
+class DaneVerdict(enum.Enum):
+    NOT_APPLICABLE = "not_applicable"  # no DANE for this host: the path's own TLS mode
+    APPLY = "apply"  # TLS mandatory, authenticated by the TLSA RRset
+    SKIP_HOST = "skip_host"  # the host may be DANE-protected but we cannot tell: skip it
+
+
+def dane_verdict(*, tlsa: TlsaAnswer | None, address_secure: bool) -> DaneVerdict:
+    """What RFC 7672 §2.2 makes of one MX host.
+
+    tlsa: its TLSA answer, or None when the lookup failed.
+    address_secure: its A/AAAA RRset is DNSSEC-validated.
+
+    TLSA records count only for a host whose address records are secure (an insecure
+    address may have been forged, so its TLSA records prove nothing). For such a host a
+    failed TLSA lookup must not downgrade to plain opportunistic TLS: an attacker could
+    provoke it, so the host is skipped (as unreachable) and the mail deferred if no other
+    host remains. A failed lookup for an insecure host is simply no DANE.
+    """
+    if not address_secure:
+        return DaneVerdict.NOT_APPLICABLE
+    if tlsa is None:
+        return DaneVerdict.SKIP_HOST
+    return DaneVerdict.APPLY if dane_applies(tlsa) else DaneVerdict.NOT_APPLICABLE
 
 
 def _selected(cert: x509.Certificate, der: bytes, selector: int) -> bytes:

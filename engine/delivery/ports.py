@@ -99,5 +99,10 @@ class TlsPolicySource(Protocol):
         ...
 
     async def tlsa(self, host: str, port: int = 25) -> TlsaAnswer:
-        """The TLSA RRset of ``_<port>._tcp.<host>`` and whether DNSSEC validated it."""
+        """The TLSA RRset of ``_<port>._tcp.<host>`` and whether DNSSEC validated it;
+        raises ``TlsaLookupFailed`` when the lookup did not complete."""
+        ...
+
+    async def address_secure(self, host: str) -> bool:
+        """Whether ``host``'s address records are DNSSEC-validated (RFC 7672 §2.2)."""
         ...

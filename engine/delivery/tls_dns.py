@@ -1,18 +1,20 @@
 """DNS for outbound TLS policy: the ``_mta-sts`` TXT record and DNSSEC-checked TLSA records.
 
 Exports:
-    TlsDnsResolver   mta_sts_id(domain) (RFC 8461 §3.1), tlsa(host, port) (RFC 7672 §2.2);
+    TlsDnsResolver   mta_sts_id(domain) (RFC 8461 §3.1), tlsa(host, port) and
+                     address_secure(host) (RFC 7672 §2.2);
                      TTL cache (cachetools.TLRUCache), the same nameservers and timeouts
                      as ``delivery.mx``
 
-TLSA queries set DO and AD (RFC 6840 §5.7) and trust the answer only when the
-resolver sets AD: like Postfix's ``smtp_dns_support_level = dnssec``, validation is
+TLSA and address queries set DO and AD (RFC 6840 §5.7) and trust the answer only when
+the resolver sets AD: like Postfix's ``smtp_dns_support_level = dnssec``, validation is
 the job of the configured resolver (``dns.nameservers``, e.g. a local unbound),
 reached over a trusted path. An RRset without AD is returned as not validated and
 logged once per lookup (``dane_tlsa_unvalidated``); the caller ignores it. A TLSA
-lookup that fails (SERVFAIL, timeout) counts as no TLSA (``dane_tlsa_lookup_failed``);
-RFC 7672 §2.2 would defer only when the host's address records were secure, which
-this resolver does not track.
+lookup that fails (SERVFAIL, timeout) raises ``TlsaLookupFailed`` (logged as
+``dane_tlsa_lookup_failed``, not cached); ``address_secure(host)`` says whether the
+host's A (else AAAA) RRset is validated, which decides what that failure means
+(``delivery.dane.dane_verdict``, RFC 7672 §2.2).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import dns.resolver
 from cachetools import TLRUCache
 
 from engine.config.settings import DnsSettings
-from engine.delivery.dane import Tlsa, TlsaAnswer, tlsa_name
+from engine.delivery.dane import Tlsa, TlsaAnswer, TlsaLookupFailed, tlsa_name
 from engine.delivery.mta_sts import TxtLookupFailed, parse_txt
 from engine.delivery.mx import BACKSTOP, NEGATIVE_TTL_MAX, build_resolver
 
@@ -102,7 +104,10 @@ class TlsDnsResolver:
         return value
 
     async def tlsa(self, host: str, port: int = 25) -> TlsaAnswer:
-        """The TLSA RRset of ``host``'s SMTP port and whether DNSSEC validated it."""
+        """The TLSA RRset of ``host``'s SMTP port and whether DNSSEC validated it.
+
+        Raises TlsaLookupFailed when the lookup did not complete.
+        """
         name = tlsa_name(host, port)
         entry = self._cache.get(("tlsa", name))
         if entry is not None:
@@ -116,7 +121,7 @@ class TlsDnsResolver:
             return TlsaAnswer()
         except (dns.exception.DNSException, OSError, TimeoutError) as exc:
             log.warning("dane_tlsa_lookup_failed", extra={"tlsa_name": name, "error": str(exc)})
-            return TlsaAnswer()
+            raise TlsaLookupFailed(f"TLSA lookup of {name} failed: {exc}") from exc
         records = tuple(
             Tlsa(usage=r.usage, selector=r.selector, matching=r.mtype, data=bytes(r.cert))
             for r in answer.rrset or ()
@@ -128,3 +133,28 @@ class TlsDnsResolver:
         ttl = answer.chaining_result.minimum_ttl if records else NEGATIVE_TTL_MAX
         self._cache[("tlsa", name)] = (result, now + ttl)
         return result
+
+    async def address_secure(self, host: str) -> bool:
+        """Whether ``host``'s A RRset (AAAA when it has no A records) is DNSSEC-validated.
+
+        A lookup that fails counts as not secure: the address lookup of the connection
+        itself then fails too, and the host is skipped for that reason.
+        """
+        key = ("addr", host.rstrip(".").lower())
+        entry = self._cache.get(key)
+        if entry is not None:
+            hit: bool = entry[0]
+            return hit
+        now = self._clock()
+        secure, ttl = False, float(NEGATIVE_TTL_MAX)
+        for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+            try:
+                answer = await self._query(self._dnssec, host, rdtype)
+            except (dns.exception.DNSException, OSError, TimeoutError):
+                return False
+            if answer.rrset:
+                secure = bool(answer.response.flags & dns.flags.AD)
+                ttl = answer.chaining_result.minimum_ttl
+                break
+        self._cache[key] = (secure, now + ttl)
+        return secure

@@ -2,7 +2,7 @@
 
 Exports:
     TlsPolicies            the real ``ports.TlsPolicySource``: ``mta_sts(domain)``,
-                           ``tlsa(host, port)``, ``close()``
+                           ``tlsa(host, port)``, ``address_secure(host)``, ``close()``
     tls_context_factory(ca_file) -> TlsContextFactory   client contexts that verify
                            against ``ca_file`` (empty: the system store)
 
@@ -77,6 +77,9 @@ class TlsPolicies:
 
     async def tlsa(self, host: str, port: int = 25) -> TlsaAnswer:
         return await self._dns.tlsa(host, port)
+
+    async def address_secure(self, host: str) -> bool:
+        return await self._dns.address_secure(host)
 
     async def close(self) -> None:
         await self._fetcher.close()

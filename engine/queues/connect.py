@@ -15,14 +15,16 @@ are skipped unless the targets came from configuration (sink, ``mx_list``) or th
 node allows loopback MX answers; addresses in ``skip_hosts`` are skipped always (an
 error, ``451 4.4.4``, only when nothing else remains, as KumoMTA).
 
-Outbound TLS policy, per target: with ``enable_dane`` a host whose TLSA RRset is
-DNSSEC-validated gets it on its Endpoint (TLS mandatory, RFC 7672 §2.2); an
-unvalidated RRset is ignored. A route carrying an MTA-STS ``enforce`` policy (its
-ready queue serves that one recipient domain, so a broken policy fails only that
-domain's mail) skips hosts matching none of the policy's ``mx:`` patterns
-(RFC 8461 §4.1) unless DANE applies to them (DANE takes precedence, §2); its path
-requires verified TLS (routing sets it), and TLS failures say it was MTA-STS. Such
-refusals are transient (``451 4.7.5``): a policy may be fixed.
+Outbound TLS policy, per target: with ``enable_dane`` a host whose TLSA RRset and
+address records are DNSSEC-validated gets the RRset on its Endpoint (TLS mandatory, RFC
+7672 §2.2); an unvalidated RRset, or one for an insecure address, is ignored. A failed
+TLSA lookup for a host with secure addresses skips that host (``451 4.7.5``: no
+downgrade an attacker could provoke; ``delivery.dane.dane_verdict``). A route carrying
+an MTA-STS ``enforce`` policy (its ready queue serves that one recipient domain, so a
+broken policy fails only that domain's mail) skips hosts matching none of the policy's
+``mx:`` patterns (RFC 8461 §4.1) unless DANE applies to them (DANE takes precedence,
+§2); its path requires verified TLS (routing sets it), and TLS failures say it was
+MTA-STS. Such refusals are transient (``451 4.7.5``): a policy may be fixed.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 
-from engine.delivery.dane import Tlsa, dane_applies, usable
+from engine.delivery.dane import DaneVerdict, Tlsa, TlsaLookupFailed, dane_verdict, usable
 from engine.delivery.errors import DeliveryError, TlsFailed, TlsRequiredError
 from engine.delivery.mta_sts import MtaStsPolicy, mx_matches
 from engine.delivery.mx import HostResolutionError, order_addresses
@@ -103,11 +105,28 @@ def _is_literal(host: str) -> bool:
 async def _validated_tlsa(
     tls: TlsPolicySource | None, route: ReadyRoute, target: Target
 ) -> tuple[Tlsa, ...] | None:
-    """The target's TLSA RRset when DANE applies to it, else None (RFC 7672 §2.2)."""
+    """The target's TLSA RRset when DANE applies to it, else None (RFC 7672 §2.2).
+
+    Raises TlsaLookupFailed when the host must be skipped (its addresses are secure but
+    its TLSA lookup failed).
+    """
     if tls is None or not route.path.enable_dane or _is_literal(target.host):
         return None
-    answer = await tls.tlsa(target.host, target.port)
-    return answer.records if dane_applies(answer) else None
+    try:
+        answer = await tls.tlsa(target.host, target.port)
+    except TlsaLookupFailed:
+        verdict = dane_verdict(tlsa=None, address_secure=await tls.address_secure(target.host))
+        if verdict is DaneVerdict.SKIP_HOST:
+            raise
+        return None
+    if not answer.records:  # nothing published: the addresses' status does not matter
+        return None
+    secure = await tls.address_secure(target.host)
+    if dane_verdict(tlsa=answer, address_secure=secure) is DaneVerdict.APPLY:
+        return answer.records
+    if answer.validated and not secure:
+        log.warning("dane_address_insecure", extra={"host": target.host})
+    return None
 
 
 def _mta_sts_failure(policy: MtaStsPolicy, exc: DeliveryError) -> Response:
@@ -140,7 +159,13 @@ async def open_session(
     allow_loopback = route.explicit or allow_loopback_mx
     path, plan, sts = route.path, 0, route.mta_sts
     for target in route.targets:
-        tlsa = await _validated_tlsa(tls_policy, route, target)
+        try:
+            tlsa = await _validated_tlsa(tls_policy, route, target)
+        except TlsaLookupFailed as exc:
+            last = Response.parse(451, f"4.7.5 DANE: {exc}; {target.host} skipped")
+            dns_transient = True  # a lookup may succeed next time
+            log.info("dane_host_skipped", extra={"ready_queue": route.name, "host": target.host})
+            continue
         if sts is not None and tlsa is not None and not usable(tlsa):
             tlsa = None  # RFC 8461 §2: only usable TLSA outranks MTA-STS's verified TLS
         if sts is not None and tlsa is None and not mx_matches(sts.mx, target.host):

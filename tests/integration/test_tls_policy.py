@@ -330,6 +330,7 @@ def tlsa(dns: FakeDns, rx: Receiver, value: str, *, secure: bool = True) -> None
     dns.add(name, "TLSA", value)
     if secure:
         dns.secure(name)
+        dns.secure(MX)  # RFC 7672 §2.2: TLSA counts only for a host with secure addresses
 
 
 async def test_dane_ee_match_delivers_without_pkix(tmp_path, dns, policy_host, ca_file):
@@ -413,6 +414,52 @@ async def test_unvalidated_tlsa_is_ignored(tmp_path, dns, policy_host, ca_file, 
     assert rec["type"] == "Delivery"
     [line] = [r for r in caplog.records if r.getMessage() == "dane_tlsa_unvalidated"]
     assert line.tlsa_name == f"_{rx.port}._tcp.{MX}"
+
+
+async def test_tlsa_of_a_host_with_insecure_addresses_is_ignored(
+    tmp_path, dns, policy_host, ca_file, caplog
+):
+    """A validated but mismatching TLSA RRset for an MX whose A record is not validated:
+    DANE does not apply (the address may be forged), delivered opportunistically, logged."""
+    caplog.set_level(logging.WARNING, logger="nimbus.ready")
+    async with Receiver(tls_context=mx_tls(tmp_path)) as rx:
+        name = f"_{rx.port}._tcp.{MX}"
+        dns.add(name, "TLSA", "3 1 1 " + "00" * 32)
+        dns.secure(name)
+        async with node_for(tmp_path, dns, policy_host, ca_file, rx, dane=True) as node:
+            await send(node, "u@dane.test")
+            [rec] = await node.records.wait(is_final)
+    assert rec["type"] == "Delivery", rec["response"]
+    assert "dane_address_insecure" in caplog.messages
+
+
+async def test_failed_tlsa_lookup_for_a_secure_host_defers(tmp_path, dns, policy_host, ca_file):
+    """SERVFAIL for the TLSA query of an MX whose addresses are validated: the host is
+    skipped and the message deferred (451 4.7.5), never sent without DANE (RFC 7672 §2.2;
+    it was delivered as if no TLSA existed)."""
+    async with Receiver(tls_context=mx_tls(tmp_path)) as rx:
+        dns.secure(MX)
+        dns.servfail(f"_{rx.port}._tcp.{MX}")
+        async with node_for(tmp_path, dns, policy_host, ca_file, rx, dane=True) as node:
+            await send(node, "u@dane.test")
+            [rec] = await node.records.wait(is_final)
+    assert rec["type"] == "TransientFailure"
+    assert rec["response"]["code"] == 451
+    assert rec["response"]["content"].startswith("DANE: TLSA lookup of")
+    assert rx.connections == 0 and rx.messages == []
+
+
+async def test_failed_tlsa_lookup_for_an_insecure_host_is_no_dane(
+    tmp_path, dns, policy_host, ca_file
+):
+    """SERVFAIL for the TLSA query of an MX whose addresses are not validated: DANE cannot
+    apply to it anyway, so the message is delivered under the path's own TLS mode."""
+    async with Receiver(tls_context=mx_tls(tmp_path)) as rx:
+        dns.servfail(f"_{rx.port}._tcp.{MX}")
+        async with node_for(tmp_path, dns, policy_host, ca_file, rx, dane=True) as node:
+            await send(node, "u@dane.test")
+            [rec] = await node.records.wait(is_final)
+    assert rec["type"] == "Delivery", rec["response"]
 
 
 async def test_dane_takes_precedence_over_mta_sts(tmp_path, dns, policy_host, ca_file):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from engine.delivery.dane import TlsaAnswer
+from engine.delivery.dane import TlsaAnswer, TlsaLookupFailed
 from engine.delivery.errors import (
     ConnectFailed,
     ConnectionLost,
@@ -206,16 +206,20 @@ class FakeResolver:
 
 class FakeTlsPolicy:
     """policies: domain -> MtaStsPolicy (absent: none). tlsa: host -> TlsaAnswer (absent:
-    no records). lookups: ("mta_sts" | "tlsa", name) per call."""
+    no records), or TlsaLookupFailed to raise. insecure: hosts whose address records are
+    not DNSSEC-validated (every other host's are). lookups: ("mta_sts" | "tlsa" | "addr",
+    name) per call."""
 
     def __init__(
         self,
         *,
         policies: dict[str, MtaStsPolicy] | None = None,
-        tlsa: dict[str, TlsaAnswer] | None = None,
+        tlsa: dict[str, TlsaAnswer | TlsaLookupFailed] | None = None,
+        insecure: set[str] | None = None,
     ) -> None:
         self.policies = policies or {}
         self.tlsa_answers = tlsa or {}
+        self.insecure = insecure or set()
         self.lookups: list[tuple[str, str]] = []
 
     async def mta_sts(self, domain: str) -> MtaStsPolicy | None:
@@ -224,7 +228,14 @@ class FakeTlsPolicy:
 
     async def tlsa(self, host: str, port: int = 25) -> TlsaAnswer:
         self.lookups.append(("tlsa", host))
-        return self.tlsa_answers.get(host, TlsaAnswer())
+        answer = self.tlsa_answers.get(host, TlsaAnswer())
+        if isinstance(answer, TlsaLookupFailed):
+            raise answer
+        return answer
+
+    async def address_secure(self, host: str) -> bool:
+        self.lookups.append(("addr", host))
+        return host not in self.insecure
 
 
 class FakeSpool:

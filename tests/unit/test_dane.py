@@ -12,9 +12,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from engine.delivery.dane import (
+    DaneVerdict,
     Tlsa,
     TlsaAnswer,
     dane_applies,
+    dane_verdict,
     tlsa_matches,
     tlsa_name,
     usable,
@@ -83,6 +85,24 @@ def test_usable(usage, selector, matching, is_usable):
 def test_dane_applies_only_to_a_validated_non_empty_rrset(answer, applies):
     """An unvalidated RRset is ignored; no records means no DANE."""
     assert dane_applies(answer) is applies
+
+
+SECURE_RRSET = TlsaAnswer(records=(record(3, 1, 1, LEAF_DER),), validated=True)
+
+
+@pytest.mark.parametrize(
+    ("tlsa", "address_secure", "verdict"),
+    [
+        (SECURE_RRSET, True, DaneVerdict.APPLY),
+        (SECURE_RRSET, False, DaneVerdict.NOT_APPLICABLE),  # a forged address proves nothing
+        (None, True, DaneVerdict.SKIP_HOST),  # lookup failed: no downgrade to plain TLS
+        (None, False, DaneVerdict.NOT_APPLICABLE),
+        (TlsaAnswer(), True, DaneVerdict.NOT_APPLICABLE),  # none published
+        (TlsaAnswer(records=SECURE_RRSET.records), True, DaneVerdict.NOT_APPLICABLE),  # no AD
+    ],
+)
+def test_dane_verdict_follows_rfc7672_2_2(tlsa, address_secure, verdict):
+    assert dane_verdict(tlsa=tlsa, address_secure=address_secure) is verdict
 
 
 @pytest.mark.parametrize("selector", [0, 1])

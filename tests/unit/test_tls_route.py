@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.delivery.dane import Tlsa, TlsaAnswer
+from engine.delivery.dane import Tlsa, TlsaAnswer, TlsaLookupFailed
 from engine.delivery.mta_sts import MtaStsPolicy, StsMode
 from engine.policy.egress import EgressPathConfig, EgressSource, TlsMode
 from engine.queues.connect import NoTargetAvailable, ReadyRoute, Target, open_session
@@ -127,3 +127,40 @@ async def test_unusable_validated_tlsa_still_makes_tls_mandatory():
     tls = FakeTlsPolicy(tlsa={"mx1.shared.test": TlsaAnswer(records=(pkix,), validated=True)})
     connector, _ = await session(route(dane=True), tls)
     assert connector.endpoints[0].tlsa == (pkix,)
+
+
+async def test_failed_tlsa_lookup_skips_a_secure_host_and_tries_the_next():
+    """mx1's TLSA lookup fails and its addresses are secure: mx1 is skipped (no connect),
+    mx2 (no TLSA) takes the session (RFC 7672 §2.2)."""
+    tls = FakeTlsPolicy(tlsa={"mx1.shared.test": TlsaLookupFailed("SERVFAIL")})
+    connector, conn = await session(route(dane=True), tls)
+    assert conn.peer.name == "mx2.shared.test"
+    assert [e.host for e in connector.endpoints] == ["mx2.shared.test"]
+
+
+async def test_failed_tlsa_lookups_on_every_host_defer_with_4_7_5():
+    """Every host's TLSA lookup fails: nothing is tried, a transient 451 4.7.5 naming DANE."""
+    tls = FakeTlsPolicy(tlsa={h: TlsaLookupFailed(f"TLSA lookup of {h} failed") for h in ADDRESSES})
+    connector = FakeConnector()
+    with pytest.raises(NoTargetAvailable) as info:
+        await session(route(dane=True), tls, connector)
+    assert connector.connects == [] and not info.value.permanent
+    assert info.value.response.code == 451
+    assert str(info.value.response.enhanced_code) == "4.7.5"
+
+
+async def test_secure_tlsa_of_an_insecure_host_is_ignored():
+    """A validated RRset for a host whose addresses are not validated does not apply."""
+    tls = FakeTlsPolicy(
+        tlsa={"mx1.shared.test": TlsaAnswer(records=(RECORD,), validated=True)},
+        insecure={"mx1.shared.test"},
+    )
+    connector, _ = await session(route(dane=True), tls)
+    assert connector.endpoints[0].tlsa is None
+
+
+async def test_no_address_check_when_no_tlsa_is_published():
+    """No TLSA records: the host's address status is not looked up (one query saved)."""
+    tls = FakeTlsPolicy()
+    await session(route(dane=True), tls)
+    assert ("addr", "mx1.shared.test") not in tls.lookups
