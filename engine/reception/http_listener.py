@@ -12,7 +12,11 @@ body_rules, so that no malformed request becomes a 500 (issue 9):
 - a body that does not decode as its ``Content-Encoding`` says (aiohttp's
   RequestPayloadError while the handler reads it) is 400;
 - a client that goes away mid-body is one debug line (``http_client_disconnected``)
-  instead of a traceback: there is nobody to answer.
+  instead of a traceback: there is nobody to answer;
+- a request aiohttp cannot parse (bad request line, HTTP version, header, length) is
+  answered 400 by aiohttp and is one debug line (``http_malformed_request``) instead
+  of aiohttp's ERROR with a traceback: anyone can send one, so it is not our error,
+  and a flood of them must not flood the log. A 500 is still logged at ERROR.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestPayloadError
 from aiohttp.web_request import Request
@@ -63,6 +68,29 @@ async def body_rules(request: Request, handler: Handler) -> StreamResponse:
         return web.Response(status=400)  # never sent: the connection is gone
 
 
+class _MalformedRequests(logging.Filter):
+    """Turns aiohttp's "Error handling request" for an unparsable request into one debug
+    line; every other record of the server logger passes unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError) or not 400 <= exc.code < 500:
+            return True
+        if log.isEnabledFor(logging.DEBUG):
+            peer = record.args[0] if isinstance(record.args, tuple) and record.args else None
+            log.debug(
+                "http_malformed_request",
+                extra={"peer": peer, "status": exc.code, "error": exc.message},
+            )
+        return False
+
+
+# aiohttp's request handlers log through this logger (``AppRunner(logger=)``), so the
+# filter touches no other aiohttp logging.
+_server_log = logging.getLogger("nimbus.http.server")
+_server_log.addFilter(_MalformedRequests())
+
+
 class HttpListener:
     """The HTTP listening socket.
 
@@ -75,7 +103,11 @@ class HttpListener:
     def __init__(self, app: web.Application, *, shutdown_timeout: float = 60.0) -> None:
         app.middlewares.append(body_rules)
         self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=shutdown_timeout,
+            logger=_server_log,
         )
         self._site: web.TCPSite | None = None
 

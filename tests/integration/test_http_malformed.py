@@ -124,3 +124,33 @@ async def test_client_gone_mid_body_is_one_debug_line(tmp_path, auth_dir, rx, ca
     assert [r for r in caplog.records if r.exc_info and r.name.startswith("aiohttp")] == []
     [line] = [r for r in caplog.records if r.getMessage() == "http_client_disconnected"]
     assert line.levelno == logging.DEBUG and line.name == "nimbus.http"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET /api/check-liveness/v1 HTTP/9.9\r\nHost: x\r\n\r\n",  # unknown version
+        b"POST /api/inject/v1 HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"GET /api/check-liveness/v1 HTTP/1.1\r\nHost x\r\n\r\n",  # header without a colon
+        b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",  # request line too long
+    ],
+    ids=["version", "content-length", "header", "line-too-long"],
+)
+async def test_unparsable_request_is_400_and_one_debug_line(tmp_path, auth_dir, rx, caplog, raw):
+    """aiohttp answers 400 and logged each such request at ERROR with a traceback (anyone
+    can send one: a log flood); now one debug line, and the node serves on."""
+    caplog.set_level(logging.DEBUG)
+    async with node_for(tmp_path, auth_dir, rx) as node:
+        reader, writer = await asyncio.open_connection("127.0.0.1", node.http_port)
+        writer.write(raw)
+        await writer.drain()
+        async with asyncio.timeout(10):
+            status_line = await reader.readline()
+        writer.close()
+        await writer.wait_closed()
+        ok, _ = await post(node, INJECT, json.dumps(GOOD).encode(), JSON)
+    assert status_line.split()[1] == b"400", status_line
+    assert ok == 200
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    [line] = [r for r in caplog.records if r.getMessage() == "http_malformed_request"]
+    assert line.levelno == logging.DEBUG and line.status == 400 and line.peer == "127.0.0.1"
