@@ -380,6 +380,8 @@ class Registry:
             self._checked.add(shape)
         name = event.name
         started = time.perf_counter()
+        if len(handlers) == 1 and handlers[0].mode == "inline":
+            return await self._dispatch_inline(event, handlers[0], args, default, started)
         current: _Registered | None = None
         try:
             async with asyncio.timeout(self.timeout):
@@ -402,6 +404,40 @@ class Registry:
             log.exception(
                 "policy_handler_failed", extra={"event_name": name, "handler": _name(current)}
             )
+            raise PolicyFailure(name, f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            if self._on_dispatch is not None:
+                self._on_dispatch(name, time.perf_counter() - started)
+
+    async def _dispatch_inline(
+        self, event: Event, h: _Registered, args: tuple[Any, ...], default: Any, started: float
+    ) -> Any:
+        """``dispatch`` for an event whose one handler is inline (the bundled policy's): the
+        same outcomes without a timeout scope or a coroutine per call (~15 % of a dispatch).
+        Its duration is checked after it returns, as in ``_run``; an awaitable it returns
+        is awaited under the timeout."""
+        name = event.name
+        try:
+            result = h.fn(*args)
+            if time.perf_counter() - started > self.timeout:
+                self._demote(event, 0, h, time.perf_counter() - started)
+            if inspect.isawaitable(result):
+                async with asyncio.timeout(self.timeout):
+                    result = await result
+            if result is None:
+                return default
+            self._check_result(event, h, result, args)
+            return result
+        except (Rejected, PolicyFailure):
+            raise
+        except TimeoutError:
+            log.error(
+                "policy_event_timed_out",
+                extra={"event_name": name, "handler": _name(h), "timeout": self.timeout},
+            )
+            raise PolicyFailure(name, f"timed out after {self.timeout}s") from None
+        except Exception as exc:  # a policy bug must never take the node down
+            log.exception("policy_handler_failed", extra={"event_name": name, "handler": _name(h)})
             raise PolicyFailure(name, f"{type(exc).__name__}: {exc}") from exc
         finally:
             if self._on_dispatch is not None:

@@ -261,7 +261,12 @@ def check_meta(meta: Mapping[str, object]) -> None:
     for key, value in meta.items():
         if not isinstance(key, str):
             raise TypeError(f"meta has a {type(key).__name__} key {key!r}; meta keys are str")
+        if value is None or type(value) in _SCALARS:  # nearly every value: no deeper look
+            continue
         check_meta_value(key, value)
+
+
+_SCALARS = frozenset({str, int, bool})
 
 
 def check_meta_value(key: str, value: object) -> None:

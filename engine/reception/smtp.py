@@ -116,8 +116,15 @@ class SmtpHandler:
         self._hostname = settings.effective_hostname
 
     def _peer(self, session: Session) -> PeerAddress:
+        # Asked several times per message: built once per session and EHLO name.
+        name = session.host_name or ""
+        cached: tuple[str, PeerAddress] | None = getattr(session, "_nimbus_peer", None)
+        if cached is not None and cached[0] == name:
+            return cached[1]
         host, port = _peer_host_port(session)
-        return PeerAddress(name=session.host_name or "", addr=f"{host}:{port}")
+        peer = PeerAddress(name=name, addr=f"{host}:{port}")
+        setattr(session, "_nimbus_peer", (name, peer))  # noqa: B010 (aiosmtpd Session, untyped slot)
+        return peer
 
     def _may_relay(self, session: Session) -> bool:
         if session.authenticated:

@@ -180,13 +180,15 @@ class Writer:
         self._requests.put((ops, loop, fut))
         if not self._alive:  # died since the check above
             self._fail_leftovers()
+        if timeout is None:
+            return await fut
+        # A timer that fails the future, not an asyncio.timeout scope: the same outcome for
+        # a fraction of the cost on every spool commit (no task lookup, no reschedule).
+        timer = loop.call_later(timeout, _expire, fut, self.name, timeout)
         try:
-            async with asyncio.timeout(timeout):
-                return await fut
-        except TimeoutError:
-            if fut.done() and not fut.cancelled() and fut.exception() is not None:
-                raise  # an op's own TimeoutError
-            raise WriterTimeout(f"{self.name} writer did not commit within {timeout}s") from None
+            return await fut
+        finally:
+            timer.cancel()
 
     def submit_nowait(self, *ops: Op) -> None:
         """Run ``ops`` in the next transaction without waiting; errors go to ``on_error``
@@ -325,6 +327,12 @@ def _fail(requests: list[_Request], exc: BaseException) -> None:
             loop.call_soon_threadsafe(_resolve, [(fut, outcome)])
         except RuntimeError:  # that loop is closed: nobody is waiting any more
             pass
+
+
+def _expire(fut: asyncio.Future, name: str, timeout: float) -> None:
+    """``run(timeout=)``'s deadline: a late commit then finds the future done, and drops."""
+    if not fut.done():
+        fut.set_exception(WriterTimeout(f"{name} writer did not commit within {timeout}s"))
 
 
 def _resolve(items: list[tuple[asyncio.Future, _Outcome]]) -> None:
