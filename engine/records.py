@@ -175,6 +175,8 @@ class RecordType(StrEnum):
     ADMIN_BOUNCE = "AdminBounce"
     ADMIN_REBIND = "AdminRebind"
     REJECTION = "Rejection"
+    OOB = "OOB"  # an asynchronous bounce (RFC 3464 DSN) received for a listener domain
+    FEEDBACK = "Feedback"  # an abuse report (RFC 5965 ARF) received for a listener domain
     ADMIN_AUDIT = "AdminAudit"  # Nimbus addition: one per mutating admin API request
 
 

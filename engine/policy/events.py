@@ -90,8 +90,6 @@ __all__ = [
 
 log = logging.getLogger("nimbus.events")
 
-Notice = Callable[[tuple[Any, ...], Any], tuple[str, str] | None]
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
@@ -102,15 +100,12 @@ class Event:
     result: what a handler may answer besides None: a class, a union (``A | B``),
         ``list[X]``, or None for events whose handlers answer nothing.
     many: several handlers may be registered (the first non-None answer wins).
-    notice: optional ``(args, result) -> (key, text) | None`` for answers that are
-        accepted but deserve a warning; logged once per key per loaded policy.
     """
 
     name: str
     args: tuple[tuple[str, Any], ...]
     result: Any
     many: bool = False
-    notice: Notice | None = None
 
     def check_args(self, args: tuple[Any, ...]) -> None:
         """Raise TypeError when the engine dispatches arguments this event does not declare."""
@@ -145,17 +140,6 @@ def type_name(expected: Any) -> str:
     return expected.__name__ if isinstance(expected, type) else str(expected)
 
 
-def _unimplemented_listener_options(args: tuple[Any, ...], result: Any) -> tuple[str, str] | None:
-    options = result.unimplemented_options() if isinstance(result, ListenerDomain) else ()
-    if not options:
-        return None
-    return (
-        str(args[0]),
-        f"get_listener_domain for {args[0]}: {', '.join(options)} not implemented yet "
-        "(OOB/ARF parsing comes with another issue); treated as Ignore",
-    )
-
-
 _META = dict
 _NAME = str | None  # queue-name parts absent from a queue name are None
 
@@ -186,7 +170,6 @@ GET_LISTENER_DOMAIN = Event(
     name="get_listener_domain",
     args=(("domain", str), ("listener", str), ("conn_meta", _META)),
     result=ListenerDomain,
-    notice=_unimplemented_listener_options,
 )
 GET_QUEUE_CONFIG = Event(
     name="get_queue_config",
@@ -322,7 +305,6 @@ class Registry:
         self.log_hooks: list[LogHook] = []  # set by nimbus.configure_log_hook
         self._on_dispatch = on_dispatch
         self._executor = executor
-        self._noticed: set[tuple[str, str]] = set()
         self._checked: set[tuple[str, tuple[type, ...]]] = set()
 
     def on(self, event: str | Event, *, inline: bool = False) -> Callable[[Handler], Handler]:
@@ -389,7 +371,7 @@ class Registry:
                     result = await self._run(event, index, current, args)
                     if result is None:
                         continue
-                    self._check_result(event, current, result, args)
+                    self._check_result(event, current, result)
                     return result
                 return default
         except (Rejected, PolicyFailure):
@@ -426,7 +408,7 @@ class Registry:
                     result = await result
             if result is None:
                 return default
-            self._check_result(event, h, result, args)
+            self._check_result(event, h, result)
             return result
         except (Rejected, PolicyFailure):
             raise
@@ -473,9 +455,7 @@ class Registry:
         )
         raise PolicyFailure(event.name, f"inline handler {h.name} ran {seconds:.3f}s")
 
-    def _check_result(
-        self, event: Event, h: _Registered, result: Any, args: tuple[Any, ...]
-    ) -> None:
+    def _check_result(self, event: Event, h: _Registered, result: Any) -> None:
         if not conforms(result, event.result):
             expected, actual = type_name(event.result), type(result).__name__
             log.error(
@@ -488,14 +468,6 @@ class Registry:
                 },
             )
             raise PolicyFailure(event.name, f"{h.name} returned {actual}, expected {expected}")
-        if event.notice is not None:
-            notice = event.notice(args, result)
-            if notice is not None and (event.name, notice[0]) not in self._noticed:
-                self._noticed.add((event.name, notice[0]))
-                log.warning(
-                    "policy_answer_not_implemented",
-                    extra={"event_name": event.name, "handler": h.name, "detail": notice[1]},
-                )
 
 
 def _name(h: _Registered | None) -> str | None:

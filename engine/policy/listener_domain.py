@@ -1,15 +1,17 @@
-"""The answer of ``get_listener_domain``: relaying rules for one recipient domain.
+"""The answer of ``get_listener_domain``: relaying and report rules for one recipient domain.
 
 Exports:
     ListenerDomain   relay_to, relay_from, log_oob, log_arf (KumoMTA make_listener_domain)
-                     and ``unimplemented_options()``
+    REPORT_MODES     the values log_oob and log_arf take
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ListenerDomain"]
+__all__ = ["ListenerDomain", "REPORT_MODES"]
+
+REPORT_MODES = ("Ignore", "LogThenRelay", "LogThenDrop")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -18,9 +20,11 @@ class ListenerDomain:
 
     relay_to: accept mail addressed to this domain from any peer (inbound domains).
     relay_from: CIDRs that may relay mail for this domain.
-    log_oob / log_arf: "Ignore", "LogThenRelay" or "LogThenDrop" for out-of-band
-        bounces and ARF reports sent to this domain. OOB/ARF parsing is not built yet:
-        anything but "Ignore" is not acted on, and dispatch logs a warning per domain.
+    log_oob / log_arf: what to do with an out-of-band bounce (RFC 3464 DSN) / an abuse
+        report (RFC 5965 ARF) sent to this domain: "Ignore" (ordinary mail), "LogThenRelay"
+        (log an ``OOB`` / ``Feedback`` record, then handle it as ordinary mail) or
+        "LogThenDrop" (log it, then discard it: accepted, never queued).
+        Raises ValueError for any other value, naming the field.
     """
 
     relay_to: bool = False
@@ -28,10 +32,18 @@ class ListenerDomain:
     log_oob: str = "Ignore"
     log_arf: str = "Ignore"
 
-    def unimplemented_options(self) -> tuple[str, ...]:
-        """The options set to something this node does not do yet (``log_oob=LogThenDrop``)."""
-        return tuple(
-            f"{name}={value}"
-            for name, value in (("log_oob", self.log_oob), ("log_arf", self.log_arf))
-            if value != "Ignore"
-        )
+    def __post_init__(self) -> None:
+        for name in ("log_oob", "log_arf"):
+            value = getattr(self, name)
+            if value not in REPORT_MODES:
+                raise ValueError(
+                    f"ListenerDomain {name}={value!r}: use one of {', '.join(REPORT_MODES)}"
+                )
+
+    def report_mode(self, kind: str) -> str:
+        """The mode for a report of ``kind`` ("oob" or "arf")."""
+        return self.log_oob if kind == "oob" else self.log_arf
+
+    @property
+    def reads_reports(self) -> bool:
+        return self.log_oob != "Ignore" or self.log_arf != "Ignore"

@@ -56,6 +56,8 @@ CLASSIFIED = frozenset(
         RecordType.EXPIRATION,
         RecordType.ADMIN_BOUNCE,
         RecordType.REJECTION,
+        RecordType.OOB,
+        RecordType.FEEDBACK,
     }
 )
 """Record types that carry a bounce classification (KumoMTA §7)."""

@@ -231,6 +231,22 @@ class Acceptor:
             reception_protocol=protocol,
         )
 
+    def classify(self, response: Response) -> str:
+        """The policy's bounce classification of ``response`` (``Uncategorized`` without)."""
+        classifier = self._policy().bounce_classifier
+        return (
+            "Uncategorized" if classifier is None else classifier.classify(response.single_line())
+        )
+
+    def log_records(self, records: list[LogRecord]) -> None:
+        """Log records made outside the accept path (``OOB`` / ``Feedback`` reports)."""
+        for record in records:
+            self._logs.emit(record)
+
+    @property
+    def node_id(self) -> str:
+        return self._node_id
+
     def log_rejection(
         self,
         *,
@@ -242,10 +258,7 @@ class Acceptor:
     ) -> None:
         """Log a ``Rejection`` record: our 4xx/5xx to a client."""
         now = self._clock()
-        classifier = self._policy().bounce_classifier
-        classification = (
-            "Uncategorized" if classifier is None else classifier.classify(response.single_line())
-        )
+        classification = self.classify(response)
         self._logs.emit(
             LogRecord(
                 type=RecordType.REJECTION,

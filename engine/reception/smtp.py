@@ -47,8 +47,10 @@ from engine.policy.events import (
     Registry,
     Rejected,
 )
+from engine.policy.listener_domain import ListenerDomain
 from engine.reception.accept import Accepted, Acceptor, Incoming
 from engine.reception.auth import Credentials, FailureLimiter, auth_limited_reply
+from engine.reception.report_intake import take_reports
 from engine.reception.shedding import Shedding
 from engine.reception.smtp_session import Refuse, SmtpSession
 from engine.records import PeerAddress, Response, new_message_id
@@ -72,6 +74,22 @@ def _peer_host_port(session: Session) -> tuple[str, int]:
     if isinstance(peer, tuple) and len(peer) >= 2:
         return str(peer[0]), int(peer[1])
     return "", 0
+
+
+def _reverse_path(mail_from: str | None) -> str:
+    """The sender as stored and relayed: aiosmtpd keeps the null reverse path as the text
+    ``<>`` (it must stay truthy there), Nimbus as "" (relayed as ``MAIL FROM:<>``)."""
+    return "" if mail_from in (None, "<>") else mail_from
+
+
+def _report_listeners(envelope: Envelope) -> dict[str, ListenerDomain]:
+    """Recipient -> its listener domain, for the recipients whose domain reads reports
+    (kept on the transaction's envelope; aiosmtpd makes a new one after each DATA/RSET)."""
+    found: dict[str, ListenerDomain] | None = getattr(envelope, "_nimbus_reports", None)
+    if found is None:
+        found = {}
+        setattr(envelope, "_nimbus_reports", found)  # noqa: B010 (aiosmtpd Envelope)
+    return found
 
 
 def _in_networks(
@@ -143,7 +161,7 @@ class SmtpHandler:
         self, session: Session, envelope: Envelope, resp: Response, recipient: str = ""
     ) -> str:
         self._acceptor.log_rejection(
-            sender=envelope.mail_from or "",
+            sender=_reverse_path(envelope.mail_from),
             recipient=recipient,
             response=resp,
             protocol="ESMTP",
@@ -187,28 +205,38 @@ class SmtpHandler:
         if self._draining():
             return SHUTTING_DOWN
         try:
-            await self._policy().dispatch(SMTP_SERVER_MAIL_FROM, address, self._conn_meta(session))
+            await self._policy().dispatch(
+                SMTP_SERVER_MAIL_FROM, _reverse_path(address), self._conn_meta(session)
+            )
         except (Rejected, PolicyFailure) as exc:
             return self._reject(session, envelope, exc.response)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
 
-    async def _relay_allowed(self, session: Session, address: str) -> bool:
+    async def _relay_allowed(
+        self, session: Session, address: str
+    ) -> tuple[bool, ListenerDomain | None]:
         """Relay for trusted peers and AUTH; otherwise ask ``get_listener_domain`` about the
-        recipient domain (relay_to: we accept mail for it; relay_from: these peers may)."""
-        if self._may_relay(session):
-            return True
+        recipient domain (relay_to: we accept mail for it; relay_from: these peers may).
+        Also the listener domain, when it reads reports (log_oob / log_arf): asked for
+        trusted peers too when the policy answers the event, so a bounce domain reads the
+        reports a trusted relay hands in."""
+        trusted = self._may_relay(session)
+        registry = self._policy()
+        if trusted and not registry.has(GET_LISTENER_DOMAIN):
+            return True, None
         domain = address.rpartition("@")[2].lower()
-        listener = await self._policy().dispatch(
+        listener = await registry.dispatch(
             GET_LISTENER_DOMAIN, domain, self._settings.smtp.listen, self._conn_meta(session)
         )
         if listener is None:
-            return False
-        if listener.relay_to:
-            return True
+            return trusted, None
+        reads = listener if listener.reads_reports else None
+        if trusted or listener.relay_to:
+            return True, reads
         peer = _peer_host_port(session)[0]
-        return bool(listener.relay_from) and _in_networks(peer, listener.relay_from)
+        return bool(listener.relay_from) and _in_networks(peer, listener.relay_from), reads
 
     async def handle_RCPT(
         self,
@@ -219,7 +247,7 @@ class SmtpHandler:
         rcpt_options: list[str],
     ) -> str:
         try:
-            allowed = await self._relay_allowed(session, address)
+            allowed, reads = await self._relay_allowed(session, address)
         except (Rejected, PolicyFailure) as exc:
             return self._reject(session, envelope, exc.response, address)
         if not allowed:
@@ -236,6 +264,8 @@ class SmtpHandler:
             return self._reject(session, envelope, exc.response, address)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
+        if reads is not None:
+            _report_listeners(envelope)[address] = reads
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
@@ -264,12 +294,23 @@ class SmtpHandler:
         if session.authenticated and session.auth_data:
             # KumoMTA's names: the AUTH identity (we have no separate authz identity).
             meta["authn_id"] = meta["authz_id"] = str(session.auth_data)
+        intake = take_reports(
+            data,
+            envelope.rcpt_tos,
+            _report_listeners(envelope),
+            acceptor=self._acceptor,
+            sender=_reverse_path(envelope.mail_from),
+            peer=peer,
+        )
+        dropped = [intake.report_id] if intake.report_id else []
+        if not intake.recipients:  # every copy was a report, logged and dropped
+            return "250 OK ids=" + " ".join(dropped)
         batch = []
-        for rcpt in envelope.rcpt_tos:
+        for rcpt in intake.recipients:
             id = new_message_id()  # also named in this copy's Received: header
             batch.append(
                 Incoming(
-                    sender=envelope.mail_from or "",
+                    sender=_reverse_path(envelope.mail_from),
                     recipient=rcpt,
                     id=id,
                     meta=dict(meta),
@@ -300,7 +341,9 @@ class SmtpHandler:
         for result in results:  # one DATA reply for the transaction: the first refusal wins
             if not isinstance(result, Accepted):
                 return self._reject(session, envelope, result.response)
-        return "250 OK ids=" + " ".join(r.id for r in results if isinstance(r, Accepted))
+        return "250 OK ids=" + " ".join(
+            [r.id for r in results if isinstance(r, Accepted)] + dropped
+        )
 
     def _trace_header(self, session: Session, id: str, recipient: str) -> bytes:
         """RFC 5321 §4.4: every SMTP server MUST prepend a Received header."""

@@ -182,34 +182,6 @@ async def test_wrong_answer_type_is_451_and_one_log_line(tmp_path, caplog):
     assert line.handler.endswith(".ehlo")
 
 
-async def test_listener_domain_oob_option_warns_once_and_still_relays(tmp_path, caplog):
-    """A ListenerDomain with log_oob set still opens relaying, and logs one "not
-    implemented yet" warning for its domain however many recipients use it."""
-    policy = """
-    def register(nimbus):
-        @nimbus.on("get_listener_domain")
-        def listener_domain(domain, listener, conn_meta):
-            return nimbus.ListenerDomain(relay_to=True, log_oob="LogThenDrop")
-    """
-    caplog.set_level(logging.WARNING, logger="nimbus.events")
-    async with running_node(
-        tmp_path, policy=policy, **{"smtp.relay_hosts": ["10.255.0.0/16"]}
-    ) as node:
-        replies = await smtp(
-            node.smtp_port,
-            b"EHLO c.test\r\n",
-            b"MAIL FROM:<a@src.test>\r\n",
-            b"RCPT TO:<u@inbound.test>\r\n",
-            b"RCPT TO:<v@inbound.test>\r\n",
-        )
-    assert replies[3].startswith(b"250") and replies[4].startswith(b"250")
-    warnings = [r.detail for r in caplog.records if r.name == "nimbus.events"]
-    assert [r.getMessage() for r in caplog.records if r.name == "nimbus.events"] == [
-        "policy_answer_not_implemented"
-    ]
-    assert len(warnings) == 1 and "inbound.test: log_oob=LogThenDrop not implemented" in warnings[0]
-
-
 async def test_basic_auth_hook_decides_http_credentials(tmp_path):
     """http_server_validate_auth_basic accepts users with no auth directory at all."""
     policy = """

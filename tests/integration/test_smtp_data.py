@@ -95,3 +95,22 @@ async def test_line_ending_with_a_dot_does_not_end_the_message(tmp_path):
             [msg] = await rx.wait_for(1)
     assert replies[-1].startswith(b"250 OK ids=")
     assert msg.data.endswith(b"\r\n\r\nSentence one.\r\nSentence two.\r\n")
+
+
+async def test_null_reverse_path_is_relayed_as_the_null_reverse_path(tmp_path):
+    """``MAIL FROM:<>`` (a bounce, a DSN) is stored with an empty sender and relayed as
+    ``MAIL FROM:<>``; it was kept as the text "<>" and relayed as ``<<>>``, which receivers
+    refuse, so every relayed bounce was deferred until it expired."""
+    async with Receiver() as rx:
+        async with running_node(tmp_path, **sink(rx)) as node:
+            replies = await dialogue(
+                node.smtp_port,
+                b"EHLO c.test\r\nMAIL FROM:<>\r\nRCPT TO:<b@dst.test>\r\nDATA\r\n"
+                b"Subject: bounce\r\n\r\nx\r\n.\r\n",
+                replies=5,
+            )
+            [msg] = await rx.wait_for(1)
+            [reception] = node.records.of("Reception")
+    assert replies[-1].startswith(b"250 OK ids=")
+    assert msg.sender == "<>"  # what aiosmtpd makes of MAIL FROM:<>
+    assert reception["sender"] == ""

@@ -437,32 +437,21 @@ async def test_engine_dispatch_with_undeclared_arguments_is_a_type_error(args):
         await reg.dispatch(SMTP_SERVER_RCPT_TO, *args)
 
 
-@pytest.mark.parametrize(
-    ("answers", "warned"),
-    [
-        ([("a.test", ListenerDomain(relay_to=True))], []),
-        ([("a.test", ListenerDomain(log_oob="LogThenDrop"))], ["a.test"]),
-        (
-            [
-                ("a.test", ListenerDomain(log_oob="LogThenDrop")),
-                ("a.test", ListenerDomain(log_oob="LogThenDrop")),
-                ("b.test", ListenerDomain(log_arf="LogThenRelay")),
-            ],
-            ["a.test", "b.test"],
-        ),
-    ],
-)
-async def test_listener_domain_oob_arf_warns_once_per_domain(answers, warned, caplog):
-    """A ListenerDomain with log_oob/log_arf other than Ignore logs one "not implemented
-    yet" warning per domain; the answer itself is still used."""
-    by_domain = dict(answers)
+@pytest.mark.parametrize("field", ["log_oob", "log_arf"])
+@pytest.mark.parametrize("value", ["Ignore", "LogThenRelay", "LogThenDrop"])
+def test_listener_domain_takes_kumomta_report_modes(field, value):
+    assert getattr(ListenerDomain(**{field: value}), field) == value
+
+
+@pytest.mark.parametrize("value", ["Drop", "logthendrop", "", "true"])
+def test_listener_domain_refuses_other_report_modes(value):
+    """Anything but KumoMTA's three values is an error naming the field, not ignored."""
+    with pytest.raises(ValueError, match=r"ListenerDomain log_oob=.*LogThenDrop"):
+        ListenerDomain(log_oob=value)
+
+
+async def test_policy_answering_a_bad_report_mode_is_a_policy_failure():
     reg = Registry()
-    reg.on("get_listener_domain")(lambda domain, listener, meta: by_domain[domain])
-    with caplog.at_level(logging.WARNING, logger="nimbus.events"):
-        for domain, answer in answers:
-            got = await reg.dispatch(GET_LISTENER_DOMAIN, domain, "127.0.0.1:25", {})
-            assert got == answer
-    assert {r.getMessage() for r in caplog.records} <= {"policy_answer_not_implemented"}
-    lines = [r.detail for r in caplog.records]
-    assert [line.split(":")[0].rpartition(" ")[2] for line in lines] == warned
-    assert all("not implemented yet" in line for line in lines)
+    reg.on("get_listener_domain")(lambda domain, listener, meta: ListenerDomain(log_arf="Keep"))
+    with pytest.raises(PolicyFailure, match="log_arf='Keep'"):
+        await reg.dispatch(GET_LISTENER_DOMAIN, "a.test", "127.0.0.1:25", {})
