@@ -96,7 +96,10 @@ def _parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="load and check the settings and the policy")
     validate.add_argument("--config", help="TOML settings file (default: $NIMBUS_CONFIG)")
     validate.add_argument(
-        "--policy", dest="policy_dir", help="policy directory (default: the configured one)"
+        "--policy-dir",
+        "--policy",  # the earlier spelling, kept working
+        dest="policy_dir",
+        help="policy directory, as for mta (default: the configured one)",
     )
     return parser
 

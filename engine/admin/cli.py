@@ -319,14 +319,14 @@ def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     p.add_argument("--suppress-logging", action="store_true", help="log no AdminBounce records")
     verb("bounce-list", _lister("/api/admin/bounce/v1"), "list active bounces")
     verb("bounce-cancel", _canceller("/api/admin/bounce/v1"), "cancel a bounce").add_argument(
-        "--id", required=True
+        "--id", required=True, help="the bounce's id (bounce-list shows it)"
     )
     p = verb("suspend", _suspend, "suspend delivery of matching scheduled queues")
     _selection(p, routing=False)
     _lifetime_flags(p)
     verb("suspend-list", _lister("/api/admin/suspend/v1"), "list active suspensions")
     verb("suspend-cancel", _canceller("/api/admin/suspend/v1"), "cancel a suspension").add_argument(
-        "--id", required=True
+        "--id", required=True, help="the suspension's id (suspend-list shows it)"
     )
     p = verb("suspend-ready-q", _suspend_ready_q, "suspend one ready queue (egress path)")
     p.add_argument("--name", required=True, help="ready queue name, source->site@smtp_client")
@@ -340,7 +340,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         "suspend-ready-q-cancel",
         _canceller("/api/admin/suspend-ready-q/v1"),
         "cancel a ready-queue suspension",
-    ).add_argument("--id", required=True)
+    ).add_argument("--id", required=True, help="the suspension's id (suspend-ready-q-list)")
     p = verb("rebind", _rebind, "set meta on matching scheduled messages and requeue them")
     _selection(p, routing=True, queues=False)
     p.add_argument(
@@ -357,7 +357,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         help="run the rebind policy event instead of setting meta directly",
     )
     p = verb("inspect-message", _inspect_message, "show one message")
-    p.add_argument("--id", required=True)
+    p.add_argument("--id", required=True, help="the message's spool id (in its log records)")
     p.add_argument("--want-body", action="store_true", help="include the message body")
     p = verb("inspect-sched-q", _inspect_sched_q, "show a scheduled queue and its messages")
     p.add_argument("--queue", required=True, help="scheduled queue name")

@@ -106,7 +106,9 @@ def add_subcommand(
     cluster = subparsers.add_parser(
         "cluster", help="run the Helm chart as a local cluster (processes on loopback)"
     )
-    verbs = cluster.add_subparsers(dest="cluster_command", required=True)
+    verbs = cluster.add_subparsers(
+        dest="cluster_command", required=True, help="what to do with the local cluster"
+    )
     cmd = verbs.add_parser("up", help="render the chart and run its pods locally until Ctrl-C")
     cmd.add_argument(
         "-f",
