@@ -207,6 +207,29 @@ class ClusterSettings:
         "MTA nodes sharing the limits; while Redis is down each node "
         "enforces limit / nodes locally",
     )
+    secret: str = _kind(
+        "str",
+        "",
+        "shared secret nodes present to each other for xfer (prefer secret_file; "
+        "empty: this node refuses transfers with 403)",
+    )
+    secret_file: str = _kind(
+        "str", "", "file holding the cluster secret (a mounted Kubernetes Secret); wins over secret"
+    )
+    peers: list[str] = _kind(
+        "list",
+        [],
+        "other nodes for scale-in transfers: http://host:port URLs, or DNS names "
+        "(a headless Service: every address is a peer) on the HTTP port",
+    )
+    xfer_on_shutdown: bool = _kind(
+        "bool", True, "at SIGTERM, after the drain, transfer the remaining spool to the peers"
+    )
+    xfer_deadline: float = _kind(
+        "duration", 60.0, "longest the shutdown transfer may take; what is left stays spooled"
+    )
+    xfer_concurrency: int = _kind("int", 16, "messages in flight to peers at once during a transfer")
+    xfer_timeout: float = _kind("duration", 30.0, "longest one node-to-node transfer request may take")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -471,6 +494,13 @@ def load_settings(
         raise ConfigError(
             f"[delivery] mta_sts_port: must be 1-65535, got {settings.delivery.mta_sts_port}"
         )
+    cluster = settings.cluster
+    if cluster.xfer_concurrency < 1:
+        raise ConfigError("[cluster] xfer_concurrency: must be at least 1")
+    if cluster.xfer_timeout <= 0:
+        raise ConfigError("[cluster] xfer_timeout: must be more than 0s")
+    if cluster.secret_file and not os.access(cluster.secret_file, os.R_OK):
+        raise ConfigError(f"[cluster] secret_file: cannot read {cluster.secret_file!r}")
     ca_file = settings.delivery.tls_ca_file
     if ca_file and not os.access(ca_file, os.R_OK):
         raise ConfigError(f"[delivery] tls_ca_file: cannot read {ca_file!r}")
