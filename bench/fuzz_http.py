@@ -29,6 +29,7 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
+from hypothesis import strategies as st
 from schemathesis.core.failures import Failure, FailureGroup
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -36,11 +37,25 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from engine.xfer.wire import MEDIA_TYPE as XFER_MEDIA_TYPE
 from tests.support.node import running_node
 
 USER, PASSWORD = "fuzz", "fuzz-pw"
 CHECKS = [status_code_conformance, content_type_conformance, response_schema_conformance]
 SAMPLES = 5
+
+# The node-to-node transfer body is bytes (a JSON line, a newline, the message): any
+# bytes, and some that start like a transfer, so the route's checks are exercised.
+schemathesis.openapi.media_type(
+    XFER_MEDIA_TYPE,
+    st.one_of(
+        st.binary(max_size=256),
+        st.builds(
+            lambda head, rest: head + b"\n" + rest, st.binary(max_size=64), st.binary(max_size=64)
+        ),
+        st.just(b'{"v":1,"id":"x"}\nSubject: x\r\n\r\n.\r\n'),
+    ),
+)
 
 
 @dataclass(slots=True, kw_only=True)

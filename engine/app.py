@@ -13,7 +13,10 @@ Shutdown order (SIGTERM/SIGINT), as STYLE.md §6:
     2. the scheduler stops handing out messages; ready queues finish the message
        in hand on each connection until ``delivery.shutdown_deadline``
     3. what is left is cancelled; it stays in the spool for the next start
-    4. listeners close (open sessions are hung up), spool commits still running
+    4. transfer jobs stop; with ``cluster.xfer_on_shutdown`` (default) and peers, the
+       whole spool goes to the peers within ``cluster.xfer_deadline`` (scale-in,
+       engine/xfer/sender.py); what no peer takes stays spooled
+    5. listeners close (open sessions are hung up), spool commits still running
        finish, DNS lookups are cancelled, log records are flushed, the spool closes
 """
 
@@ -66,6 +69,9 @@ from engine.shaping.overlay import Overlay
 from engine.shaping.throttle.factory import make_store
 from engine.shaping.tsa_client import TsaSubscriber
 from engine.storage.spool import Spool
+from engine.xfer.receiver import add_xfer_routes
+from engine.xfer.secret import load_secret
+from engine.xfer.sender import Transfers
 
 __all__ = ["Node", "run_mta"]
 
@@ -159,6 +165,17 @@ class Node:
         ops = AdminOps(
             scheduler=self.scheduler, router=self.router, spool=self.spool, outcomes=self.outcomes
         )
+        cluster_secret = load_secret(settings.cluster)
+        self.transfers = Transfers(
+            spool=self.spool,
+            ops=ops,
+            outcomes=self.outcomes,
+            logs=self.logs,
+            cluster=settings.cluster,
+            secret=cluster_secret,
+            node_id=settings.effective_node_id,
+            on_result=self._count_xfer,
+        )
         self.admin = AdminApi(
             bounce_now=ops.bounce_now,
             rebind=ops.rebind,
@@ -166,6 +183,9 @@ class Node:
             inspect_sched_q=ops.inspect_sched_q,
             ready_q_states=ops.ready_q_states,
             queue_summary=ops.queue_summary,
+            xfer=lambda req: self.transfers.start(req.criteria, req.target, req.reason),
+            xfer_cancel=self.transfers.cancel,
+            xfer_jobs=self.transfers.jobs,
             state=self.admin_state,
         )
         # Signing processes start on the first dkim_sign (none for policies that never sign).
@@ -214,6 +234,18 @@ class Node:
             audit=self.logs.emit,
             auth_limiter=auth_limiter,
         )
+        add_xfer_routes(
+            http_app,
+            acceptor=self.acceptor,
+            secret=cluster_secret,
+            node_id=settings.effective_node_id,
+            # The message (DKIM-signed, with our Received: header) plus its envelope line.
+            max_size=2 * max(settings.smtp.max_message_size, settings.http.max_request_size)
+            + (1 << 20),
+            shedding=self._shedding,
+            queued=self._queued,
+            on_result=self._count_xfer,
+        )
         self.http = HttpListener(http_app)
         self.metrics.attach_gauges(self._gauges)
         self.ports: dict[str, int] = {}
@@ -236,6 +268,14 @@ class Node:
             self.metrics.shedding.labels(reason.value).set(
                 1 if state is not None and state.reason == reason else 0
             )
+
+    def _count_xfer(self, result: str) -> None:
+        self.metrics.xfer.labels(result).inc()
+
+    def _queued(self) -> int:
+        """Messages this node holds and has not disposed of (scheduled, ready, being
+        transferred); what a peer's scale-in weighs to spread by load."""
+        return self.spool.count
 
     def _redis_state(self, degraded: bool) -> None:
         self.metrics.redis_degraded.set(1 if degraded else 0)
@@ -431,6 +471,9 @@ class Node:
         self.scheduler.pause()
         await self.router.drain(deadline)
         scheduler.cancel()
+        await self.transfers.close()
+        if s.cluster.xfer_on_shutdown and "http" in self.ports:
+            await self.transfers.scale_in(self.ports["http"])
         if self.log_hooks is not None:
             await self.log_hooks.close()  # commits queued records before its task stops
         for task in self._background:

@@ -177,6 +177,8 @@ class RecordType(StrEnum):
     REJECTION = "Rejection"
     OOB = "OOB"  # an asynchronous bounce (RFC 3464 DSN) received for a listener domain
     FEEDBACK = "Feedback"  # an abuse report (RFC 5965 ARF) received for a listener domain
+    XFER_OUT = "XferOut"  # a message handed to another node (``engine/xfer``)
+    XFER_IN = "XferIn"  # a message taken over from another node
     ADMIN_AUDIT = "AdminAudit"  # Nimbus addition: one per mutating admin API request
 
 

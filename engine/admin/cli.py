@@ -9,7 +9,7 @@ Exports:
 
 Verbs: queue-summary, bounce, bounce-list, bounce-cancel, suspend, suspend-list,
 suspend-cancel, suspend-ready-q, suspend-ready-q-list, suspend-ready-q-cancel, rebind,
-inspect-message, inspect-sched-q.
+inspect-message, inspect-sched-q, xfer, xfer-cancel, xfer-list.
 
 Every verb takes ``--endpoint`` (default ``$NIMBUS_ENDPOINT`` or
 ``http://127.0.0.1:8000``, as kcli's ``--endpoint``) and, for an untrusted host,
@@ -132,6 +132,16 @@ def format_summary(summary: dict[str, Any]) -> str:
     )
     if not ready:
         out.append("(no ready queues)")
+    xfer = summary.get("xfer") or []
+    if xfer:
+        out.append("")
+        out.append(
+            format_table(
+                ("XFER QUEUE", "COUNT", "STATE"),
+                [(q["name"], q.get("count", 0), q.get("state")) for q in xfer],
+                (False, True, False),
+            )
+        )
     return "\n".join(out)
 
 
@@ -250,6 +260,51 @@ def _inspect_sched_q(c: _Client, args: argparse.Namespace) -> None:
     )
 
 
+def _xfer(c: _Client, args: argparse.Namespace) -> None:
+    body = _criteria(args, routing=True)
+    if args.everything:
+        body["everything"] = True
+    body.update(target=args.target, reason=args.reason)
+    _print_json(c.call("POST", "/api/admin/xfer/v1", body))
+
+
+def _xfer_cancel(c: _Client, args: argparse.Namespace) -> None:
+    _print_json(
+        c.call(
+            "POST",
+            "/api/admin/xfer/cancel/v1",
+            {"queue_name": args.queue_name, "reason": args.reason},
+        )
+    )
+
+
+def _xfer_list(c: _Client, args: argparse.Namespace) -> None:
+    jobs = c.call("GET", "/api/admin/xfer/v1") or []
+    if args.json:
+        _print_json(jobs)
+        return
+    print(
+        format_table(
+            ("XFER QUEUE", "STATE", "TOTAL", "MOVED", "FAILED", "LEFT", "LAST ERROR"),
+            [
+                (
+                    j["queue_name"],
+                    j["state"],
+                    j["total"],
+                    j["moved"],
+                    j["failed"],
+                    j["left"],
+                    (j.get("errors") or [None])[-1],
+                )
+                for j in jobs
+            ],
+            (False, False, True, True, True, True, False),
+        )
+        if jobs
+        else "(no transfers)"
+    )
+
+
 # -- parser ------------------------------------------------------------------------
 
 
@@ -363,6 +418,19 @@ def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     p.add_argument("--queue", required=True, help="scheduled queue name")
     p.add_argument("--want-body", action="store_true", help="include message bodies")
     p.add_argument("--limit", type=int, help="at most this many messages")
+    p = verb("xfer", _xfer, "move matching queued messages to another node (kcli xfer)")
+    _selection(p, routing=True)
+    p.add_argument(
+        "--target",
+        required=True,
+        help="the other node's HTTP URL prefix, e.g. http://10.0.0.2:8000",
+    )
+    p.add_argument("--reason", required=True, help="reason, logged (AdminRebind records)")
+    p = verb("xfer-cancel", _xfer_cancel, "stop a transfer: unsent messages go back")
+    p.add_argument("queue_name", help="the xfer queue (xfer and xfer-list print it)")
+    p.add_argument("--reason", required=True, help="reason, logged (AdminRebind records)")
+    p = verb("xfer-list", _xfer_list, "transfers and their progress (moved, failed, left)")
+    p.add_argument("--json", action="store_true", help="print the raw JSON")
 
 
 VERBS = (
@@ -379,6 +447,9 @@ VERBS = (
     "rebind",
     "inspect-message",
     "inspect-sched-q",
+    "xfer",
+    "xfer-cancel",
+    "xfer-list",
 )
 
 

@@ -12,8 +12,12 @@ shared/reference/kumomta-interfaces.md §8):
     GET  /api/admin/inspect-message/v1?id=&want_body=
     GET  /api/admin/inspect-sched-q/v1?queue_name=&want_body=&limit=
     GET  /api/admin/ready-q-states/v1?queues=a,b
-    GET  /api/admin/queue-summary/v1                Nimbus addition: scheduled and ready
+    GET  /api/admin/queue-summary/v1                Nimbus addition: scheduled, ready and xfer
                                                     queues with counts (``nimbus queue-summary``)
+    POST /api/admin/xfer/v1                         move matching messages to another node ->
+                                                    {queue_name, messages} (KumoMTA: {})
+    GET  /api/admin/xfer/v1                         Nimbus addition: transfer jobs and progress
+    POST /api/admin/xfer/cancel/v1                  stop a transfer: unsent messages go back
 
 Access: a peer in ``http.trusted_hosts`` (KumoMTA's default ACL), or Basic
 credentials of a user in ``http.admin_auth_dir``. Otherwise 401 (credentials
@@ -22,7 +26,8 @@ missing or wrong) or 403 (untrusted peer and no admin users configured); 429 wit
 the inject API, ``reception/auth.py``). Every POST/DELETE, allowed or refused, is
 handed to ``audit`` as an ``AdminAudit`` record (``admin/audit.py``); GETs are not.
 Errors are JSON ``{"error": reason, "field": ...}``: 400 bad JSON or field,
-404 unknown id / message / queue.
+404 unknown id / message / queue, 409 a transfer this node cannot make (no cluster
+secret, shutting down).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from aiohttp import web
 
 from engine.admin.audit import ANONYMOUS, AUDITED_METHODS, TRUSTED_HOST, audit_params, audit_record
 from engine.admin.requests import AdminInputError
-from engine.admin.state import AdminApi, UnknownEntry
+from engine.admin.state import AdminApi, UnknownEntry, UnknownXferQueue, XferNotAvailable
 from engine.config.settings import Settings
 from engine.reception.auth import (
     Credentials,
@@ -165,6 +170,10 @@ async def _serve(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(400, exc.reason, exc.field)
     except UnknownEntry as exc:
         return _error(404, f"no entry with id {exc.args[0]}", "id")
+    except UnknownXferQueue as exc:
+        return _error(404, f"no transfer with queue name {exc.args[0]}", "queue_name")
+    except XferNotAvailable as exc:
+        return _error(409, str(exc))
 
 
 def _guarded(handler: Handler, method: str) -> Handler:
@@ -318,6 +327,24 @@ async def queue_summary_v1(request: web.Request) -> web.Response:
     return web.json_response(await _api(request).queue_summary())
 
 
+# -- transfers to other nodes -------------------------------------------------------
+
+
+async def xfer_v1_post(request: web.Request) -> web.Response:
+    """Move the selected queues' waiting messages to another node."""
+    return web.json_response(await _api(request).xfer(await _json(request)))
+
+
+async def xfer_v1_get(request: web.Request) -> web.Response:
+    """Nimbus addition: every transfer job with its progress."""
+    return web.json_response(await _api(request).xfer_jobs())
+
+
+async def xfer_cancel_v1(request: web.Request) -> web.Response:
+    """Stop a transfer; what it has not sent goes back to its queues."""
+    return web.json_response(await _api(request).xfer_cancel(await _json(request)))
+
+
 _ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/api/admin/bounce/v1", bounce_v1_post),
     ("GET", "/api/admin/bounce/v1", bounce_v1_get),
@@ -333,6 +360,9 @@ _ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/api/admin/inspect-sched-q/v1", inspect_sched_q_v1),
     ("GET", "/api/admin/ready-q-states/v1", ready_q_states_v1),
     ("GET", "/api/admin/queue-summary/v1", queue_summary_v1),
+    ("POST", "/api/admin/xfer/v1", xfer_v1_post),
+    ("GET", "/api/admin/xfer/v1", xfer_v1_get),
+    ("POST", "/api/admin/xfer/cancel/v1", xfer_cancel_v1),
 )
 
 

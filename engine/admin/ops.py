@@ -2,7 +2,8 @@
 
 Exports:
     AdminOps    bounce_now, rebind, inspect_message, inspect_sched_q, ready_q_states,
-                queue_summary — handed to ``engine.admin.state.AdminApi``
+                queue_summary — handed to ``engine.admin.state.AdminApi``; take and
+                give_back — for transfers to another node (``engine/xfer``)
 
 Each works on the node's in-memory queues (scheduled and ready) and writes its records
 through ``Outcomes`` (AdminBounce, AdminRebind), so the spool and the log stay in step.
@@ -58,6 +59,21 @@ class AdminOps:
                 self._outcomes.admin_bounce(msg, entry.reason, log=not entry.suppress_logging)
                 counts[msg.queue] = counts.get(msg.queue, 0) + 1
         return counts
+
+    def take(self, criteria: Criteria) -> list[Message]:
+        """Take every waiting (not in-flight) message the criteria cover out of its
+        scheduled or ready queue; the spool keeps it. Oldest first."""
+        taken = []
+        for msg, ready in self._waiting():
+            if matches_queue(criteria, msg.queue):
+                self._take(msg, ready)
+                taken.append(msg)
+        taken.sort(key=lambda m: m.created)
+        return taken
+
+    def give_back(self, msg: Message) -> None:
+        """Return a message taken with ``take`` to its scheduled queue, at its due time."""
+        self._scheduler.insert(msg)
 
     def rebind(self, criteria: Criteria, data: dict[str, str], reason: str, trigger: bool) -> int:
         """Merge ``data`` into the meta of matching waiting messages and requeue them now

@@ -4,7 +4,9 @@ Exports:
     parse_bounce / parse_suspend / parse_ready_suspend -> the entry records
     parse_rebind(body) -> Rebind             a rebind request
     parse_cancel(body) -> str                the ``id`` of a cancel (DELETE) request
-    Rebind                                   frozen record of a rebind request
+    parse_xfer(body) -> XferRequest          a transfer to another node
+    parse_xfer_cancel(body) -> (queue_name, reason)
+    Rebind, XferRequest                      frozen records of those requests
     AdminInputError                          a missing or malformed field (HTTP 400)
     DEFAULT_DURATION                         an entry's lifetime when none is given
 
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from engine.admin.entries import BounceEntry, Criteria, ReadyQSuspendEntry, SuspendEntry
-from engine.config.units import parse_duration
+from engine.config.units import parse_duration, parse_url_prefix
 from engine.records import Json
 
 __all__ = [
@@ -29,6 +31,9 @@ __all__ = [
     "parse_rebind",
     "parse_cancel",
     "Rebind",
+    "parse_xfer",
+    "parse_xfer_cancel",
+    "XferRequest",
     "AdminInputError",
     "DEFAULT_DURATION",
 ]
@@ -211,3 +216,56 @@ def parse_cancel(body: Json) -> str:
     """A cancel request body (``{"id": ...}``) -> the id."""
     body = _check_fields(body, ("id",))
     return _text(body, "id", required=True) or ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class XferRequest:
+    """``POST /api/admin/xfer/v1``: move the selected queues' messages to ``target``."""
+
+    criteria: Criteria
+    target: str
+    reason: str
+
+
+def parse_xfer(body: Json) -> XferRequest:
+    """KumoMTA's XferV1Request (``domain``, ``routing_domain``, ``campaign``, ``tenant``,
+    ``queue_names``, ``reason``, ``target``), plus ``everything``. Unlike KumoMTA, a
+    request that selects nothing is refused rather than moving every queue: say
+    ``everything: true`` for that (as kcli's ``--everything``)."""
+    body = _check_fields(
+        body, (*_CRITERIA, "routing_domain", "queue_names", "reason", "target", "everything")
+    )
+    raw_target = _text(body, "target", required=True) or ""
+    try:
+        target = parse_url_prefix(raw_target)
+    except ValueError as exc:
+        raise AdminInputError("target", str(exc)) from None
+    criteria = Criteria(
+        domain=_text(body, "domain"),
+        routing_domain=_text(body, "routing_domain"),
+        tenant=_text(body, "tenant"),
+        campaign=_text(body, "campaign"),
+        queue_names=_names(body),
+    )
+    everything = _flag(body, "everything")
+    selects = criteria != Criteria()
+    if everything and selects:
+        raise AdminInputError("everything", "cannot be combined with other criteria")
+    if not everything and not selects:
+        raise AdminInputError(
+            None,
+            "select queues with domain, routing_domain, campaign, tenant or queue_names, "
+            "or set everything: true",
+        )
+    return XferRequest(
+        criteria=criteria, target=target, reason=_text(body, "reason", required=True) or ""
+    )
+
+
+def parse_xfer_cancel(body: Json) -> tuple[str, str]:
+    """KumoMTA's XferCancelV1Request: ``queue_name`` (an xfer queue) and ``reason``."""
+    body = _check_fields(body, ("queue_name", "reason"))
+    return (
+        _text(body, "queue_name", required=True) or "",
+        _text(body, "reason", required=True) or "",
+    )

@@ -5,7 +5,7 @@ Exports:
                     suspension_for, ready_suspension_for
     AdminApi        what the HTTP layer calls; the node's actions are injected callables
     entry_json(entry, now)            a list entry as KumoMTA shows it
-    UnknownEntry (HTTP 404)
+    UnknownEntry, UnknownXferQueue (HTTP 404), XferNotAvailable (HTTP 409)
 
 The entry records are ``engine.admin.entries``; request parsing is ``engine.admin.requests``.
 
@@ -37,16 +37,27 @@ from engine.admin.entries import (
     matches_queue,
 )
 from engine.admin.requests import (
+    XferRequest,
     parse_bounce,
     parse_cancel,
     parse_ready_suspend,
     parse_rebind,
     parse_suspend,
+    parse_xfer,
+    parse_xfer_cancel,
 )
 from engine.config.units import format_duration
 from engine.records import Json, JsonObject, rfc3339
 
-__all__ = ["AdminState", "AdminApi", "UnknownEntry"]
+__all__ = ["AdminState", "AdminApi", "UnknownEntry", "UnknownXferQueue", "XferNotAvailable"]
+
+
+class XferNotAvailable(Exception):
+    """The node cannot transfer messages now (no cluster secret, shutting down): 409."""
+
+
+class UnknownXferQueue(LookupError):
+    """No transfer job has this xfer queue name (404)."""
 
 
 class UnknownEntry(LookupError):
@@ -187,6 +198,9 @@ class AdminApi:
             ``{ready_queue_name: {state_name: {context, since}}}``, all queues when None.
         queue_summary() -> dict
             ``{"scheduled": [{name, count}], "ready": [{name, site, count, connections}]}``.
+        xfer(request: XferRequest) -> dict;  xfer_cancel(queue_name, reason) -> dict | None;
+        xfer_jobs() -> list
+            transfers to other nodes (``engine/xfer/sender.py``); None: not available.
     state: the entries (the node reads ``state.bounce_for`` etc. to enforce them).
     clock: wall clock, unix seconds.
     """
@@ -200,6 +214,9 @@ class AdminApi:
         inspect_sched_q: Callable[[str, bool, int | None], MaybeAwaitable],
         ready_q_states: Callable[[list[str] | None], MaybeAwaitable],
         queue_summary: Callable[[], MaybeAwaitable],
+        xfer: Callable[[XferRequest], MaybeAwaitable] | None = None,
+        xfer_cancel: Callable[[str, str], MaybeAwaitable] | None = None,
+        xfer_jobs: Callable[[], MaybeAwaitable] | None = None,
         state: AdminState | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -209,6 +226,9 @@ class AdminApi:
         self._inspect_sched_q = inspect_sched_q
         self._ready_q_states = ready_q_states
         self._queue_summary = queue_summary
+        self._xfer = xfer
+        self._xfer_cancel = xfer_cancel
+        self._xfer_jobs = xfer_jobs
         self.state = state if state is not None else AdminState()
         self.clock = clock
 
@@ -297,6 +317,27 @@ class AdminApi:
         states = await _call(self._ready_q_states, queues)
         return {"states_by_ready_queue": dict(states or {})}
 
+    # transfers to other nodes
+    async def xfer(self, body: Json) -> JsonObject:
+        req = parse_xfer(body)
+        if self._xfer is None:
+            raise XferNotAvailable("this node does not transfer messages")
+        return dict(await _call(self._xfer, req))
+
+    async def xfer_cancel(self, body: Json) -> JsonObject:
+        queue_name, reason = parse_xfer_cancel(body)
+        if self._xfer_cancel is None:
+            raise XferNotAvailable("this node does not transfer messages")
+        found = await _call(self._xfer_cancel, queue_name, reason)
+        if found is None:
+            raise UnknownXferQueue(queue_name)
+        return dict(found)
+
+    async def xfer_jobs(self) -> list[JsonObject]:
+        if self._xfer_jobs is None:
+            return []
+        return list(await _call(self._xfer_jobs))
+
     async def queue_summary(self) -> JsonObject:
         """The node's queues, each marked with the reason of an admin suspension, if any."""
         summary = await _call(self._queue_summary)
@@ -312,4 +353,14 @@ class AdminApi:
             ready_hold = self.state.ready_suspension_for(item["name"], now)
             reason = ready_hold.reason if ready_hold else None
             ready.append({**item, "suspended": item.get("suspended") or reason})
-        return {"scheduled": scheduled, "ready": ready}
+        xfer = [
+            {
+                "name": j["queue_name"],
+                "target": j["target"],
+                "count": j["left"],
+                "state": j["state"],
+            }
+            for j in await self.xfer_jobs()
+            if j.get("left")
+        ]
+        return {"scheduled": scheduled, "ready": ready, "xfer": xfer}

@@ -5,6 +5,7 @@ Exports:
     parse_size("20MB")    -> 20_000_000 bytes
     parse_memory_limit("90%") -> MemoryLimit(percent=90.0); ("2GB") -> MemoryLimit(bytes=...)
     parse_hostport("0.0.0.0:2525") -> ("0.0.0.0", 2525)
+    parse_url_prefix("http://10.0.0.2:8000/") -> "http://10.0.0.2:8000"
 
 Each raises ``ValueError`` with a message that says what was expected; callers
 (config loaders) add the file/table/key context.
@@ -14,8 +15,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 __all__ = [
+    "parse_url_prefix",
     "parse_duration",
     "parse_size",
     "parse_hostport",
@@ -195,3 +198,18 @@ def parse_hostport(value: str, *, default_port: int | None = None) -> tuple[str,
     if not host:
         raise ValueError(f"missing host in {value!r}")
     return host, int(port_text)
+
+
+def parse_url_prefix(value: str) -> str:
+    """An ``http(s)://host[:port]`` URL prefix (another node's HTTP listener), without a
+    trailing slash; ValueError for anything else (a path, query, fragment, bad port)."""
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http:// or https:// URL prefix, got {value!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"must have no path, query or fragment, got {value!r}")
+    try:
+        parts.port  # noqa: B018  (raises ValueError for a bad port)
+    except ValueError as exc:
+        raise ValueError(f"bad port in {value!r}: {exc}") from None
+    return f"{parts.scheme}://{parts.netloc}"

@@ -169,6 +169,13 @@ class Metrics:
         self.redis_outages = Counter(
             "nimbus_redis_outages", "Redis outages (fallback to local limits)", registry=r
         )
+        self.xfer = Counter(
+            "nimbus_xfer_messages",
+            "Messages moved between nodes, by result: sent, duplicate (the peer had it), "
+            "failed (refused), returned (back to its queue), received, received_duplicate",
+            ["result"],
+            registry=r,
+        )
         self.policy_reloads = Counter(
             "nimbus_policy_reloads", "Policy reloads by result", ["result"], registry=r
         )

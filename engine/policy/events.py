@@ -80,6 +80,7 @@ __all__ = [
     "GET_EGRESS_PATH_CONFIG",
     "REQUEUE_MESSAGE",
     "SMTP_CLIENT_REWRITE_DELIVERY_STATUS",
+    "XFER_MESSAGE_RECEIVED",
     "SHOULD_ENQUEUE_LOG_RECORD",
     "Registry",
     "Rejected",
@@ -207,6 +208,9 @@ SMTP_CLIENT_REWRITE_DELIVERY_STATUS = Event(
     ),
     result=int,
 )
+XFER_MESSAGE_RECEIVED = Event(
+    name="xfer_message_received", args=(("msg", PolicyMessage), ("auth_info", _META)), result=None
+)
 SHOULD_ENQUEUE_LOG_RECORD = Event(
     name="should_enqueue_log_record",
     args=(("msg", PolicyMessage), ("hook_name", str)),
@@ -230,6 +234,7 @@ EVENTS: dict[str, Event] = {
         GET_EGRESS_PATH_CONFIG,
         REQUEUE_MESSAGE,
         SMTP_CLIENT_REWRITE_DELIVERY_STATUS,
+        XFER_MESSAGE_RECEIVED,
         SHOULD_ENQUEUE_LOG_RECORD,
     )
 }

@@ -3,8 +3,10 @@
 Exports:
     Incoming      one message to accept (one recipient, as KumoMTA)
     Accepted      its spool id and queue
-    Acceptor      accept(...) -> per-message results; readiness and drain state;
+    Acceptor      accept(...) -> per-message results; accept_transfer(...) for a
+                  message another node hands over; readiness and drain state;
                   close(timeout) waits for commits still running
+    Transferred   what accept_transfer did (stored, or already spooled)
 
 For a batch (one SMTP DATA, or one HTTP request) the acceptor runs the policy
 event (``smtp_server_message_received`` / ``http_message_generated``) for each
@@ -33,7 +35,7 @@ from typing import Any
 from engine.dkim.service import DkimService
 from engine.dkim.signer import DkimError
 from engine.logs.writer import LogWriter
-from engine.policy.events import Event, PolicyFailure, Registry, Rejected
+from engine.policy.events import XFER_MESSAGE_RECEIVED, Event, PolicyFailure, Registry, Rejected
 from engine.policy.message import PolicyMessage, check_meta
 from engine.queues.naming import NULL_QUEUE, scheduled_queue_name
 from engine.queues.scheduled import Scheduler
@@ -46,9 +48,9 @@ from engine.records import (
     Response,
     new_message_id,
 )
-from engine.storage.spool import Spool, SpoolTimeout
+from engine.storage.spool import Spool, SpoolDuplicate, SpoolTimeout
 
-__all__ = ["Incoming", "Accepted", "Acceptor", "RECEIVED"]
+__all__ = ["Incoming", "Accepted", "Acceptor", "Transferred", "RECEIVED"]
 
 # Messages handled between two yields to the loop: a 10,000-recipient injection is one
 # batch, and its per-message work (event, naming, Reception record, scheduling: ~50-150 us
@@ -73,6 +75,13 @@ class Incoming:
 class Accepted:
     id: str
     queue: str
+
+
+@dataclass(frozen=True, slots=True)
+class Transferred:
+    id: str
+    queue: str
+    duplicate: bool  # already spooled here (a repeated transfer): nothing stored
 
 
 class Acceptor:
@@ -177,6 +186,78 @@ class Acceptor:
             task.add_done_callback(self._stores.discard)
             await self._wait_stored(task, len(to_store))
         return results
+
+    async def accept_transfer(
+        self, msg: Message, data: bytes, *, from_node: str, peer: PeerAddress | None
+    ) -> Transferred:
+        """Take over a message another node held: the ``xfer_message_received`` event,
+        then one spool commit (fsync) before returning, then ``XferIn`` and scheduling.
+        The id, created time (so ``max_age`` counts from the first reception), due time
+        and attempt count are kept; the queue follows the meta (as at reception), so a
+        handler that edits it moves the message.
+
+        Raises Rejected / PolicyFailure from the event, SpoolFull / SpoolError /
+        SpoolTimeout as ``accept``; a message already spooled here is a duplicate.
+        """
+        if await self._spool.contains(msg.id):
+            return Transferred(msg.id, msg.queue, duplicate=True)
+        pm = PolicyMessage(msg.id, msg.sender, msg.recipient, data, dict(msg.meta))
+        info: dict[str, Json] = {"from_node": from_node, "peer": peer.addr if peer else None}
+        await self._policy().dispatch(XFER_MESSAGE_RECEIVED, pm, info)
+        try:
+            check_meta(pm.meta)
+        except (TypeError, ValueError) as exc:
+            raise PolicyFailure(XFER_MESSAGE_RECEIVED.name, str(exc)) from None
+        queue = msg.queue
+        if pm.meta != msg.meta or pm.recipient() != msg.recipient:
+            queue = scheduled_queue_name(pm.recipient(), pm.meta)
+        body = pm.get_data()
+        stored = Message(
+            id=msg.id,
+            sender=pm.sender(),
+            recipient=pm.recipient(),
+            queue=queue,
+            meta=pm.meta,
+            created=msg.created,
+            due=msg.due,
+            num_attempts=msg.num_attempts,
+            size=len(body),
+        )
+        task = asyncio.create_task(
+            self._store_transfer(stored, body, from_node, peer), name="spool-commit-xfer"
+        )
+        self._stores.add(task)
+        task.add_done_callback(self._stores.discard)
+        try:
+            await self._wait_stored(task, 1)
+        except SpoolDuplicate:  # the same id arrived twice at once
+            return Transferred(msg.id, queue, duplicate=True)
+        return Transferred(msg.id, queue, duplicate=False)
+
+    async def _store_transfer(
+        self, msg: Message, data: bytes, from_node: str, peer: PeerAddress | None
+    ) -> None:
+        await self._spool.save([(msg, data)])
+        self._logs.emit(
+            LogRecord(
+                type=RecordType.XFER_IN,
+                id=msg.id,
+                sender=msg.sender,
+                recipient=msg.recipient,
+                queue=msg.queue,
+                site="",
+                size=msg.size,
+                response=Response.parse(250, f"transferred from {from_node}"),
+                timestamp=self._clock(),
+                created=msg.created,
+                nodeid=self._node_id,
+                num_attempts=msg.num_attempts,
+                peer_address=peer,
+                meta=msg.meta,
+                reception_protocol="xfer",
+            )
+        )
+        self._scheduler.insert(msg)
 
     async def _wait_stored(self, task: asyncio.Task[None], count: int) -> None:
         """Wait for a store task up to ``spool.write_timeout``; it runs on past that."""

@@ -35,7 +35,7 @@ def _text(description: str) -> JsonObject:
     return {"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}}
 
 
-def _errors(*codes: int) -> dict[str, JsonObject]:
+def _errors(*codes: int, why_not: dict[int, str] | None = None) -> dict[str, JsonObject]:
     why = {
         400: "malformed JSON (nesting, lone surrogates, encoding) or a bad field",
         401: "credentials missing or wrong",
@@ -45,7 +45,9 @@ def _errors(*codes: int) -> dict[str, JsonObject]:
         415: "content type or Content-Encoding not supported",
         422: "a template failed to compile or render",
         429: "too many failed authentications from this peer (Retry-After)",
+        409: "a transfer this node cannot make (no cluster secret, shutting down)",
         503: "not ready, shutting down or out of spool space; try again later",
+        **(why_not or {}),
     }
     return {str(code): _json(_ref("Error"), why[code]) for code in codes}
 
@@ -166,6 +168,48 @@ _REBIND: JsonObject = {
         "always_flush": {"type": "boolean"},
         "trigger_rebind_event": {"type": "boolean"},
         "suppress_logging": {"type": "boolean"},
+    },
+}
+
+_XFER: JsonObject = {
+    "type": "object",
+    "required": ["target", "reason"],
+    "additionalProperties": False,
+    "properties": {
+        **_CRITERIA,
+        "routing_domain": {"type": "string", "minLength": 1},
+        "queue_names": _QUEUE_NAMES,
+        "everything": {"type": "boolean", "description": "select every queue (alone)"},
+        "target": {"type": "string", "description": "the other node, e.g. http://10.0.0.2:8000"},
+        "reason": {"type": "string", "minLength": 1},
+    },
+}
+_XFER_CANCEL: JsonObject = {
+    "type": "object",
+    "required": ["queue_name", "reason"],
+    "additionalProperties": False,
+    "properties": {
+        "queue_name": {"type": "string", "minLength": 1},
+        "reason": {"type": "string", "minLength": 1},
+    },
+}
+_XFER_JOB: JsonObject = {
+    "type": "object",
+    "required": ["queue_name", "target", "state", "total", "moved", "failed", "left"],
+    "properties": {
+        "queue_name": _STR,
+        "target": _STR,
+        "reason": _STR,
+        "state": {"type": "string", "enum": ["running", "done", "cancelled", "stopped"]},
+        "started": _STR,
+        "total": {"type": "integer"},
+        "moved": {"type": "integer"},
+        "duplicates": {"type": "integer"},
+        "failed": {"type": "integer"},
+        "returned": {"type": "integer"},
+        "in_flight": {"type": "integer"},
+        "left": {"type": "integer"},
+        "errors": {"type": "array", "items": _STR},
     },
 }
 
@@ -376,9 +420,115 @@ _PATHS: JsonObject = {
             "properties": {
                 "scheduled": {"type": "array", "items": _OBJ},
                 "ready": {"type": "array", "items": _OBJ},
+                "xfer": {"type": "array", "items": _OBJ},
             },
         },
     ),
+    "/api/admin/xfer/v1": {
+        "post": {
+            "operationId": "xfer_v1",
+            "tags": ["admin"],
+            "summary": "Move the selected queues' waiting messages to another node",
+            "security": _ADMIN_SECURITY,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _XFER}}},
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["queue_name", "messages"],
+                        "properties": {"queue_name": _STR, "messages": {"type": "integer"}},
+                    },
+                    "the transfer started (its xfer queue, how many messages it took)",
+                ),
+                **_errors(*_ADMIN_ERRORS, 409),
+            },
+        },
+        "get": {
+            "operationId": "xfer_list_v1",
+            "tags": ["admin"],
+            "summary": "Transfer jobs and their progress",
+            "security": _ADMIN_SECURITY,
+            "responses": {
+                "200": _json({"type": "array", "items": _XFER_JOB}, "every transfer job"),
+                **_errors(*_ADMIN_ERRORS),
+            },
+        },
+    },
+    "/api/admin/xfer/cancel/v1": {
+        "post": {
+            "operationId": "xfer_cancel_v1",
+            "tags": ["admin"],
+            "summary": "Stop a transfer: what it has not sent goes back to its queues",
+            "security": _ADMIN_SECURITY,
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _XFER_CANCEL}},
+            },
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["queue_name", "returned"],
+                        "properties": {"queue_name": _STR, "returned": {"type": "integer"}},
+                    },
+                    "stopped",
+                ),
+                **_errors(*_ADMIN_ERRORS, 404),
+            },
+        }
+    },
+    "/api/xfer/inject/v1": {
+        "post": {
+            "operationId": "xfer_inject_v1",
+            "tags": ["cluster"],
+            "summary": "Node to node: take over one message (stored with fsync before 200)",
+            "security": [{"clusterSecret": []}],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/vnd.nimbus.xfer.v1": {
+                        "schema": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "one JSON envelope line, a newline, the message",
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["id", "queue", "duplicate", "queued"],
+                        "properties": {
+                            "id": _STR,
+                            "queue": _STR,
+                            "duplicate": {"type": "boolean"},
+                            "queued": {"type": "integer"},
+                        },
+                    },
+                    "stored (or already here: duplicate)",
+                ),
+                **_errors(
+                    401,
+                    403,
+                    409,
+                    413,
+                    415,
+                    422,
+                    503,
+                    why_not={
+                        401: "no Authorization: Bearer <cluster secret>",
+                        403: "wrong secret, no secret on this node, or refused by policy",
+                        409: "the message comes from this node itself",
+                        413: "larger than this node takes",
+                        422: "not a well-formed transfer (the reason names the field)",
+                        503: "starting, shutting down, shedding load, or no spool room",
+                    },
+                ),
+            },
+        }
+    },
 }
 
 DOCUMENT: JsonObject = {
@@ -390,7 +540,10 @@ DOCUMENT: JsonObject = {
     },
     "paths": _PATHS,
     "components": {
-        "securitySchemes": {"basicAuth": {"type": "http", "scheme": "basic"}},
+        "securitySchemes": {
+            "basicAuth": {"type": "http", "scheme": "basic"},
+            "clusterSecret": {"type": "http", "scheme": "bearer"},
+        },
         "schemas": {
             "Error": {
                 "type": "object",

@@ -1,10 +1,12 @@
 """The durable spool: message bodies and state on stable storage, with group commit.
 
 Exports:
-    Spool            save / update / remove / load_data / recover / check_health
+    Spool            save / update / remove / load_data / recover / check_health /
+                     contains / messages (the transfer at scale-in reads the whole spool)
     SpoolFull        not enough room (disk below min_free_space, max_size, SQLITE_FULL)
     SpoolError       any other storage failure
     SpoolLocked      another process holds this spool directory
+    SpoolDuplicate   a save named an id that is already spooled (a repeated transfer)
     SpoolTimeout     a commit did not finish within ``spool.write_timeout`` (raised by the
                      accept path, which bounds the wait; see engine/reception/accept.py)
 
@@ -28,6 +30,7 @@ logged; a database that cannot be opened at all is renamed aside and logged.
               +-- SpoolFull
               +-- SpoolLocked
               +-- SpoolTimeout
+              +-- SpoolDuplicate
 """
 
 from __future__ import annotations
@@ -49,7 +52,15 @@ from engine.config.settings import SpoolSettings
 from engine.records import Message
 from engine.storage.writer import Writer, WriterClosed, WriterTimeout, connect, move_aside
 
-__all__ = ["Spool", "SpoolError", "SpoolFull", "SpoolLocked", "SpoolTimeout", "Quarantined"]
+__all__ = [
+    "Spool",
+    "SpoolError",
+    "SpoolFull",
+    "SpoolLocked",
+    "SpoolTimeout",
+    "SpoolDuplicate",
+    "Quarantined",
+]
 
 log = logging.getLogger("nimbus.spool")
 
@@ -85,6 +96,10 @@ class SpoolLocked(SpoolError):
 
 class SpoolTimeout(SpoolError):
     """A commit did not finish in time; it may still finish (then the message is kept)."""
+
+
+class SpoolDuplicate(SpoolError):
+    """A message with this id is already spooled (nothing of the batch was stored)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,6 +390,31 @@ class Spool:
         """The message body, or None when the message is no longer spooled."""
         return await asyncio.to_thread(self._load_sync, id)
 
+    def _contains_sync(self, id: str) -> bool:
+        row = self._reader().execute("SELECT 1 FROM messages WHERE id = ?", (id,)).fetchone()
+        return row is not None
+
+    async def contains(self, id: str) -> bool:
+        """Is a message with this id spooled (committed)?"""
+        return await asyncio.to_thread(self._contains_sync, id)
+
+    def _messages_sync(self) -> list[Message]:
+        out: list[Message] = []
+        rows = self._reader().execute("SELECT id, envelope, due, attempts FROM messages")
+        for id, envelope, due, attempts in rows:
+            try:
+                out.append(_message(id, envelope, due, attempts))
+            except (ValueError, KeyError, TypeError):
+                continue  # quarantined at the next start, as recovery does
+        return out
+
+    async def messages(self) -> list[Message]:
+        """Every committed message's envelope and schedule, oldest first (bodies not
+        read); call ``flush()`` first to see the updates and removals queued so far."""
+        found = await asyncio.to_thread(self._messages_sync)
+        found.sort(key=lambda m: m.created)
+        return found
+
     def size_bytes(self) -> int:
         """Bytes used by the database and its WAL (for metrics)."""
         total = 0
@@ -387,6 +427,8 @@ class Spool:
 
 
 def _classify(exc: sqlite3.Error) -> SpoolError:
+    if isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc):
+        return SpoolDuplicate(f"already spooled: {exc}")
     if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc):
         return SpoolFull(f"spool is full: {exc}")
     return SpoolError(f"spool write failed: {exc}")

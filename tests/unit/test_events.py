@@ -334,6 +334,7 @@ SAMPLES = {
     "smtp_server_rcpt_to": (("r@y.test", {}), None),
     "smtp_server_message_received": ((MSG, {}), None),
     "http_message_generated": ((MSG, {"user": "u"}), None),
+    "xfer_message_received": ((MSG, {"from_node": "mta-1", "peer": "10.0.0.2"}), None),
     "http_server_validate_auth_basic": (("u", "p"), False),
     "get_listener_domain": (("y.test", "127.0.0.1:25", {}), ListenerDomain(relay_to=True)),
     "get_queue_config": (("y.test", None, None, None), QueueConfig()),
