@@ -2,7 +2,12 @@
 
 Exports:
     up(cluster, stop) -> int run a cluster until ``stop`` is set or a process exits
+    scale(workdir, replicas) -> dict   ask a running ``cluster up`` to scale in
     add_subcommand(subparsers), run(args) -> int     the ``nimbus cluster`` CLI
+
+``nimbus cluster up`` listens on ``<workdir>/control.sock`` (a Unix socket, one JSON
+request per connection: ``{"scale": N}``) while it runs; ``nimbus cluster scale
+--replicas N --workdir DIR`` sends that request and prints the answer.
 
     async with LocalCluster(replicas=2, workdir=tmp) as cluster:
         user, password = cluster.credentials
@@ -18,9 +23,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import signal
 import sys
+import time
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from engine.cluster.chart import (
@@ -29,7 +37,9 @@ from engine.cluster.chart import (
 )
 from engine.cluster.local import LocalCluster, log_tail
 
-__all__ = ["up", "add_subcommand", "run"]  # the chart defaults, as before
+__all__ = ["up", "scale", "add_subcommand", "run"]
+
+CONTROL_SOCKET = "control.sock"
 
 _T = TypeVar("_T")
 
@@ -56,7 +66,13 @@ async def up(
             return 130
         starting.result()
         print(cluster.summary(), file=out, flush=True)
-        exited = await _unless_stopped(cluster.wait(), stop)
+        control = await _serve_control(cluster, out)
+        try:
+            exited = await _unless_stopped(cluster.wait(), stop)
+        finally:
+            control.close()
+            await control.wait_closed()
+            (cluster.workdir / CONTROL_SOCKET).unlink(missing_ok=True)
         status = 0
         if exited is not None:
             pod = exited.result()
@@ -76,6 +92,61 @@ async def up(
     finally:
         for sig in handled:
             loop.remove_signal_handler(sig)
+
+
+async def _serve_control(cluster: LocalCluster, out: IO[str]) -> asyncio.Server:
+    """The control socket of a running ``cluster up`` (``nimbus cluster scale``)."""
+    lock = asyncio.Lock()  # one scale at a time
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = json.loads(await asyncio.wait_for(reader.readline(), 10))
+            replicas = request["scale"]
+            if not isinstance(replicas, int) or isinstance(replicas, bool):
+                raise ValueError("scale must be a whole number")
+            async with lock:
+                started = time.monotonic()
+                print(f"scaling in to {replicas} MTA pod(s) ...", file=out, flush=True)
+                stopped = await cluster.scale_in(replicas)
+                answer: dict[str, Any] = {
+                    "stopped": stopped,
+                    "running": cluster.running_mtas(),
+                    "seconds": round(time.monotonic() - started, 3),
+                }
+                print(f"scaled in: {json.dumps(answer)}", file=out, flush=True)
+        except (ValueError, KeyError, TypeError, TimeoutError) as exc:
+            answer = {"error": f"bad request: {exc}"}
+        except ClusterError as exc:
+            answer = {"error": str(exc)}
+        writer.write(json.dumps(answer).encode() + b"\n")
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+    path = cluster.workdir / CONTROL_SOCKET
+    path.unlink(missing_ok=True)
+    return await asyncio.start_unix_server(handle, path=str(path))
+
+
+async def scale(workdir: str | Path, replicas: int, timeout: float = 600.0) -> dict[str, Any]:
+    """Ask the ``cluster up`` running on ``workdir`` to scale in to ``replicas``."""
+    path = Path(workdir) / CONTROL_SOCKET
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(path))
+    except OSError as exc:
+        raise ClusterError(
+            f"no running cluster on {workdir} ({path}: {exc.strerror or exc}); "
+            "start one with nimbus cluster up --workdir DIR"
+        ) from None
+    try:
+        writer.write(json.dumps({"scale": replicas}).encode() + b"\n")
+        await writer.drain()
+        answer = json.loads(await asyncio.wait_for(reader.readline(), timeout))
+    finally:
+        writer.close()
+    if "error" in answer:
+        raise ClusterError(answer["error"])
+    return dict(answer)
 
 
 async def _unless_stopped(
@@ -157,7 +228,30 @@ def add_subcommand(
         help="seconds each pod gets to pass its readiness probe",
     )
     cmd.set_defaults(cluster_run=run)
+    sc = verbs.add_parser(
+        "scale",
+        help="scale a running local cluster in: the highest MTA pods stop and hand "
+        "their spools to the others",
+    )
+    sc.add_argument("--replicas", type=int, required=True, help="MTA pods to keep (at least 1)")
+    sc.add_argument(
+        "--workdir",
+        default="nimbus-cluster",
+        help="the running cluster's workdir (as given to cluster up; default ./nimbus-cluster)",
+    )
+    sc.set_defaults(cluster_run=run_scale)
     return cluster
+
+
+def run_scale(args: argparse.Namespace) -> int:
+    """``nimbus cluster scale``: 0 when done, 1 when refused or no cluster runs."""
+    try:
+        answer = asyncio.run(scale(args.workdir, args.replicas))
+    except ClusterError as exc:
+        print(f"nimbus cluster scale: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(answer, indent=2, sort_keys=True))
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

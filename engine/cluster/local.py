@@ -14,6 +14,10 @@ on which ports) by engine.cluster.render; this module writes the volume files, s
 processes in dependency order (each waits for its readiness probe), and stops them in
 reverse order (SIGTERM, then SIGKILL after the pod's grace period, capped by
 ``stop_timeout``). Each process's stdout/stderr goes to ``<workdir>/logs/<pod>.log``.
+
+``scale_in(replicas)`` does what a StatefulSet scale-in does: the MTA pods with the
+highest ordinals get SIGTERM together (drain, then their spool to the remaining peers,
+engine/xfer) and are waited for within their grace period; their volumes stay.
 """
 
 from __future__ import annotations
@@ -177,6 +181,7 @@ class LocalCluster:
         self.manifests: list[dict[str, Any]] = []
         self.plan = Plan(())
         self.pods: dict[str, LocalPod] = {}
+        self.removed: set[str] = set()  # pods scaled in: their exit is no failure
         # An Event binds to the running loop on first wait (Python >= 3.10), so it can be
         # made here, before any loop runs.
         self._hurry = asyncio.Event()
@@ -310,14 +315,47 @@ class LocalCluster:
                 await asyncio.sleep(0.1)  # the probe period
 
     async def wait(self) -> LocalPod:
-        """Until some process exits; returns it."""
+        """Until some process exits that was not scaled in; returns it."""
         waits = {asyncio.ensure_future(p.proc.wait()): p for p in self.pods.values() if p.proc}
         try:
-            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            pending = set(waits)
+            while True:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if waits[task].name not in self.removed:
+                        return waits[task]
+                if not pending:
+                    await asyncio.Future()  # every pod was scaled in: wait to be stopped
         finally:
             for task in waits:
                 task.cancel()
-        return waits[next(iter(done))]
+
+    def running_mtas(self) -> list[str]:
+        """MTA pods still running, by ordinal."""
+        names = [
+            n
+            for n in self.pods_of("mta")
+            if n not in self.removed and (p := self.pods[n].proc) and p.returncode is None
+        ]
+        return sorted(names, key=_ordinal)
+
+    async def scale_in(self, replicas: int) -> dict[str, int | None]:
+        """Stop the MTA pods beyond ``replicas`` (highest ordinals) as a StatefulSet does:
+        SIGTERM together, each within its grace period. Returns pod -> exit status (None:
+        killed after its grace). ClusterError for fewer than 1 or more than are running
+        (a new pod needs ``nimbus cluster up --replicas N``: its peers are set at start)."""
+        running = self.running_mtas()
+        if replicas < 1:
+            raise ClusterError("--replicas must be at least 1 (stop the cluster instead)")
+        if replicas > len(running):
+            raise ClusterError(
+                f"{len(running)} MTA pods run; scaling out locally needs a restart: "
+                f"nimbus cluster up --replicas {replicas} (the spools are kept)"
+            )
+        victims = [self.pods[n] for n in running[replicas:]]
+        self.removed.update(p.name for p in victims)
+        await asyncio.gather(*(self._stop_one(p) for p in victims))
+        return {p.name: None if p.killed or p.proc is None else p.proc.returncode for p in victims}
 
     async def stop(self) -> None:
         """Stop every process, reverse start order: SIGTERM, then SIGKILL after the grace."""
@@ -413,6 +451,11 @@ async def _all(coros: Iterable[Any]) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _ordinal(name: str) -> tuple[int, str]:
+    base, _, tail = name.rpartition("-")
+    return (int(tail), base) if tail.isdigit() else (-1, name)
 
 
 def _signal_group(pid: int, sig: int) -> None:

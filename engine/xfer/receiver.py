@@ -15,8 +15,8 @@ Answers (JSON; ``error`` says why):
     413  larger than ``max_size``
     415  not ``application/vnd.nimbus.xfer.v1``
     422  not a well-formed transfer (``wire.decode``'s reason)
-    503  starting, shutting down, shedding load, the spool cannot take it, or the
-         policy failed (the sender tries another node or later)
+    503  starting, shutting down (``"stopping": true``), shedding load, the spool
+         cannot take it, or the policy failed (the sender tries another node or later)
 The sender deletes its copy only after a 200 (``sender.py``).
 """
 
@@ -63,6 +63,9 @@ class _Receiver:
         self._queued = queued
         self._on_result = on_result
 
+    def _stopping(self) -> bool:
+        return self._acceptor.not_ready == "shutting down"
+
     async def _read(self, request: web.Request) -> bytes | web.Response:
         if request.content_length is not None and request.content_length > self._max_size:
             return _error(413, f"transfer larger than {self._max_size} bytes")
@@ -85,7 +88,13 @@ class _Receiver:
             return _error(415, f"content type must be {MEDIA_TYPE}, got {request.content_type}")
         not_ready = self._acceptor.not_ready
         if not_ready:
-            return _error(503, f"not taking transfers: {not_ready}", **{"Retry-After": RETRY_AFTER})
+            # "stopping": a sender leaves this node out of its scale-in for good (it will
+            # not come back before the sender's deadline); starting nodes are tried again.
+            return web.json_response(
+                {"error": f"not taking transfers: {not_ready}", "stopping": self._stopping()},
+                status=503,
+                headers={"Retry-After": RETRY_AFTER},
+            )
         shedding = self._shedding()
         if shedding is not None:
             return _error(

@@ -19,10 +19,12 @@ are listed by ``GET /api/admin/xfer/v1`` and in ``queue-summary``.
 
 **Scale-in** (``scale_in``, after the drain at SIGTERM): every message left in the
 spool goes to the peers (``peers.py``), the least-loaded first (each 200 says how many
-messages that peer holds), within ``cluster.xfer_deadline``. A peer answering 503
-(stopping, shedding) rests 5 s; one that refuses the connection, is this node (409) or
-refuses our secret is left out; a message a peer refuses (413, 422) stays. What is not
-moved stays in the spool, on the volume the StatefulSet keeps.
+messages that peer holds), within ``cluster.xfer_deadline``. A peer answering 503 while
+starting or shedding rests 5 s; one that is stopping itself (its 503 says
+``stopping``), refuses the connection, is this node (409) or refuses our secret is left
+out, so a whole cluster stopping at once exits without waiting out the deadline; a
+message a peer refuses (413, 422) stays. What is not moved stays in the spool, on the
+volume the StatefulSet keeps.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ __all__ = ["Transfers", "Job"]
 log = logging.getLogger("nimbus.xfer")
 
 MAX_BACKOFF = 30.0
-BUSY_REST = 5.0  # a peer that answered 503 (stopping, shedding) is not asked again for this
+BUSY_REST = 5.0  # a peer that answered 503 (starting, shedding) is not asked again for this
 SLOW_REST = 2.0  # a peer that timed out or answered another 5xx
 ERRORS_KEPT = 10
 
@@ -70,6 +72,7 @@ class Sent:
     status: int | None = None
     queued: int | None = None
     unreachable: bool = False  # the connection was refused: nothing listens there
+    stopping: bool = False  # the peer is shutting down itself (its 503 says so)
 
 
 @dataclass(eq=False)
@@ -285,7 +288,8 @@ class Transfers:
             return Sent(result, f"{url}: {status}", status, queued)
         error = answer.get("error") if isinstance(answer, dict) else None
         text = error if isinstance(error, str) else raw[:200].decode("utf-8", "replace")
-        return Sent(result, f"{url}: {status} {text}".strip(), status, queued)
+        stopping = isinstance(answer, dict) and answer.get("stopping") is True
+        return Sent(result, f"{url}: {status} {text}".strip(), status, queued, stopping=stopping)
 
     def _sent(self, msg: Message, url: str, *, duplicate: bool) -> None:
         """The peer has it on stable storage: log XferOut, then forget our copy."""
@@ -404,7 +408,7 @@ class Transfers:
                     )
                 case Verdict.TRY_LATER:
                     pending.appendleft(msg)
-                    if sent.unreachable:
+                    if sent.unreachable or sent.stopping:
                         self._leave_out(loads, url, sent.detail)  # nothing listens there
                     else:
                         rest = BUSY_REST if sent.status == 503 else SLOW_REST
