@@ -228,8 +228,12 @@ class ClusterSettings:
     xfer_deadline: float = _kind(
         "duration", 60.0, "longest the shutdown transfer may take; what is left stays spooled"
     )
-    xfer_concurrency: int = _kind("int", 16, "messages in flight to peers at once during a transfer")
-    xfer_timeout: float = _kind("duration", 30.0, "longest one node-to-node transfer request may take")
+    xfer_concurrency: int = _kind(
+        "int", 16, "messages in flight to peers at once during a transfer"
+    )
+    xfer_timeout: float = _kind(
+        "duration", 30.0, "longest one node-to-node transfer request may take"
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
