@@ -269,12 +269,11 @@ def test_service_monitors_scrape_each_metrics_endpoint() -> None:
 
 
 def test_optional_objects_are_off_by_default() -> None:
-    """Defaults render no ServiceMonitor, dashboard, HPA, PDB or NetworkPolicy."""
+    """Defaults render no ServiceMonitor, dashboard, HPA or NetworkPolicy."""
     kinds = {d["kind"] for d in rendered("")}
     assert not kinds & {
         "ServiceMonitor",
         "HorizontalPodAutoscaler",
-        "PodDisruptionBudget",
         "NetworkPolicy",
     }
     assert not [
@@ -726,6 +725,18 @@ def test_mta_statefulset_shape() -> None:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+def test_spool_claims_are_retained_at_scale_in_and_delete(variant: str) -> None:
+    """The chart never deletes a spool claim: scaled-in and deleted pods keep their volume,
+    and the spool stays a volumeClaimTemplate."""
+    sts = mta(rendered(variant))
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"] == {
+        "whenScaled": "Retain",
+        "whenDeleted": "Retain",
+    }
+    assert [c["metadata"]["name"] for c in sts["spec"]["volumeClaimTemplates"]] == ["spool"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_grace_period_covers_the_drain(variant: str) -> None:
     """terminationGracePeriodSeconds exceeds the shutdown deadline plus any preStop sleep."""
     docs = rendered(variant)
@@ -774,14 +785,21 @@ def test_hpa_scales_the_statefulset() -> None:
     assert env_of(mta_container(docs))["NIMBUS_CLUSTER_NODES"] == str(hpa["spec"]["maxReplicas"])
 
 
-def test_pdb_covers_the_mta_pods() -> None:
-    """The PodDisruptionBudget selects the MTA pods."""
-    docs = rendered("everything-on")
+@pytest.mark.parametrize("variant", ["", "everything-on"])
+def test_pdb_covers_the_mta_pods(variant: str) -> None:
+    """The PodDisruptionBudget (on by default) selects the MTA pods, one down at a time."""
+    docs = rendered(variant)
     pdb = one(docs, "PodDisruptionBudget")
     assert selects(
         pdb["spec"]["selector"]["matchLabels"], mta(docs)["spec"]["template"]["metadata"]["labels"]
     )
     assert pdb["spec"]["maxUnavailable"] == 1
+
+
+def test_pdb_can_be_switched_off() -> None:
+    """mta.podDisruptionBudget.enabled=false renders no PodDisruptionBudget."""
+    docs = helm.render({"mta": {"podDisruptionBudget": {"enabled": False}}})
+    assert of_kind(docs, "PodDisruptionBudget") == []
 
 
 def test_network_policy_limits_injection_to_allowed_sources() -> None:
