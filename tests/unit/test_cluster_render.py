@@ -405,6 +405,64 @@ def test_services_table_lists_pod0_addresses() -> None:
     }
 
 
+def peers_plan(peers: str, replicas: int = 3) -> Plan:
+    """An MTA StatefulSet whose pods list ``peers`` as NIMBUS_CLUSTER_PEERS."""
+    env = [
+        {"name": "NIMBUS_HTTP_LISTEN", "value": "0.0.0.0:8000"},
+        {"name": "NIMBUS_CLUSTER_PEERS", "value": peers},
+    ]
+    mta = container("mta", env=env, ports={"smtp": 2525, "http": 8000})
+    return run(
+        [
+            workload("StatefulSet", "mta", [mta], replicas=replicas, service_name="mta-headless"),
+            service("mta", {"app": "mta"}, {"http": (80, "http")}),
+            service(
+                "mta-headless",
+                {"app": "mta"},
+                {"smtp": (2525, "smtp"), "http": (8000, "http")},
+                headless=True,
+            ),
+        ]
+    )
+
+
+PEER_CASES = [
+    # (case, NIMBUS_CLUSTER_PEERS, expected; {pod} is that pod's local HTTP URL)
+    ("headless Service: every pod", "mta-headless", "{mta-0},{mta-1},{mta-2}"),
+    ("qualified headless name", "mta-headless.mail.svc.cluster.local", "{mta-0},{mta-1},{mta-2}"),
+    ("a pod's own DNS name", "mta-1.mta-headless", "{mta-1}"),
+    ("ClusterIP Service name: its first pod", "mta", "{mta-0}"),
+    ("a Service URL as usual", "http://mta:80", "{mta-0}"),
+    ("external names and URLs unchanged", "peer.example.org,http://x.example:8000", None),
+    ("spaces and empty items dropped", " mta-headless , ", "{mta-0},{mta-1},{mta-2}"),
+]
+
+
+@pytest.mark.parametrize("case,peers,expected", PEER_CASES, ids=[c[0] for c in PEER_CASES])
+def test_cluster_peers_become_the_local_http_urls(case: str, peers: str, expected: str) -> None:
+    """NIMBUS_CLUSTER_PEERS names pods by DNS, reached on the node's HTTP port: locally each
+    becomes http://127.0.0.1:<that pod's HTTP port>; peers are no start dependencies."""
+    plan = peers_plan(peers)
+    urls = {s.name: f"http://{local(plan, s.name, 'http')}" for s in plan.specs}
+    want = peers if expected is None else expected.format_map(urls)
+    for spec in plan.specs:
+        assert spec.env["NIMBUS_CLUSTER_PEERS"] == want
+        assert spec.depends_on == ()
+
+
+def test_cluster_peers_without_an_http_listen_are_rewritten_as_any_value() -> None:
+    """Without NIMBUS_HTTP_LISTEN there is no port to reach DNS peers on: the value is only
+    rewritten as any other (a bare name stays)."""
+    c = container(env=[{"name": "NIMBUS_CLUSTER_PEERS", "value": "h"}], ports={"http": 8000})
+    plan = run(
+        [
+            workload("StatefulSet", "m", [c], service_name="h"),
+            service("h", {"app": "m"}, {"http": (8000, "http")}, headless=True),
+        ]
+    )
+    assert only(plan, "m-0").env["NIMBUS_CLUSTER_PEERS"] == "h"
+
+
 # --- workloads, commands, readiness -------------------------------------------------------------
 
 
