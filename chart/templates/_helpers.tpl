@@ -83,6 +83,9 @@ Object names of the parts.
 {{- define "nimbus.sink.fullname" -}}
 {{- printf "%s-sink" (include "nimbus.fullname" .) }}
 {{- end }}
+{{- define "nimbus.mta.headless" -}}
+{{- printf "%s-headless" (include "nimbus.mta.fullname" .) }}
+{{- end }}
 {{- define "nimbus.policy.fullname" -}}
 {{- printf "%s-policy" (include "nimbus.fullname" .) }}
 {{- end }}
@@ -99,6 +102,13 @@ Secret of the DKIM keys: the existing one, or the chart's.
 */}}
 {{- define "nimbus.dkim.secretName" -}}
 {{- default (printf "%s-dkim" (include "nimbus.fullname" .)) .Values.dkim.existingSecret }}
+{{- end }}
+
+{{/*
+Secret of the cluster secret (key "secret"): the existing one, or the chart's.
+*/}}
+{{- define "nimbus.cluster.secretName" -}}
+{{- default (printf "%s-cluster" (include "nimbus.fullname" .)) .Values.mta.xfer.existingSecret }}
 {{- end }}
 
 {{/*

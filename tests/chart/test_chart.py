@@ -9,6 +9,7 @@ import base64
 import dataclasses
 import json
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -469,8 +470,8 @@ def test_auth_secret_is_generated_with_a_password() -> None:
 
 
 def test_existing_auth_secret_is_mounted_not_rendered() -> None:
-    """With auth.existingSecret no auth Secret is rendered and the MTA mounts the existing one
-    at NIMBUS_HTTP_AUTH_DIR."""
+    """With auth.existingSecret (and the others) no Secret is rendered and the MTA mounts the
+    existing one at NIMBUS_HTTP_AUTH_DIR."""
     docs = rendered("existing-secrets")
     assert of_kind(docs, "Secret") == []
     container = mta_container(docs)
@@ -499,6 +500,88 @@ def test_dkim_keys_are_mounted_as_domain_selector_files() -> None:
             assert item["path"] == f"{domain}/{selector}.key"
     secret = one(rendered("everything-on"), "Secret", "dkim")
     assert set(secret["data"]) == {"example.com.s1.key"}
+
+
+def mounted_file(docs: list[dict[str, Any]], path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The MTA volume and volumeMount that ``path`` (a file in a mounted directory) lives in."""
+    container = mta_container(docs)
+    (mount,) = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+    (volume,) = [v for v in pod_spec(mta(docs))["volumes"] if v["name"] == mount["name"]]
+    return volume, mount
+
+
+def test_cluster_secret_is_generated_and_mounted_read_only() -> None:
+    """By default the chart generates a 48-character cluster secret and mounts it read-only
+    so that NIMBUS_CLUSTER_SECRET_FILE (/etc/nimbus/cluster/secret) is its key "secret"."""
+    docs = rendered("")
+    secret = one(docs, "Secret", "cluster-secret")
+    assert set(secret["data"]) == {"secret"}
+    assert re.fullmatch(r"[A-Za-z0-9]{48}", base64.b64decode(secret["data"]["secret"]).decode())
+    path = env_of(mta_container(docs))["NIMBUS_CLUSTER_SECRET_FILE"]
+    assert path == "/etc/nimbus/cluster/secret"
+    volume, mount = mounted_file(docs, path)
+    assert mount["readOnly"] is True and mount["mountPath"] == "/etc/nimbus/cluster"
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    assert volume["secret"]["items"] == [{"key": "secret", "path": "secret"}]
+    assert volume["secret"]["defaultMode"] == 0o440
+
+
+def test_cluster_secret_is_kept_across_upgrades(tmp_path: Path) -> None:
+    """When lookup finds the live cluster Secret its value is reused (here the chart's lookup
+    is replaced by the object a cluster would return, as helm_python renders offline)."""
+    copy = tmp_path / "chart"
+    shutil.copytree(helm.CHART, copy)
+    template = copy / "templates" / "cluster-secret.yaml"
+    call = 'lookup "v1" "Secret" .Release.Namespace $name'
+    live = base64.b64encode(b"L" * 48).decode()
+    assert template.read_text().count(call) == 1
+    template.write_text(template.read_text().replace(call, f'dict "data" (dict "secret" "{live}")'))
+    secret = one(helm.render({}, chart_dir=copy), "Secret", "cluster-secret")
+    assert secret["data"] == {"secret": live}
+
+
+def test_generated_cluster_secret_does_not_roll_the_pods() -> None:
+    """A fresh render generates a new value (lookup finds nothing offline), and the MTA pod
+    template carries no checksum of it: re-rendering never rolls the pods by itself."""
+    first, second = helm.render({}), helm.render({})
+    assert (
+        one(first, "Secret", "cluster-secret")["data"]
+        != one(second, "Secret", "cluster-secret")["data"]
+    )
+    assert mta(first)["spec"]["template"] == mta(second)["spec"]["template"]
+
+
+def test_existing_cluster_secret_is_mounted_not_rendered() -> None:
+    """With mta.xfer.existingSecret no cluster Secret is rendered; its key "secret" is mounted
+    at NIMBUS_CLUSTER_SECRET_FILE."""
+    docs = rendered("existing-secrets")
+    assert not [s for s in of_kind(docs, "Secret") if s["metadata"]["name"].endswith("-cluster")]
+    volume, mount = mounted_file(docs, env_of(mta_container(docs))["NIMBUS_CLUSTER_SECRET_FILE"])
+    assert volume["secret"]["secretName"] == "mail-cluster-secret"
+    assert volume["secret"]["items"] == [{"key": "secret", "path": "secret"}]
+    assert mount["readOnly"] is True
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cluster_peers_are_the_headless_service(variant: str) -> None:
+    """NIMBUS_CLUSTER_PEERS is the StatefulSet's headless Service: it selects the MTA pods,
+    publishes them ready or not (a stopping peer answers 503 and the next is tried), and
+    serves the NIMBUS_HTTP_LISTEN port, the port DNS peers are reached on."""
+    docs = rendered(variant)
+    sts = mta(docs)
+    env = env_of(mta_container(docs))
+    assert env["NIMBUS_CLUSTER_PEERS"] == sts["spec"]["serviceName"]
+    assert env["NIMBUS_CLUSTER_PEERS"] == f"{helm.RELEASE}-nimbus-mta-headless"
+    (svc,) = [
+        s for s in of_kind(docs, "Service") if s["metadata"]["name"] == env["NIMBUS_CLUSTER_PEERS"]
+    ]
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["publishNotReadyAddresses"] is True
+    assert selects(svc["spec"]["selector"], sts["spec"]["template"]["metadata"]["labels"])
+    http = parse_hostport(env["NIMBUS_HTTP_LISTEN"])[1]
+    assert http in {
+        container_port(mta_container(docs), p["targetPort"]) for p in svc["spec"]["ports"]
+    }
 
 
 def test_no_dkim_volume_without_keys() -> None:
@@ -597,15 +680,19 @@ def test_every_nimbus_env_var_is_a_real_setting(variant: str) -> None:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_env_values_load_as_settings(variant: str) -> None:
+def test_env_values_load_as_settings(variant: str, tmp_path: Path) -> None:
     """Each Nimbus container's environment loads with engine.config.settings.load_settings (values
-    from fieldRef/secretKeyRef stand in as placeholders)."""
+    from fieldRef/secretKeyRef stand in as placeholders, a mounted *_FILE as a local file)."""
+    mounted = tmp_path / "mounted-file"
+    mounted.write_text("x")
     for _, c in containers(rendered(variant)):
         if c["command"] != ["nimbus"]:
             continue
         env = {}
         for name, value in env_of(c).items():
-            if isinstance(value, str):
+            if isinstance(value, str) and name.endswith("_FILE"):
+                env[name] = str(mounted)
+            elif isinstance(value, str):
                 env[name] = value
             elif "fieldRef" in value:
                 env[name] = "pod-0"

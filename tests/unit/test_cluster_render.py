@@ -706,9 +706,32 @@ def test_real_chart_translates_to_mta_replicas_tsa_sink_redis() -> None:
     order = [s.role for s in plan.specs]
     assert order.index("redis") < order.index("tsa") < order.index("mta")
     assert order.index("sink") < order.index("mta")
-    [auth] = [d for d in manifests if d["kind"] == "Secret"]
+    [auth] = [d for d in manifests if d["metadata"]["name"] == "nimbus-http-auth"]
     user, password = plan.credentials
     assert base64.b64decode(auth["data"][user]).decode() == password
+
+
+def test_real_chart_mtas_list_every_mta_as_a_peer() -> None:
+    """The chart's NIMBUS_CLUSTER_PEERS (the headless Service) becomes, for every MTA, the
+    local HTTP URLs of all MTAs, in pod order: what the Service's A records are in a cluster."""
+    plan, _ = _real_plan(3)
+    mtas = plan.by_role("mta")
+    urls = ",".join(f"http://{s.env['NIMBUS_HTTP_LISTEN']}" for s in mtas)
+    assert [s.env["NIMBUS_CLUSTER_PEERS"] for s in mtas] == [urls] * 3
+    assert all(not set(s.depends_on) & {m.pod for m in mtas} for s in mtas)
+
+
+def test_real_chart_cluster_secret_is_one_local_file_per_mta() -> None:
+    """NIMBUS_CLUSTER_SECRET_FILE points into each MTA's own directory, where the rendered
+    cluster Secret is written (the same secret for every MTA, mode 0440)."""
+    plan, manifests = _real_plan(2)
+    [secret] = [d for d in manifests if d["metadata"]["name"] == "nimbus-cluster"]
+    value = base64.b64decode(secret["data"]["secret"])
+    for spec in plan.by_role("mta"):
+        path = spec.env["NIMBUS_CLUSTER_SECRET_FILE"]
+        assert path == f"{WORK}/{spec.pod}/etc/nimbus/cluster/secret"
+        [file] = [f for f in spec.files if f.path == path]
+        assert (file.content, file.mode) == (value, 0o440)
 
 
 def test_real_chart_policy_files_are_materialized_for_every_mta() -> None:
