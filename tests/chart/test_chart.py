@@ -298,6 +298,11 @@ def test_optional_objects_are_off_by_default() -> None:
         {"auth": {"users": {"nimbus": None}}},
         {"metrics": {"serviceMonitor": {"enabled": True, "interval": "often"}}},
         {"dkim": {"keys": [{"domain": "example.com"}]}},
+        {"mta": {"xfer": {"enabled": "yes"}}},
+        {"mta": {"xfer": {"deadlineSeconds": 0}}},
+        {"mta": {"xfer": {"concurrency": 0}}},
+        {"mta": {"xfer": {"existingSecret": "Not A Name"}}},
+        {"mta": {"xfer": {"deadline": 60}}},
     ],
     ids=lambda v: json.dumps(v, sort_keys=True),
 )
@@ -825,19 +830,58 @@ def test_spool_claims_are_retained_at_scale_in_and_delete(variant: str) -> None:
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_grace_period_covers_the_drain(variant: str) -> None:
-    """terminationGracePeriodSeconds exceeds the shutdown deadline plus any preStop sleep."""
+    """terminationGracePeriodSeconds exceeds the shutdown deadline plus any preStop sleep plus
+    the transfer deadline (when the pod transfers its spool at shutdown)."""
     docs = rendered(variant)
     spec = pod_spec(mta(docs))
     container = spec["containers"][0]
-    deadline = parse_duration(env_of(container)["NIMBUS_DELIVERY_SHUTDOWN_DEADLINE"])
+    env = env_of(container)
+    deadline = parse_duration(env["NIMBUS_DELIVERY_SHUTDOWN_DEADLINE"])
     sleep = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
-    assert spec["terminationGracePeriodSeconds"] > deadline + sleep
+    xfer = parse_duration(env["NIMBUS_CLUSTER_XFER_DEADLINE"])
+    assert env["NIMBUS_CLUSTER_XFER_ON_SHUTDOWN"] == "true"
+    assert spec["terminationGracePeriodSeconds"] > deadline + sleep + xfer
 
 
 def test_grace_period_too_short_fails_the_render() -> None:
     """A grace period that doesn't cover the deadline is refused."""
     with pytest.raises(helm.RenderError, match="terminationGracePeriodSeconds"):
         helm.render({"mta": {"shutdownDeadlineSeconds": 60, "terminationGracePeriodSeconds": 30}})
+
+
+def test_grace_period_must_cover_the_transfer_deadline() -> None:
+    """With xfer on, a grace period that covers the drain but not the transfer deadline fails
+    the render, naming every term; with xfer off the same grace period is enough."""
+    message = (
+        r"mta.terminationGracePeriodSeconds \(80\) must exceed mta.shutdownDeadlineSeconds \+ "
+        r"mta.preStopSleepSeconds \+ mta.xfer.deadlineSeconds \(85\)"
+    )
+    with pytest.raises(helm.RenderError, match=message):
+        helm.render({"mta": {"terminationGracePeriodSeconds": 80}})
+    docs = helm.render({"mta": {"terminationGracePeriodSeconds": 80, "xfer": {"enabled": False}}})
+    assert pod_spec(mta(docs))["terminationGracePeriodSeconds"] == 80
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({}, ("true", "60s", "16")),
+        (helm.load_values("everything-on"), ("true", "45s", "32")),
+        ({"mta": {"xfer": {"enabled": False}}}, ("false", "60s", "16")),
+    ],
+    ids=["defaults", "everything-on", "disabled"],
+)
+def test_xfer_values_become_the_cluster_settings(
+    values: dict[str, Any], expected: tuple[str, str, str]
+) -> None:
+    """mta.xfer.enabled/deadlineSeconds/concurrency set NIMBUS_CLUSTER_XFER_ON_SHUTDOWN,
+    _DEADLINE and _CONCURRENCY; the defaults pass the grace check (120 > 25 + 0 + 60)."""
+    docs = helm.render(values)
+    env = env_of(mta_container(docs))
+    names = ("ON_SHUTDOWN", "DEADLINE", "CONCURRENCY")
+    assert tuple(env[f"NIMBUS_CLUSTER_XFER_{n}"] for n in names) == expected
+    if not values:
+        assert pod_spec(mta(docs))["terminationGracePeriodSeconds"] == 120
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
