@@ -298,6 +298,8 @@ def test_optional_objects_are_off_by_default() -> None:
         {"auth": {"users": {"nimbus": None}}},
         {"metrics": {"serviceMonitor": {"enabled": True, "interval": "often"}}},
         {"dkim": {"keys": [{"domain": "example.com"}]}},
+        {"mta": {"startupProbe": {"path": "/"}}},
+        {"mta": {"startupProbe": {"failureThreshold": 0}}},
         {"mta": {"xfer": {"enabled": "yes"}}},
         {"mta": {"xfer": {"deadlineSeconds": 0}}},
         {"mta": {"xfer": {"concurrency": 0}}},
@@ -814,6 +816,49 @@ def test_mta_statefulset_shape() -> None:
     assert container["command"] == ["nimbus"] and container["args"] == ["mta"]
     assert container["resources"]["requests"]
     assert "checksum/policy" in sts["spec"]["template"]["metadata"]["annotations"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_mta_probes(variant: str) -> None:
+    """On the HTTP listener: start-up waits for readiness (/api/check-liveness/v1, 120 x 5 s
+    for spool recovery), readiness on the same route, liveness on /api/check-alive/v1."""
+    docs = rendered(variant)
+    container = mta_container(docs)
+    http = parse_hostport(env_of(container)["NIMBUS_HTTP_LISTEN"])[1]
+    paths = {}
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        probe = container[kind]
+        assert container_port(container, probe["httpGet"]["port"]) == http
+        assert set(probe) - {"httpGet"} <= {
+            "initialDelaySeconds",
+            "periodSeconds",
+            "timeoutSeconds",
+            "failureThreshold",
+        }
+        paths[kind] = probe["httpGet"]["path"]
+    assert paths == {
+        "startupProbe": "/api/check-liveness/v1",
+        "readinessProbe": "/api/check-liveness/v1",
+        "livenessProbe": "/api/check-alive/v1",
+    }
+    startup = container["startupProbe"]
+    assert (startup["failureThreshold"], startup["periodSeconds"]) == (120, 5)
+
+
+def test_mta_probe_timings_come_from_values() -> None:
+    """Each probe's timing is set from mta.<probe> (the paths stay the chart's)."""
+    values = {
+        "mta": {
+            "startupProbe": {"failureThreshold": 360},
+            "readinessProbe": {"periodSeconds": 2},
+            "livenessProbe": {"timeoutSeconds": 9},
+        }
+    }
+    container = mta_container(helm.render(values))
+    assert container["startupProbe"]["failureThreshold"] == 360
+    assert container["readinessProbe"]["periodSeconds"] == 2
+    assert container["livenessProbe"]["timeoutSeconds"] == 9
+    assert container["livenessProbe"]["httpGet"]["path"] == "/api/check-alive/v1"
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
