@@ -153,10 +153,25 @@ NIMBUS_REDIS_URL as an env entry: the bundled Redis, an existing Secret, or a li
 {{- end }}
 
 {{/*
-Number of MTA nodes sharing the limits (NIMBUS_CLUSTER_NODES).
+How the MTA StatefulSet is scaled: "off", "hpa" or "keda". An empty mta.autoscaling.mode
+follows mta.autoscaling.enabled (true: hpa), the switch before mode existed.
+*/}}
+{{- define "nimbus.mta.autoscalingMode" -}}
+{{- $autoscaling := .Values.mta.autoscaling }}
+{{- if $autoscaling.mode }}
+{{- $autoscaling.mode }}
+{{- else if $autoscaling.enabled }}
+{{- "hpa" }}
+{{- else }}
+{{- "off" }}
+{{- end }}
+{{- end }}
+
+{{/*
+Number of MTA nodes sharing the limits (NIMBUS_CLUSTER_NODES): the most an autoscaler runs.
 */}}
 {{- define "nimbus.mta.nodes" -}}
-{{- if .Values.mta.autoscaling.enabled }}
+{{- if ne (include "nimbus.mta.autoscalingMode" .) "off" }}
 {{- .Values.mta.autoscaling.maxReplicas | int }}
 {{- else }}
 {{- .Values.mta.replicas | int }}

@@ -18,6 +18,7 @@ import pytest
 
 pytest.importorskip("helm_python", reason="helm-python-sdk==0.2.2 (test extra) is not installed")
 kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed")
+jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is not installed")
 yaml = pytest.importorskip("yaml", reason="PyYAML is not installed")
 yamllint_config = pytest.importorskip("yamllint.config", reason="yamllint is not installed")
 yamllint_linter = pytest.importorskip("yamllint.linter", reason="yamllint is not installed")
@@ -29,9 +30,10 @@ from engine.logs.metrics import Metrics  # noqa: E402
 from . import helm  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-VARIANTS = ["", "sink-off-external-redis", "existing-secrets", "everything-on"]
+VARIANTS = ["", "sink-off-external-redis", "existing-secrets", "everything-on", "keda"]
 KUBE_VERSIONS = ["1.29.0", "1.31.0", "1.33.0"]
-CRD_GROUPS = ("monitoring.coreos.com/",)
+CRD_GROUPS = ("monitoring.coreos.com/", "keda.sh/")
+KEDA_SCHEMA = Path(__file__).resolve().parent / "schemas" / "keda-scaledobject-v1alpha1.json"
 WORKLOAD_KINDS = ("StatefulSet", "Deployment")
 
 
@@ -300,6 +302,12 @@ def test_optional_objects_are_off_by_default() -> None:
         {"dkim": {"keys": [{"domain": "example.com"}]}},
         {"mta": {"startupProbe": {"path": "/"}}},
         {"mta": {"startupProbe": {"failureThreshold": 0}}},
+        {"mta": {"autoscaling": {"mode": "vpa"}}},
+        {"mta": {"autoscaling": {"keda": {"threshold": 5000}}}},
+        {"mta": {"autoscaling": {"keda": {"threshold": "lots"}}}},
+        {"mta": {"autoscaling": {"keda": {"pollingInterval": 0}}}},
+        {"mta": {"autoscaling": {"keda": {"prometheusServerAddress": "prometheus:9090"}}}},
+        {"mta": {"autoscaling": {"keda": {"query": "up"}}}},
         {"mta": {"xfer": {"enabled": "yes"}}},
         {"mta": {"xfer": {"deadlineSeconds": 0}}},
         {"mta": {"xfer": {"concurrency": 0}}},
@@ -970,6 +978,169 @@ def test_pdb_covers_the_mta_pods(variant: str) -> None:
         pdb["spec"]["selector"]["matchLabels"], mta(docs)["spec"]["template"]["metadata"]["labels"]
     )
     assert pdb["spec"]["maxUnavailable"] == 1
+
+
+AUTOSCALING_MODES = [
+    # (case, mta.autoscaling values, the autoscaler kind rendered or None)
+    ("enabled: true, no mode: hpa", {"enabled": True}, "HorizontalPodAutoscaler"),
+    ("mode hpa", {"mode": "hpa"}, "HorizontalPodAutoscaler"),
+    ("mode off wins over enabled", {"mode": "off", "enabled": True}, None),
+    ("defaults: off", {}, None),
+    (
+        "mode keda wins over enabled",
+        {"mode": "keda", "enabled": True, "keda": {"prometheusServerAddress": "http://p:9090"}},
+        "ScaledObject",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "case,autoscaling,kind", AUTOSCALING_MODES, ids=[c[0] for c in AUTOSCALING_MODES]
+)
+def test_autoscaling_modes(case: str, autoscaling: dict[str, Any], kind: str | None) -> None:
+    """mta.autoscaling.mode picks one autoscaler (an empty mode follows enabled); with one the
+    StatefulSet leaves replicas to it and NIMBUS_CLUSTER_NODES is maxReplicas, else replicas."""
+    docs = helm.render({"mta": {"replicas": 3, "autoscaling": {"maxReplicas": 7, **autoscaling}}})
+    scalers = [d for d in docs if d["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")]
+    assert [d["kind"] for d in scalers] == ([kind] if kind else [])
+    sts = mta(docs)
+    nodes = env_of(mta_container(docs))["NIMBUS_CLUSTER_NODES"]
+    if kind:
+        assert "replicas" not in sts["spec"] and nodes == "7"
+    else:
+        assert sts["spec"]["replicas"] == 3 and nodes == "3"
+
+
+def test_autoscaling_min_above_max_fails_the_render() -> None:
+    """minReplicas above maxReplicas is refused when an autoscaler is on (KEDA's CRD has the
+    same rule in CEL, which the vendored JSON Schema cannot express)."""
+    values = {"mta": {"autoscaling": {"mode": "hpa", "minReplicas": 5, "maxReplicas": 4}}}
+    with pytest.raises(helm.RenderError, match=r"minReplicas \(5\) must not exceed"):
+        helm.render(values)
+
+
+def keda_schema() -> dict[str, Any]:
+    return json.loads(KEDA_SCHEMA.read_text())
+
+
+def scaled_object(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return one(docs, "ScaledObject")
+
+
+def test_keda_schema_is_vendored_with_its_source() -> None:
+    """The vendored ScaledObject schema is a valid draft-07 schema naming its source."""
+    schema = keda_schema()
+    jsonschema.Draft7Validator.check_schema(schema)
+    assert "kedacore/keda" in schema["$comment"]
+    assert "config/crd/bases/keda.sh_scaledobjects.yaml" in schema["$comment"]
+    assert re.search(r"commit [0-9a-f]{40}", schema["$comment"])
+
+
+def test_scaled_object_is_valid_under_the_keda_crd_schema() -> None:
+    """The rendered ScaledObject validates against KEDA's CRD schema (and its CEL rule
+    minReplicaCount <= maxReplicaCount, checked by hand)."""
+    so = scaled_object(rendered("keda"))
+    assert (so["apiVersion"], so["kind"]) == ("keda.sh/v1alpha1", "ScaledObject")
+    jsonschema.Draft7Validator(keda_schema()).validate(so)
+    assert so["spec"]["minReplicaCount"] <= so["spec"]["maxReplicaCount"]
+
+
+def _break(path: str, value: Any) -> dict[str, Any]:
+    """The keda variant's ScaledObject with ``path`` (dotted; ``-`` deletes) set to value."""
+    so = json.loads(json.dumps(scaled_object(rendered("keda"))))
+    *parents, last = path.split(".")
+    node = so
+    for key in parents:
+        node = node[int(key)] if key.isdigit() else node[key]
+    if value == "-":
+        del node[last]
+    else:
+        node[last] = value
+    return so
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("spec.triggers.0.metadata", "-"),
+        ("spec.triggers", []),
+        ("spec.triggers.0.metadata.threshold", 5000),
+        ("spec.maxReplicaCount", "10"),
+        ("spec.minReplicaCount", -1),
+        ("spec.maxReplicas", 10),
+        ("spec.scaleTargetRef.name", "-"),
+    ],
+    ids=lambda v: json.dumps(v),
+)
+def test_keda_schema_refuses_a_broken_scaled_object(path: str, value: Any) -> None:
+    """A ScaledObject broken in one place fails the vendored schema (the test has teeth)."""
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft7Validator(keda_schema()).validate(_break(path, value))
+
+
+def test_keda_scales_the_statefulset_on_queued_messages() -> None:
+    """The ScaledObject targets the MTA StatefulSet with the autoscaling bounds and one
+    prometheus trigger summing nimbus_queued_messages over the release's MTA pods."""
+    docs = rendered("keda")
+    so, sts = scaled_object(docs), mta(docs)
+    spec = so["spec"]
+    assert spec["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "name": sts["metadata"]["name"],
+    }
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (2, 10)
+    assert (spec["pollingInterval"], spec["cooldownPeriod"]) == (15, 600)
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "prometheus"
+    assert trigger["metadata"] == {
+        "serverAddress": "http://prometheus-operated.monitoring:9090",
+        "query": (
+            f'sum(nimbus_queued_messages{{namespace="{helm.NAMESPACE}",'
+            f'pod=~"{sts["metadata"]["name"]}-[0-9]+"}})'
+        ),
+        "threshold": "2000",
+        "activationThreshold": "50",
+    }
+    assert "replicas" not in sts["spec"] and not of_kind(docs, "HorizontalPodAutoscaler")
+    assert env_of(mta_container(docs))["NIMBUS_CLUSTER_NODES"] == "10"
+    scale_down = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+    assert scale_down["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 300}]
+
+
+def test_keda_defaults() -> None:
+    """With only the server address set: threshold "5000", activationThreshold "100", and
+    KEDA's own polling and cooldown defaults."""
+    values = {
+        "mta": {"autoscaling": {"mode": "keda", "keda": {"prometheusServerAddress": "http://p"}}}
+    }
+    spec = scaled_object(helm.render(values))["spec"]
+    (trigger,) = spec["triggers"]
+    assert (trigger["metadata"]["threshold"], trigger["metadata"]["activationThreshold"]) == (
+        "5000",
+        "100",
+    )
+    assert "pollingInterval" not in spec and "cooldownPeriod" not in spec
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (2, 6)
+
+
+def test_keda_needs_a_prometheus_server_address() -> None:
+    """mode keda without mta.autoscaling.keda.prometheusServerAddress fails, naming it."""
+    with pytest.raises(
+        helm.RenderError,
+        match=r"mta.autoscaling.keda.prometheusServerAddress is required when "
+        r"mta.autoscaling.mode is keda",
+    ):
+        helm.render({"mta": {"autoscaling": {"mode": "keda"}}})
+
+
+def test_keda_query_uses_the_queued_messages_gauge() -> None:
+    """The trigger's PromQL names only nimbus_queued_messages, a series of Nimbus's /metrics
+    (skipped until the engine exports it: the gauge comes with the engine's xfer work)."""
+    (trigger,) = scaled_object(rendered("keda"))["spec"]["triggers"]
+    assert promql_metric_names(trigger["metadata"]["query"]) == {"nimbus_queued_messages"}
+    if "nimbus_queued_messages" not in exported_metric_names():
+        pytest.skip("the engine does not export nimbus_queued_messages yet")
 
 
 def test_pdb_can_be_switched_off() -> None:
