@@ -83,6 +83,9 @@ Object names of the parts.
 {{- define "nimbus.sink.fullname" -}}
 {{- printf "%s-sink" (include "nimbus.fullname" .) }}
 {{- end }}
+{{- define "nimbus.mta.headless" -}}
+{{- printf "%s-headless" (include "nimbus.mta.fullname" .) }}
+{{- end }}
 {{- define "nimbus.policy.fullname" -}}
 {{- printf "%s-policy" (include "nimbus.fullname" .) }}
 {{- end }}
@@ -99,6 +102,13 @@ Secret of the DKIM keys: the existing one, or the chart's.
 */}}
 {{- define "nimbus.dkim.secretName" -}}
 {{- default (printf "%s-dkim" (include "nimbus.fullname" .)) .Values.dkim.existingSecret }}
+{{- end }}
+
+{{/*
+Secret of the cluster secret (key "secret"): the existing one, or the chart's.
+*/}}
+{{- define "nimbus.cluster.secretName" -}}
+{{- default (printf "%s-cluster" (include "nimbus.fullname" .)) .Values.mta.xfer.existingSecret }}
 {{- end }}
 
 {{/*
@@ -143,10 +153,25 @@ NIMBUS_REDIS_URL as an env entry: the bundled Redis, an existing Secret, or a li
 {{- end }}
 
 {{/*
-Number of MTA nodes sharing the limits (NIMBUS_CLUSTER_NODES).
+How the MTA StatefulSet is scaled: "off", "hpa" or "keda". An empty mta.autoscaling.mode
+follows mta.autoscaling.enabled (true: hpa), the switch before mode existed.
+*/}}
+{{- define "nimbus.mta.autoscalingMode" -}}
+{{- $autoscaling := .Values.mta.autoscaling }}
+{{- if $autoscaling.mode }}
+{{- $autoscaling.mode }}
+{{- else if $autoscaling.enabled }}
+{{- "hpa" }}
+{{- else }}
+{{- "off" }}
+{{- end }}
+{{- end }}
+
+{{/*
+Number of MTA nodes sharing the limits (NIMBUS_CLUSTER_NODES): the most an autoscaler runs.
 */}}
 {{- define "nimbus.mta.nodes" -}}
-{{- if .Values.mta.autoscaling.enabled }}
+{{- if ne (include "nimbus.mta.autoscalingMode" .) "off" }}
 {{- .Values.mta.autoscaling.maxReplicas | int }}
 {{- else }}
 {{- .Values.mta.replicas | int }}

@@ -24,7 +24,9 @@ honoured) becomes one process per container, running the container's own ``comma
   ``redis://svc:6379/0``; a URL without a port uses the scheme's default) becomes
   ``127.0.0.1:<local port>`` of the Service's target port on the FIRST pod it selects (the
   ClusterIP rule: a Service over N MTA pods reaches ``<sts>-0``). The pods a process reaches
-  this way are its ``depends_on`` (they start, and get ready, first).
+  this way are its ``depends_on`` (they start, and get ready, first);
+* ``NIMBUS_CLUSTER_PEERS``: a headless Service name in it becomes the HTTP URL of every pod
+  it selects, on the node's own ``NIMBUS_HTTP_LISTEN`` port (``AddressRewriter.rewrite_peers``).
 
 Not translated: bare port numbers elsewhere, addresses inside ConfigMap/Secret file contents,
 initContainers, sidecar lifecycle hooks, exec probes (treated as no probe), Jobs, DaemonSets,
@@ -330,7 +332,13 @@ class _Translator:
             env = self._env(pod, container)
             head, words, role = self._argv(pod, container, env)
             words = self.addresses.rewrite_args(pod.name, words, mounts, deps, role == "redis")
-            env = {k: self.addresses.rewrite(pod.name, v, mounts, deps) for k, v in env.items()}
+            peer_port = _listen_port(env.get("NIMBUS_HTTP_LISTEN", ""))
+            env = {
+                k: self.addresses.rewrite_peers(pod.name, v, peer_port, mounts)
+                if k == "NIMBUS_CLUSTER_PEERS" and peer_port
+                else self.addresses.rewrite(pod.name, v, mounts, deps)
+                for k, v in env.items()
+            }
             cports = {
                 str(p.get("name") or p["containerPort"]): self.ports(
                     pod.name, int(p["containerPort"])
@@ -359,6 +367,12 @@ class _Translator:
                 )
             )
         return specs
+
+
+def _listen_port(listen: str) -> int | None:
+    """The port of a ``host:port`` listen address (DNS peers are reached on it), else None."""
+    port = listen.rpartition(":")[2]
+    return int(port) if port.isdigit() else None
 
 
 def _expand(value: str, env: Mapping[str, str]) -> str:

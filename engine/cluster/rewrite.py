@@ -5,6 +5,7 @@ Exports:
     AddressRewriter(manifests, pods, namespace, ports)
         .rewrite(pod, value, mounts, deps)          one env value or argument
         .rewrite_args(pod, words, mounts, deps, program_is_redis)   a container's arguments
+        .rewrite_peers(pod, value, port, mounts)    a peer list of DNS names and URLs
         .services                        Service name -> port name -> local address
     rewrite_path(value, mounts)          a path under a mountPath (also ``--x=/path``), or None
 
@@ -13,6 +14,11 @@ What is rewritten (see engine.cluster.render for the whole translation): a liste
 ``127.0.0.1:<free port>``; so does the value after ``--port``; a Service name, bare or
 qualified, with a Service port becomes ``127.0.0.1:<local port>`` of the Service's target
 port on the FIRST pod it selects, and that pod becomes a dependency of the process.
+
+A peer list (``rewrite_peers``: comma-separated DNS names and URLs, like
+``NIMBUS_CLUSTER_PEERS``) is DNS discovery: a bare headless Service name resolves to every
+pod it selects, so it becomes ``http://127.0.0.1:<local port>`` of each of them, on the
+given container port (a ClusterIP Service name or a pod's own DNS name: its one pod).
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ class AddressRewriter:
         self.pods = pods
         self.ports = ports
         self.hosts: dict[str, dict[int, tuple[str, int]]] = {}  # DNS name -> port -> target
+        self.members: dict[str, list[str]] = {}  # DNS name -> the pods its A records are
         self.services: dict[str, dict[str, str]] = {}
         for doc in manifests:
             if doc.get("kind") == "Service":
@@ -95,12 +102,15 @@ class AddressRewriter:
                 if i == 0:
                     table[port] = (pod.name, cport)
                     shown[str(sp.get("name") or port)] = f"{LOOPBACK}:{self.ports(pod.name, cport)}"
+        headless = spec.get("clusterIP") == "None"
         for dns in self._dns_names(name):
             self.hosts[dns] = table
+            self.members[dns] = [p.name for p in targets] if headless else [targets[0].name]
         for pod in targets:  # a StatefulSet pod's own DNS name under its governing Service
             if pod.headless == name:
                 for dns in self._dns_names(name):
                     self.hosts[f"{pod.name}.{dns}"] = per_pod[pod.name]
+                    self.members[f"{pod.name}.{dns}"] = [pod.name]
         self.services[name] = shown
 
     def _compile_hosts(self) -> re.Pattern[str] | None:
@@ -170,6 +180,20 @@ class AddressRewriter:
         if program_is_redis and "--bind" not in words:
             out += ["--bind", LOOPBACK]
         return out
+
+    def rewrite_peers(self, pod: str, value: str, port: int, mounts: Mapping[str, str]) -> str:
+        """A comma-separated peer list: each bare Service name (or pod DNS name) becomes the
+        ``http://127.0.0.1:<local port>`` URL of every pod its A records name, on container
+        port ``port``; any other item is rewritten as ``rewrite`` does. Peers are not start
+        dependencies: each MTA is every other's peer, and a peer not up yet is skipped."""
+        items = []
+        for item in value.split(","):
+            name = item.strip()
+            if name in self.members:
+                items += [f"http://{LOOPBACK}:{self.ports(p, port)}" for p in self.members[name]]
+            elif name:
+                items.append(self.rewrite(pod, name, mounts, set()))
+        return ",".join(items)
 
 
 def rewrite_path(value: str, mounts: Mapping[str, str]) -> str | None:

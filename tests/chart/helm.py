@@ -4,8 +4,9 @@ Exports:
     CHART, VALUES_DIR                      paths of the chart and the test values files
     load_values(name) -> dict              a values file under tests/chart/values ("" = defaults)
     validate_schema(values)                values.schema.json check; raises HelmValuesError
-    render_templates(values) -> dict       template path -> rendered text (NOTES.txt included)
-    render(values) -> list[dict]           the manifests, parsed (empty documents dropped)
+    render_templates(values, chart_dir=CHART) -> dict   template path -> rendered text (NOTES.txt
+                                           included); chart: a copy of the chart to render
+    render(values, chart_dir=CHART) -> list[dict]   the manifests, parsed (empty documents dropped)
     lint(values, kube_version) -> dict     ``helm lint --strict`` report
     parse_set_file(expression) -> dict     a ``--set-file`` expression as values
     RenderError, ValuesError               what a failed render / schema check raises
@@ -58,9 +59,10 @@ def render_templates(
     values: dict[str, Any] | None = None,
     *,
     is_install: bool = True,
+    chart_dir: Path = CHART,
 ) -> dict[str, str]:
     """Render as ``helm install --dry-run`` would (schema checked first), offline."""
-    with helm_python.Chart.load(CHART) as chart:
+    with helm_python.Chart.load(chart_dir) as chart:
         chart.validate_schema(values or {})
         return chart.render(
             values or {},
@@ -71,10 +73,10 @@ def render_templates(
         )
 
 
-def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def render(values: dict[str, Any] | None = None, chart_dir: Path = CHART) -> list[dict[str, Any]]:
     """The rendered manifests as dicts, in template order (NOTES.txt left out)."""
     docs = []
-    for path, text in sorted(render_templates(values).items()):
+    for path, text in sorted(render_templates(values, chart_dir=chart_dir).items()):
         if path.endswith("NOTES.txt"):
             continue
         docs.extend(d for d in yaml.safe_load_all(text) if d)

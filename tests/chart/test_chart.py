@@ -9,6 +9,7 @@ import base64
 import dataclasses
 import json
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 
 pytest.importorskip("helm_python", reason="helm-python-sdk==0.2.2 (test extra) is not installed")
 kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed")
+jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is not installed")
 yaml = pytest.importorskip("yaml", reason="PyYAML is not installed")
 yamllint_config = pytest.importorskip("yamllint.config", reason="yamllint is not installed")
 yamllint_linter = pytest.importorskip("yamllint.linter", reason="yamllint is not installed")
@@ -28,9 +30,10 @@ from engine.logs.metrics import Metrics  # noqa: E402
 from . import helm  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-VARIANTS = ["", "sink-off-external-redis", "existing-secrets", "everything-on"]
+VARIANTS = ["", "sink-off-external-redis", "existing-secrets", "everything-on", "keda"]
 KUBE_VERSIONS = ["1.29.0", "1.31.0", "1.33.0"]
-CRD_GROUPS = ("monitoring.coreos.com/",)
+CRD_GROUPS = ("monitoring.coreos.com/", "keda.sh/")
+KEDA_SCHEMA = Path(__file__).resolve().parent / "schemas" / "keda-scaledobject-v1alpha1.json"
 WORKLOAD_KINDS = ("StatefulSet", "Deployment")
 
 
@@ -269,12 +272,11 @@ def test_service_monitors_scrape_each_metrics_endpoint() -> None:
 
 
 def test_optional_objects_are_off_by_default() -> None:
-    """Defaults render no ServiceMonitor, dashboard, HPA, PDB or NetworkPolicy."""
+    """Defaults render no ServiceMonitor, dashboard, HPA or NetworkPolicy."""
     kinds = {d["kind"] for d in rendered("")}
     assert not kinds & {
         "ServiceMonitor",
         "HorizontalPodAutoscaler",
-        "PodDisruptionBudget",
         "NetworkPolicy",
     }
     assert not [
@@ -298,6 +300,19 @@ def test_optional_objects_are_off_by_default() -> None:
         {"auth": {"users": {"nimbus": None}}},
         {"metrics": {"serviceMonitor": {"enabled": True, "interval": "often"}}},
         {"dkim": {"keys": [{"domain": "example.com"}]}},
+        {"mta": {"startupProbe": {"path": "/"}}},
+        {"mta": {"startupProbe": {"failureThreshold": 0}}},
+        {"mta": {"autoscaling": {"mode": "vpa"}}},
+        {"mta": {"autoscaling": {"keda": {"threshold": 5000}}}},
+        {"mta": {"autoscaling": {"keda": {"threshold": "lots"}}}},
+        {"mta": {"autoscaling": {"keda": {"pollingInterval": 0}}}},
+        {"mta": {"autoscaling": {"keda": {"prometheusServerAddress": "prometheus:9090"}}}},
+        {"mta": {"autoscaling": {"keda": {"query": "up"}}}},
+        {"mta": {"xfer": {"enabled": "yes"}}},
+        {"mta": {"xfer": {"deadlineSeconds": 0}}},
+        {"mta": {"xfer": {"concurrency": 0}}},
+        {"mta": {"xfer": {"existingSecret": "Not A Name"}}},
+        {"mta": {"xfer": {"deadline": 60}}},
     ],
     ids=lambda v: json.dumps(v, sort_keys=True),
 )
@@ -470,8 +485,8 @@ def test_auth_secret_is_generated_with_a_password() -> None:
 
 
 def test_existing_auth_secret_is_mounted_not_rendered() -> None:
-    """With auth.existingSecret no auth Secret is rendered and the MTA mounts the existing one
-    at NIMBUS_HTTP_AUTH_DIR."""
+    """With auth.existingSecret (and the others) no Secret is rendered and the MTA mounts the
+    existing one at NIMBUS_HTTP_AUTH_DIR."""
     docs = rendered("existing-secrets")
     assert of_kind(docs, "Secret") == []
     container = mta_container(docs)
@@ -500,6 +515,88 @@ def test_dkim_keys_are_mounted_as_domain_selector_files() -> None:
             assert item["path"] == f"{domain}/{selector}.key"
     secret = one(rendered("everything-on"), "Secret", "dkim")
     assert set(secret["data"]) == {"example.com.s1.key"}
+
+
+def mounted_file(docs: list[dict[str, Any]], path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The MTA volume and volumeMount that ``path`` (a file in a mounted directory) lives in."""
+    container = mta_container(docs)
+    (mount,) = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+    (volume,) = [v for v in pod_spec(mta(docs))["volumes"] if v["name"] == mount["name"]]
+    return volume, mount
+
+
+def test_cluster_secret_is_generated_and_mounted_read_only() -> None:
+    """By default the chart generates a 48-character cluster secret and mounts it read-only
+    so that NIMBUS_CLUSTER_SECRET_FILE (/etc/nimbus/cluster/secret) is its key "secret"."""
+    docs = rendered("")
+    secret = one(docs, "Secret", "cluster-secret")
+    assert set(secret["data"]) == {"secret"}
+    assert re.fullmatch(r"[A-Za-z0-9]{48}", base64.b64decode(secret["data"]["secret"]).decode())
+    path = env_of(mta_container(docs))["NIMBUS_CLUSTER_SECRET_FILE"]
+    assert path == "/etc/nimbus/cluster/secret"
+    volume, mount = mounted_file(docs, path)
+    assert mount["readOnly"] is True and mount["mountPath"] == "/etc/nimbus/cluster"
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    assert volume["secret"]["items"] == [{"key": "secret", "path": "secret"}]
+    assert volume["secret"]["defaultMode"] == 0o440
+
+
+def test_cluster_secret_is_kept_across_upgrades(tmp_path: Path) -> None:
+    """When lookup finds the live cluster Secret its value is reused (here the chart's lookup
+    is replaced by the object a cluster would return, as helm_python renders offline)."""
+    copy = tmp_path / "chart"
+    shutil.copytree(helm.CHART, copy)
+    template = copy / "templates" / "cluster-secret.yaml"
+    call = 'lookup "v1" "Secret" .Release.Namespace $name'
+    live = base64.b64encode(b"L" * 48).decode()
+    assert template.read_text().count(call) == 1
+    template.write_text(template.read_text().replace(call, f'dict "data" (dict "secret" "{live}")'))
+    secret = one(helm.render({}, chart_dir=copy), "Secret", "cluster-secret")
+    assert secret["data"] == {"secret": live}
+
+
+def test_generated_cluster_secret_does_not_roll_the_pods() -> None:
+    """A fresh render generates a new value (lookup finds nothing offline), and the MTA pod
+    template carries no checksum of it: re-rendering never rolls the pods by itself."""
+    first, second = helm.render({}), helm.render({})
+    assert (
+        one(first, "Secret", "cluster-secret")["data"]
+        != one(second, "Secret", "cluster-secret")["data"]
+    )
+    assert mta(first)["spec"]["template"] == mta(second)["spec"]["template"]
+
+
+def test_existing_cluster_secret_is_mounted_not_rendered() -> None:
+    """With mta.xfer.existingSecret no cluster Secret is rendered; its key "secret" is mounted
+    at NIMBUS_CLUSTER_SECRET_FILE."""
+    docs = rendered("existing-secrets")
+    assert not [s for s in of_kind(docs, "Secret") if s["metadata"]["name"].endswith("-cluster")]
+    volume, mount = mounted_file(docs, env_of(mta_container(docs))["NIMBUS_CLUSTER_SECRET_FILE"])
+    assert volume["secret"]["secretName"] == "mail-cluster-secret"
+    assert volume["secret"]["items"] == [{"key": "secret", "path": "secret"}]
+    assert mount["readOnly"] is True
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cluster_peers_are_the_headless_service(variant: str) -> None:
+    """NIMBUS_CLUSTER_PEERS is the StatefulSet's headless Service: it selects the MTA pods,
+    publishes them ready or not (a stopping peer answers 503 and the next is tried), and
+    serves the NIMBUS_HTTP_LISTEN port, the port DNS peers are reached on."""
+    docs = rendered(variant)
+    sts = mta(docs)
+    env = env_of(mta_container(docs))
+    assert env["NIMBUS_CLUSTER_PEERS"] == sts["spec"]["serviceName"]
+    assert env["NIMBUS_CLUSTER_PEERS"] == f"{helm.RELEASE}-nimbus-mta-headless"
+    (svc,) = [
+        s for s in of_kind(docs, "Service") if s["metadata"]["name"] == env["NIMBUS_CLUSTER_PEERS"]
+    ]
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["publishNotReadyAddresses"] is True
+    assert selects(svc["spec"]["selector"], sts["spec"]["template"]["metadata"]["labels"])
+    http = parse_hostport(env["NIMBUS_HTTP_LISTEN"])[1]
+    assert http in {
+        container_port(mta_container(docs), p["targetPort"]) for p in svc["spec"]["ports"]
+    }
 
 
 def test_no_dkim_volume_without_keys() -> None:
@@ -598,15 +695,19 @@ def test_every_nimbus_env_var_is_a_real_setting(variant: str) -> None:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_env_values_load_as_settings(variant: str) -> None:
+def test_env_values_load_as_settings(variant: str, tmp_path: Path) -> None:
     """Each Nimbus container's environment loads with engine.config.settings.load_settings (values
-    from fieldRef/secretKeyRef stand in as placeholders)."""
+    from fieldRef/secretKeyRef stand in as placeholders, a mounted *_FILE as a local file)."""
+    mounted = tmp_path / "mounted-file"
+    mounted.write_text("x")
     for _, c in containers(rendered(variant)):
         if c["command"] != ["nimbus"]:
             continue
         env = {}
         for name, value in env_of(c).items():
-            if isinstance(value, str):
+            if isinstance(value, str) and name.endswith("_FILE"):
+                env[name] = str(mounted)
+            elif isinstance(value, str):
                 env[name] = value
             elif "fieldRef" in value:
                 env[name] = "pod-0"
@@ -726,20 +827,114 @@ def test_mta_statefulset_shape() -> None:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+def test_mta_probes(variant: str) -> None:
+    """On the HTTP listener: start-up waits for readiness (/api/check-liveness/v1, 120 x 5 s
+    for spool recovery), readiness on the same route, liveness on /api/check-alive/v1."""
+    docs = rendered(variant)
+    container = mta_container(docs)
+    http = parse_hostport(env_of(container)["NIMBUS_HTTP_LISTEN"])[1]
+    paths = {}
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        probe = container[kind]
+        assert container_port(container, probe["httpGet"]["port"]) == http
+        assert set(probe) - {"httpGet"} <= {
+            "initialDelaySeconds",
+            "periodSeconds",
+            "timeoutSeconds",
+            "failureThreshold",
+        }
+        paths[kind] = probe["httpGet"]["path"]
+    assert paths == {
+        "startupProbe": "/api/check-liveness/v1",
+        "readinessProbe": "/api/check-liveness/v1",
+        "livenessProbe": "/api/check-alive/v1",
+    }
+    startup = container["startupProbe"]
+    assert (startup["failureThreshold"], startup["periodSeconds"]) == (120, 5)
+
+
+def test_mta_probe_timings_come_from_values() -> None:
+    """Each probe's timing is set from mta.<probe> (the paths stay the chart's)."""
+    values = {
+        "mta": {
+            "startupProbe": {"failureThreshold": 360},
+            "readinessProbe": {"periodSeconds": 2},
+            "livenessProbe": {"timeoutSeconds": 9},
+        }
+    }
+    container = mta_container(helm.render(values))
+    assert container["startupProbe"]["failureThreshold"] == 360
+    assert container["readinessProbe"]["periodSeconds"] == 2
+    assert container["livenessProbe"]["timeoutSeconds"] == 9
+    assert container["livenessProbe"]["httpGet"]["path"] == "/api/check-alive/v1"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_spool_claims_are_retained_at_scale_in_and_delete(variant: str) -> None:
+    """The chart never deletes a spool claim: scaled-in and deleted pods keep their volume,
+    and the spool stays a volumeClaimTemplate."""
+    sts = mta(rendered(variant))
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"] == {
+        "whenScaled": "Retain",
+        "whenDeleted": "Retain",
+    }
+    assert [c["metadata"]["name"] for c in sts["spec"]["volumeClaimTemplates"]] == ["spool"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_grace_period_covers_the_drain(variant: str) -> None:
-    """terminationGracePeriodSeconds exceeds the shutdown deadline plus any preStop sleep."""
+    """terminationGracePeriodSeconds exceeds the shutdown deadline plus any preStop sleep plus
+    the transfer deadline (when the pod transfers its spool at shutdown)."""
     docs = rendered(variant)
     spec = pod_spec(mta(docs))
     container = spec["containers"][0]
-    deadline = parse_duration(env_of(container)["NIMBUS_DELIVERY_SHUTDOWN_DEADLINE"])
+    env = env_of(container)
+    deadline = parse_duration(env["NIMBUS_DELIVERY_SHUTDOWN_DEADLINE"])
     sleep = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
-    assert spec["terminationGracePeriodSeconds"] > deadline + sleep
+    xfer = parse_duration(env["NIMBUS_CLUSTER_XFER_DEADLINE"])
+    assert env["NIMBUS_CLUSTER_XFER_ON_SHUTDOWN"] == "true"
+    assert spec["terminationGracePeriodSeconds"] > deadline + sleep + xfer
 
 
 def test_grace_period_too_short_fails_the_render() -> None:
     """A grace period that doesn't cover the deadline is refused."""
     with pytest.raises(helm.RenderError, match="terminationGracePeriodSeconds"):
         helm.render({"mta": {"shutdownDeadlineSeconds": 60, "terminationGracePeriodSeconds": 30}})
+
+
+def test_grace_period_must_cover_the_transfer_deadline() -> None:
+    """With xfer on, a grace period that covers the drain but not the transfer deadline fails
+    the render, naming every term; with xfer off the same grace period is enough."""
+    message = (
+        r"mta.terminationGracePeriodSeconds \(80\) must exceed mta.shutdownDeadlineSeconds \+ "
+        r"mta.preStopSleepSeconds \+ mta.xfer.deadlineSeconds \(85\)"
+    )
+    with pytest.raises(helm.RenderError, match=message):
+        helm.render({"mta": {"terminationGracePeriodSeconds": 80}})
+    docs = helm.render({"mta": {"terminationGracePeriodSeconds": 80, "xfer": {"enabled": False}}})
+    assert pod_spec(mta(docs))["terminationGracePeriodSeconds"] == 80
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({}, ("true", "60s", "16")),
+        (helm.load_values("everything-on"), ("true", "45s", "32")),
+        ({"mta": {"xfer": {"enabled": False}}}, ("false", "60s", "16")),
+    ],
+    ids=["defaults", "everything-on", "disabled"],
+)
+def test_xfer_values_become_the_cluster_settings(
+    values: dict[str, Any], expected: tuple[str, str, str]
+) -> None:
+    """mta.xfer.enabled/deadlineSeconds/concurrency set NIMBUS_CLUSTER_XFER_ON_SHUTDOWN,
+    _DEADLINE and _CONCURRENCY; the defaults pass the grace check (120 > 25 + 0 + 60)."""
+    docs = helm.render(values)
+    env = env_of(mta_container(docs))
+    names = ("ON_SHUTDOWN", "DEADLINE", "CONCURRENCY")
+    assert tuple(env[f"NIMBUS_CLUSTER_XFER_{n}"] for n in names) == expected
+    if not values:
+        assert pod_spec(mta(docs))["terminationGracePeriodSeconds"] == 120
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -774,14 +969,184 @@ def test_hpa_scales_the_statefulset() -> None:
     assert env_of(mta_container(docs))["NIMBUS_CLUSTER_NODES"] == str(hpa["spec"]["maxReplicas"])
 
 
-def test_pdb_covers_the_mta_pods() -> None:
-    """The PodDisruptionBudget selects the MTA pods."""
-    docs = rendered("everything-on")
+@pytest.mark.parametrize("variant", ["", "everything-on"])
+def test_pdb_covers_the_mta_pods(variant: str) -> None:
+    """The PodDisruptionBudget (on by default) selects the MTA pods, one down at a time."""
+    docs = rendered(variant)
     pdb = one(docs, "PodDisruptionBudget")
     assert selects(
         pdb["spec"]["selector"]["matchLabels"], mta(docs)["spec"]["template"]["metadata"]["labels"]
     )
     assert pdb["spec"]["maxUnavailable"] == 1
+
+
+AUTOSCALING_MODES = [
+    # (case, mta.autoscaling values, the autoscaler kind rendered or None)
+    ("enabled: true, no mode: hpa", {"enabled": True}, "HorizontalPodAutoscaler"),
+    ("mode hpa", {"mode": "hpa"}, "HorizontalPodAutoscaler"),
+    ("mode off wins over enabled", {"mode": "off", "enabled": True}, None),
+    ("defaults: off", {}, None),
+    (
+        "mode keda wins over enabled",
+        {"mode": "keda", "enabled": True, "keda": {"prometheusServerAddress": "http://p:9090"}},
+        "ScaledObject",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "case,autoscaling,kind", AUTOSCALING_MODES, ids=[c[0] for c in AUTOSCALING_MODES]
+)
+def test_autoscaling_modes(case: str, autoscaling: dict[str, Any], kind: str | None) -> None:
+    """mta.autoscaling.mode picks one autoscaler (an empty mode follows enabled); with one the
+    StatefulSet leaves replicas to it and NIMBUS_CLUSTER_NODES is maxReplicas, else replicas."""
+    docs = helm.render({"mta": {"replicas": 3, "autoscaling": {"maxReplicas": 7, **autoscaling}}})
+    scalers = [d for d in docs if d["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")]
+    assert [d["kind"] for d in scalers] == ([kind] if kind else [])
+    sts = mta(docs)
+    nodes = env_of(mta_container(docs))["NIMBUS_CLUSTER_NODES"]
+    if kind:
+        assert "replicas" not in sts["spec"] and nodes == "7"
+    else:
+        assert sts["spec"]["replicas"] == 3 and nodes == "3"
+
+
+def test_autoscaling_min_above_max_fails_the_render() -> None:
+    """minReplicas above maxReplicas is refused when an autoscaler is on (KEDA's CRD has the
+    same rule in CEL, which the vendored JSON Schema cannot express)."""
+    values = {"mta": {"autoscaling": {"mode": "hpa", "minReplicas": 5, "maxReplicas": 4}}}
+    with pytest.raises(helm.RenderError, match=r"minReplicas \(5\) must not exceed"):
+        helm.render(values)
+
+
+def keda_schema() -> dict[str, Any]:
+    return json.loads(KEDA_SCHEMA.read_text())
+
+
+def scaled_object(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return one(docs, "ScaledObject")
+
+
+def test_keda_schema_is_vendored_with_its_source() -> None:
+    """The vendored ScaledObject schema is a valid draft-07 schema naming its source."""
+    schema = keda_schema()
+    jsonschema.Draft7Validator.check_schema(schema)
+    assert "kedacore/keda" in schema["$comment"]
+    assert "config/crd/bases/keda.sh_scaledobjects.yaml" in schema["$comment"]
+    assert re.search(r"commit [0-9a-f]{40}", schema["$comment"])
+
+
+def test_scaled_object_is_valid_under_the_keda_crd_schema() -> None:
+    """The rendered ScaledObject validates against KEDA's CRD schema (and its CEL rule
+    minReplicaCount <= maxReplicaCount, checked by hand)."""
+    so = scaled_object(rendered("keda"))
+    assert (so["apiVersion"], so["kind"]) == ("keda.sh/v1alpha1", "ScaledObject")
+    jsonschema.Draft7Validator(keda_schema()).validate(so)
+    assert so["spec"]["minReplicaCount"] <= so["spec"]["maxReplicaCount"]
+
+
+def _break(path: str, value: Any) -> dict[str, Any]:
+    """The keda variant's ScaledObject with ``path`` (dotted; ``-`` deletes) set to value."""
+    so = json.loads(json.dumps(scaled_object(rendered("keda"))))
+    *parents, last = path.split(".")
+    node = so
+    for key in parents:
+        node = node[int(key)] if key.isdigit() else node[key]
+    if value == "-":
+        del node[last]
+    else:
+        node[last] = value
+    return so
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("spec.triggers.0.metadata", "-"),
+        ("spec.triggers", []),
+        ("spec.triggers.0.metadata.threshold", 5000),
+        ("spec.maxReplicaCount", "10"),
+        ("spec.minReplicaCount", -1),
+        ("spec.maxReplicas", 10),
+        ("spec.scaleTargetRef.name", "-"),
+    ],
+    ids=lambda v: json.dumps(v),
+)
+def test_keda_schema_refuses_a_broken_scaled_object(path: str, value: Any) -> None:
+    """A ScaledObject broken in one place fails the vendored schema (the test has teeth)."""
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft7Validator(keda_schema()).validate(_break(path, value))
+
+
+def test_keda_scales_the_statefulset_on_queued_messages() -> None:
+    """The ScaledObject targets the MTA StatefulSet with the autoscaling bounds and one
+    prometheus trigger summing nimbus_queued_messages over the release's MTA pods."""
+    docs = rendered("keda")
+    so, sts = scaled_object(docs), mta(docs)
+    spec = so["spec"]
+    assert spec["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "name": sts["metadata"]["name"],
+    }
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (2, 10)
+    assert (spec["pollingInterval"], spec["cooldownPeriod"]) == (15, 600)
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "prometheus"
+    assert trigger["metadata"] == {
+        "serverAddress": "http://prometheus-operated.monitoring:9090",
+        "query": (
+            f'sum(nimbus_queued_messages{{namespace="{helm.NAMESPACE}",'
+            f'pod=~"{sts["metadata"]["name"]}-[0-9]+"}})'
+        ),
+        "threshold": "2000",
+        "activationThreshold": "50",
+    }
+    assert "replicas" not in sts["spec"] and not of_kind(docs, "HorizontalPodAutoscaler")
+    assert env_of(mta_container(docs))["NIMBUS_CLUSTER_NODES"] == "10"
+    scale_down = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+    assert scale_down["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 300}]
+
+
+def test_keda_defaults() -> None:
+    """With only the server address set: threshold "5000", activationThreshold "100", and
+    KEDA's own polling and cooldown defaults."""
+    values = {
+        "mta": {"autoscaling": {"mode": "keda", "keda": {"prometheusServerAddress": "http://p"}}}
+    }
+    spec = scaled_object(helm.render(values))["spec"]
+    (trigger,) = spec["triggers"]
+    assert (trigger["metadata"]["threshold"], trigger["metadata"]["activationThreshold"]) == (
+        "5000",
+        "100",
+    )
+    assert "pollingInterval" not in spec and "cooldownPeriod" not in spec
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (2, 6)
+
+
+def test_keda_needs_a_prometheus_server_address() -> None:
+    """mode keda without mta.autoscaling.keda.prometheusServerAddress fails, naming it."""
+    with pytest.raises(
+        helm.RenderError,
+        match=r"mta.autoscaling.keda.prometheusServerAddress is required when "
+        r"mta.autoscaling.mode is keda",
+    ):
+        helm.render({"mta": {"autoscaling": {"mode": "keda"}}})
+
+
+def test_keda_query_uses_the_queued_messages_gauge() -> None:
+    """The trigger's PromQL names only nimbus_queued_messages, a series of Nimbus's /metrics
+    (skipped until the engine exports it: the gauge comes with the engine's xfer work)."""
+    (trigger,) = scaled_object(rendered("keda"))["spec"]["triggers"]
+    assert promql_metric_names(trigger["metadata"]["query"]) == {"nimbus_queued_messages"}
+    if "nimbus_queued_messages" not in exported_metric_names():
+        pytest.skip("the engine does not export nimbus_queued_messages yet")
+
+
+def test_pdb_can_be_switched_off() -> None:
+    """mta.podDisruptionBudget.enabled=false renders no PodDisruptionBudget."""
+    docs = helm.render({"mta": {"podDisruptionBudget": {"enabled": False}}})
+    assert of_kind(docs, "PodDisruptionBudget") == []
 
 
 def test_network_policy_limits_injection_to_allowed_sources() -> None:

@@ -70,8 +70,10 @@ async def test_chart_runs_locally_and_mail_reaches_the_sink(tmp_path: Path) -> N
                 assert (await get_text(http, target))[0] == 200, name
         spools = {cluster.pods[m].spec.env["NIMBUS_SPOOL_DIR"] for m in mtas}
         assert len(spools) == 2 and all(Path(s).is_dir() for s in spools)
+        secrets = {Path(cluster.pods[m].spec.env["NIMBUS_CLUSTER_SECRET_FILE"]) for m in mtas}
+        assert len(secrets) == 2 and len({s.read_bytes() for s in secrets}) == 1
 
-        [secret] = [d for d in cluster.manifests if d["kind"] == "Secret"]
+        [secret] = [d for d in cluster.manifests if d["metadata"]["name"] == "nimbus-http-auth"]
         user, password = cluster.credentials
         assert base64.b64decode(secret["data"][user]).decode() == password
 

@@ -405,6 +405,64 @@ def test_services_table_lists_pod0_addresses() -> None:
     }
 
 
+def peers_plan(peers: str, replicas: int = 3) -> Plan:
+    """An MTA StatefulSet whose pods list ``peers`` as NIMBUS_CLUSTER_PEERS."""
+    env = [
+        {"name": "NIMBUS_HTTP_LISTEN", "value": "0.0.0.0:8000"},
+        {"name": "NIMBUS_CLUSTER_PEERS", "value": peers},
+    ]
+    mta = container("mta", env=env, ports={"smtp": 2525, "http": 8000})
+    return run(
+        [
+            workload("StatefulSet", "mta", [mta], replicas=replicas, service_name="mta-headless"),
+            service("mta", {"app": "mta"}, {"http": (80, "http")}),
+            service(
+                "mta-headless",
+                {"app": "mta"},
+                {"smtp": (2525, "smtp"), "http": (8000, "http")},
+                headless=True,
+            ),
+        ]
+    )
+
+
+PEER_CASES = [
+    # (case, NIMBUS_CLUSTER_PEERS, expected; {pod} is that pod's local HTTP URL)
+    ("headless Service: every pod", "mta-headless", "{mta-0},{mta-1},{mta-2}"),
+    ("qualified headless name", "mta-headless.mail.svc.cluster.local", "{mta-0},{mta-1},{mta-2}"),
+    ("a pod's own DNS name", "mta-1.mta-headless", "{mta-1}"),
+    ("ClusterIP Service name: its first pod", "mta", "{mta-0}"),
+    ("a Service URL as usual", "http://mta:80", "{mta-0}"),
+    ("external names and URLs unchanged", "peer.example.org,http://x.example:8000", None),
+    ("spaces and empty items dropped", " mta-headless , ", "{mta-0},{mta-1},{mta-2}"),
+]
+
+
+@pytest.mark.parametrize("case,peers,expected", PEER_CASES, ids=[c[0] for c in PEER_CASES])
+def test_cluster_peers_become_the_local_http_urls(case: str, peers: str, expected: str) -> None:
+    """NIMBUS_CLUSTER_PEERS names pods by DNS, reached on the node's HTTP port: locally each
+    becomes http://127.0.0.1:<that pod's HTTP port>; peers are no start dependencies."""
+    plan = peers_plan(peers)
+    urls = {s.name: f"http://{local(plan, s.name, 'http')}" for s in plan.specs}
+    want = peers if expected is None else expected.format_map(urls)
+    for spec in plan.specs:
+        assert spec.env["NIMBUS_CLUSTER_PEERS"] == want
+        assert spec.depends_on == ()
+
+
+def test_cluster_peers_without_an_http_listen_are_rewritten_as_any_value() -> None:
+    """Without NIMBUS_HTTP_LISTEN there is no port to reach DNS peers on: the value is only
+    rewritten as any other (a bare name stays)."""
+    c = container(env=[{"name": "NIMBUS_CLUSTER_PEERS", "value": "h"}], ports={"http": 8000})
+    plan = run(
+        [
+            workload("StatefulSet", "m", [c], service_name="h"),
+            service("h", {"app": "m"}, {"http": (8000, "http")}, headless=True),
+        ]
+    )
+    assert only(plan, "m-0").env["NIMBUS_CLUSTER_PEERS"] == "h"
+
+
 # --- workloads, commands, readiness -------------------------------------------------------------
 
 
@@ -648,9 +706,32 @@ def test_real_chart_translates_to_mta_replicas_tsa_sink_redis() -> None:
     order = [s.role for s in plan.specs]
     assert order.index("redis") < order.index("tsa") < order.index("mta")
     assert order.index("sink") < order.index("mta")
-    [auth] = [d for d in manifests if d["kind"] == "Secret"]
+    [auth] = [d for d in manifests if d["metadata"]["name"] == "nimbus-http-auth"]
     user, password = plan.credentials
     assert base64.b64decode(auth["data"][user]).decode() == password
+
+
+def test_real_chart_mtas_list_every_mta_as_a_peer() -> None:
+    """The chart's NIMBUS_CLUSTER_PEERS (the headless Service) becomes, for every MTA, the
+    local HTTP URLs of all MTAs, in pod order: what the Service's A records are in a cluster."""
+    plan, _ = _real_plan(3)
+    mtas = plan.by_role("mta")
+    urls = ",".join(f"http://{s.env['NIMBUS_HTTP_LISTEN']}" for s in mtas)
+    assert [s.env["NIMBUS_CLUSTER_PEERS"] for s in mtas] == [urls] * 3
+    assert all(not set(s.depends_on) & {m.pod for m in mtas} for s in mtas)
+
+
+def test_real_chart_cluster_secret_is_one_local_file_per_mta() -> None:
+    """NIMBUS_CLUSTER_SECRET_FILE points into each MTA's own directory, where the rendered
+    cluster Secret is written (the same secret for every MTA, mode 0440)."""
+    plan, manifests = _real_plan(2)
+    [secret] = [d for d in manifests if d["metadata"]["name"] == "nimbus-cluster"]
+    value = base64.b64decode(secret["data"]["secret"])
+    for spec in plan.by_role("mta"):
+        path = spec.env["NIMBUS_CLUSTER_SECRET_FILE"]
+        assert path == f"{WORK}/{spec.pod}/etc/nimbus/cluster/secret"
+        [file] = [f for f in spec.files if f.path == path]
+        assert (file.content, file.mode) == (value, 0o440)
 
 
 def test_real_chart_policy_files_are_materialized_for_every_mta() -> None:
