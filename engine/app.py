@@ -38,7 +38,7 @@ from engine.delivery.mx import MxResolver
 from engine.delivery.tls_policy import TlsPolicies, tls_context_factory
 from engine.dkim.service import DkimService
 from engine.logs.hooks.publisher import LogHookPublisher
-from engine.logs.metrics import GaugeReading, Metrics
+from engine.logs.metrics import GaugeReading, Metrics, oldest_age, per_site
 from engine.logs.writer import LogWriter
 from engine.policy.events import (
     HTTP_SERVER_VALIDATE_AUTH_BASIC,
@@ -258,6 +258,9 @@ class Node:
             "spool_messages": self.spool.count,
             "log_hooks": self.log_hooks.stats() if self.log_hooks is not None else {},
             "log_records_dropped": self.logs.dropped,
+            "queued": self.spool.count,
+            "oldest_message_age": oldest_age(self.spool.oldest_created(), time.time()),
+            "site_backlog": per_site((q.site, len(q.queue)) for q in self.router.ready.values()),
         }
 
     def request_reload(self) -> None:
