@@ -90,6 +90,12 @@ def _fingerprint(directory: str) -> tuple:
 
 log = logging.getLogger("nimbus.node")
 
+# Recovered messages re-inserted between two yields to the loop. With the queue config
+# cached each costs a few microseconds and awaits nothing: 300,000 in one go held the
+# loop 1.1 s, past a 1 s liveness probe (GET /api/check-alive/v1) and every scrape;
+# yielding every 1024 the longest stall of such a start was 0.15 s (a GC pass).
+_RECOVER_YIELD_EVERY = 1024
+
 
 class Node:
     """One MTA node.
@@ -408,7 +414,9 @@ class Node:
             log.error("spool_entry_quarantined", extra={"id": q.id, "reason": q.reason})
         now = time.time()
         expired = 0
-        for msg in messages:
+        for index, msg in enumerate(messages):
+            if index % _RECOVER_YIELD_EVERY == _RECOVER_YIELD_EVERY - 1:
+                await asyncio.sleep(0)  # a big spool must not hold liveness and metrics
             cfg = await self.router.queue_config(msg.queue)
             if now - msg.created > cfg.max_age:
                 self.outcomes.expire(msg, Attempt())
