@@ -4,11 +4,12 @@ Exports:
     Node        run() until stop(); ``ports`` once listening
     run_mta(settings)   ``nimbus mta``: run a Node with signal handling
 
-Start order: HTTP listener (liveness answers 503 "waiting for spool startup")
+Start order: HTTP listener (readiness, ``/api/check-liveness/v1``, answers 503 "waiting
+for spool startup"; liveness, ``/api/check-alive/v1``, 200 from now until it closes)
 -> policy -> spool recovery into the scheduled queues -> SMTP listener -> ready.
 
 Shutdown order (SIGTERM/SIGINT), as STYLE.md §6:
-    1. liveness and injection answer 503 "shutting down"; new SMTP sessions and
+    1. readiness and injection answer 503 "shutting down"; new SMTP sessions and
        the next MAIL of open sessions get 421 4.3.2
     2. the scheduler stops handing out messages; ready queues finish the message
        in hand on each connection until ``delivery.shutdown_deadline``
