@@ -3,11 +3,20 @@
 Exports:
     Metrics       counters and histograms, plus a collector reading live gauges
     GaugeReading  what a GaugeSource returns at each scrape (queue sizes, connections, ...)
+    oldest_age(oldest_created, now)   pure: seconds the oldest held message has waited
+    per_site(waiting)                 pure: ready-queue backlog summed per MX site
 
 Counters are incremented where things happen; gauges (queue sizes, connections,
 spool size) are read from the engine at scrape time through ``GaugeSource``, so
 the hot path never updates them. ``nimbus_asyncio_tasks`` counts the loop's live
 tasks at scrape time (a leak of tasks shows as growth; ``bench/soak.py`` watches it).
+
+For autoscaling (README "Metrics"), one scrape gives per node:
+``nimbus_queued_messages``, every message accepted and not yet disposed of (scheduled,
+being routed, waiting in a ready queue, or on a connection: the spool's count);
+``nimbus_oldest_message_age_seconds``, now minus the reception time of the oldest of
+them (0 with none); ``nimbus_site_backlog_messages{site}``, messages waiting in the
+ready queues of each MX site, summed over egress sources (not those on a connection).
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from prometheus_client.registry import Collector
 
 from engine.records import LogRecord, RecordType
 
-__all__ = ["Metrics", "GaugeReading", "GaugeSource"]
+__all__ = ["Metrics", "GaugeReading", "GaugeSource", "oldest_age", "per_site"]
 
 
 class GaugeReading(TypedDict):
@@ -36,9 +45,34 @@ class GaugeReading(TypedDict):
     spool_messages: int
     log_hooks: NotRequired[dict[str, dict[str, int]]]
     log_records_dropped: NotRequired[int]
+    queued: NotRequired[int]
+    oldest_message_age: NotRequired[float]
+    site_backlog: NotRequired[dict[str, int]]
 
 
 GaugeSource = Callable[[], GaugeReading]
+
+
+def oldest_age(oldest_created: float | None, now: float) -> float:
+    """Seconds since the oldest held message was received.
+
+    oldest_created: its reception time (unix seconds), None when the node holds none.
+    now: the current time. Returns 0 with none, and never less (a clock stepped back).
+    """
+    return 0.0 if oldest_created is None else max(0.0, now - oldest_created)
+
+
+def per_site(waiting: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """Messages waiting per MX site.
+
+    waiting: (site, messages waiting) of each ready queue; several queues share a site
+    (one per egress source, and MTA-STS domains' own queues). Every site named is in
+    the answer, with 0 when its queues hold nothing.
+    """
+    out: dict[str, int] = {}
+    for site, n in waiting:
+        out[site] = out.get(site, 0) + n
+    return out
 
 
 class _LiveGauges(Collector):
@@ -100,6 +134,30 @@ class _LiveGauges(Collector):
             "Log records that could not be written to the log directory (disk full, I/O error)",
             value=float(s.get("log_records_dropped", 0)),
         )
+        yield from _autoscaling(s)
+
+
+def _autoscaling(s: GaugeReading) -> Iterable[Metric]:
+    """The gauges an autoscaler reads (see the module docstring)."""
+    yield GaugeMetricFamily(
+        "nimbus_queued_messages",
+        "Messages accepted and not yet delivered, bounced or expired (scheduled, routing, "
+        "ready or in flight)",
+        value=float(s.get("queued", 0)),
+    )
+    yield GaugeMetricFamily(
+        "nimbus_oldest_message_age_seconds",
+        "Seconds since the oldest queued message was received (0 when none is queued)",
+        value=float(s.get("oldest_message_age", 0.0)),
+    )
+    backlog = GaugeMetricFamily(
+        "nimbus_site_backlog_messages",
+        "Messages waiting in the ready queues of an MX site, over all egress sources",
+        labels=["site"],
+    )
+    for site, n in s.get("site_backlog", {}).items():
+        backlog.add_metric([site], n)
+    yield backlog
 
 
 class _LoopGauges(Collector):

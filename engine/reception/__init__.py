@@ -3,7 +3,7 @@
 Modules:
     smtp_session   the SMTP protocol session (aiosmtpd's SMTP: bulk DATA, fast addresses)
     smtp           the SMTP handler and listener: relay rules, limits, policy events, replies
-    http           HTTP routes: /api/inject/v1, liveness, metrics, /api/openapi.json
+    http           HTTP routes: /api/inject/v1, readiness, liveness, metrics, /api/openapi.json
     openapi        the OpenAPI document of every HTTP route (reception and admin)
     json_body      JSON request bodies under shared limits (depth, lone surrogates)
     http_listener  the HTTP socket serving an aiohttp app (MTA, TSA, sink), body rules

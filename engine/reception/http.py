@@ -1,4 +1,4 @@
-"""The HTTP routes of reception: injection, liveness and metrics (aiohttp, on the engine's loop).
+"""The HTTP routes of reception: injection, probes and metrics (aiohttp, on the engine's loop).
 
 Exports:
     build_app(...)   the aiohttp Application (one handler per versioned route); the node
@@ -7,7 +7,9 @@ Exports:
 
 Routes:
     POST /api/inject/v1        KumoMTA-compatible injection (basic auth)
-    GET  /api/check-liveness/v1  200 "OK", or 503 with the reason (JSON while shedding load)
+    GET  /api/check-liveness/v1  readiness: 200 "OK", or 503 with the reason (starting,
+                               shutting down; JSON while shedding load)
+    GET  /api/check-alive/v1   liveness: 200 "OK" whenever the event loop runs it
     GET  /metrics              Prometheus exposition
     GET  /api/openapi.json     the OpenAPI document of every route (engine.reception.openapi)
 
@@ -305,6 +307,18 @@ async def check_liveness_v1(request: web.Request) -> web.Response:
     return web.Response(text="OK")
 
 
+async def check_alive_v1(request: web.Request) -> web.Response:
+    """200 "OK", always: that the loop served this request is the whole answer.
+
+    Starting, draining and shedding load are readiness's business (check_liveness_v1);
+    a kubelet liveness probe here restarts only a node whose loop no longer turns (a
+    wedged loop cannot answer, so the probe's timeout fails), never one that is busy or
+    refusing work on purpose. A TCP connect cannot tell: the kernel accepts for a
+    wedged loop too.
+    """
+    return web.Response(text="OK")
+
+
 async def metrics(request: web.Request) -> web.Response:
     data = generate_latest(request.app[_METRICS].registry)
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -338,6 +352,7 @@ def build_app(
     app[_AUTH_LIMITER] = auth_limiter
     app.router.add_post("/api/inject/v1", inject_v1)
     app.router.add_get("/api/check-liveness/v1", check_liveness_v1)
+    app.router.add_get("/api/check-alive/v1", check_alive_v1)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/openapi.json", openapi_v1)
     return app

@@ -321,7 +321,7 @@ _PATHS: JsonObject = {
         "get": {
             "operationId": "check_liveness_v1",
             "tags": ["health"],
-            "summary": "Liveness and readiness: 200 OK, or 503 with the reason",
+            "summary": "Readiness: 200 OK, or 503 with the reason (starting, draining, shedding)",
             "security": [],
             "responses": {
                 "200": _text("ready"),
@@ -333,6 +333,16 @@ _PATHS: JsonObject = {
                     },
                 },
             },
+        }
+    },
+    "/api/check-alive/v1": {
+        "get": {
+            "operationId": "check_alive_v1",
+            "tags": ["health"],
+            "summary": "Liveness: 200 OK whenever the event loop answers (also while "
+            "starting, draining or shedding load)",
+            "security": [],
+            "responses": {"200": _text("the event loop answers")},
         }
     },
     "/metrics": {
@@ -536,7 +546,7 @@ DOCUMENT: JsonObject = {
     "info": {
         "title": "Nimbus HTTP API",
         "version": "1",
-        "description": "Injection (KumoMTA-compatible), admin, liveness and metrics.",
+        "description": "Injection (KumoMTA-compatible), admin, readiness, liveness and metrics.",
     },
     "paths": _PATHS,
     "components": {

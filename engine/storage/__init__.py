@@ -4,4 +4,5 @@ Modules:
     writer  one thread, one connection; every waiting request in one transaction (one
             fsync); a failing request fails alone; used by the spool and the log-hook queue
     spool   SQLite WAL, synchronous=FULL, group commit through the writer, recovery
+    held    the ids the spool holds and their creation times: count and oldest, O(1)
 """

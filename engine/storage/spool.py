@@ -2,7 +2,8 @@
 
 Exports:
     Spool            save / update / remove / load_data / recover / check_health /
-                     contains / messages (the transfer at scale-in reads the whole spool)
+                     contains / messages (the transfer at scale-in reads the whole spool);
+                     count and oldest_created of the messages it holds (``storage.held``)
     SpoolFull        not enough room (disk below min_free_space, max_size, SQLITE_FULL)
     SpoolError       any other storage failure
     SpoolLocked      another process holds this spool directory
@@ -50,6 +51,7 @@ from pathlib import Path
 
 from engine.config.settings import SpoolSettings
 from engine.records import Message
+from engine.storage.held import HeldMessages
 from engine.storage.writer import Writer, WriterClosed, WriterTimeout, connect, move_aside
 
 __all__ = [
@@ -193,7 +195,16 @@ class Spool:
         self._readers_lock = threading.Lock()
         self._free_checked = 0.0
         self._free_ok = True
-        self.count = 0
+        self._held = HeldMessages()
+
+    @property
+    def count(self) -> int:
+        """Messages held: saved or recovered, not yet removed."""
+        return len(self._held)
+
+    def oldest_created(self) -> float | None:
+        """When the oldest message held was created (unix seconds); None when none is."""
+        return self._held.oldest()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -265,7 +276,8 @@ class Spool:
                 conn.execute("DELETE FROM messages WHERE id = ?", (id,))
             conn.execute("COMMIT")
         self._apply_max_size(conn)
-        self.count = len(messages)
+        # Built here, off the loop, and swapped in whole: a scrape meanwhile sees the old one.
+        self._held = HeldMessages((m.id, m.created) for m in messages)
         self._writer.start(conn)
         return messages, quarantined
 
@@ -315,7 +327,8 @@ class Spool:
             raise SpoolError(
                 f"spool write failed: {type(exc).__name__}: {exc} (in {self.path})"
             ) from exc
-        self.count += len(items)
+        for msg, _ in items:
+            self._held.add(msg.id, msg.created)
 
     def update_nowait(self, msg: Message) -> None:
         """Persist a message's due time, attempts and envelope in the next commit.
@@ -330,7 +343,7 @@ class Spool:
         Not awaited: losing it in a crash means a duplicate delivery, never a loss.
         """
         self._writer.submit_nowait(partial(_delete, ids))
-        self.count -= len(ids)
+        self._held.discard(ids)
 
     async def flush(self) -> None:
         """Wait until every request queued so far is committed.

@@ -66,11 +66,13 @@ def write_policy(directory: Path, source: str) -> Path:
 
 @contextlib.asynccontextmanager
 async def running_node(
-    tmp_path: Path, *, policy: str | None = None, **settings: Any
+    tmp_path: Path, *, policy: str | None = None, ready: bool = True, **settings: Any
 ) -> AsyncIterator[Node]:
     """A Node in this loop on free loopback ports, with tmp spool/log dirs.
 
     policy: init.py source for the policy directory (None: no handlers).
+    ready: False yields as soon as the HTTP listener is bound, while the node still
+        starts (``.smtp_port`` is 0 then; await ``node.ready`` for the rest).
     settings: dotted overrides, e.g. ``**{"dns.nameservers": ["127.0.0.1:5353"]}``.
     The node gets ``.records`` (Records) and ``.smtp_port`` / ``.http_port``.
     """
@@ -91,20 +93,26 @@ async def running_node(
     node.logs.on_record(lambda r: records.add(r.to_json()))
     node.records = records  # type: ignore[attr-defined]
     task = asyncio.create_task(node.run())
-    ready = asyncio.create_task(node.ready.wait())
-    done, _ = await asyncio.wait({task, ready}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
-    if ready not in done:
-        ready.cancel()
+    started = asyncio.create_task(node.ready.wait() if ready else _http_bound(node))
+    done, _ = await asyncio.wait({task, started}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+    if started not in done:
+        started.cancel()
         if task in done:
             task.result()  # raise the start-up error
         raise TimeoutError("node did not become ready")
-    node.smtp_port = node.ports["smtp"]  # type: ignore[attr-defined]
+    node.smtp_port = node.ports.get("smtp", 0)  # type: ignore[attr-defined]
     node.http_port = node.ports["http"]  # type: ignore[attr-defined]
     try:
         yield node
     finally:
         node.stop()
         await asyncio.wait_for(task, 40)
+
+
+async def _http_bound(node: Node) -> None:
+    """Until the starting node's HTTP listener has its port (nothing signals it)."""
+    while "http" not in node.ports:
+        await asyncio.sleep(0.005)  # poll interval; running_node bounds the wait
 
 
 @contextlib.asynccontextmanager

@@ -90,6 +90,23 @@ async def test_count_tracks_saves_and_removes(spool):
     assert spool.count == 1
 
 
+async def test_oldest_created_follows_saves_removes_and_recovery(tmp_path, spool):
+    """oldest_created is the earliest creation time held, also after a restart."""
+    a, b, c = message(5), message(1), message(3)
+    assert spool.oldest_created() is None
+    await spool.save([(a, b"a"), (b, b"b"), (c, b"c")])
+    assert spool.oldest_created() == T + 1
+    spool.remove_nowait([b.id])
+    assert spool.oldest_created() == T + 3
+    await spool.close()
+    again = Spool(settings(tmp_path))
+    await again.recover()
+    try:
+        assert (again.count, again.oldest_created()) == (2, T + 3)
+    finally:
+        await again.close()
+
+
 async def test_load_data_returns_bytes(spool):
     """load_data returns the exact body bytes saved."""
     m = message()
