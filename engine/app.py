@@ -308,6 +308,7 @@ class Node:
             "queued": self.spool.count,
             "oldest_message_age": oldest_age(self.spool.oldest_created(), time.time()),
             "site_backlog": per_site((q.site, len(q.queue)) for q in self.router.ready.values()),
+            "xfer_pending": self.transfers.held(),
         }
 
     def request_reload(self) -> None:

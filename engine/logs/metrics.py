@@ -48,6 +48,7 @@ class GaugeReading(TypedDict):
     queued: NotRequired[int]
     oldest_message_age: NotRequired[float]
     site_backlog: NotRequired[dict[str, int]]
+    xfer_pending: NotRequired[int]
 
 
 GaugeSource = Callable[[], GaugeReading]
@@ -158,6 +159,11 @@ def _autoscaling(s: GaugeReading) -> Iterable[Metric]:
     for site, n in s.get("site_backlog", {}).items():
         backlog.add_metric([site], n)
     yield backlog
+    yield GaugeMetricFamily(
+        "nimbus_xfer_pending_messages",
+        "Messages in this node's xfer queues, not yet taken by their target node",
+        value=float(s.get("xfer_pending", 0)),
+    )
 
 
 class _LoopGauges(Collector):

@@ -156,6 +156,8 @@ async def test_refused_and_unreachable_targets_keep_the_mail(tmp_path):
                 assert status == 200 and started["messages"] == 2
                 await _until(lambda: len(a.transfers.jobs()[1]["errors"]) >= 2)
                 status_l, listed = await _json(http, "GET", f"{admin}/xfer/v1")
+                async with http.get(f"http://127.0.0.1:{a.http_port}/metrics") as resp:
+                    pending_metric = await resp.text()
                 _, summary = await _json(http, "GET", f"{admin}/queue-summary/v1")
                 status_c, cancelled = await _json(
                     http,
@@ -175,6 +177,7 @@ async def test_refused_and_unreachable_targets_keep_the_mail(tmp_path):
     assert "wrong cluster secret" in refused["errors"][0]
     assert after_refusal == before
     assert status_l == 200 and listed[1]["left"] == 2 and listed[1]["state"] == "running"
+    assert "nimbus_xfer_pending_messages 2.0" in pending_metric
     assert summary["xfer"] == [
         {"name": started["queue_name"], "target": dead, "count": 2, "state": "running"}
     ]
