@@ -289,7 +289,7 @@ class Node:
         self.router.route(msg)
 
     def _gauges(self) -> GaugeReading:
-        return {
+        reading: GaugeReading = {
             "scheduled": dict(self.scheduler.counts),
             "ready": {name: len(q.queue) for name, q in self.router.ready.items()},
             "connections_in": {"esmtp_listener": self.smtp.open_sessions},
@@ -299,6 +299,10 @@ class Node:
             "log_hooks": self.log_hooks.stats() if self.log_hooks is not None else {},
             "log_records_dropped": self.logs.dropped,
         }
+        if (disk := self.shedder.disk) is not None:
+            reading["spool_disk_free_bytes"] = disk.free
+            reading["spool_disk_size_bytes"] = disk.size
+        return reading
 
     def request_reload(self) -> None:
         """Reload the policy soon (SIGHUP)."""

@@ -6,8 +6,12 @@ Exports:
 
 Counters are incremented where things happen; gauges (queue sizes, connections,
 spool size) are read from the engine at scrape time through ``GaugeSource``, so
-the hot path never updates them. ``nimbus_asyncio_tasks`` counts the loop's live
-tasks at scrape time (a leak of tasks shows as growth; ``bench/soak.py`` watches it).
+the hot path never updates them. ``nimbus_spool_disk_free_bytes`` and
+``nimbus_spool_disk_size_bytes`` are the load-shedding sampler's last reading of the spool
+filesystem (no statvfs per scrape). ``nimbus_log_hook_failing{hook}`` is 1 while a hook's
+last POST failed (a ``tsa:`` hook failing: this node cannot reach that TSA).
+``nimbus_asyncio_tasks`` counts the loop's live tasks at scrape time (a leak of tasks
+shows as growth; ``bench/soak.py`` watches it).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ class GaugeReading(TypedDict):
     connections_out: dict[str, int]
     spool_bytes: int
     spool_messages: int
+    spool_disk_free_bytes: NotRequired[int]
+    spool_disk_size_bytes: NotRequired[int]
     log_hooks: NotRequired[dict[str, dict[str, int]]]
     log_records_dropped: NotRequired[int]
 
@@ -77,6 +83,7 @@ class _LiveGauges(Collector):
             "Messages in the spool",
             value=float(s["spool_messages"]),
         )
+        yield from _disk_gauges(s)
         pending = GaugeMetricFamily(
             "nimbus_log_hook_pending_records",
             "Log records waiting to be published, by hook",
@@ -88,18 +95,43 @@ class _LiveGauges(Collector):
         failed = CounterMetricFamily(
             "nimbus_log_hook_failed_attempts", "Failed publish attempts, by hook", labels=["hook"]
         )
+        failing = GaugeMetricFamily(
+            "nimbus_log_hook_failing",
+            "1 while the hook's last publish attempt failed (a tsa: hook: that TSA is "
+            "unreachable from this node), by hook",
+            labels=["hook"],
+        )
         for hook, stats in s.get("log_hooks", {}).items():
             pending.add_metric([hook], stats.get("pending", 0))
             sent.add_metric([hook], stats.get("sent", 0))
             failed.add_metric([hook], stats.get("failed_attempts", 0))
+            failing.add_metric([hook], stats.get("failing", 0))
         yield pending
         yield sent
         yield failed
+        yield failing
         yield CounterMetricFamily(
             "nimbus_log_records_dropped",
             "Log records that could not be written to the log directory (disk full, I/O error)",
             value=float(s.get("log_records_dropped", 0)),
         )
+
+
+def _disk_gauges(s: GaugeReading) -> Iterable[Metric]:
+    """The spool filesystem's free and total bytes; no sample until the sampler has run."""
+    free = GaugeMetricFamily(
+        "nimbus_spool_disk_free_bytes",
+        "Bytes free (to the node) on the spool filesystem, at the last load-shedding sample",
+    )
+    size = GaugeMetricFamily(
+        "nimbus_spool_disk_size_bytes", "Size in bytes of the spool filesystem"
+    )
+    if "spool_disk_free_bytes" in s:
+        free.add_metric([], float(s["spool_disk_free_bytes"]))
+    if "spool_disk_size_bytes" in s:
+        size.add_metric([], float(s["spool_disk_size_bytes"]))
+    yield free
+    yield size
 
 
 class _LoopGauges(Collector):
