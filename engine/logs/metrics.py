@@ -224,6 +224,13 @@ class Metrics:
             registry=r,
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30, 60, 300, 3600, 86400),
         )
+        # Known label values start at 0, so a dashboard panel or an alert on them has a
+        # series (and rate() sees the first increase) before the first event.
+        for listener in ("esmtp_listener", "http_listener"):
+            self.received.labels(listener)
+            self.rejected.labels(listener)
+        for result in ("ok", "error"):
+            self.policy_reloads.labels(result)
         self._by_type = {
             RecordType.DELIVERY: self.delivered,
             RecordType.TRANSIENT_FAILURE: self.transient,

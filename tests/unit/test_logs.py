@@ -278,3 +278,17 @@ def test_disk_gauges_have_no_sample_before_the_first_reading():
     text = generate_latest(metrics.registry).decode()
     assert "\nnimbus_spool_disk_free_bytes " not in text
     assert "# TYPE nimbus_spool_disk_free_bytes gauge" in text
+
+
+def test_known_label_values_are_exported_at_zero():
+    """Reception, rejection and policy-reload counters have their known label values at 0
+    before any event, so panels and rate() have a series from the first scrape."""
+    text = generate_latest(Metrics().registry).decode()
+    for line in (
+        'nimbus_messages_received_total{listener="esmtp_listener"} 0.0',
+        'nimbus_messages_received_total{listener="http_listener"} 0.0',
+        'nimbus_messages_rejected_total{listener="esmtp_listener"} 0.0',
+        'nimbus_policy_reloads_total{result="ok"} 0.0',
+        'nimbus_policy_reloads_total{result="error"} 0.0',
+    ):
+        assert line in text
