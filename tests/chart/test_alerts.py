@@ -216,3 +216,33 @@ def test_promtool_unit_tests_pass(tmp_path: Path) -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_rules_select_the_pods_the_service_monitor_scrapes() -> None:
+    """The MTA ServiceMonitor selects the Service exposing the named metrics port, that
+    Service selects the StatefulSet's pods, and the rules' pod regex matches those pods'
+    names (<statefulset>-<ordinal>) in the release namespace: alerts see what is scraped."""
+    docs = helm.render(helm.load_values("everything-on"))
+    (sts,) = [d for d in docs if d["kind"] == "StatefulSet"]
+    (sm,) = [
+        d
+        for d in docs
+        if d["kind"] == "ServiceMonitor"
+        and d["metadata"]["labels"]["app.kubernetes.io/component"] == "mta"
+    ]
+    wanted = sm["spec"]["selector"]["matchLabels"]
+    (svc,) = [
+        d
+        for d in docs
+        if d["kind"] == "Service"
+        and all(d["metadata"]["labels"].get(k) == v for k, v in wanted.items())
+    ]
+    (endpoint,) = sm["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in svc["spec"]["ports"]}
+    pod_labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert all(pod_labels.get(k) == v for k, v in svc["spec"]["selector"].items())
+    assert sm["spec"]["namespaceSelector"] == {"matchNames": [helm.NAMESPACE]}
+    for rule in alert_rules(helm.load_values("everything-on")).values():
+        (regex,) = set(re.findall(r'pod=~"([^"]+)"', rule["expr"]))
+        assert re.fullmatch(regex, f"{sts['metadata']['name']}-0"), rule["alert"]
+        assert not re.fullmatch(regex, f"{sts['metadata']['name']}-headless-0"), rule["alert"]
