@@ -296,7 +296,7 @@ class Node:
         self.router.route(msg)
 
     def _gauges(self) -> GaugeReading:
-        return {
+        reading: GaugeReading = {
             "scheduled": dict(self.scheduler.counts),
             "ready": {name: len(q.queue) for name, q in self.router.ready.items()},
             "connections_in": {"esmtp_listener": self.smtp.open_sessions},
@@ -310,6 +310,10 @@ class Node:
             "site_backlog": per_site((q.site, len(q.queue)) for q in self.router.ready.values()),
             "xfer_pending": self.transfers.held(),
         }
+        if (disk := self.shedder.disk) is not None:
+            reading["spool_disk_free_bytes"] = disk.free
+            reading["spool_disk_size_bytes"] = disk.size
+        return reading
 
     def request_reload(self) -> None:
         """Reload the policy soon (SIGHUP)."""

@@ -8,8 +8,12 @@ Exports:
 
 Counters are incremented where things happen; gauges (queue sizes, connections,
 spool size) are read from the engine at scrape time through ``GaugeSource``, so
-the hot path never updates them. ``nimbus_asyncio_tasks`` counts the loop's live
-tasks at scrape time (a leak of tasks shows as growth; ``bench/soak.py`` watches it).
+the hot path never updates them. ``nimbus_spool_disk_free_bytes`` and
+``nimbus_spool_disk_size_bytes`` are the load-shedding sampler's last reading of the spool
+filesystem (no statvfs per scrape). ``nimbus_log_hook_failing{hook}`` is 1 while a hook's
+last POST failed (a ``tsa:`` hook failing: this node cannot reach that TSA).
+``nimbus_asyncio_tasks`` counts the loop's live tasks at scrape time (a leak of tasks
+shows as growth; ``bench/soak.py`` watches it).
 
 For autoscaling (README "Metrics"), one scrape gives per node:
 ``nimbus_queued_messages``, every message accepted and not yet disposed of (scheduled,
@@ -43,6 +47,8 @@ class GaugeReading(TypedDict):
     connections_out: dict[str, int]
     spool_bytes: int
     spool_messages: int
+    spool_disk_free_bytes: NotRequired[int]
+    spool_disk_size_bytes: NotRequired[int]
     log_hooks: NotRequired[dict[str, dict[str, int]]]
     log_records_dropped: NotRequired[int]
     queued: NotRequired[int]
@@ -112,6 +118,7 @@ class _LiveGauges(Collector):
             "Messages in the spool",
             value=float(s["spool_messages"]),
         )
+        yield from _disk_gauges(s)
         pending = GaugeMetricFamily(
             "nimbus_log_hook_pending_records",
             "Log records waiting to be published, by hook",
@@ -123,13 +130,21 @@ class _LiveGauges(Collector):
         failed = CounterMetricFamily(
             "nimbus_log_hook_failed_attempts", "Failed publish attempts, by hook", labels=["hook"]
         )
+        failing = GaugeMetricFamily(
+            "nimbus_log_hook_failing",
+            "1 while the hook's last publish attempt failed (a tsa: hook: that TSA is "
+            "unreachable from this node), by hook",
+            labels=["hook"],
+        )
         for hook, stats in s.get("log_hooks", {}).items():
             pending.add_metric([hook], stats.get("pending", 0))
             sent.add_metric([hook], stats.get("sent", 0))
             failed.add_metric([hook], stats.get("failed_attempts", 0))
+            failing.add_metric([hook], stats.get("failing", 0))
         yield pending
         yield sent
         yield failed
+        yield failing
         yield CounterMetricFamily(
             "nimbus_log_records_dropped",
             "Log records that could not be written to the log directory (disk full, I/O error)",
@@ -164,6 +179,23 @@ def _autoscaling(s: GaugeReading) -> Iterable[Metric]:
         "Messages in this node's xfer queues, not yet taken by their target node",
         value=float(s.get("xfer_pending", 0)),
     )
+
+
+def _disk_gauges(s: GaugeReading) -> Iterable[Metric]:
+    """The spool filesystem's free and total bytes; no sample until the sampler has run."""
+    free = GaugeMetricFamily(
+        "nimbus_spool_disk_free_bytes",
+        "Bytes free (to the node) on the spool filesystem, at the last load-shedding sample",
+    )
+    size = GaugeMetricFamily(
+        "nimbus_spool_disk_size_bytes", "Size in bytes of the spool filesystem"
+    )
+    if "spool_disk_free_bytes" in s:
+        free.add_metric([], float(s["spool_disk_free_bytes"]))
+    if "spool_disk_size_bytes" in s:
+        size.add_metric([], float(s["spool_disk_size_bytes"]))
+    yield free
+    yield size
 
 
 class _LoopGauges(Collector):
@@ -256,6 +288,13 @@ class Metrics:
             registry=r,
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30, 60, 300, 3600, 86400),
         )
+        # Known label values start at 0, so a dashboard panel or an alert on them has a
+        # series (and rate() sees the first increase) before the first event.
+        for listener in ("esmtp_listener", "http_listener"):
+            self.received.labels(listener)
+            self.rejected.labels(listener)
+        for result in ("ok", "error"):
+            self.policy_reloads.labels(result)
         self._by_type = {
             RecordType.DELIVERY: self.delivered,
             RecordType.TRANSIENT_FAILURE: self.transient,

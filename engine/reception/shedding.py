@@ -10,7 +10,8 @@ Exports:
     read_memory(cgroup_dir, proc) -> MemoryReading    cgroup v2 working set, else RSS
     own_cgroup_dir(proc, root) -> Path | None          this process's cgroup v2 directory
     Shedder       the node's sampler task: ``run()`` samples every ``interval`` seconds,
-                  ``current`` is what reception reads (never sampled per message)
+                  ``current`` is what reception reads (never sampled per message),
+                  ``disk`` the last free/size bytes of the spool filesystem (metrics)
 
 While ``current`` is set: readiness (``/api/check-liveness/v1``) answers 503 with a
 JSON body naming the reason, new SMTP sessions get ``421 4.3.2``, HTTP injection gets 503
@@ -42,6 +43,7 @@ __all__ = [
     "Thresholds",
     "Shedding",
     "MemoryReading",
+    "DiskReading",
     "shed_reason",
     "read_memory",
     "own_cgroup_dir",
@@ -129,6 +131,14 @@ def shed_reason(r: Readings, t: Thresholds) -> Shedding | None:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DiskReading:
+    """The spool filesystem at the last sample: bytes free to this process, and its size."""
+
+    free: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MemoryReading:
     used: int
     limit: int | None
@@ -204,18 +214,21 @@ class Shedder:
         self._on_change = on_change
         self._cgroup = Path(settings.cgroup_dir) if settings.cgroup_dir else own_cgroup_dir()
         self.current: Shedding | None = None
+        self.disk: DiskReading | None = None  # None until the first sample
         self._sampled = asyncio.Event()
 
-    def _read_system(self) -> tuple[int, int | None, MemoryReading]:
+    def _read_system(self) -> tuple[DiskReading, int | None, MemoryReading]:
         st = os.statvfs(self._spool_dir)
         inodes = st.f_favail if st.f_files else None  # some filesystems have no inode limit
-        return st.f_bavail * st.f_frsize, inodes, read_memory(self._cgroup)
+        disk = DiskReading(free=st.f_bavail * st.f_frsize, size=st.f_blocks * st.f_frsize)
+        return disk, inodes, read_memory(self._cgroup)
 
     async def sample(self) -> Shedding | None:
         """Take one sample, update ``current`` (logging a transition), return it."""
         disk, inodes, memory = await asyncio.to_thread(self._read_system)
+        self.disk = disk
         readings = Readings(
-            free_disk=disk,
+            free_disk=disk.free,
             free_inodes=inodes,
             memory=memory.used,
             memory_limit=memory.limit,

@@ -196,7 +196,10 @@ def dashboard_exprs(dashboard: dict[str, Any]) -> list[str]:
         exprs += [t["expr"] for t in panel.get("targets", []) if "expr" in t]
     for var in dashboard.get("templating", {}).get("list", []):
         if var.get("type") == "query":
-            exprs.append(var["query"] if isinstance(var["query"], str) else var["query"]["query"])
+            query = var["query"] if isinstance(var["query"], str) else var["query"]["query"]
+            # Grafana's label_values(<series selector>, <label>): only the selector is PromQL.
+            found = re.fullmatch(r"label_values\((.*),\s*\w+\)", query.strip())
+            exprs.append(found.group(1) if found else query)
     return exprs
 
 

@@ -289,6 +289,19 @@ async def test_failed_batch_is_retried_until_accepted(tmp_path):
     assert [b for _, b in tx.batches] == [[0, 1, 2]]
 
 
+async def test_failing_is_set_by_a_failed_post_and_cleared_by_a_2xx(tmp_path):
+    """``failing`` (the nimbus_log_hook_failing gauge) is 1 from the first failed POST
+    until a POST is accepted, then 0."""
+    tx = FakeTransport([503, 503, 200])
+    async with running(publisher(tmp_path, [hook(batch_size=10)], tx)) as pub:
+        assert pub.stats()["h"]["failing"] == 0
+        pub.offer(record(1))
+        await tx.until(lambda: tx.attempts >= 1)
+        assert pub.stats()["h"]["failing"] == 1
+        await tx.until(lambda: tx.batches)
+        assert pub.stats()["h"]["failing"] == 0
+
+
 async def test_backlog_over_max_pending_drops_oldest(tmp_path, caplog):
     """Past max_pending rows for a hook the oldest are dropped, counted and logged."""
     tx = FakeTransport()

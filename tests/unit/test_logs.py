@@ -237,3 +237,58 @@ def test_asyncio_task_gauge_counts_live_tasks():
             await asyncio.gather(*tasks)
 
     assert b"nimbus_asyncio_tasks 4.0" in asyncio.run(scrape())  # 3 + the scraping task
+
+
+def test_disk_and_hook_gauges_are_exported_from_the_reading():
+    """The spool filesystem's free/size bytes and each hook's failing flag become
+    nimbus_spool_disk_free_bytes, nimbus_spool_disk_size_bytes, nimbus_log_hook_failing."""
+    metrics = Metrics()
+    metrics.attach_gauges(
+        lambda: {
+            "scheduled": {},
+            "ready": {},
+            "connections_in": {},
+            "connections_out": {},
+            "spool_bytes": 0,
+            "spool_messages": 0,
+            "spool_disk_free_bytes": 250,
+            "spool_disk_size_bytes": 1000,
+            "log_hooks": {"tsa:http://tsa:8008": {"pending": 3, "failing": 1}},
+        }
+    )
+    text = generate_latest(metrics.registry).decode()
+    assert "nimbus_spool_disk_free_bytes 250.0" in text
+    assert "nimbus_spool_disk_size_bytes 1000.0" in text
+    assert 'nimbus_log_hook_failing{hook="tsa:http://tsa:8008"} 1.0' in text
+
+
+def test_disk_gauges_have_no_sample_before_the_first_reading():
+    """Without a disk reading (the sampler has not run) the disk gauges carry no sample."""
+    metrics = Metrics()
+    metrics.attach_gauges(
+        lambda: {
+            "scheduled": {},
+            "ready": {},
+            "connections_in": {},
+            "connections_out": {},
+            "spool_bytes": 0,
+            "spool_messages": 0,
+        }
+    )
+    text = generate_latest(metrics.registry).decode()
+    assert "\nnimbus_spool_disk_free_bytes " not in text
+    assert "# TYPE nimbus_spool_disk_free_bytes gauge" in text
+
+
+def test_known_label_values_are_exported_at_zero():
+    """Reception, rejection and policy-reload counters have their known label values at 0
+    before any event, so panels and rate() have a series from the first scrape."""
+    text = generate_latest(Metrics().registry).decode()
+    for line in (
+        'nimbus_messages_received_total{listener="esmtp_listener"} 0.0',
+        'nimbus_messages_received_total{listener="http_listener"} 0.0',
+        'nimbus_messages_rejected_total{listener="esmtp_listener"} 0.0',
+        'nimbus_policy_reloads_total{result="ok"} 0.0',
+        'nimbus_policy_reloads_total{result="error"} 0.0',
+    ):
+        assert line in text

@@ -150,3 +150,23 @@ async def test_sampler_sheds_and_recovers_with_the_fake_cgroup(tmp_path):
     assert second is None
     assert third is not None and third.reason == Reason.SPOOL
     assert [c.reason if c else None for c in changes] == [Reason.MEMORY, None, Reason.SPOOL]
+
+
+async def test_sampler_keeps_the_spool_filesystem_free_and_size(tmp_path):
+    """After a sample, ``disk`` holds the spool filesystem's free and total bytes (the
+    nimbus_spool_disk_* gauges); before the first sample it is None."""
+
+    async def healthy() -> str | None:
+        return None
+
+    shedder = Shedder(
+        SheddingSettings(min_free_disk=0, min_free_inodes=0, max_memory="0"),
+        spool_dir=tmp_path,
+        spool_health=healthy,
+    )
+    assert shedder.disk is None
+    await shedder.sample()
+    st = os.statvfs(tmp_path)
+    assert shedder.disk is not None
+    assert shedder.disk.size == st.f_blocks * st.f_frsize
+    assert 0 < shedder.disk.free <= shedder.disk.size

@@ -227,7 +227,7 @@ class LogHookPublisher:
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Per hook: pending, sent (records), batches, failed_attempts, dropped,
-        skipped_by_policy."""
+        skipped_by_policy, failing (1 while the last POST failed, else 0)."""
         return {
             name: {
                 "pending": s.pending,
@@ -236,6 +236,7 @@ class LogHookPublisher:
                 "failed_attempts": s.failed_attempts,
                 "dropped": s.dropped,
                 "skipped_by_policy": s.skipped_by_policy,
+                "failing": int(s.failing),
             }
             for name, s in self._state.items()
         }

@@ -44,6 +44,7 @@ class HookState:
     failed_attempts: int = 0
     dropped: int = 0
     skipped_by_policy: int = 0
+    failing: bool = False  # the last POST failed; a 2xx clears it (nimbus_log_hook_failing)
     inflight_upto: int = 0  # highest seq being POSTed (the cap never drops those)
     busy: bool = False  # a POST and its bookkeeping are under way: close() lets it end
     dropping: bool = False
@@ -171,6 +172,7 @@ class HookSender:
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 status, reason = 0, f"{type(exc).__name__}: {exc}"
             if 200 <= status < 300:
+                st.failing = False
                 if failures:
                     log.info(
                         "log_hook_delivery_recovered",
@@ -179,6 +181,7 @@ class HookSender:
                 return True
             failures += 1
             st.failed_attempts += 1
+            st.failing = True
             if failures == 1:
                 log.warning(
                     "log_hook_delivery_failed",

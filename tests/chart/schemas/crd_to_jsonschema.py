@@ -13,12 +13,16 @@ The conversion:
 * an object with ``properties`` and no ``additionalProperties`` gets
   ``additionalProperties: false``: the API server prunes unknown fields of a structural
   schema, and strict field validation (kubectl's default) refuses them;
+* a ``pattern`` whose inline flags follow the anchor (Go's ``^(?i)...``, prometheus-operator's
+  ``partial_response_strategy``) gets them moved to the front (``(?i)^...``): the same regex,
+  in the form Python's ``re`` (and so jsonschema) accepts;
 * everything else (types, enums, patterns, minimums, required, descriptions) is kept as is.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any
 
@@ -41,6 +45,8 @@ def convert(node: Any, rules: list[str], where: str = "") -> Any:
             out[key] = {k: convert(v, rules, f"{where}.{k}") for k, v in value.items()}
         elif key in ("items", "additionalProperties", "anyOf", "allOf", "oneOf", "not"):
             out[key] = convert(value, rules, f"{where}[]" if key == "items" else where)
+        elif key == "pattern" and isinstance(value, str):
+            out[key] = re.sub(r"^\^(\(\?[a-zA-Z]+\))", r"\1^", value)
         else:
             out[key] = value
     if "properties" in out and "additionalProperties" not in out:
