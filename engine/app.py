@@ -143,7 +143,10 @@ class Node:
         )
         self.controls = Controls(self.admin_state, self.overlay)
         self.throttles = make_store(
-            settings.redis, settings.cluster, on_state_change=self._redis_state
+            settings.redis,
+            settings.cluster,
+            on_state_change=self._redis_state,
+            state_dir=Path(settings.spool.dir),
         )
         self.gate = Gate(self.throttles, settings.redis.key_prefix)
         self.router = Router(
