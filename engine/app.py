@@ -189,6 +189,7 @@ class Node:
             xfer=lambda req: self.transfers.start(req.criteria, req.target, req.reason),
             xfer_cancel=self.transfers.cancel,
             xfer_jobs=self.transfers.jobs,
+            warmup_status=lambda: self.gate.warmup.status(self._registry.warmup),
             state=self.admin_state,
         )
         # Signing processes start on the first dkim_sign (none for policies that never sign).
@@ -301,6 +302,8 @@ class Node:
             "spool_messages": self.spool.count,
             "log_hooks": self.log_hooks.stats() if self.log_hooks is not None else {},
             "log_records_dropped": self.logs.dropped,
+            "warmup": self.gate.warmup.readings(self._registry.warmup),
+            "warmup_deferred": self.gate.warmup.deferred,
         }
 
     def request_reload(self) -> None:
