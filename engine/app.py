@@ -150,7 +150,10 @@ class Node:
         )
         self.controls = Controls(self.admin_state, self.overlay)
         self.throttles = make_store(
-            settings.redis, settings.cluster, on_state_change=self._redis_state
+            settings.redis,
+            settings.cluster,
+            on_state_change=self._redis_state,
+            state_dir=Path(settings.spool.dir),
         )
         self.gate = Gate(self.throttles, settings.redis.key_prefix)
         self.router = Router(
@@ -193,6 +196,7 @@ class Node:
             xfer=lambda req: self.transfers.start(req.criteria, req.target, req.reason),
             xfer_cancel=self.transfers.cancel,
             xfer_jobs=self.transfers.jobs,
+            warmup_status=lambda: self.gate.warmup.status(self._registry.warmup),
             state=self.admin_state,
         )
         # Signing processes start on the first dkim_sign (none for policies that never sign).
@@ -309,6 +313,8 @@ class Node:
             "oldest_message_age": oldest_age(self.spool.oldest_created(), time.time()),
             "site_backlog": per_site((q.site, len(q.queue)) for q in self.router.ready.values()),
             "xfer_pending": self.transfers.held(),
+            "warmup": self.gate.warmup.readings(self._registry.warmup),
+            "warmup_deferred": self.gate.warmup.deferred,
         }
         if (disk := self.shedder.disk) is not None:
             reading["spool_disk_free_bytes"] = disk.free

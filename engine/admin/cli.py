@@ -6,17 +6,18 @@ Exports:
     run(args) -> exit code           run a parsed verb
     VERBS                            the verb names
     format_table(headers, rows)      aligned text table (pure)
+    format_warmup(sources)           the warmup-status table (pure)
 
 Verbs: queue-summary, bounce, bounce-list, bounce-cancel, suspend, suspend-list,
 suspend-cancel, suspend-ready-q, suspend-ready-q-list, suspend-ready-q-cancel, rebind,
-inspect-message, inspect-sched-q, xfer, xfer-cancel, xfer-list.
+inspect-message, inspect-sched-q, xfer, xfer-cancel, xfer-list, warmup-status.
 
 Every verb takes ``--endpoint`` (default ``$NIMBUS_ENDPOINT`` or
 ``http://127.0.0.1:8000``, as kcli's ``--endpoint``) and, for an untrusted host,
 ``--user`` with ``--password`` (or ``$NIMBUS_ADMIN_USER`` / ``$NIMBUS_ADMIN_PASSWORD``,
 which keeps the password out of the process list). Answers print as JSON, except
-``queue-summary``, which prints tables. Exit 0 on success, 1 when the server refuses
-or can't be reached, 2 on a usage error.
+``queue-summary``, ``xfer-list`` and ``warmup-status``, which print tables. Exit 0 on
+success, 1 when the server refuses or can't be reached, 2 on a usage error.
 """
 
 from __future__ import annotations
@@ -32,7 +33,15 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["main", "add_subcommands", "run", "VERBS", "format_table", "AdminClientError"]
+__all__ = [
+    "main",
+    "add_subcommands",
+    "run",
+    "VERBS",
+    "format_table",
+    "format_warmup",
+    "AdminClientError",
+]
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
 
@@ -305,6 +314,44 @@ def _xfer_list(c: _Client, args: argparse.Namespace) -> None:
     )
 
 
+def format_warmup(sources: Sequence[dict[str, Any]]) -> str:
+    """``warmup-status``: one row per counter of each warming source (pure)."""
+    if not sources:
+        return "(no source has a warm-up schedule)"
+    rows = []
+    for s in sources:
+        for c in s.get("counters", []):
+            allowed = c.get("allowed")
+            rows.append(
+                (
+                    s["source"],
+                    c.get("provider") or "*",
+                    f"{s['day']}/{s['days']}",
+                    c.get("state"),
+                    c.get("used", 0),
+                    "no limit" if allowed is None else allowed,
+                    c.get("overflow", 0),
+                    c.get("window_end"),
+                )
+            )
+    return format_table(
+        ("SOURCE", "PROVIDER", "DAY", "STATE", "USED", "ALLOWED", "OVERFLOW", "WINDOW ENDS"),
+        rows,
+        (False, False, True, False, True, True, True, False),
+    )
+
+
+def _warmup_status(c: _Client, args: argparse.Namespace) -> None:
+    answer = c.call("GET", "/api/admin/warmup/v1") or {}
+    sources = [
+        s for s in answer.get("sources", []) if not args.source or s["source"] in args.source
+    ]
+    if args.json:
+        _print_json({"sources": sources})
+        return
+    print(format_warmup(sources))
+
+
 # -- parser ------------------------------------------------------------------------
 
 
@@ -431,6 +478,15 @@ def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     p.add_argument("--reason", required=True, help="reason, logged (AdminRebind records)")
     p = verb("xfer-list", _xfer_list, "transfers and their progress (moved, failed, left)")
     p.add_argument("--json", action="store_true", help="print the raw JSON")
+    p = verb(
+        "warmup-status",
+        _warmup_status,
+        "IP warm-up: each warming source's day, used/allowed in its window (cluster-wide)",
+    )
+    p.add_argument(
+        "--source", action="append", metavar="NAME", help="only this source (repeatable)"
+    )
+    p.add_argument("--json", action="store_true", help="print the raw JSON")
 
 
 VERBS = (
@@ -450,6 +506,7 @@ VERBS = (
     "xfer",
     "xfer-cancel",
     "xfer-list",
+    "warmup-status",
 )
 
 

@@ -18,6 +18,8 @@ shared/reference/kumomta-interfaces.md §8):
                                                     {queue_name, messages} (KumoMTA: {})
     GET  /api/admin/xfer/v1                         Nimbus addition: transfer jobs and progress
     POST /api/admin/xfer/cancel/v1                  stop a transfer: unsent messages go back
+    GET  /api/admin/warmup/v1                       Nimbus addition: each warming source's day
+                                                    and used/allowed (``nimbus warmup-status``)
 
 Access: a peer in ``http.trusted_hosts`` (KumoMTA's default ACL), or Basic
 credentials of a user in ``http.admin_auth_dir``. Otherwise 401 (credentials
@@ -345,6 +347,14 @@ async def xfer_cancel_v1(request: web.Request) -> web.Response:
     return web.json_response(await _api(request).xfer_cancel(await _json(request)))
 
 
+# -- IP warm-up -------------------------------------------------------------------------
+
+
+async def warmup_v1_get(request: web.Request) -> web.Response:
+    """Nimbus addition: each warming source's schedule day and used/allowed per counter."""
+    return web.json_response(await _api(request).warmup_status())
+
+
 _ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/api/admin/bounce/v1", bounce_v1_post),
     ("GET", "/api/admin/bounce/v1", bounce_v1_get),
@@ -363,6 +373,7 @@ _ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/api/admin/xfer/v1", xfer_v1_post),
     ("GET", "/api/admin/xfer/v1", xfer_v1_get),
     ("POST", "/api/admin/xfer/cancel/v1", xfer_cancel_v1),
+    ("GET", "/api/admin/warmup/v1", warmup_v1_get),
 )
 
 

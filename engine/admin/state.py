@@ -201,6 +201,9 @@ class AdminApi:
         xfer(request: XferRequest) -> dict;  xfer_cancel(queue_name, reason) -> dict | None;
         xfer_jobs() -> list
             transfers to other nodes (``engine/xfer/sender.py``); None: not available.
+        warmup_status() -> list
+            each warming egress source: schedule, day, used/allowed per counter
+            (``engine/shaping/warmup.py``); None: no warm-up on this node.
     state: the entries (the node reads ``state.bounce_for`` etc. to enforce them).
     clock: wall clock, unix seconds.
     """
@@ -217,6 +220,7 @@ class AdminApi:
         xfer: Callable[[XferRequest], MaybeAwaitable] | None = None,
         xfer_cancel: Callable[[str, str], MaybeAwaitable] | None = None,
         xfer_jobs: Callable[[], MaybeAwaitable] | None = None,
+        warmup_status: Callable[[], MaybeAwaitable] | None = None,
         state: AdminState | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -229,6 +233,7 @@ class AdminApi:
         self._xfer = xfer
         self._xfer_cancel = xfer_cancel
         self._xfer_jobs = xfer_jobs
+        self._warmup_status = warmup_status
         self.state = state if state is not None else AdminState()
         self.clock = clock
 
@@ -337,6 +342,12 @@ class AdminApi:
         if self._xfer_jobs is None:
             return []
         return list(await _call(self._xfer_jobs))
+
+    async def warmup_status(self) -> JsonObject:
+        """``{"sources": [...]}``: every source with a warm-up schedule, and its counts."""
+        if self._warmup_status is None:
+            return {"sources": []}
+        return {"sources": list(await _call(self._warmup_status))}
 
     async def queue_summary(self) -> JsonObject:
         """The node's queues, each marked with the reason of an admin suspension, if any."""

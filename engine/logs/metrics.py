@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
-from typing import NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -55,6 +55,8 @@ class GaugeReading(TypedDict):
     oldest_message_age: NotRequired[float]
     site_backlog: NotRequired[dict[str, int]]
     xfer_pending: NotRequired[int]
+    warmup: NotRequired[list[dict[str, Any]]]
+    warmup_deferred: NotRequired[int]
 
 
 GaugeSource = Callable[[], GaugeReading]
@@ -151,6 +153,7 @@ class _LiveGauges(Collector):
             value=float(s.get("log_records_dropped", 0)),
         )
         yield from _autoscaling(s)
+        yield from _warmup_metrics(s.get("warmup", []), s.get("warmup_deferred", 0))
 
 
 def _autoscaling(s: GaugeReading) -> Iterable[Metric]:
@@ -196,6 +199,47 @@ def _disk_gauges(s: GaugeReading) -> Iterable[Metric]:
         size.add_metric([], float(s["spool_disk_size_bytes"]))
     yield free
     yield size
+
+
+def _warmup_metrics(sources: list[dict[str, Any]], deferred: int) -> Iterable[Metric]:
+    """IP warm-up: the status of each warming source (``engine/shaping/warmup.py``)."""
+    day = GaugeMetricFamily(
+        "nimbus_warmup_day",
+        "Day of the warm-up schedule of each source (1 = start date; 0 or less before it)",
+        labels=["source"],
+    )
+    used = GaugeMetricFamily(
+        "nimbus_warmup_used",
+        "Messages counted in the current warm-up window (cluster-wide, as last seen here)",
+        labels=["source", "provider"],
+    )
+    allowed = GaugeMetricFamily(
+        "nimbus_warmup_allowed",
+        "Messages allowed in the current warm-up window (absent: no limit)",
+        labels=["source", "provider"],
+    )
+    overflow = CounterMetricFamily(
+        "nimbus_warmup_overflow",
+        "Messages a warming source turned away (window used up) to the pool's next source",
+        labels=["source", "provider"],
+    )
+    for source in sources:
+        day.add_metric([source["source"]], source["day"])
+        for c in source["counters"]:
+            labels = [source["source"], c["provider"] or "*"]
+            used.add_metric(labels, c["used"])
+            if c["allowed"] is not None:
+                allowed.add_metric(labels, c["allowed"])
+            overflow.add_metric(labels, c["overflow"])
+    yield day
+    yield used
+    yield allowed
+    yield overflow
+    yield CounterMetricFamily(
+        "nimbus_warmup_deferred",
+        "Messages that waited for the next warm-up window: no source of their pool had room",
+        value=float(deferred),
+    )
 
 
 class _LoopGauges(Collector):

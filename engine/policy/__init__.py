@@ -11,6 +11,9 @@ Modules:
     egress_options  KumoMTA egress-path options (TOML, TSA overrides) -> EgressPathConfig
     listener_domain ListenerDomain (the get_listener_domain answer)
     log_hook        LogHook (what ``nimbus.configure_log_hook`` configures)
-    helpers/        KumoMTA-format TOML helpers: queues, sources, shaping, dkim_data, bounce
+    warmup          WarmupSchedule (what ``nimbus.configure_warmup`` configures) and the
+                    pure window arithmetic: day, window bounds, allowance
+    helpers/        KumoMTA-format TOML helpers: queues, sources (+ warmup tables), shaping,
+                    dkim_data, bounce
 The answer records live here, below every stage, because every stage reads them.
 """

@@ -51,7 +51,7 @@ import inspect
 import logging
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn
@@ -61,6 +61,7 @@ from engine.policy.listener_domain import ListenerDomain
 from engine.policy.log_hook import LogHook
 from engine.policy.message import PolicyMessage
 from engine.policy.queue_config import QueueConfig
+from engine.policy.warmup import WarmupSchedule
 from engine.records import Response
 
 __all__ = [
@@ -308,6 +309,8 @@ class Registry:
         self._handlers: dict[str, list[_Registered]] = {}
         self.bounce_classifier: Any = None  # set by nimbus.configure_bounce_classifier
         self.log_hooks: list[LogHook] = []  # set by nimbus.configure_log_hook
+        # Warm-up schedules by egress source name, set by nimbus.configure_warmup.
+        self.warmup: Mapping[str, WarmupSchedule] = {}
         self._on_dispatch = on_dispatch
         self._executor = executor
         self._checked: set[tuple[str, tuple[type, ...]]] = set()

@@ -24,9 +24,10 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, NoReturn, Protocol
 
 from engine.config.settings import ConfigError, Settings
@@ -34,6 +35,7 @@ from engine.config.units import parse_duration, parse_size
 from engine.policy import egress, queue_config
 from engine.policy.events import PolicyLoadError, Registry, reject
 from engine.policy.listener_domain import ListenerDomain as _ListenerDomain
+from engine.policy.warmup import WarmupSchedule
 
 __all__ = ["PolicyApi", "PolicyServices", "load_policy"]
 
@@ -112,6 +114,14 @@ class PolicyApi:
         from engine.policy.helpers.bounce import BounceClassifier
 
         self._registry.bounce_classifier = BounceClassifier.load([self.path(f) for f in files])
+
+    def configure_warmup(self, schedules: Mapping[str, WarmupSchedule]) -> None:
+        """Limit these egress sources by their warm-up schedules (source name -> schedule,
+        e.g. ``SourcesHelper.warmup``): routing skips a source whose window is used up."""
+        for name, schedule in schedules.items():
+            if not isinstance(schedule, WarmupSchedule) or schedule.source != name:
+                raise TypeError(f"configure_warmup: {name!r} must map to its WarmupSchedule")
+        self._registry.warmup = MappingProxyType(dict(schedules))
 
     def on(
         self, name: str, *, inline: bool = False

@@ -152,6 +152,13 @@ class SourcePicker:
         self._entries = [(name, w) for name, w in pool.entries if w > 0]
         self._current = [0] * len(self._entries)
         self._total = sum(w for _, w in self._entries)
+        self.sources = frozenset(name for name, _ in self._entries)
+        """The names ``pick`` can return."""
+
+    @property
+    def round(self) -> int:
+        """Picks in which every source appears (weight times): the total weight."""
+        return self._total
 
     def pick(self) -> str | None:
         if not self._entries:
@@ -255,7 +262,7 @@ class Router:
         self._queue_configs[queue] = self._last_good_configs[queue] = cfg
         return cfg
 
-    async def _source(self, pool_name: str | None) -> EgressSource | None:
+    async def _picker(self, pool_name: str | None) -> SourcePicker:
         name = pool_name or DEFAULT_POOL.name
         picker = self._pickers.get(name)
         if picker is None:
@@ -263,9 +270,9 @@ class Router:
             if pool is None:
                 pool = DEFAULT_POOL if name == DEFAULT_POOL.name else EgressPool(name=name)
             picker = self._pickers[name] = SourcePicker(pool)
-        source_name = picker.pick()
-        if source_name is None:
-            return None
+        return picker
+
+    async def _source_named(self, source_name: str) -> EgressSource:
         cached = self._sources.get(source_name)
         if cached is not None:
             return cached
@@ -419,32 +426,56 @@ class Router:
         self, msg: Message, q: QueueName, pool: str, site: str
     ) -> tuple[EgressSource, EgressPathConfig] | None:
         """Weighted round-robin over the pool, skipping sources whose source_selection_rate
-        for this path is spent (KumoMTA); when every source is, the message waits for the
-        soonest one. None when the message was given back (or failed)."""
+        for this path is spent (KumoMTA) or whose warm-up window is used up; when every
+        source is, the message waits for the soonest one. None when the message was given
+        back (or failed)."""
+        picker = await self._picker(pool)
+        if not picker.sources:
+            response = Response.parse(
+                451,
+                f"4.4.4 no non-zero-weighted sources available for {msg.queue} (pool {pool})",
+            )
+            await self._outcomes.transient(msg, response, Attempt(egress_pool=pool))
+            return None
         tried: set[str] = set()
         soonest: float | None = None
-        while True:
-            source = await self._source(pool)
-            if source is None:
-                response = Response.parse(
-                    451,
-                    f"4.4.4 no non-zero-weighted sources available for {msg.queue} (pool {pool})",
-                )
-                await self._outcomes.transient(msg, response, Attempt(egress_pool=pool))
-                return None
-            if source.name in tried:  # a full round: every source is rate-limited
-                self._outcomes.delay(msg, soonest or 1.0)
-                return None
-            tried.add(source.name)
+        warming = False
+        # One round of the picker (its total weight) names every source at least once.
+        for _ in range(picker.round):
+            name = picker.pick()
+            if name is None or name in tried:
+                continue
+            tried.add(name)
+            source = await self._source_named(name)
             path = await self._effective_path(q.destination, source.name, site)
-            wait = (
-                await self._gate.selection_wait(path, pool, source.name, site)
-                if self._gate is not None
-                else None
-            )
+            wait = await self._selection_wait(path, pool, source.name, site)
+            if wait is None:
+                wait = await self._warmup_wait(source.name, path)
+                warming |= wait is not None
             if wait is None:
                 return source, path
             soonest = wait if soonest is None else min(soonest, wait)
+            if len(tried) == len(picker.sources):
+                break
+        if warming and self._gate is not None:
+            self._gate.warmup.deferred += 1
+        self._outcomes.delay(msg, soonest or 1.0)  # never a bounce: the next window opens
+        return None
+
+    async def _selection_wait(
+        self, path: EgressPathConfig, pool: str, source: str, site: str
+    ) -> float | None:
+        if self._gate is None:
+            return None
+        return await self._gate.selection_wait(path, pool, source, site)
+
+    async def _warmup_wait(self, source: str, path: EgressPathConfig) -> float | None:
+        """None when ``source``'s warm-up schedule (if any) has room for one more message
+        to this path's provider (and counts it), else seconds until its window ends."""
+        schedule = self._policy().warmup.get(source)
+        if schedule is None or self._gate is None:
+            return None
+        return await self._gate.warmup.take(schedule, path.provider_name)
 
     async def _insert_ready(
         self, msg: Message, q: QueueName, cfg: QueueConfig, sink: str | None, mx

@@ -213,6 +213,35 @@ _XFER_JOB: JsonObject = {
     },
 }
 
+_NULLABLE_INT: JsonObject = {"type": ["integer", "null"]}
+_WARMUP_COUNTER: JsonObject = {
+    "type": "object",
+    "required": ["provider", "state", "used", "allowed", "window_start", "window_end"],
+    "properties": {
+        "provider": _NULLABLE_STR,
+        "state": {"enum": ["before_start", "warming", "done"]},
+        "used": {"type": "integer", "minimum": 0},
+        "allowed": _NULLABLE_INT,
+        "window_start": _STR,
+        "window_end": _STR,
+        "overflow": {"type": "integer", "minimum": 0},
+    },
+}
+_WARMUP_SOURCE: JsonObject = {
+    "type": "object",
+    "required": ["source", "start", "timezone", "window", "day", "days", "state", "counters"],
+    "properties": {
+        "source": _STR,
+        "start": {"type": "string", "format": "date"},
+        "timezone": _STR,
+        "window": {"enum": ["day", "hour"]},
+        "day": {"type": "integer"},
+        "days": {"type": "integer", "minimum": 1},
+        "state": {"enum": ["before_start", "warming", "done"]},
+        "counters": {"type": "array", "items": _WARMUP_COUNTER},
+    },
+}
+
 _ADDRESS: JsonObject = {
     "type": "object",
     "required": ["email"],
@@ -484,6 +513,25 @@ _PATHS: JsonObject = {
                     "stopped",
                 ),
                 **_errors(*_ADMIN_ERRORS, 404),
+            },
+        }
+    },
+    "/api/admin/warmup/v1": {
+        "get": {
+            "operationId": "warmup_v1",
+            "tags": ["admin"],
+            "summary": "IP warm-up: each warming source's day and used/allowed per window",
+            "security": _ADMIN_SECURITY,
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["sources"],
+                        "properties": {"sources": {"type": "array", "items": _WARMUP_SOURCE}},
+                    },
+                    "every egress source with a warm-up schedule (allowed null: no limit)",
+                ),
+                **_errors(*_ADMIN_ERRORS),
             },
         }
     },

@@ -4,7 +4,8 @@ Exports:
     Ticket                    the connection leases held by one open connection
     connection_limits(...)    pure: which lease sets bound a path's connections
     message_rates(...)        pure: which GCRA buckets a path's messages draw from
-    Gate                      open / keep / close a connection; message_wait
+    Gate                      open / keep / close a connection; message_wait;
+                              ``warmup`` (WarmupCounters, engine/shaping/warmup.py)
 
 Limits come from the egress path config (shaping.toml via get_egress_path_config, plus
 TSA overrides): ``connection_limit`` and every ``additional_connection_limits`` entry
@@ -32,6 +33,7 @@ from engine.shaping.throttle.gcra import (
     named_limit_key,
 )
 from engine.shaping.throttle.store import ThrottleStore
+from engine.shaping.warmup import WarmupCounters
 
 __all__ = ["Ticket", "Gate", "connection_limits", "message_rates", "selection_rates", "LEASE_TTL"]
 
@@ -117,6 +119,7 @@ class Gate:
         self._shared = shared
         self._local = EmbeddedStore()
         self._prefix = prefix
+        self.warmup = WarmupCounters(shared, prefix)
 
     @property
     def store(self) -> ThrottleStore:

@@ -5,7 +5,7 @@ explicitly with ``@nimbus.on(event)`` (event names: engine/policy/events.py). Ev
 is driven by the TOML files next to it, in KumoMTA's formats:
 
     queues.toml       tenant/campaign headers -> queue, per-queue retry/expiry/pool
-    sources.toml      egress sources and weighted pools
+    sources.toml      egress sources and weighted pools; IP warm-up schedules per source
     shaping.toml      per-destination delivery limits, provider rules, TSA automation
     dkim_data.toml    DKIM signing keys per From domain (none active by default)
     bounce_rules.toml bounce classification of log records
@@ -34,6 +34,8 @@ def register(nimbus):
     dkim = DkimData.load(nimbus.path("dkim_data.toml"))
     nimbus.configure_bounce_classifier(["bounce_rules.toml"])
     sources.validate((), referenced_pools=queues.egress_pools())
+    sources.validate_providers(shaping.providers)  # warm-up provider tables name shaping's
+    nimbus.configure_warmup(sources.warmup)  # none in the bundled file: no source is limited
     site_of = {}  # shaping domain -> its MX site name (for mx_rollup blocks)
 
     def sink_mode():

@@ -3,7 +3,7 @@
 KumoMTA's policy-extras data files (``assets/policy-extras/*.lua``) in Python, one
 module per file format: ``queues`` (queues.toml), ``sources`` (sources.toml),
 ``bounce`` (bounce classification ``[rules]`` files), and the other helpers
-beside them (``shaping``, ``dkim_data``).
+beside them (``shaping``, ``dkim_data``, ``warmup``: the warm-up table of a source).
 
 Exports (shared by the helpers):
     load_document(path) -> dict      parse a TOML (or ``.json``) file; ConfigError names the file

@@ -7,6 +7,8 @@ Exports:
     SourcesHelper.source(name) -> EgressSource | None
     SourcesHelper.pool(name) -> EgressPool | None
     SourcesHelper.validate(referenced_sources, *, referenced_pools=()) -> None
+    SourcesHelper.warmup                 source name -> WarmupSchedule (``warmup`` tables)
+    SourcesHelper.validate_providers(known) -> None   warm-up provider names exist in shaping
 
 File format (KumoMTA's)::
 
@@ -17,11 +19,17 @@ File format (KumoMTA's)::
     [pool."BestReputation"."ip-1"]   # weight defaults to 1; 0 keeps the entry but
     weight = 2                       # the picker never selects it
 
+    [source."ip-2".warmup]           # IP warm-up (engine/policy/helpers/warmup.py)
+    start = 2025-06-02
+    volumes = [500, 1000, 2000]
+
 Source keys: ``source_address`` (an IP literal), ``ehlo_domain``, ``remote_port``
 (only once ``EgressSource`` carries it) and ``ttl`` (a duration; the file is read
 once, so there is nothing to expire unless ``EgressSource`` carries it). The proxy
 and auto-suspend keys (``ha_proxy_*``, ``socks5_proxy_*``, ``suspend_when_*``) are
-refused as "not supported by nimbus yet" rather than ignored. ``unspecified`` is
+refused as "not supported by nimbus yet" rather than ignored. ``warmup`` is a
+Nimbus addition (KumoMTA has no warm-up; its issues #326 and #594): the table's format is
+in ``engine.policy.helpers.warmup``. ``unspecified`` is
 the built-in source and pool (the kernel picks the address); it may be named in a
 pool without being defined, and cannot be redefined.
 """
@@ -39,6 +47,8 @@ from engine.config.settings import ConfigError
 from engine.config.units import parse_duration
 from engine.policy.egress import DEFAULT_POOL, DEFAULT_SOURCE, EgressPool, EgressSource
 from engine.policy.helpers import load_document, table_name
+from engine.policy.helpers.warmup import parse_warmup
+from engine.policy.warmup import WarmupSchedule
 
 __all__ = ["SourcesHelper"]
 
@@ -90,11 +100,13 @@ class SourcesHelper:
 
     path: the file, named in errors. sources: ``[source.*]`` by name.
     pools: ``[pool.*]`` by name, entries ``(source, weight)`` in file order.
+    warmup: warm-up schedules by source name (``[source.<name>.warmup]``).
     """
 
     path: str
     sources: Mapping[str, EgressSource] = field(default_factory=dict)
     pools: Mapping[str, EgressPool] = field(default_factory=dict)
+    warmup: Mapping[str, WarmupSchedule] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | Path) -> SourcesHelper:
@@ -107,15 +119,18 @@ class SourcesHelper:
         for key in tree:
             if key not in ("source", "pool"):
                 raise ConfigError(f"{path}: {key}: unknown key (known keys: pool, source)")
-        sources = {
-            name: _parse_source(body, path, name)
-            for name, body in _tables(tree.get("source", {}), path, "source").items()
+        source_tables = _tables(tree.get("source", {}), path, "source")
+        sources = {name: _parse_source(body, path, name) for name, body in source_tables.items()}
+        warmup = {
+            name: parse_warmup(body["warmup"], path=path, source=name)
+            for name, body in source_tables.items()
+            if "warmup" in body
         }
         pools = {
             name: _parse_pool(body, path, name, sources)
             for name, body in _tables(tree.get("pool", {}), path, "pool").items()
         }
-        return cls(path=path, sources=sources, pools=pools)
+        return cls(path=path, sources=sources, pools=pools, warmup=warmup)
 
     def source(self, name: str) -> EgressSource | None:
         """The ``get_egress_source`` answer: the named source, the built-in, or None."""
@@ -147,6 +162,21 @@ class SourcesHelper:
                     f"not defined (defined: {', '.join(sorted(defined)) or 'none'})"
                 )
 
+    def validate_providers(self, known: Iterable[str]) -> None:
+        """Check that every warm-up provider table names a provider of shaping.toml.
+
+        Raises ConfigError naming this file, the table and the known providers.
+        """
+        names = set(known)
+        for source, schedule in self.warmup.items():
+            for provider in schedule.providers:
+                if provider not in names:
+                    table = table_name("source", source, "warmup", "provider", provider)
+                    raise ConfigError(
+                        f"{self.path}: [{table}]: no such provider in shaping "
+                        f"(known: {', '.join(sorted(names)) or 'none'})"
+                    )
+
 
 def _tables(value: Any, path: str, table: str) -> Mapping[str, Mapping[str, Any]]:
     if not isinstance(value, Mapping):
@@ -166,6 +196,8 @@ def _parse_source(body: Mapping[str, Any], path: str, name: str) -> EgressSource
     carried = {f.name for f in dataclasses.fields(EgressSource)}
     kw: dict[str, Any] = {}
     for key, value in body.items():
+        if key == "warmup":  # parsed by parse_warmup
+            continue
         if key == "name":
             if value != name:
                 raise ConfigError(f"{where} name: must match the table name {name!r} if given")
@@ -174,7 +206,7 @@ def _parse_source(body: Mapping[str, Any], path: str, name: str) -> EgressSource
             raise ConfigError(f"{where} {key}: not supported by nimbus yet")
         convert = _SOURCE_KEYS.get(key)
         if convert is None:
-            known = ", ".join(sorted(_SOURCE_KEYS))
+            known = ", ".join(sorted({*_SOURCE_KEYS, "warmup"}))
             raise ConfigError(f"{where} {key}: unknown key (known keys: {known})")
         try:
             converted = convert(value)

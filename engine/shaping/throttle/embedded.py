@@ -3,17 +3,24 @@
 Exports:
     EmbeddedStore   ThrottleStore over dicts (the default without Redis, and the local
                     fallback of RedisStore)
+
+Fixed-window counters (warm-up allowances) are kept in memory too and, when the store
+is given a ``counts_file``, written through to it (``counts_file.CountsFile``, in a
+thread) and read back on first use, so a restarted node keeps today's counts.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from engine.config.throttle_spec import ThrottleSpec
+from engine.shaping.throttle.counts_file import CountsFile
 from engine.shaping.throttle.gcra import ThrottleResult, acquire, expire, extend, gcra, release
-from engine.shaping.throttle.store import ThrottleStore
+from engine.shaping.throttle.store import ThrottleStore, WindowCount
 
 __all__ = ["EmbeddedStore"]
 
@@ -25,12 +32,19 @@ class EmbeddedStore(ThrottleStore):
     """Throttles and leases in this process only.
 
     clock: monotonic seconds; injectable for tests.
+    counts_file: where window counters persist (None: memory only).
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, *, counts_file: Path | None = None
+    ) -> None:
         self._clock = clock
         self._tats: dict[str, float] = {}
         self._leases: dict[str, dict[str, float]] = {}
+        self._windows: dict[str, tuple[int, float]] = {}  # key -> (used, expires_at)
+        self._file = CountsFile(counts_file) if counts_file is not None else None
+        self._loaded = asyncio.Lock()  # held while the file is read back, once
+        self._needs_load = self._file is not None
         self._ops = 0
 
     async def throttle(self, key: str, spec: ThrottleSpec, quantity: int = 1) -> ThrottleResult:
@@ -55,6 +69,37 @@ class EmbeddedStore(ThrottleStore):
         expire(leases, self._clock())
         return len(leases)
 
+    async def count_window(self, key: str, limit: int, expires_at: float) -> WindowCount:
+        await self._load()
+        used = self._window(key)
+        if used >= limit:
+            return WindowCount(False, used)
+        used += 1
+        self._windows[key] = (used, expires_at)
+        if self._file is not None:
+            await asyncio.to_thread(self._file.save, key, used, expires_at)
+        return WindowCount(True, used)
+
+    async def window_count(self, key: str) -> int:
+        await self._load()
+        return self._window(key)
+
+    def _window(self, key: str) -> int:
+        # Keys name their window, so an expired counter is never asked for again: it is
+        # only swept (``_tick``) to bound memory, not checked here.
+        entry = self._windows.get(key)
+        return 0 if entry is None else entry[0]
+
+    async def _load(self) -> None:
+        if not self._needs_load:
+            return
+        async with self._loaded:
+            if self._needs_load and self._file is not None:
+                for key, (used, expires) in (await asyncio.to_thread(self._file.load)).items():
+                    if used > self._windows.get(key, (0, 0.0))[0]:
+                        self._windows[key] = (used, expires)
+                self._needs_load = False
+
     def holds(self, key: str, lease_id: str) -> bool:
         """True when ``lease_id`` is a live lease of ``key`` here."""
         return self._leases.get(key, {}).get(lease_id, -math.inf) > self._clock()
@@ -62,6 +107,9 @@ class EmbeddedStore(ThrottleStore):
     async def close(self) -> None:
         self._tats.clear()
         self._leases.clear()
+        self._windows.clear()
+        if self._file is not None:
+            await asyncio.to_thread(self._file.close)
 
     @property
     def shared(self) -> bool:
@@ -82,4 +130,6 @@ class EmbeddedStore(ThrottleStore):
                 expire(self._leases[key], now)
                 if not self._leases[key]:
                     del self._leases[key]
+            wall = time.time()
+            self._windows = {k: e for k, e in self._windows.items() if e[1] > wall}
         return now

@@ -19,10 +19,17 @@ Better than KumoMTA, whose lease lifetime is the sum of all client timeouts (~28
 callers pass a short ttl (about 60 s) and extend per message and periodically, so a
 killed pod's slots free within about a minute. Each ZSET key expires with its last lease.
 
+Fixed-window counters (warm-up allowances) are a plain integer per window key, checked
+and incremented in one Lua script (``GET``; below the limit ``INCR`` and ``PEXPIREAT``),
+so every node draws from one count; Redis persistence (RDB/AOF) keeps them across
+restarts of Redis, and nodes hold none of it.
+
 Redis outage (KumoMTA fails closed: no new connections, throttled deliveries abort).
 Here any Redis error or a call slower than ``settings.timeout`` switches the store to a
 local ``EmbeddedStore`` holding this node's share of each limit: rates
-``limit // cluster.nodes`` (>= 1), connection limits ``ceil(limit / cluster.nodes)``.
+``limit // cluster.nodes`` (>= 1), connection limits ``ceil(limit / cluster.nodes)``,
+window counters ``limit // cluster.nodes`` (counted from 0 in the outage: a warm-up
+allowance is never exceeded by more than the nodes' shares).
 It logs ``"redis_unavailable"`` once per outage, counts
 ``outages`` and ``outage_calls``, and calls ``on_state_change(True)``. While degraded,
 one call tries Redis after ``probe_interval`` (1 s), the next after twice that, up to
@@ -66,7 +73,7 @@ from engine.config.settings import ClusterSettings, RedisSettings
 from engine.config.throttle_spec import ThrottleSpec
 from engine.shaping.throttle.embedded import EmbeddedStore
 from engine.shaping.throttle.gcra import ThrottleResult, lease_share, local_share
-from engine.shaping.throttle.store import StateCallback, ThrottleStore
+from engine.shaping.throttle.store import StateCallback, ThrottleStore, WindowCount
 
 __all__ = ["RedisStore"]
 
@@ -160,6 +167,16 @@ return 1
 """
 )
 
+# ARGV: limit, expires_at (unix ms). Returns {counted, used}.
+WINDOW_LUA = """
+local limit = tonumber(ARGV[1])
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+if used >= limit then return {0, used} end
+used = redis.call('INCR', KEYS[1])
+redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+return {1, used}
+"""
+
 COUNT_LUA = (
     _NOW_MS
     + """
@@ -219,6 +236,7 @@ class RedisStore(ThrottleStore):
         self._acquire = self._redis.register_script(ACQUIRE_LUA)
         self._extend = self._redis.register_script(EXTEND_LUA)
         self._count = self._redis.register_script(COUNT_LUA)
+        self._window = self._redis.register_script(WINDOW_LUA)
         self._fallback = EmbeddedStore(clock)  # this node's share while Redis is down
         self._local = EmbeddedStore(clock)  # ``local:`` specs, always in-process
         self._limits: dict[tuple[str, str], int] = {}  # held lease -> its limit
@@ -301,6 +319,21 @@ class RedisStore(ThrottleStore):
         local = await self._fallback.count_leases(key)
         reply = await self._try(lambda: self._count(keys=[key]))
         return local if isinstance(reply, _Down) else int(reply) + local
+
+    async def count_window(self, key: str, limit: int, expires_at: float) -> WindowCount:
+        reply = await self._try(
+            lambda: self._window(keys=[key], args=[limit, math.ceil(expires_at * 1000)])
+        )
+        if isinstance(reply, _Down):
+            return await self._fallback.count_window(key, limit // self._nodes, expires_at)
+        counted, used = reply
+        return WindowCount(bool(counted), int(used))
+
+    async def window_count(self, key: str) -> int:
+        reply = await self._try(lambda: self._redis.get(key))
+        if isinstance(reply, _Down):
+            return await self._fallback.window_count(key)
+        return int(reply or 0)
 
     async def close(self) -> None:
         await self._redis.aclose()
