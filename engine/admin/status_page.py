@@ -124,7 +124,7 @@ def _headers(nonce: str | None = None) -> dict[str, str]:
     if nonce is not None:
         headers["Content-Security-Policy"] = (
             f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
-            "connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; "
+            "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
             "frame-ancestors 'none'"
         )
         headers["Referrer-Policy"] = "no-referrer"

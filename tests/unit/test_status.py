@@ -452,6 +452,7 @@ def test_page_escapes_queue_names_and_reasons():
 def test_page_needs_nothing_from_outside():
     """No external scripts, styles, fonts or images: everything is inline."""
     html = render_page(build_status(readings()).to_json(), nonce="n", poll_seconds=2)
+    html = html.replace('<link rel="icon" href="data:,">', "")  # no favicon request either
     assert not re.search(r"(src|href)=|@import|url\(|https?://", html, re.IGNORECASE)
     assert 'data-endpoint="/api/admin/status/v1"' in html and 'data-poll-ms="2000"' in html
 
