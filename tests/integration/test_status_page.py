@@ -148,3 +148,34 @@ async def test_page_is_locked_down(tmp_path):
     assert csp.startswith("default-src 'none';") and "connect-src 'self'" in csp
     assert f'<script nonce="{nonce}">' in html and f'<style nonce="{nonce}">' in html
     assert headers["Cache-Control"] == json_headers["Cache-Control"] == "no-store"
+
+
+async def test_ready_queue_shows_its_suspension_state(tmp_path):
+    """A suspended ready queue is listed with its site, no connections and the reason."""
+    async with Receiver() as rx:
+        async with running_node(
+            tmp_path, **{"sink.enabled": True, "sink.endpoint": f"127.0.0.1:{rx.port}"}
+        ) as node:
+            site = f"mx_list:127.0.0.1:{rx.port}"
+            name = f"unspecified->{site}@smtp_client"
+            async with aiohttp.ClientSession() as http:
+                async with http.post(
+                    f"http://127.0.0.1:{node.http_port}/api/admin/suspend-ready-q/v1",
+                    json={"name": name, "reason": "maintenance", "duration": "1h"},
+                ) as resp:
+                    assert resp.status == 200, await resp.text()
+            await aiosmtplib.send(
+                b"Subject: s\r\n\r\nbody\r\n",
+                sender="a@src.test",
+                recipients=["b@dst.test"],
+                hostname="127.0.0.1",
+                port=node.smtp_port,
+                start_tls=False,
+            )
+            await node.records.wait(lambda r: r["type"] == "Reception")
+            _, body, _ = await get(node, "/api/admin/status/v1")
+    [ready] = body["ready_queues"]
+    assert (ready["name"], ready["site"], ready["connections"]) == (name, site, 0)
+    assert [(s["state"], s["context"]) for s in ready["states"]] == [("suspended", "maintenance")]
+    assert [(h["kind"], h["target"]) for h in body["holds"]] == [("suspend-ready-q", name)]
+    assert body["queues"]["scheduled"]["messages"] == 1  # handed back until the end
