@@ -12,6 +12,7 @@ import asyncio
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -45,7 +46,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def start_browser(profile: Path) -> webdriver.Chrome:
+def start_browser(profile: Path) -> Any:
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in (
@@ -64,7 +65,7 @@ def start_browser(profile: Path) -> webdriver.Chrome:
     return webdriver.Chrome(options=options, service=service)
 
 
-def text(driver: webdriver.Chrome, css: str) -> str:
+def text(driver: Any, css: str) -> str:
     return driver.find_element(By.CSS_SELECTOR, css).text
 
 
@@ -72,14 +73,14 @@ ROWS = """return Array.from(document.querySelectorAll(arguments[0] + ' tbody tr'
     (tr) => Array.from(tr.cells, (td) => td.innerText.trim()));"""
 
 
-def row(driver: webdriver.Chrome, table: str, first_cell: str) -> list[str]:
+def row(driver: Any, table: str, first_cell: str) -> list[str]:
     """The cells of the row of ``table`` whose first cell is ``first_cell`` ([] if none),
     read in one script: the page replaces its rows at each poll."""
     rows = driver.execute_script(ROWS, f"#{table}")
     return next((cells for cells in rows if cells and cells[0] == first_cell), [])
 
 
-def open_page(driver: webdriver.Chrome, url: str) -> dict[str, list[str]]:
+def open_page(driver: Any, url: str) -> dict[str, list[str]]:
     """Load the page, wait for one successful poll, and read what it shows."""
     driver.get(url)
     WebDriverWait(driver, WAIT).until(lambda d: text(d, "#conn") == "live")
@@ -96,7 +97,7 @@ def open_page(driver: webdriver.Chrome, url: str) -> dict[str, list[str]]:
 REASON = "maintenance <b>window</b>"
 
 
-def wait_for_suspension(driver: webdriver.Chrome) -> dict[str, object]:
+def wait_for_suspension(driver: Any) -> dict[str, Any]:
     """Wait until the page (by itself) shows the new suspension; then screenshot it."""
     WebDriverWait(driver, WAIT).until(lambda d: row(d, "holds-table", "admin"))
     WebDriverWait(driver, WAIT).until(lambda d: row(d, "scheduled-table", HELD)[3:4] == [REASON])

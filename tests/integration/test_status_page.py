@@ -16,7 +16,7 @@ from tests.support.traffic import HELD, node_with_traffic
 PAGES = ("/", "/status", "/api/admin/status/v1")
 
 
-async def get(node, path: str, **kwargs: Any) -> tuple[int, Any, aiohttp.typedefs.LooseHeaders]:
+async def get(node: Any, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
     async with aiohttp.ClientSession() as http:
         async with http.get(f"http://127.0.0.1:{node.http_port}{path}", **kwargs) as resp:
             body = await (resp.json() if resp.content_type == "application/json" else resp.text())

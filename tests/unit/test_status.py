@@ -314,7 +314,7 @@ def test_spool_disk_use():
 
 def test_json_is_plain_data():
     """to_json() is JSON-able dicts and lists, with the documented top-level keys."""
-    body = build_status(readings(scheduled=[QueueReading(name="a", count=1)])).to_json()
+    body: Any = build_status(readings(scheduled=[QueueReading(name="a", count=1)])).to_json()
     assert list(body) == [
         "generated", "node", "queues", "ready_queues", "ready_queues_hidden", "rates",
         "bounces", "holds", "health", "spool", "transfers",
