@@ -35,6 +35,9 @@ from typing import Any
 from engine.admin.http import add_admin_routes
 from engine.admin.ops import AdminOps
 from engine.admin.state import AdminApi, AdminState
+from engine.admin.status import Worker
+from engine.admin.status_page import add_status_routes
+from engine.admin.status_readings import StatusSources
 from engine.config.settings import ConfigError, Settings
 from engine.config.units import parse_hostport
 from engine.delivery.connector import SmtpClientConnector
@@ -43,6 +46,7 @@ from engine.delivery.tls_policy import TlsPolicies, tls_context_factory
 from engine.dkim.service import DkimService
 from engine.logs.hooks.publisher import LogHookPublisher
 from engine.logs.metrics import GaugeReading, Metrics, oldest_age, per_site
+from engine.logs.rates import RecordRates
 from engine.logs.writer import LogWriter
 from engine.policy.events import (
     HTTP_SERVER_VALIDATE_AUTH_BASIC,
@@ -115,6 +119,9 @@ class Node:
         self.metrics = Metrics()
         self.logs = LogWriter(settings.log)
         self.logs.on_record(self.metrics.count_record)
+        self.rates = RecordRates()  # the status page's 1- and 5-minute record rates
+        self.logs.on_record(self.rates.count)
+        self.redis_degraded = False
         self.spool = Spool(settings.spool, on_commit=self.metrics.on_commit)
         # Plain policy handlers run here, so policy.event_timeout bounds them (events.py);
         # one pool for every loaded policy, bounded so stuck handlers cannot pile up threads.
@@ -245,6 +252,7 @@ class Node:
             audit=self.logs.emit,
             auth_limiter=auth_limiter,
         )
+        add_status_routes(http_app, read=self._status_sources().read)
         add_xfer_routes(
             http_app,
             acceptor=self.acceptor,
@@ -288,7 +296,39 @@ class Node:
         transferred); what a peer's scale-in weighs to spread by load."""
         return self.spool.count
 
+    def _status_sources(self) -> StatusSources:
+        """What the status page (``GET /``, ``/api/admin/status/v1``) reads."""
+        return StatusSources(
+            node_id=self.settings.effective_node_id,
+            scheduler=self.scheduler,
+            ready=self.router.ready,
+            not_ready=lambda: self.acceptor.not_ready,
+            draining=lambda: self._stop.is_set(),
+            shedding=self._shedding,
+            admin=self.admin_state,
+            overlay=self.overlay,
+            tsa=self.tsa_subscriber,
+            redis_configured=bool(self.settings.redis.url),
+            redis_degraded=lambda: self.redis_degraded,
+            spool=self.spool,
+            rates=self.rates,
+            transfers=self.transfers.jobs,
+            workers=self._workers,
+        )
+
+    def _workers(self) -> list[Worker]:
+        dkim = self.dkim
+        return [
+            Worker(
+                name="DKIM signing processes",
+                count=dkim.workers,
+                detail="running" if dkim.started else "start at the first signing",
+            ),
+            Worker(name="policy handler threads", count=self.settings.policy.handler_threads),
+        ]
+
     def _redis_state(self, degraded: bool) -> None:
+        self.redis_degraded = degraded
         self.metrics.redis_degraded.set(1 if degraded else 0)
         if degraded:
             self.metrics.redis_outages.inc()

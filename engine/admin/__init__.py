@@ -6,5 +6,8 @@ Modules:
     state     AdminState (live entries) and AdminApi (what the HTTP routes call)
     ops       operations on the node's queues: bounce now, rebind, inspect, summaries
     http      the admin HTTP routes (KumoMTA's paths), trusted hosts or credentials
+    status    the node's status for the status page (pure: Readings in, NodeStatus out)
+    status_readings  reading the node's parts into Readings (one walk a second at most)
+    status_page      GET / and /status (Jinja2, templates/), GET /api/admin/status/v1
     cli       the ``nimbus <verb>`` admin client
 """

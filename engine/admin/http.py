@@ -2,6 +2,8 @@
 
 Exports:
     add_admin_routes(app, *, admin, settings, credentials=None, audit=None, auth_limiter=None)
+    admit(request) -> who | refusal     the same access rule, for routes mounted beside
+                                        these (the status page, ``admin/status_page.py``)
 
 Routes (KumoMTA ``crates/kumod/src/http_server/mod.rs``; bodies and answers in
 shared/reference/kumomta-interfaces.md §8):
@@ -56,7 +58,7 @@ from engine.reception.auth import (
 from engine.reception.json_body import BodyInvalid, decode_json
 from engine.records import LogRecord
 
-__all__ = ["add_admin_routes"]
+__all__ = ["add_admin_routes", "admit"]
 
 _ADMIN = web.AppKey("admin_api", AdminApi)
 
@@ -120,6 +122,14 @@ class _Guard:
 
 
 _GUARD = web.AppKey("admin_guard", _Guard)
+
+
+def admit(request: web.Request) -> str | web.Response:
+    """Who is asking (an admin user or ``TRUSTED_HOST``), else the refusal to answer;
+    the app must have had ``add_admin_routes``."""
+    return request.app[_GUARD].admit(request)
+
+
 _AUDIT = web.AppKey[Callable[[LogRecord], None] | None]("admin_audit")
 _NODE_ID = web.AppKey("admin_node_id", str)
 

@@ -1,8 +1,9 @@
 """The OpenAPI 3.1 document of the node's whole HTTP API, served at ``GET /api/openapi.json``.
 
 Exports:
-    DOCUMENT          the document (a JSON object); every route ``reception/http.py`` and
-                      ``admin/http.py`` mount is in it and nothing else (a test compares
+    DOCUMENT          the document (a JSON object); every route ``reception/http.py``,
+                      ``admin/http.py``, ``admin/status_page.py`` and ``xfer/receiver.py``
+                      mount is in it and nothing else (a test compares
                       them with the app's router, HEAD aside: aiohttp answers HEAD for
                       every GET)
     openapi_v1(req)   the handler (no authentication: the document holds no secrets)
@@ -242,6 +243,157 @@ _WARMUP_SOURCE: JsonObject = {
     },
 }
 
+_INT: JsonObject = {"type": "integer"}
+_NUM_OR_NULL: JsonObject = {"type": ["number", "null"]}
+_INT_OR_NULL: JsonObject = {"type": ["integer", "null"]}
+
+
+def _rows(required: list[str], **props: JsonObject) -> JsonObject:
+    return {
+        "type": "array",
+        "items": {"type": "object", "required": required, "properties": props},
+    }
+
+
+# engine/admin/status.py NodeStatus.to_json(): what the status page shows.
+_STATUS: JsonObject = {
+    "type": "object",
+    "required": [
+        "generated",
+        "node",
+        "queues",
+        "ready_queues",
+        "rates",
+        "bounces",
+        "holds",
+        "health",
+        "spool",
+        "transfers",
+    ],
+    "properties": {
+        "generated": _STR,
+        "node": {
+            "type": "object",
+            "required": ["id", "state", "why", "uptime_seconds", "workers"],
+            "properties": {
+                "id": _STR,
+                "state": {"type": "string", "enum": ["up", "starting", "shedding", "draining"]},
+                "why": _NULLABLE_STR,
+                "not_ready": _NULLABLE_STR,
+                "shedding": {"type": ["object", "null"]},
+                "uptime_seconds": {"type": "number"},
+                "workers": _rows(["name", "count"], name=_STR, count=_INT, detail=_STR),
+            },
+        },
+        "queues": {
+            "type": "object",
+            "required": ["scheduled", "ready", "destinations"],
+            "properties": {
+                "scheduled": {
+                    "type": "object",
+                    "required": ["messages", "queues", "oldest_age_seconds", "top", "hidden"],
+                    "properties": {
+                        "messages": _INT,
+                        "queues": _INT,
+                        "oldest_age_seconds": _NUM_OR_NULL,
+                        "top": _rows(
+                            ["name", "count"],
+                            name=_STR,
+                            count=_INT,
+                            oldest_age_seconds=_NUM_OR_NULL,
+                            suspended=_NULLABLE_STR,
+                        ),
+                        "hidden": _INT,
+                    },
+                },
+                "ready": {
+                    "type": "object",
+                    "required": ["messages", "queues", "connections", "oldest_age_seconds"],
+                    "properties": {
+                        "messages": _INT,
+                        "queues": _INT,
+                        "connections": _INT,
+                        "oldest_age_seconds": _NUM_OR_NULL,
+                    },
+                },
+                "destinations": _rows(["domain", "count"], domain=_STR, count=_INT),
+            },
+        },
+        "ready_queues": _rows(
+            ["name", "site", "source", "count", "connections", "connection_limit", "states"],
+            name=_STR,
+            site=_STR,
+            source=_STR,
+            count=_INT,
+            connections=_INT,
+            connection_limit=_INT,
+            oldest_age_seconds=_NUM_OR_NULL,
+            states=_rows(["state", "context"], state=_STR, context=_STR, since=_NULLABLE_STR),
+        ),
+        "ready_queues_hidden": _INT,
+        "rates": _rows(
+            ["type", "last_1m", "last_5m"],
+            type=_STR,
+            last_1m=_INT,
+            last_5m=_INT,
+            per_minute_5m={"type": "number"},
+        ),
+        "bounces": _rows(
+            ["classification", "last_5m", "total"], classification=_STR, last_5m=_INT, total=_INT
+        ),
+        "holds": _rows(
+            ["origin", "kind", "id", "target", "reason", "expires", "expires_in_seconds"],
+            origin={"type": "string", "enum": ["admin", "tsa"]},
+            kind=_STR,
+            id=_STR,
+            target=_STR,
+            reason=_STR,
+            expires=_STR,
+            expires_in_seconds={"type": "number"},
+            detail=_STR,
+        ),
+        "health": {
+            "type": "object",
+            "required": ["redis", "tsa"],
+            "properties": {
+                "redis": {"type": "object", "required": ["state"], "properties": {"state": _STR}},
+                "tsa": {"type": "object", "required": ["state"], "properties": {"state": _STR}},
+            },
+        },
+        "spool": {
+            "type": "object",
+            "required": ["messages", "bytes"],
+            "properties": {
+                "messages": _INT,
+                "bytes": _INT,
+                "disk_total_bytes": _INT_OR_NULL,
+                "disk_free_bytes": _INT_OR_NULL,
+                "disk_used_percent": _NUM_OR_NULL,
+            },
+        },
+        "transfers": {"type": "array", "items": _OBJ},
+    },
+}
+
+
+def _status_page(op: str) -> JsonObject:
+    return {
+        "get": {
+            "operationId": op,
+            "tags": ["admin"],
+            "summary": "The live status page (HTML; it polls /api/admin/status/v1)",
+            "security": _ADMIN_SECURITY,
+            "responses": {
+                "200": {
+                    "description": "the page",
+                    "content": {"text/html": {"schema": _STR}},
+                },
+                **_errors(*_ADMIN_ERRORS),
+            },
+        }
+    }
+
+
 _ADDRESS: JsonObject = {
     "type": "object",
     "required": ["email"],
@@ -463,6 +615,20 @@ _PATHS: JsonObject = {
             },
         },
     ),
+    "/": _status_page("status_page"),
+    "/status": _status_page("status_page_status"),
+    "/api/admin/status/v1": {
+        "get": {
+            "operationId": "status_v1",
+            "tags": ["admin"],
+            "summary": "The node's status: state, queues, rates, holds, health, spool",
+            "security": _ADMIN_SECURITY,
+            "responses": {
+                "200": _json(_STATUS, "the status (what the status page shows)"),
+                **_errors(*_ADMIN_ERRORS),
+            },
+        }
+    },
     "/api/admin/xfer/v1": {
         "post": {
             "operationId": "xfer_v1",
