@@ -313,6 +313,7 @@ class Node:
             spool=self.spool,
             rates=self.rates,
             transfers=self.transfers.jobs,
+            warmup=lambda: self.gate.warmup.readings(self._registry.warmup),
             workers=self._workers,
         )
 

@@ -98,7 +98,8 @@ class Readings:
     shutdown began. rates_1m / rates_5m: records per type in the trailing window.
     bounces_5m / bounce_totals: Bounce/Expiration/OOB records per classification.
     overlay: TSA (and admin-origin) overlay entries. disk_total / disk_free: bytes of
-    the spool filesystem (None: not measured). transfers: ``Transfers.jobs()``."""
+    the spool filesystem (None: not measured). transfers: ``Transfers.jobs()``.
+    warmup: the warm-up status of each warming source (``shaping/warmup.py`` readings)."""
 
     now: float
     node_id: str
@@ -126,6 +127,7 @@ class Readings:
     disk_total: int | None = None
     disk_free: int | None = None
     transfers: Sequence[Mapping[str, Json]] = ()
+    warmup: Sequence[Mapping[str, Json]] = ()
     workers: Sequence[Worker] = ()
 
 
@@ -250,6 +252,7 @@ class NodeStatus:
     health: Health
     spool: SpoolInfo
     transfers: list[JsonObject]
+    warmup: list[JsonObject]
 
     def to_json(self) -> JsonObject:
         """The body of ``GET /api/admin/status/v1`` (and what the page renders)."""
@@ -551,4 +554,28 @@ def build_status(r: Readings) -> NodeStatus:
         health=_health(r),
         spool=_spool(r),
         transfers=[{k: job.get(k) for k in transfer_keys} for job in r.transfers],
+        warmup=_warmup_rows(r.warmup),
     )
+
+
+def _warmup_rows(sources: Sequence[Mapping[str, Json]]) -> list[JsonObject]:
+    """One row per warming source and provider counter: its day, used/allowed in the
+    current window, and when the window ends."""
+    rows: list[JsonObject] = []
+    for source in sources:
+        counters = source.get("counters")
+        for c in counters if isinstance(counters, Sequence) else ():
+            if not isinstance(c, Mapping):
+                continue
+            rows.append(
+                {
+                    "source": source.get("source"),
+                    "provider": c.get("provider") or "*",
+                    "day": source.get("day"),
+                    "state": c.get("state"),
+                    "used": c.get("used"),
+                    "allowed": c.get("allowed"),
+                    "window_end": c.get("window_end"),
+                }
+            )
+    return rows

@@ -76,6 +76,7 @@ class StatusSources:
         spool: Spool,
         rates: RecordRates,
         transfers: Callable[[], Sequence[Mapping[str, Json]]] = lambda: (),
+        warmup: Callable[[], Sequence[Mapping[str, Json]]] = lambda: (),
         workers: Callable[[], Sequence[Worker]] = lambda: (),
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
@@ -95,6 +96,7 @@ class StatusSources:
         self._spool = spool
         self._rates = rates
         self._transfers = transfers
+        self._warmup = warmup
         self._workers = workers
         self._clock = clock
         self._monotonic = monotonic
@@ -170,5 +172,6 @@ class StatusSources:
             disk_total=total,
             disk_free=free,
             transfers=list(self._transfers()),
+            warmup=list(self._warmup()),
             workers=list(self._workers()),
         )

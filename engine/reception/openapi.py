@@ -269,6 +269,7 @@ _STATUS: JsonObject = {
         "health",
         "spool",
         "transfers",
+        "warmup",
     ],
     "properties": {
         "generated": _STR,
@@ -372,6 +373,16 @@ _STATUS: JsonObject = {
             },
         },
         "transfers": {"type": "array", "items": _OBJ},
+        "warmup": _rows(
+            ["source", "provider", "day", "state", "used", "allowed", "window_end"],
+            source=_STR,
+            provider=_STR,
+            day=_INT,
+            state=_STR,
+            used=_INT,
+            allowed=_INT_OR_NULL,
+            window_end=_STR,
+        ),
     },
 }
 

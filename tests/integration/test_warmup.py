@@ -103,6 +103,7 @@ async def test_warming_source_overflows_to_the_other_and_counts_add_up(tmp_path,
         await node.records.wait(lambda r: r["type"] == "Delivery", count=15)
         code, body = await admin_get(node, "/api/admin/warmup/v1")
         _, metrics = await admin_get(node, "/metrics")
+        _, page = await admin_get(node, "/api/admin/status/v1")
         await asyncio.to_thread(
             admin_cli.main, ["warmup-status", "--endpoint", f"http://127.0.0.1:{node.http_port}"]
         )
@@ -117,6 +118,8 @@ async def test_warming_source_overflows_to_the_other_and_counts_add_up(tmp_path,
     assert (ip2["source"], ip2["day"], ip2["days"], ip2["state"]) == ("ip-2", 1, 2, "warming")
     default, provider = counter(status, "ip-2"), counter(status, "ip-2", "testprov")
     assert (default["used"], default["allowed"]) == (3, 3)
+    shown = {(r["provider"], r["used"], r["allowed"]) for r in json.loads(page)["warmup"]}
+    assert shown == {("*", 3, 3), ("testprov", 1, 1)}  # the status page's warm-up table
     assert (provider["used"], provider["allowed"]) == (1, 1)
     assert default["overflow"] > 0 and provider["overflow"] > 0
     assert 'nimbus_warmup_used{provider="*",source="ip-2"} 3.0' in metrics

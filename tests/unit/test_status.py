@@ -317,7 +317,7 @@ def test_json_is_plain_data():
     body: Any = build_status(readings(scheduled=[QueueReading(name="a", count=1)])).to_json()
     assert list(body) == [
         "generated", "node", "queues", "ready_queues", "ready_queues_hidden", "rates",
-        "bounces", "holds", "health", "spool", "transfers",
+        "bounces", "holds", "health", "spool", "transfers", "warmup",
     ]  # fmt: skip
     assert body["queues"]["scheduled"]["top"] == [
         {"name": "a", "count": 1, "oldest_age_seconds": None, "suspended": None}
@@ -464,3 +464,38 @@ def test_templates_ship_as_package_data():
     package = ROOT / "engine" / "admin"
     files = [p.relative_to(package).as_posix() for p in (package / "templates").iterdir()]
     assert files and all(any(fnmatch.fnmatch(f, g) for g in globs) for f in files), (files, globs)
+
+
+def test_warmup_rows_flatten_each_source_and_provider():
+    status = build_status(
+        readings(
+            warmup=[
+                {
+                    "source": "ip-2",
+                    "day": 3,
+                    "counters": [
+                        {
+                            "provider": None,
+                            "state": "warming",
+                            "used": 5,
+                            "allowed": 9,
+                            "window_end": "2026-12-05T00:00:00.000000Z",
+                        },
+                        {
+                            "provider": "google",
+                            "state": "done",
+                            "used": 2,
+                            "allowed": None,
+                            "window_end": "2026-12-05T00:00:00.000000Z",
+                        },
+                    ],
+                }
+            ]
+        )
+    ).to_json()
+    assert [
+        (r["source"], r["provider"], r["day"], r["used"], r["allowed"]) for r in status["warmup"]
+    ] == [
+        ("ip-2", "*", 3, 5, 9),
+        ("ip-2", "google", 3, 2, None),
+    ]
