@@ -9,7 +9,8 @@ Exports:
 
 Verbs: queue-summary, bounce, bounce-list, bounce-cancel, suspend, suspend-list,
 suspend-cancel, suspend-ready-q, suspend-ready-q-list, suspend-ready-q-cancel, rebind,
-inspect-message, inspect-sched-q, xfer, xfer-cancel, xfer-list.
+inspect-message, inspect-sched-q, xfer, xfer-cancel, xfer-list, and the suppression verbs
+(``admin/suppression_verbs.py``: suppression-list, -add, -remove, -import, -export).
 
 Every verb takes ``--endpoint`` (default ``$NIMBUS_ENDPOINT`` or
 ``http://127.0.0.1:8000``, as kcli's ``--endpoint``) and, for an untrusted host,
@@ -31,6 +32,8 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from engine.admin.suppression_verbs import SUPPRESSION_VERBS, UsageError, add_suppression_verbs
 
 __all__ = ["main", "add_subcommands", "run", "VERBS", "format_table", "AdminClientError"]
 
@@ -431,6 +434,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     p.add_argument("--reason", required=True, help="reason, logged (AdminRebind records)")
     p = verb("xfer-list", _xfer_list, "transfers and their progress (moved, failed, left)")
     p.add_argument("--json", action="store_true", help="print the raw JSON")
+    add_suppression_verbs(verb, format_table)
 
 
 VERBS = (
@@ -450,6 +454,7 @@ VERBS = (
     "xfer",
     "xfer-cancel",
     "xfer-list",
+    *SUPPRESSION_VERBS,
 )
 
 
@@ -465,7 +470,7 @@ def run(args: argparse.Namespace) -> int:
     name = getattr(args, "command", None) or "nimbus"
     try:
         args.admin_verb(client, args)
-    except _Usage as exc:
+    except (_Usage, UsageError) as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
     except AdminClientError as exc:
