@@ -7,4 +7,6 @@ Modules:
     ops       operations on the node's queues: bounce now, rebind, inspect, summaries
     http      the admin HTTP routes (KumoMTA's paths), trusted hosts or credentials
     cli       the ``nimbus <verb>`` admin client
+    suppression        the ``/api/admin/suppression/v1`` requests (pure) and answers
+    suppression_verbs  ``nimbus suppression-list/-add/-remove/-import/-export``
 """
