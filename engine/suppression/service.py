@@ -221,4 +221,17 @@ class Suppressions:
         return sorted(found, key=lambda e: (e.recipient, e.tenant))
 
     async def close(self) -> None:
+        """Write what the recorder has not written yet (records of the drain), then close."""
+        batch = []
+        while not self._pending.empty():
+            batch.append(self._pending.get_nowait())
+        if batch:
+            try:
+                await self.add(batch)
+                self.recorded += len(batch)
+            except StoreUnavailable as exc:
+                log.error(
+                    "suppression_entries_not_stored",
+                    extra={"error": str(exc), "entries": len(batch)},
+                )
         await self.store.close()

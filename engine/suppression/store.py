@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.storage.writer import Writer, connect, move_aside
+from engine.storage.writer import Writer, WriterClosed, WriterTimeout, connect, move_aside
 from engine.suppression.entries import Suppression, from_json, to_json
 
 __all__ = ["SuppressionStore", "MemoryStore", "LocalStore", "StoreUnavailable"]
@@ -160,7 +160,7 @@ class LocalStore(MemoryStore):
         def upsert(conn: sqlite3.Connection) -> None:
             conn.executemany("INSERT OR REPLACE INTO suppression VALUES (?, ?, ?)", rows)
 
-        await self._writer.run(upsert, timeout=30.0)
+        await self._run(upsert)
 
     async def remove(self, recipient: str, tenant: str) -> bool:
         removed = self._pop(recipient, tenant)
@@ -170,8 +170,15 @@ class LocalStore(MemoryStore):
                 "DELETE FROM suppression WHERE recipient = ? AND tenant = ?", (recipient, tenant)
             )
 
-        await self._writer.run(delete, timeout=30.0)
+        await self._run(delete)
         return removed
+
+    async def _run(self, op: Callable[[sqlite3.Connection], None]) -> None:
+        try:
+            await self._writer.run(op, timeout=30.0)
+        except (WriterClosed, WriterTimeout, sqlite3.Error) as exc:
+            # Not open yet (starting) or closed, a stuck disk: the caller's 503.
+            raise StoreUnavailable(f"{self.path}: {exc}") from None
 
     async def close(self) -> None:
         await self._writer.close(timeout=30.0)
