@@ -74,6 +74,9 @@ from engine.shaping.overlay import Overlay
 from engine.shaping.throttle.factory import make_store
 from engine.shaping.tsa_client import TsaSubscriber
 from engine.storage.spool import Spool
+from engine.suppression.redis_store import RedisSuppressionStore
+from engine.suppression.service import Suppressions
+from engine.suppression.store import LocalStore
 from engine.xfer.receiver import add_xfer_routes
 from engine.xfer.secret import load_secret
 from engine.xfer.sender import Transfers
@@ -208,6 +211,13 @@ class Node:
         )
         # Signing processes start on the first dkim_sign (none for policies that never sign).
         self.dkim = DkimService(workers=settings.dkim.workers, timeout=settings.dkim.timeout)
+        self.suppressions = Suppressions(
+            settings.suppression,
+            RedisSuppressionStore(settings.redis)
+            if settings.redis.url
+            else LocalStore(Path(settings.spool.dir) / "suppression.db"),
+        )
+        self.logs.on_record(self.suppressions.observe)
         self.acceptor = Acceptor(
             spool=self.spool,
             scheduler=self.scheduler,
@@ -215,6 +225,7 @@ class Node:
             policy=self.policy,
             node_id=settings.effective_node_id,
             dkim=self.dkim,
+            suppressions=self.suppressions,
         )
         self.shedder = Shedder(
             settings.shedding,
@@ -248,6 +259,7 @@ class Node:
         add_admin_routes(
             http_app,
             admin=self.admin,
+            suppressions=self.suppressions,
             settings=settings,
             audit=self.logs.emit,
             auth_limiter=auth_limiter,
@@ -437,6 +449,8 @@ class Node:
                 self._background.append(
                     tg.create_task(self.tsa_subscriber.run(), name="tsa-subscriber")
                 )
+            await self.suppressions.store.open()
+            self._background.append(tg.create_task(self.suppressions.run(), name="suppression"))
             await self._recover()
             # One sample before SMTP listens, so a node that starts short of disk or memory
             # never takes a session it should have shed; then the sampler owns the state.
@@ -554,6 +568,7 @@ class Node:
         await self.resolver.close()
         await self.tls_policies.close()
         await self.dkim.close()
+        await self.suppressions.close()
         await self.spool.close()
         self.logs.close()
         # A handler still running (timed out) cannot be stopped; don't wait for it here.

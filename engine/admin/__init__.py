@@ -10,4 +10,6 @@ Modules:
     status_readings  reading the node's parts into Readings (one walk a second at most)
     status_page      GET / and /status (Jinja2, templates/), GET /api/admin/status/v1
     cli       the ``nimbus <verb>`` admin client
+    suppression        the ``/api/admin/suppression/v1`` requests (pure) and answers
+    suppression_verbs  ``nimbus suppression-list/-add/-remove/-import/-export``
 """

@@ -10,7 +10,9 @@ Exports:
 
 Verbs: queue-summary, bounce, bounce-list, bounce-cancel, suspend, suspend-list,
 suspend-cancel, suspend-ready-q, suspend-ready-q-list, suspend-ready-q-cancel, rebind,
-inspect-message, inspect-sched-q, xfer, xfer-cancel, xfer-list, warmup-status.
+inspect-message, inspect-sched-q, xfer, xfer-cancel, xfer-list, warmup-status, and the
+suppression verbs (``admin/suppression_verbs.py``: suppression-list, -add, -remove, -import,
+-export).
 
 Every verb takes ``--endpoint`` (default ``$NIMBUS_ENDPOINT`` or
 ``http://127.0.0.1:8000``, as kcli's ``--endpoint``) and, for an untrusted host,
@@ -32,6 +34,8 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from engine.admin.suppression_verbs import SUPPRESSION_VERBS, UsageError, add_suppression_verbs
 
 __all__ = [
     "main",
@@ -487,6 +491,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         "--source", action="append", metavar="NAME", help="only this source (repeatable)"
     )
     p.add_argument("--json", action="store_true", help="print the raw JSON")
+    add_suppression_verbs(verb, format_table)
 
 
 VERBS = (
@@ -507,6 +512,7 @@ VERBS = (
     "xfer-cancel",
     "xfer-list",
     "warmup-status",
+    *SUPPRESSION_VERBS,
 )
 
 
@@ -522,7 +528,7 @@ def run(args: argparse.Namespace) -> int:
     name = getattr(args, "command", None) or "nimbus"
     try:
         args.admin_verb(client, args)
-    except _Usage as exc:
+    except (_Usage, UsageError) as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
     except AdminClientError as exc:

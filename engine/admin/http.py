@@ -22,6 +22,9 @@ shared/reference/kumomta-interfaces.md §8):
     POST /api/admin/xfer/cancel/v1                  stop a transfer: unsent messages go back
     GET  /api/admin/warmup/v1                       Nimbus addition: each warming source's day
                                                     and used/allowed (``nimbus warmup-status``)
+    GET/POST/DELETE /api/admin/suppression/v1       Nimbus addition: list (filters), add
+                                                    (one or many), remove a suppressed
+                                                    recipient (``admin/suppression.py``)
 
 Access: a peer in ``http.trusted_hosts`` (KumoMTA's default ACL), or Basic
 credentials of a user in ``http.admin_auth_dir``. Otherwise 401 (credentials
@@ -30,20 +33,22 @@ missing or wrong) or 403 (untrusted peer and no admin users configured); 429 wit
 the inject API, ``reception/auth.py``). Every POST/DELETE, allowed or refused, is
 handed to ``audit`` as an ``AdminAudit`` record (``admin/audit.py``); GETs are not.
 Errors are JSON ``{"error": reason, "field": ...}``: 400 bad JSON or field,
-404 unknown id / message / queue, 409 a transfer this node cannot make (no cluster
-secret, shutting down).
+404 unknown id / message / queue / suppression entry, 409 a transfer this node cannot
+make (no cluster secret, shutting down), 503 the suppression store (Redis) not answering.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from engine.admin import suppression as supp
 from engine.admin.audit import ANONYMOUS, AUDITED_METHODS, TRUSTED_HOST, audit_params, audit_record
 from engine.admin.requests import AdminInputError
 from engine.admin.state import AdminApi, UnknownEntry, UnknownXferQueue, XferNotAvailable
@@ -57,6 +62,8 @@ from engine.reception.auth import (
 )
 from engine.reception.json_body import BodyInvalid, decode_json
 from engine.records import LogRecord
+from engine.suppression.service import Suppressions
+from engine.suppression.store import MemoryStore, StoreUnavailable
 
 __all__ = ["add_admin_routes", "admit"]
 
@@ -132,6 +139,7 @@ def admit(request: web.Request) -> str | web.Response:
 
 _AUDIT = web.AppKey[Callable[[LogRecord], None] | None]("admin_audit")
 _NODE_ID = web.AppKey("admin_node_id", str)
+_SUPPRESSIONS = web.AppKey("admin_suppressions", Suppressions)
 
 
 def _reason(response: web.StreamResponse) -> str:
@@ -186,6 +194,8 @@ async def _serve(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(404, f"no transfer with queue name {exc.args[0]}", "queue_name")
     except XferNotAvailable as exc:
         return _error(409, str(exc))
+    except StoreUnavailable as exc:
+        return _error(503, f"suppression store not answering: {exc}")
 
 
 def _guarded(handler: Handler, method: str) -> Handler:
@@ -365,6 +375,37 @@ async def warmup_v1_get(request: web.Request) -> web.Response:
     return web.json_response(await _api(request).warmup_status())
 
 
+# -- suppression list (Nimbus addition) -----------------------------------------------
+
+
+def _suppressions(request: web.Request) -> Suppressions:
+    return request.app[_SUPPRESSIONS]
+
+
+async def suppression_v1_get(request: web.Request) -> web.Response:
+    """List suppressed recipients matching the query's filters."""
+    criteria, limit = supp.list_filter(request.query)
+    entries = await _suppressions(request).list(criteria)
+    return web.json_response(supp.answer_list(entries, limit))
+
+
+async def suppression_v1_post(request: web.Request) -> web.Response:
+    """Add one entry, or ``{"entries": [...]}`` (an import)."""
+    suppressions = _suppressions(request)
+    entries = supp.parse_add(await _json(request), suppressions.settings, time.time())
+    await suppressions.add(entries)
+    return web.json_response({"added": len(entries)})
+
+
+async def suppression_v1_delete(request: web.Request) -> web.Response:
+    """Remove one recipient's entry (for one tenant, or the one for every tenant)."""
+    recipient, tenant = supp.parse_remove(await _json(request))
+    if not await _suppressions(request).remove(recipient, tenant):
+        scope = f" for tenant {tenant}" if tenant else ""
+        return _error(404, f"{recipient} is not suppressed{scope}", "recipient")
+    return web.json_response({"removed": 1})
+
+
 _ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/api/admin/bounce/v1", bounce_v1_post),
     ("GET", "/api/admin/bounce/v1", bounce_v1_get),
@@ -384,6 +425,9 @@ _ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/api/admin/xfer/v1", xfer_v1_get),
     ("POST", "/api/admin/xfer/cancel/v1", xfer_cancel_v1),
     ("GET", "/api/admin/warmup/v1", warmup_v1_get),
+    ("GET", "/api/admin/suppression/v1", suppression_v1_get),
+    ("POST", "/api/admin/suppression/v1", suppression_v1_post),
+    ("DELETE", "/api/admin/suppression/v1", suppression_v1_delete),
 )
 
 
@@ -392,6 +436,7 @@ def add_admin_routes(
     *,
     admin: AdminApi,
     settings: Settings,
+    suppressions: Suppressions | None = None,
     credentials: Credentials | None = None,
     audit: Callable[[LogRecord], None] | None = None,
     auth_limiter: FailureLimiter | None = None,
@@ -399,6 +444,8 @@ def add_admin_routes(
     """Register the admin routes on ``app``.
 
     admin: answers the requests (and holds the entries the node enforces).
+    suppressions: the node's suppression list (default: one of its own in memory, for
+        tests of the other routes).
     settings: ``http.trusted_hosts`` and ``http.admin_auth_dir`` decide access.
     credentials: the admin users; default read from ``http.admin_auth_dir``.
     audit: receives the ``AdminAudit`` record of each POST/DELETE (the node's
@@ -413,6 +460,7 @@ def add_admin_routes(
         auth_limiter if auth_limiter is not None else FailureLimiter.from_settings(settings.http),
     )
     app[_AUDIT] = audit
+    app[_SUPPRESSIONS] = suppressions or Suppressions(settings.suppression, MemoryStore())
     app[_NODE_ID] = settings.effective_node_id
     for method, path, handler in _ROUTES:
         app.router.add_route(method, path, _guarded(handler, method))

@@ -44,6 +44,7 @@ __all__ = [
     "ClusterSettings",
     "TsaSettings",
     "DkimSettings",
+    "SuppressionSettings",
     "load_settings",
     "dotted_tree",
     "read_toml",
@@ -265,6 +266,49 @@ class DeliverySettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SuppressionSettings:
+    enabled: bool = _kind(
+        "bool",
+        False,
+        "record hard bounces and complaints, and refuse suppressed recipients at reception "
+        "(off: nothing is recorded or refused; the admin API still edits the list)",
+    )
+    classifications: list[str] = _kind(
+        "list",
+        ["InvalidRecipient", "InactiveMailbox", "BadDomain"],
+        "bounce classifications of 5xx Bounce and OOB records that suppress the recipient",
+    )
+    feedback_types: list[str] = _kind(
+        "list",
+        ["abuse", "fraud", "virus", "other"],
+        "ARF feedback types of Feedback records that suppress the recipient (empty: none)",
+    )
+    per_tenant: bool = _kind(
+        "bool",
+        False,
+        "entries from bounces and complaints hold only for the record's tenant (meta tenant)",
+    )
+    bounce_expiry: float = _kind(
+        "duration", 0.0, "how long a hard-bounce entry holds (0: until removed)"
+    )
+    complaint_expiry: float = _kind(
+        "duration", 0.0, "how long a complaint entry holds (0: until removed)"
+    )
+    admin_expiry: float = _kind(
+        "duration", 0.0, "how long an admin entry without its own duration holds (0: until removed)"
+    )
+    cache_size: int = _kind(
+        "int", 100_000, "with Redis: recipients whose lookup is cached on the node (0: no cache)"
+    )
+    cache_ttl: float = _kind(
+        "duration",
+        10.0,
+        "with Redis: how long a cached lookup is trusted (another node's new entry is "
+        "seen within this)",
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     node_id: str = _kind("str", "", "node identity in log records (default: hostname)")
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
@@ -280,6 +324,7 @@ class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     tsa: TsaSettings = field(default_factory=TsaSettings)
+    suppression: SuppressionSettings = field(default_factory=SuppressionSettings)
 
     @property
     def effective_node_id(self) -> str:
@@ -505,6 +550,8 @@ def load_settings(
         raise ConfigError("[cluster] xfer_timeout: must be more than 0s")
     if cluster.secret_file and not os.access(cluster.secret_file, os.R_OK):
         raise ConfigError(f"[cluster] secret_file: cannot read {cluster.secret_file!r}")
+    if settings.suppression.cache_size and settings.suppression.cache_ttl <= 0:
+        raise ConfigError("[suppression] cache_ttl: must be more than 0s when cache_size is set")
     ca_file = settings.delivery.tls_ca_file
     if ca_file and not os.access(ca_file, os.R_OK):
         raise ConfigError(f"[delivery] tls_ca_file: cannot read {ca_file!r}")

@@ -83,6 +83,7 @@ __all__ = [
     "SMTP_CLIENT_REWRITE_DELIVERY_STATUS",
     "XFER_MESSAGE_RECEIVED",
     "SHOULD_ENQUEUE_LOG_RECORD",
+    "SHOULD_SUPPRESS_RECIPIENT",
     "Registry",
     "Rejected",
     "PolicyFailure",
@@ -217,6 +218,13 @@ SHOULD_ENQUEUE_LOG_RECORD = Event(
     args=(("msg", PolicyMessage), ("hook_name", str)),
     result=bool,
 )
+# Asked only for a recipient on the suppression list (engine/suppression/service.py):
+# False lets this message through (a per-tenant override); True or None refuses it.
+SHOULD_SUPPRESS_RECIPIENT = Event(
+    name="should_suppress_recipient",
+    args=(("recipient", str), ("tenant", _NAME), ("reason", str)),
+    result=bool,
+)
 
 EVENTS: dict[str, Event] = {
     e.name: e
@@ -237,6 +245,7 @@ EVENTS: dict[str, Event] = {
         SMTP_CLIENT_REWRITE_DELIVERY_STATUS,
         XFER_MESSAGE_RECEIVED,
         SHOULD_ENQUEUE_LOG_RECORD,
+        SHOULD_SUPPRESS_RECIPIENT,
     )
 }
 

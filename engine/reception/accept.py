@@ -11,7 +11,9 @@ Exports:
 For a batch (one SMTP DATA, or one HTTP request) the acceptor runs the policy
 event (``smtp_server_message_received`` / ``http_message_generated``) for each
 message, names its scheduled queue, stores the whole batch in one spool commit,
-and only then logs ``Reception`` and schedules it. Store-and-schedule runs
+and only then logs ``Reception`` and schedules it. A recipient on the suppression list
+(checked after the event, when the policy has set the tenant) is refused with its
+``550 5.7.1`` and a ``Rejection`` record, before any DKIM signing. Store-and-schedule runs
 shielded from cancellation: a client that disconnects mid-commit can cost a
 duplicate, never a message stranded in the spool.
 
@@ -49,6 +51,7 @@ from engine.records import (
     new_message_id,
 )
 from engine.storage.spool import Spool, SpoolDuplicate, SpoolTimeout
+from engine.suppression.service import Suppressed, Suppressions
 
 __all__ = ["Incoming", "Accepted", "Acceptor", "Transferred", "RECEIVED"]
 
@@ -89,6 +92,8 @@ class Acceptor:
 
     policy: returns the current Registry. node_id: for log records.
     dkim: signs messages whose policy called ``msg.dkim_sign`` (default: a DkimService).
+    suppressions: the suppression list, checked for each message after the reception
+        event (its meta ``tenant`` known); None: no check.
     """
 
     def __init__(
@@ -101,8 +106,10 @@ class Acceptor:
         node_id: str,
         clock: Callable[[], float] = time.time,
         dkim: DkimService | None = None,
+        suppressions: Suppressions | None = None,
     ) -> None:
         self._dkim = DkimService() if dkim is None else dkim
+        self.suppressions = suppressions
         self._spool = spool
         self._scheduler = scheduler
         self._logs = logs
@@ -145,8 +152,23 @@ class Acceptor:
             pm = PolicyMessage(item.id, item.sender, item.recipient, item.data, item.meta)
             try:
                 await registry.dispatch(event, pm, event_arg)
+                if self.suppressions is not None:  # before signing: a refusal costs no RSA
+                    tenant = pm.meta.get("tenant")
+                    await self.suppressions.check(
+                        pm.recipient(), tenant if isinstance(tenant, str) else None, registry
+                    )
                 if pm.dkim_requests():  # signed after the event: the bytes are final
                     pm.set_data(await self._dkim.sign(pm.get_data(), pm.dkim_requests()))
+            except Suppressed as exc:
+                self.log_rejection(
+                    sender=pm.sender(),
+                    recipient=pm.recipient(),
+                    response=exc.response,
+                    protocol=protocol,
+                    peer=peer,
+                )
+                results.append(exc)
+                continue
             except (Rejected, PolicyFailure) as exc:
                 results.append(exc)
                 continue

@@ -492,6 +492,49 @@ _INJECT_RESULT: JsonObject = {
     },
 }
 
+_SUPPRESSION_REASONS = ("bounce", "complaint", "admin")
+_SUPPRESSION_DOWN = {503: "the suppression store (Redis) is not answering; try again later"}
+_SUPPRESSED_ADDRESS: JsonObject = {"type": "string", "pattern": r"^[^\s@]+@[^\s@]+$"}
+_SUPPRESSION_ENTRY_IN: JsonObject = {
+    "type": "object",
+    "required": ["recipient"],
+    "properties": {
+        "recipient": _SUPPRESSED_ADDRESS,
+        "tenant": {"type": ["string", "null"], "description": "absent: every tenant"},
+        "reason": {"type": ["string", "null"], "enum": [*_SUPPRESSION_REASONS, None]},
+        "detail": {"type": ["string", "null"]},
+        "duration": {"type": ["string", "number"], "description": 'e.g. "30d"'},
+        "expires": {"type": ["string", "null"], "description": "RFC 3339; wins over duration"},
+        "created": {"type": ["string", "null"], "description": "RFC 3339; default now"},
+    },
+    "additionalProperties": False,
+}
+_SUPPRESSION_ADD: JsonObject = {
+    "oneOf": [
+        _SUPPRESSION_ENTRY_IN,
+        {
+            "type": "object",
+            "required": ["entries"],
+            "properties": {
+                "entries": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 10000,
+                    "items": _SUPPRESSION_ENTRY_IN,
+                }
+            },
+            "additionalProperties": False,
+        },
+    ]
+}
+_SUPPRESSION_REMOVE: JsonObject = {
+    "type": "object",
+    "required": ["recipient"],
+    "properties": {"recipient": _SUPPRESSED_ADDRESS, "tenant": {"type": ["string", "null"]}},
+    "additionalProperties": False,
+}
+
+
 _PATHS: JsonObject = {
     "/api/inject/v1": {
         "post": {
@@ -670,6 +713,78 @@ _PATHS: JsonObject = {
             },
         },
     },
+    "/api/admin/suppression/v1": {
+        "get": {
+            "operationId": "suppression_list_v1",
+            "tags": ["admin"],
+            "summary": "Suppressed recipients matching the filters (Nimbus addition)",
+            "security": _ADMIN_SECURITY,
+            "parameters": [
+                {"name": "recipient", "in": "query", "schema": _STR},
+                {"name": "domain", "in": "query", "schema": _STR},
+                {"name": "tenant", "in": "query", "schema": _STR},
+                {"name": "reason", "in": "query", "schema": {"enum": list(_SUPPRESSION_REASONS)}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+            ],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["entries", "total", "truncated"],
+                        "properties": {
+                            "entries": {"type": "array", "items": _ref("Suppression")},
+                            "total": {"type": "integer"},
+                            "truncated": {"type": "boolean"},
+                        },
+                    },
+                    "the first `limit` matching entries (default 1000; 0: all)",
+                ),
+                **_errors(*_ADMIN_ERRORS, 503, why_not=_SUPPRESSION_DOWN),
+            },
+        },
+        "post": {
+            "operationId": "suppression_add_v1",
+            "tags": ["admin"],
+            "summary": "Suppress one recipient, or many ({entries: [...]}, an import)",
+            "security": _ADMIN_SECURITY,
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _SUPPRESSION_ADD}},
+            },
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["added"],
+                        "properties": {"added": {"type": "integer"}},
+                    },
+                    "the entries were stored",
+                ),
+                **_errors(*_ADMIN_ERRORS, 503, why_not=_SUPPRESSION_DOWN),
+            },
+        },
+        "delete": {
+            "operationId": "suppression_remove_v1",
+            "tags": ["admin"],
+            "summary": "Remove a recipient's entry (for one tenant, or for every tenant)",
+            "security": _ADMIN_SECURITY,
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _SUPPRESSION_REMOVE}},
+            },
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["removed"],
+                        "properties": {"removed": {"type": "integer"}},
+                    },
+                    "removed",
+                ),
+                **_errors(*_ADMIN_ERRORS, 404, 503, why_not=_SUPPRESSION_DOWN),
+            },
+        },
+    },
     "/api/admin/xfer/cancel/v1": {
         "post": {
             "operationId": "xfer_cancel_v1",
@@ -788,6 +903,18 @@ DOCUMENT: JsonObject = {
             "InjectRequest": _INJECT,
             "InjectResult": _INJECT_RESULT,
             "AdminEntry": {"type": "object", "required": ["id", "reason", "duration", "expires"]},
+            "Suppression": {
+                "type": "object",
+                "required": ["recipient", "tenant", "reason", "detail", "created", "expires"],
+                "properties": {
+                    "recipient": _STR,
+                    "tenant": _NULLABLE_STR,
+                    "reason": {"enum": list(_SUPPRESSION_REASONS)},
+                    "detail": _STR,
+                    "created": _STR,
+                    "expires": _NULLABLE_STR,
+                },
+            },
         },
     },
 }

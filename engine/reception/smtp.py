@@ -15,7 +15,9 @@ Reply codes used here:
     421 4.7.0  too many connections
     421 4.4.2  idle timeout           450 4.3.0 / 451 4.3.0  policy error
     452 4.3.1  spool full             452 4.5.3  too many recipients
-    550 5.7.1  relaying denied        550 5.6.0  bare CR or LF in message data
+    550 5.7.1  relaying denied, or a suppressed recipient (at RCPT for a list entry of
+               every tenant; after DATA for a tenant's own entry or a policy override)
+    550 5.6.0  bare CR or LF in message data
     500        line too long (aiosmtpd, RFC 5321 §4.5.3.1.6)
     552        message too large (aiosmtpd, RFC 1870)
 """
@@ -55,6 +57,7 @@ from engine.reception.shedding import Shedding
 from engine.reception.smtp_session import Refuse, SmtpSession
 from engine.records import PeerAddress, Response, new_message_id
 from engine.storage.spool import SpoolError, SpoolFull
+from engine.suppression.service import Suppressed
 
 __all__ = ["SmtpListener", "SmtpHandler"]
 
@@ -260,6 +263,9 @@ class SmtpHandler:
             )
         try:
             await self._policy().dispatch(SMTP_SERVER_RCPT_TO, address, self._conn_meta(session))
+            suppressions = self._acceptor.suppressions
+            if suppressions is not None and not reads:  # a report address is never refused
+                await suppressions.check(address, None, self._policy(), at_rcpt=True)
         except (Rejected, PolicyFailure) as exc:
             return self._reject(session, envelope, exc.response, address)
         envelope.rcpt_tos.append(address)
@@ -339,6 +345,8 @@ class SmtpHandler:
                 Response.parse(451, "4.3.0 Local error in processing, try again later"),
             )
         for result in results:  # one DATA reply for the transaction: the first refusal wins
+            if isinstance(result, Suppressed):  # its Rejection record is logged already
+                return _reply(result.response)
             if not isinstance(result, Accepted):
                 return self._reject(session, envelope, result.response)
         return "250 OK ids=" + " ".join(

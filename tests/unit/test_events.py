@@ -344,6 +344,7 @@ SAMPLES = {
     "requeue_message": ((MSG, RESPONSE, [], True, None), None),
     "smtp_client_rewrite_delivery_status": ((RESPONSE, "y.test", None, None, None), 451),
     "should_enqueue_log_record": ((MSG, "hook"), True),
+    "should_suppress_recipient": (("r@y.test", "acme", "bounce"), False),
 }
 
 

@@ -78,6 +78,13 @@ def register(nimbus):
     def http_message(msg, auth_info):
         received(msg)
 
+    if queues.overrides_suppression():
+        # Only when a [tenant.*] sets suppression: with a handler, SMTP decides after DATA
+        # (the tenant is known then) rather than at RCPT.
+        @nimbus.on("should_suppress_recipient", inline=True)
+        def should_suppress(recipient, tenant, reason):
+            return queues.suppression(tenant)
+
     @nimbus.on("get_queue_config", inline=True)
     def queue_config(domain, tenant, campaign, routing_domain):
         return queues.queue_config(domain, tenant, campaign, routing_domain)

@@ -8,6 +8,8 @@ Exports:
     QueueHelper.queue_config(domain, tenant, campaign, routing_domain) -> QueueConfig
     QueueHelper.routing_domain(domain, tenant, campaign) -> str | None
     QueueHelper.egress_pools() -> frozenset[str]             pools named anywhere (to validate)
+    QueueHelper.suppression(tenant) -> bool | None           the tenant's ``suppression`` option
+    QueueHelper.overrides_suppression() -> bool              any tenant sets ``suppression``
     TenantBlock, QueueBlock       the parsed ``[tenant.*]`` and ``[queue.*]`` tables
     merge_queue_options(layers) -> dict                      later layers win, key by key (pure)
     parse_scheduling_header(text) -> dict                    KumoMTA's JSON scheduling header (pure)
@@ -21,7 +23,9 @@ File format (KumoMTA's)::
     campaign_header = "X-Campaign"
     remove_campaign_header = true
     default_tenant = "default"           # when the header is absent
-    [tenant.'t']                         # queue options + require_authz, overall_max_message_rate
+    [tenant.'t']                         # queue options + require_authz, overall_max_message_rate,
+                                         # suppression = false (Nimbus: mail of this tenant
+                                         # is not refused for the suppression list)
     [tenant.'t'.'campaign']              # overall_max_message_rate only
     [queue.default]                      # queue options (+ routing_domain)
     [queue.'dom']  [queue.'*.dom']  [queue.'dom'.'tenant']  [queue.'dom'.'tenant'.'campaign']
@@ -86,10 +90,13 @@ class TenantBlock:
     require_authz: identities allowed to send as this tenant, or None for anyone.
     overall_max_message_rate: ThrottleSpec over all of the tenant's queues, or None.
     campaign_rates: campaign -> ThrottleSpec from ``[tenant.'t'.'campaign']``.
+    suppression: ``false``: this tenant's mail is not refused for suppressed recipients
+        (a Nimbus key: KumoMTA has no suppression list); None when not set.
     """
 
     options: Mapping[str, Any] = field(default_factory=dict)
     require_authz: tuple[str, ...] | None = None
+    suppression: bool | None = None
     overall_max_message_rate: str | None = None
     campaign_rates: Mapping[str, str] = field(default_factory=dict)
 
@@ -340,6 +347,18 @@ class QueueHelper:
                 found = layer.routing_domain
         return found
 
+    def suppression(self, tenant: str | None) -> bool | None:
+        """The ``suppression`` option of ``[tenant.'<tenant>']`` (None: not set, or no
+        such tenant); the answer for the ``should_suppress_recipient`` event."""
+        block = self.tenants.get(tenant) if tenant is not None else None
+        return block.suppression if block is not None else None
+
+    def overrides_suppression(self) -> bool:
+        """Does any tenant set ``suppression``? (Only then should a policy answer the
+        event: with a handler, SMTP leaves the verdict to after DATA, when the tenant is
+        known.)"""
+        return any(b.suppression is not None for b in self.tenants.values())
+
     def egress_pools(self) -> frozenset[str]:
         """Every ``egress_pool`` named in the file (check them against sources.toml)."""
         found: set[str] = set()
@@ -384,11 +403,15 @@ def _parse_tenant(body: Mapping[str, Any], path: str, name: str) -> TenantBlock:
             kw[key] = tuple(value)
         elif key == "overall_max_message_rate":
             raise ConfigError(f'{where} key "{key}": not supported by Nimbus')
+        elif key == "suppression":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where} {key}: expected true or false, got {value!r}")
+            kw[key] = value
         elif isinstance(value, Mapping):
             campaigns[key] = _parse_tenant_campaign(value, path, name, key)
         else:
             raise ConfigError(
-                f"{where} {key}: unknown key (a queue option, require_authz, "
+                f"{where} {key}: unknown key (a queue option, require_authz, suppression, "
                 f"overall_max_message_rate, or a [campaign] table)"
             )
     queue_config_from_options(options, where=where)
