@@ -135,8 +135,16 @@ class Acceptor:
         event_arg: Any,
         protocol: str,
         peer: PeerAddress | None,
+        all_or_nothing: bool = False,
     ) -> list[Accepted | Rejected | PolicyFailure]:
         """Accept a batch; each result is Accepted, or the Rejected/PolicyFailure for it.
+
+        all_or_nothing: one refusal stores nothing of the batch (SMTP: one DATA has one
+        reply, so a 4xx/5xx must not be given for copies that were spooled); the results
+        end at that refusal. A suppressed recipient (its Rejection record logged) is no
+        refusal of the others: its copy alone is left out, and only a batch of nothing
+        but suppressed recipients is refused. Without it (HTTP injection) the others are
+        stored, as KumoMTA's ``failed_recipients``.
 
         Raises SpoolFull / SpoolError when the batch could not be stored (nothing was),
         SpoolTimeout when the commit did not finish within ``spool.write_timeout`` (it
@@ -147,6 +155,8 @@ class Acceptor:
         to_store: list[tuple[Message, bytes]] = []
         registry = self._policy()
         for index, item in enumerate(batch):
+            if all_or_nothing and results and _refuses_all(results[-1]):
+                break  # refused: the rest need no event, no signing
             if index % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)
             pm = PolicyMessage(item.id, item.sender, item.recipient, item.data, item.meta)
@@ -202,6 +212,13 @@ class Acceptor:
                 size=len(data),
             )
             to_store.append((msg, data))
+        if all_or_nothing:
+            refusals = [r for r in results if _refuses_all(r)]
+            if refusals:
+                return refusals[:1]
+            if not any(isinstance(r, Accepted) for r in results):
+                return results[:1]  # every recipient suppressed: that is the reply
+            results = [r for r in results if isinstance(r, Accepted)]
         if to_store:
             task = asyncio.create_task(self._store(to_store, protocol, peer), name="spool-commit")
             self._stores.add(task)
@@ -380,3 +397,8 @@ class Acceptor:
                 bounce_classification=classification,
             )
         )
+
+
+def _refuses_all(result: Accepted | Rejected | PolicyFailure) -> bool:
+    """Does this result refuse a whole SMTP transaction? (A suppressed recipient does not.)"""
+    return not isinstance(result, Accepted | Suppressed)

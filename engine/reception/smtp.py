@@ -330,6 +330,7 @@ class SmtpHandler:
                 event_arg=self._conn_meta(session),
                 protocol="ESMTP",
                 peer=peer,
+                all_or_nothing=True,  # one reply for the DATA: a refusal stores no copy
             )
         except SpoolFull:
             return self._reject(
@@ -344,7 +345,7 @@ class SmtpHandler:
                 envelope,
                 Response.parse(451, "4.3.0 Local error in processing, try again later"),
             )
-        for result in results:  # one DATA reply for the transaction: the first refusal wins
+        for result in results:  # a refusal is the DATA's one reply; nothing was stored
             if isinstance(result, Suppressed):  # its Rejection record is logged already
                 return _reply(result.response)
             if not isinstance(result, Accepted):

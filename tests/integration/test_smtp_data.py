@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import aiosmtplib
+
 from tests.support.node import running_node
 from tests.support.receiver import Receiver
 
@@ -114,3 +116,43 @@ async def test_null_reverse_path_is_relayed_as_the_null_reverse_path(tmp_path):
     assert replies[-1].startswith(b"250 OK ids=")
     assert msg.sender == "<>"  # what aiosmtpd makes of MAIL FROM:<>
     assert reception["sender"] == ""
+
+
+async def test_a_refused_copy_refuses_the_whole_data_and_stores_nothing(tmp_path):
+    """One DATA, three recipients, the policy refuses one: the single reply is that
+    refusal, and no copy is spooled (a 5xx must not stand for mail that goes out anyway);
+    the same recipients one at a time: two are taken."""
+    policy = """
+        def register(nimbus):
+            @nimbus.on("smtp_server_message_received")
+            def check(msg, conn_meta):
+                if msg.recipient().startswith("no@"):
+                    nimbus.reject(550, "5.7.1 not this one")
+    """
+    async with (
+        Receiver() as rx,
+        running_node(
+            tmp_path,
+            policy=policy,
+            **{"sink.enabled": True, "sink.endpoint": f"127.0.0.1:{rx.port}"},
+        ) as node,
+    ):
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=node.smtp_port) as smtp:
+            await smtp.mail("a@src.test")
+            for rcpt in ("yes1@dst.test", "no@dst.test", "yes2@dst.test"):
+                await smtp.rcpt(rcpt)
+            refused = None
+            try:
+                await smtp.data(b"Subject: x\r\n\r\nbody\r\n")
+            except aiosmtplib.SMTPDataError as exc:
+                refused = (exc.code, exc.message)
+            for rcpt in ("yes1@dst.test", "no@dst.test", "yes2@dst.test"):
+                try:
+                    await smtp.sendmail("a@src.test", [rcpt], b"Subject: y\r\n\r\nbody\r\n")
+                except aiosmtplib.SMTPDataError:
+                    pass
+        await rx.wait_for(2)
+        receptions = node.records.of("Reception")
+    assert refused == (550, "5.7.1 not this one")
+    assert sorted(r["recipient"] for r in receptions) == ["yes1@dst.test", "yes2@dst.test"]
+    assert all("Subject: y" in m.data.decode() for m in rx.messages)

@@ -379,6 +379,23 @@ async def test_tenant_override_and_tenant_entries(tmp_path, auth_dir, rx):
         rcpt = await smtp_rcpt(node, "all@dest.test")  # deferred: the tenant is not known
         smtp_default = await smtp_send(node, "all@dest.test")
         smtp_transactional = await smtp_send(node, "all@dest.test", "X-Tenant: transactional\r\n")
+        # One DATA for acme to a suppressed and a clean recipient: the clean copy is taken,
+        # the suppressed one left out (its Rejection logged), and the one reply is 250.
+        before = {r["recipient"] for r in node.records.of("Reception")}
+        mixed = await aiosmtplib.send(
+            b"From: s@src.test\r\nX-Tenant: acme\r\nSubject: t\r\n\r\nbody\r\n",
+            sender="sender@src.test",
+            recipients=["acme@dest.test", "clean@dest.test"],
+            hostname="127.0.0.1",
+            port=node.smtp_port,
+            timeout=10,
+        )
+        taken = [
+            r["recipient"]
+            for r in node.records.of("Reception")
+            if r["recipient"] not in before or r["recipient"] == "clean@dest.test"
+        ]
+        left_out = [r for r in node.records.of("Rejection") if r["recipient"] == "acme@dest.test"]
     assert default["failed_recipients"] == ["all@dest.test"]
     assert transactional["success_count"] == 1
     assert acme["failed_recipients"] == ["acme@dest.test"] and "tenant acme" in acme["errors"][0]
@@ -386,6 +403,8 @@ async def test_tenant_override_and_tenant_entries(tmp_path, auth_dir, rx):
     assert rcpt[0] == 250
     assert smtp_default[0] == 550 and "suppression list" in smtp_default[1]
     assert smtp_transactional[0] == 250
+    assert mixed[1].startswith("OK ids=") and len(mixed[1].split()) == 2  # one id: the clean copy
+    assert taken == ["clean@dest.test"] and len(left_out) >= 2
 
 
 async def test_disabled_records_and_refuses_nothing(tmp_path, auth_dir):
