@@ -17,7 +17,7 @@ from engine.suppression.entries import Filter, Reason, Suppression
 from tests.support.node import running_node
 from tests.support.receiver import Receiver
 from tests.support.redis_server import RedisServer
-from tests.support.reports import arf, original, trace_value
+from tests.support.reports import arf, dsn, original, trace_value
 
 AUTH = {"Authorization": aiohttp.encode_basic_auth("alice", "s3cret")}
 RULES = BUNDLED_POLICY_DIR / "bounce_rules.toml"
@@ -30,6 +30,8 @@ def register(nimbus):
     def listener_domain(domain, listener, conn_meta):
         if domain == "fbl.test":
             return nimbus.ListenerDomain(relay_to=True, log_arf="LogThenDrop")
+        if domain == "bounce.test":
+            return nimbus.ListenerDomain(relay_to=True, log_oob="LogThenDrop")
         return None
 """
 
@@ -129,14 +131,14 @@ async def smtp_send(node, recipient: str, headers: str = "") -> tuple[int, str]:
     return 250, text
 
 
-async def send_report(node, data: bytes) -> None:
+async def send_report(node, data: bytes, to: str = "fbl@fbl.test") -> None:
     """A report from a receiving MTA: null reverse path, to the feedback address."""
     client = aiosmtplib.SMTP(hostname="127.0.0.1", port=node.smtp_port, timeout=10)
     await client.connect()
     try:
         await client.ehlo(hostname="mx.dest.test")
         await client.mail("")
-        await client.rcpt("fbl@fbl.test")
+        await client.rcpt(to)
         await client.data(data)
     finally:
         await client.quit()
@@ -214,6 +216,24 @@ async def test_arf_complaint_suppresses(tmp_path, auth_dir, rx):
     assert feedback["recipient"] == "victim@dest.test"
     assert answer["failed_recipients"] == ["victim@dest.test"]
     assert "(complaint: abuse)" in answer["errors"][0]
+
+
+async def test_an_asynchronous_hard_bounce_suppresses(tmp_path, auth_dir, rx):
+    """A DSN for a listener domain with log_oob (550 5.1.1, sent after the remote MTA took
+    the message) makes an OOB record classified like a Bounce, which suppresses the original
+    recipient (from the X-KumoRef trace header): the next injection to it is refused."""
+    async with node_for(tmp_path, rx, auth_dir, **{"smtp.relay_hosts": ["10.255.0.0/16"]}) as node:
+        report = dsn(
+            recipient="late@dest.test", attach=original(trace=trace_value("late@dest.test"))
+        )
+        await send_report(node, report, to="bounces@bounce.test")
+        [oob] = await node.records.wait(lambda r: r["type"] == "OOB")
+        await wait_until(lambda: suppressed(node, "late@dest.test"), what="suppressed")
+        answer = await inject(node, "late@dest.test")
+    assert oob["recipient"] == "late@dest.test"
+    assert oob["bounce_classification"] in node.settings.suppression.classifications
+    assert answer["failed_recipients"] == ["late@dest.test"]
+    assert "suppression list" in answer["errors"][0]
 
 
 async def test_entries_expire(tmp_path, auth_dir, rx):
