@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
-from typing import NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -262,6 +262,22 @@ class Metrics:
             RecordType.BOUNCE: self.bounced,
             RecordType.EXPIRATION: self.expired,
         }
+
+    def to_json(self) -> dict[str, Any]:
+        """Every metric as JSON (``GET /metrics.json``, ``nimbus top``): name ->
+        ``{"type", "help", "samples": [{"name", "labels", "value"}]}``, read now."""
+        out: dict[str, Any] = {}
+        for family in self.registry.collect():
+            out[family.name] = {
+                "type": family.type,
+                "help": family.documentation,
+                "samples": [
+                    {"name": s.name, "labels": dict(s.labels), "value": s.value}
+                    for s in family.samples
+                    if s.value == s.value  # NaN is no JSON
+                ],
+            }
+        return out
 
     def attach_gauges(self, source: GaugeSource) -> None:
         self.registry.register(_LiveGauges(source))
