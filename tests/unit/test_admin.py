@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from engine.admin.views import format_summary, format_table
 from engine.admin.entries import (
     BounceEntry,
     Criteria,
@@ -20,6 +19,7 @@ from engine.admin.requests import (
     parse_suspend,
 )
 from engine.admin.state import AdminApi, AdminState, UnknownEntry
+from engine.admin.views import format_summary, format_table
 
 NOW = 1_800_000_000.0
 
