@@ -33,7 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.admin.http import add_admin_routes
+from engine.admin.node_routes import NodeFacts
 from engine.admin.ops import AdminOps
+from engine.admin.persist import STATE_FILE
 from engine.admin.state import AdminApi, AdminState
 from engine.admin.status import Worker
 from engine.admin.status_page import add_status_routes
@@ -149,7 +151,8 @@ class Node:
             node_id=settings.effective_node_id,
             policy=self.policy,
         )
-        self.admin_state = AdminState()
+        # Suspensions and admin bounces survive a restart (README "Admin state").
+        self.admin_state = AdminState(Path(settings.spool.dir) / STATE_FILE)
         self.overlay = Overlay()
         self.tsa_subscriber = (
             TsaSubscriber(
@@ -207,6 +210,11 @@ class Node:
             xfer_cancel=self.transfers.cancel,
             xfer_jobs=self.transfers.jobs,
             warmup_status=lambda: self.gate.warmup.status(self._registry.warmup),
+            inspect_ready_q=ops.inspect_ready_q,
+            abort_ready_q_conn=ops.abort_ready_q_conn,
+            retry_now=ops.retry_now,
+            provider_summary=ops.provider_summary,
+            resolve_egress_path=ops.resolve_egress_path,
             state=self.admin_state,
         )
         # Signing processes start on the first dkim_sign (none for policies that never sign).
@@ -263,6 +271,11 @@ class Node:
             settings=settings,
             audit=self.logs.emit,
             auth_limiter=auth_limiter,
+            node=NodeFacts(
+                node_id=settings.effective_node_id,
+                started=time.time(),
+                metrics_json=self.metrics.to_json,
+            ),
         )
         add_status_routes(http_app, read=self._status_sources().read)
         add_xfer_routes(

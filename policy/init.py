@@ -97,8 +97,7 @@ def register(nimbus):
     def egress_pool(name):
         return sources.pool(name)
 
-    @nimbus.on("get_egress_path_config")
-    async def egress_path(routing_domain, egress_source, site_name):
+    async def shaped(routing_domain, egress_source, site_name):
         mx_hosts = ()
         if not site_name.startswith("mx_list:"):
             # Provider rules match on every MX host; the node's resolver cache answers.
@@ -106,7 +105,7 @@ def register(nimbus):
                 mx_hosts = (await nimbus.resolve_mx(routing_domain)).hosts
             except Exception:
                 mx_hosts = ()
-        resolved = resolve(
+        return resolve(
             shaping,
             domain=routing_domain,
             source=egress_source,
@@ -114,4 +113,12 @@ def register(nimbus):
             mx_hosts=mx_hosts,
             site_of=site_of,
         )
-        return resolved.config
+
+    @nimbus.on("get_egress_path_config")
+    async def egress_path(routing_domain, egress_source, site_name):
+        return (await shaped(routing_domain, egress_source, site_name)).config
+
+    @nimbus.on("explain_egress_path_config")
+    async def explain_egress_path(routing_domain, egress_source, site_name):
+        """Where each shaping value came from (nimbus resolve-egress-path)."""
+        return dict((await shaped(routing_domain, egress_source, site_name)).origins)

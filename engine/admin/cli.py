@@ -1,41 +1,43 @@
-"""kcli-like admin verbs over the admin HTTP API (``engine/admin/http.py``).
+"""kcli's verbs as ``nimbus <verb>``, over the admin HTTP API (``engine/admin/http.py``).
 
 Exports:
     main(argv) -> exit code          standalone: ``python -m engine.admin.cli VERB ...``
     add_subcommands(subparsers)      the verbs, for the ``nimbus`` parser
     run(args) -> exit code           run a parsed verb
     VERBS                            the verb names
-    format_table(headers, rows)      aligned text table (pure)
+    format_table(headers, rows)      aligned text table (pure; ``engine/admin/views.py``)
     format_warmup(sources)           the warmup-status table (pure)
 
-Verbs: queue-summary, bounce, bounce-list, bounce-cancel, suspend, suspend-list,
-suspend-cancel, suspend-ready-q, suspend-ready-q-list, suspend-ready-q-cancel, rebind,
-inspect-message, inspect-sched-q, xfer, xfer-cancel, xfer-list, warmup-status, and the
-suppression verbs (``admin/suppression_verbs.py``: suppression-list, -add, -remove, -import,
--export).
+Verbs (kcli's names, options and endpoints): queue-summary, provider-summary, bounce,
+bounce-list, bounce-cancel, suspend, suspend-list, suspend-cancel, suspend-ready-q,
+suspend-ready-q-list, suspend-ready-q-cancel, rebind, set-log-filter,
+abort-ready-q-conn, inspect-message, inspect-ready-q, inspect-sched-q,
+resolve-egress-path, trace-smtp-client, trace-smtp-server, top, xfer, xfer-cancel; and
+Nimbus's xfer-list, retry-now, machine-info, task-dump, memory-stats, logs (reads the
+log directory, no endpoint), warmup-status, and the suppression verbs
+(``admin/suppression_verbs.py``: suppression-list, -add, -remove, -import, -export).
 
 Every verb takes ``--endpoint`` (default ``$NIMBUS_ENDPOINT`` or
-``http://127.0.0.1:8000``, as kcli's ``--endpoint``) and, for an untrusted host,
-``--user`` with ``--password`` (or ``$NIMBUS_ADMIN_USER`` / ``$NIMBUS_ADMIN_PASSWORD``,
-which keeps the password out of the process list). Answers print as JSON, except
-``queue-summary``, ``xfer-list`` and ``warmup-status``, which print tables. Exit 0 on
-success, 1 when the server refuses or can't be reached, 2 on a usage error.
+``http://127.0.0.1:8000``, as kcli's ``--endpoint``), ``--json`` (the raw answer instead
+of the human view) and, for an untrusted host, ``--user`` with ``--password`` (or
+``$NIMBUS_ADMIN_USER`` / ``$NIMBUS_ADMIN_PASSWORD``, which keeps the password out of the
+process list). Exit 0 on success, 1 when the server refuses or can't be reached, 2 on a
+usage error.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from engine.admin import logtail, top, views, watch
+from engine.admin.client import AdminClient, AdminClientError
 from engine.admin.suppression_verbs import SUPPRESSION_VERBS, UsageError, add_suppression_verbs
+from engine.admin.views import format_table
 
 __all__ = [
     "main",
@@ -50,116 +52,19 @@ __all__ = [
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
 
 
-class AdminClientError(Exception):
-    """The request failed: refused by the server, or the server unreachable."""
-
-
-class _Client:
-    """Blocking JSON-over-HTTP calls to one node (a CLI may block)."""
-
-    def __init__(
-        self, endpoint: str, user: str | None, password: str | None, timeout: float
-    ) -> None:
-        self._base = endpoint.rstrip("/")
-        self._timeout = timeout
-        self._auth = None
-        if user:
-            token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
-            self._auth = f"Basic {token}"
-
-    def call(
-        self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None
-    ) -> Any:
-        url = self._base + path
-        if query:
-            url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(url, data=data, method=method)
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        if self._auth:
-            req.add_header("Authorization", self._auth)
-        try:
-            with urllib.request.urlopen(req, timeout=self._timeout) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            raise AdminClientError(f"{exc.code} {_reason(exc.read())}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise AdminClientError(f"cannot reach {self._base}: {exc}") from None
-        return json.loads(raw) if raw else None
-
-
-def _reason(raw: bytes) -> str:
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return raw.decode("utf-8", "replace").strip()
-    if isinstance(body, dict) and "error" in body:
-        return body["error"] + (f" (field {body['field']})" if body.get("field") else "")
-    return json.dumps(body)
-
-
 # -- output ------------------------------------------------------------------------
-
-
-def format_table(
-    headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[bool] | None = None
-) -> str:
-    """Rows under headers, columns padded; ``numeric`` columns right-aligned."""
-    numeric = numeric or [False] * len(headers)
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = []
-    for row in cells:
-        parts = [
-            c.rjust(w) if num else c.ljust(w)
-            for c, w, num in zip(row, widths, numeric, strict=False)
-        ]
-        lines.append("  ".join(parts).rstrip())
-    return "\n".join(lines)
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-    """``queue-summary``: the scheduled queues, then the ready queues, by count."""
-    sched = sorted(summary.get("scheduled", []), key=lambda q: (-q.get("count", 0), q["name"]))
-    ready = sorted(summary.get("ready", []), key=lambda q: (-q.get("count", 0), q["name"]))
-    out = [
-        format_table(
-            ("SCHEDULED QUEUE", "COUNT", "SUSPENDED"),
-            [(q["name"], q.get("count", 0), q.get("suspended")) for q in sched],
-            (False, True, False),
-        )
-    ]
-    if not sched:
-        out.append("(no scheduled messages)")
-    out.append("")
-    out.append(
-        format_table(
-            ("READY QUEUE", "COUNT", "CONNECTIONS", "SUSPENDED"),
-            [
-                (q["name"], q.get("count", 0), q.get("connections", 0), q.get("suspended"))
-                for q in ready
-            ],
-            (False, True, True, False),
-        )
-    )
-    if not ready:
-        out.append("(no ready queues)")
-    xfer = summary.get("xfer") or []
-    if xfer:
-        out.append("")
-        out.append(
-            format_table(
-                ("XFER QUEUE", "COUNT", "STATE"),
-                [(q["name"], q.get("count", 0), q.get("state")) for q in xfer],
-                (False, True, False),
-            )
-        )
-    return "\n".join(out)
 
 
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _show(args: argparse.Namespace, answer: Any, view: Callable[[Any], str]) -> None:
+    """``--json``: the raw answer; else the human view."""
+    if getattr(args, "json", False):
+        _print_json(answer)
+    else:
+        print(view(answer))
 
 
 # -- verbs -------------------------------------------------------------------------
@@ -196,125 +101,197 @@ class _Usage(Exception):
     """A usage error found after parsing (exit 2)."""
 
 
-def _queue_summary(c: _Client, args: argparse.Namespace) -> None:
-    print(format_summary(c.call("GET", "/api/admin/queue-summary/v1")))
+def _queue_summary(c: AdminClient, args: argparse.Namespace) -> None:
+    _show(
+        args,
+        c.call("GET", "/api/admin/queue-summary/v1"),
+        lambda s: views.format_summary(
+            s, limit=args.limit, by_volume=args.by_volume, domain=args.domain
+        ),
+    )
 
 
-def _bounce(c: _Client, args: argparse.Namespace) -> None:
+def _provider_summary(c: AdminClient, args: argparse.Namespace) -> None:
+    _show(
+        args,
+        c.call("GET", "/api/admin/provider-summary/v1"),
+        lambda rows: views.provider_table(
+            rows, by_pool=args.by_pool, show_domains=args.show_domains, limit=args.limit
+        ),
+    )
+
+
+def _bounce(c: AdminClient, args: argparse.Namespace) -> None:
     body = _lifetime(args, _criteria(args, routing=True))
     if args.suppress_logging:
         body["suppress_logging"] = True
-    _print_json(c.call("POST", "/api/admin/bounce/v1", body))
-
-
-def _suspend(c: _Client, args: argparse.Namespace) -> None:
-    _print_json(
-        c.call("POST", "/api/admin/suspend/v1", _lifetime(args, _criteria(args, routing=False)))
+    _show(
+        args,
+        c.call("POST", "/api/admin/bounce/v1", body),
+        lambda r: f"bounce {r['id']} added; bounced {r['total_bounced']} queued messages now",
     )
 
 
-def _suspend_ready_q(c: _Client, args: argparse.Namespace) -> None:
-    _print_json(
-        c.call("POST", "/api/admin/suspend-ready-q/v1", _lifetime(args, {"name": args.name}))
+def _suspend(c: AdminClient, args: argparse.Namespace) -> None:
+    body = _lifetime(args, _criteria(args, routing=False))
+    _show(args, c.call("POST", "/api/admin/suspend/v1", body), lambda r: f"suspension {r['id']}")
+
+
+def _suspend_ready_q(c: AdminClient, args: argparse.Namespace) -> None:
+    body = _lifetime(args, {"name": args.name})
+    _show(
+        args,
+        c.call("POST", "/api/admin/suspend-ready-q/v1", body),
+        lambda r: f"ready-queue suspension {r['id']}",
     )
 
 
-def _lister(path: str) -> Callable[[_Client, argparse.Namespace], None]:
-    def verb(c: _Client, args: argparse.Namespace) -> None:
-        _print_json(c.call("GET", path))
+def _lister(path: str, kind: str) -> Callable[[AdminClient, argparse.Namespace], None]:
+    def verb(c: AdminClient, args: argparse.Namespace) -> None:
+        _show(args, c.call("GET", path) or [], lambda e: views.entries_table(kind, e))
 
     return verb
 
 
-def _canceller(path: str) -> Callable[[_Client, argparse.Namespace], None]:
-    def verb(c: _Client, args: argparse.Namespace) -> None:
-        c.call("DELETE", path, {"id": args.id})
-        print(f"cancelled {args.id}")
+def _canceller(path: str) -> Callable[[AdminClient, argparse.Namespace], None]:
+    def verb(c: AdminClient, args: argparse.Namespace) -> None:
+        _show(args, c.call("DELETE", path, {"id": args.id}), lambda _r: f"cancelled {args.id}")
 
     return verb
 
 
-def _rebind(c: _Client, args: argparse.Namespace) -> None:
-    data = {}
-    for item in args.set:
+def _rebind(c: AdminClient, args: argparse.Namespace) -> None:
+    data: dict[str, Any] = {}
+    if args.data:
+        try:
+            data = json.loads(args.data)
+        except ValueError as exc:
+            raise _Usage(f"--data is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise _Usage("--data must be a JSON object")
+    for item in args.set or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise _Usage(f"--set {item!r} must be KEY=VALUE")
         data[key] = value
+    if not data:
+        raise _Usage("give --data or --set KEY=VALUE")
     body = _criteria(args, routing=True)
     body.pop("queue_names", None)
     body.update(reason=args.reason, data=data)
-    if args.trigger_rebind_event:
-        body["trigger_rebind_event"] = True
-    _print_json(c.call("POST", "/api/admin/rebind/v1", body))
+    for flag in ("trigger_rebind_event", "always_flush", "suppress_logging"):
+        if getattr(args, flag):
+            body[flag] = True
+    _show(args, c.call("POST", "/api/admin/rebind/v1", body), lambda _r: "rebound")
 
 
-def _inspect_message(c: _Client, args: argparse.Namespace) -> None:
-    _print_json(
-        c.call(
-            "GET",
-            "/api/admin/inspect-message/v1",
-            query={"id": args.id, "want_body": "true" if args.want_body else None},
-        )
+def _one(args: argparse.Namespace, positional: str, option: str, flag: str) -> str:
+    value = getattr(args, positional, None) or getattr(args, option, None)
+    if not value:
+        raise _Usage(f"give the {positional.replace('_', ' ')} (or {flag})")
+    return str(value)
+
+
+def _inspect_message(c: AdminClient, args: argparse.Namespace) -> None:
+    query = {"id": _one(args, "msg_id", "id_opt", "--id"), "want_body": _flag(args.want_body)}
+    _show(args, c.call("GET", "/api/admin/inspect-message/v1", query=query), views.message_view)
+
+
+def _flag(value: bool) -> str | None:
+    return "true" if value else None
+
+
+def _inspect_sched_q(c: AdminClient, args: argparse.Namespace) -> None:
+    query = {
+        "queue_name": _one(args, "queue_name", "queue_opt", "--queue"),
+        "want_body": _flag(args.want_body),
+        "limit": None if args.no_limit else args.limit,
+    }
+    _show(args, c.call("GET", "/api/admin/inspect-sched-q/v1", query=query), views.sched_q_view)
+
+
+def _inspect_ready_q(c: AdminClient, args: argparse.Namespace) -> None:
+    query = {"queue_name": args.queue_name, "include_scheduled_queues": _flag(args.sched_q)}
+    _show(
+        args,
+        c.call("GET", "/api/admin/inspect-ready-q/v1", query=query),
+        lambda a: views.ready_q_view(
+            a, connections=args.connections, config=args.config, sched_q=args.sched_q
+        ),
     )
 
 
-def _inspect_sched_q(c: _Client, args: argparse.Namespace) -> None:
-    _print_json(
-        c.call(
-            "GET",
-            "/api/admin/inspect-sched-q/v1",
-            query={
-                "queue_name": args.queue,
-                "want_body": "true" if args.want_body else None,
-                "limit": args.limit,
-            },
-        )
+def _abort_ready_q_conn(c: AdminClient, args: argparse.Namespace) -> None:
+    body = {"queue_name": args.queue_name, "session_id": args.session_id}
+    _show(
+        args,
+        c.call("POST", "/api/admin/abort-ready-q-conn/v1", body),
+        lambda _r: f"aborted {args.session_id}",
     )
 
 
-def _xfer(c: _Client, args: argparse.Namespace) -> None:
+def _resolve_egress_path(c: AdminClient, args: argparse.Namespace) -> None:
+    query = {"domain": args.domain, "source": args.source}
+    part = "config" if args.config else "constraints" if args.constraints else "all"
+    _show(
+        args,
+        c.call("GET", "/api/admin/resolve-egress-path/v1", query=query),
+        lambda a: views.egress_path_view(a, part=part),
+    )
+
+
+def _set_log_filter(c: AdminClient, args: argparse.Namespace) -> None:
+    body = {"filter": args.filter}
+    _show(
+        args,
+        c.call("POST", "/api/admin/set_diagnostic_log_filter/v1", body),
+        lambda _r: f"log filter set: {args.filter}",
+    )
+
+
+def _retry_now(c: AdminClient, args: argparse.Namespace) -> None:
+    body = _criteria(args, routing=True)
+    if args.everything:
+        body["everything"] = True
+    if args.reason:
+        body["reason"] = args.reason
+    _show(
+        args,
+        c.call("POST", "/api/admin/retry-now/v1", body),
+        lambda r: views.format_table(
+            ("SCHEDULED QUEUE", "MADE DUE NOW"),
+            sorted(r["retried"].items()) + [("total", r["total_retried"])],
+            (False, True),
+        ),
+    )
+
+
+def _inspect_sched_q_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("queue_name", nargs="?", help="the scheduled queue's name")
+    p.add_argument("--queue", dest="queue_opt", help="the same, as an option (older spelling)")
+    p.add_argument("--want-body", action="store_true", help="include message bodies")
+    p.add_argument("--limit", type=int, default=5, help="at most this many messages (default 5)")
+    p.add_argument("--no-limit", action="store_true", help="every message (can be expensive)")
+
+
+def _xfer(c: AdminClient, args: argparse.Namespace) -> None:
     body = _criteria(args, routing=True)
     if args.everything:
         body["everything"] = True
     body.update(target=args.target, reason=args.reason)
-    _print_json(c.call("POST", "/api/admin/xfer/v1", body))
-
-
-def _xfer_cancel(c: _Client, args: argparse.Namespace) -> None:
-    _print_json(
-        c.call(
-            "POST",
-            "/api/admin/xfer/cancel/v1",
-            {"queue_name": args.queue_name, "reason": args.reason},
-        )
+    _show(
+        args,
+        c.call("POST", "/api/admin/xfer/v1", body),
+        lambda r: f"{r['messages']} messages to {r['queue_name']}",
     )
 
 
-def _xfer_list(c: _Client, args: argparse.Namespace) -> None:
-    jobs = c.call("GET", "/api/admin/xfer/v1") or []
-    if args.json:
-        _print_json(jobs)
-        return
-    print(
-        format_table(
-            ("XFER QUEUE", "STATE", "TOTAL", "MOVED", "FAILED", "LEFT", "LAST ERROR"),
-            [
-                (
-                    j["queue_name"],
-                    j["state"],
-                    j["total"],
-                    j["moved"],
-                    j["failed"],
-                    j["left"],
-                    (j.get("errors") or [None])[-1],
-                )
-                for j in jobs
-            ],
-            (False, False, True, True, True, True, False),
-        )
-        if jobs
-        else "(no transfers)"
+def _xfer_cancel(c: AdminClient, args: argparse.Namespace) -> None:
+    body = {"queue_name": args.queue_name, "reason": args.reason}
+    _show(
+        args,
+        c.call("POST", "/api/admin/xfer/cancel/v1", body),
+        lambda r: f"cancelled {r['queue_name']}: {r['returned']} messages back in their queues",
     )
 
 
@@ -345,7 +322,7 @@ def format_warmup(sources: Sequence[dict[str, Any]]) -> str:
     )
 
 
-def _warmup_status(c: _Client, args: argparse.Namespace) -> None:
+def _warmup_status(c: AdminClient, args: argparse.Namespace) -> None:
     answer = c.call("GET", "/api/admin/warmup/v1") or {}
     sources = [
         s for s in answer.get("sources", []) if not args.source or s["source"] in args.source
@@ -356,7 +333,38 @@ def _warmup_status(c: _Client, args: argparse.Namespace) -> None:
     print(format_warmup(sources))
 
 
+def _xfer_list(c: AdminClient, args: argparse.Namespace) -> None:
+    _show(args, c.call("GET", "/api/admin/xfer/v1") or [], views.xfer_table)
+
+
+def _machine_info(c: AdminClient, args: argparse.Namespace) -> None:
+    _show(args, c.call("GET", "/api/machine-info"), views.key_values)
+
+
+def _texter(path: str) -> Callable[[AdminClient, argparse.Namespace], None]:
+    def verb(c: AdminClient, args: argparse.Namespace) -> None:
+        text = c.text(path)
+        if args.json:
+            _print_json({"text": text})
+        else:
+            print(text, end="")
+
+    return verb
+
+
+def _trace(path: str) -> Callable[[AdminClient, argparse.Namespace], None]:
+    def verb(c: AdminClient, args: argparse.Namespace) -> None:
+        watch.trace(c, path, args)
+
+    return verb
+
+
 # -- parser ------------------------------------------------------------------------
+
+_STATE_NOTE = (
+    " Admin entries persist in the spool directory (admin-state.json) and survive a restart;"
+    " expired ones are dropped at start."
+)
 
 
 def _connection_options() -> argparse.ArgumentParser:
@@ -383,6 +391,12 @@ def _connection_options() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="seconds to wait for the node (default 30)",
     )
+    common.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print the node's raw JSON answer instead of the human view",
+    )
     return common
 
 
@@ -407,39 +421,67 @@ def _lifetime_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", help="how long the entry lives (default 5m)")
 
 
+def _trace_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--color", choices=("tty", "yes", "no"), default="tty", help="colorize (default tty)"
+    )
+    p.add_argument("--only-new", action="store_true", help="only sessions opened from now on")
+    p.add_argument("--only-one", action="store_true", help="the first session seen, then exit")
+    p.add_argument(
+        "--terse", action="store_true", help="abbreviate long data (a DATA body: first line)"
+    )
+
+
 def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the admin verbs to ``subparsers`` (from ``parser.add_subparsers``)."""
     common = [_connection_options()]
 
     def verb(
-        name: str, fn: Callable[[_Client, argparse.Namespace], None], help: str
+        name: str, fn: Callable[[AdminClient, argparse.Namespace], None], help: str
     ) -> argparse.ArgumentParser:
         p = subparsers.add_parser(name, parents=common, help=help, description=help)
         p.set_defaults(admin_verb=fn)
         return p
 
-    verb("queue-summary", _queue_summary, "scheduled and ready queues with counts")
-    p = verb("bounce", _bounce, "bounce matching queued messages, and new ones for a while")
+    p = verb("queue-summary", _queue_summary, "ready and scheduled queues with counts")
+    p.add_argument("--limit", type=int, help="at most LIMIT rows per table")
+    p.add_argument("--by-volume", action="store_true", help="order by count, not by name")
+    p.add_argument("--domain", help="only queues of this destination domain")
+    p = verb(
+        "provider-summary", _provider_summary, "ready queues by provider (or MX site), by volume"
+    )
+    p.add_argument("--by-pool", action="store_true", help="a POOL column, volume per pool")
+    p.add_argument("--show-domains", action="store_true", help="a DOMAINS column")
+    p.add_argument("--limit", type=int, help="at most LIMIT rows")
+    p = verb(
+        "bounce",
+        _bounce,
+        "bounce matching queued messages, and new ones for a while." + _STATE_NOTE,
+    )
     _selection(p, routing=True)
     _lifetime_flags(p)
     p.add_argument("--suppress-logging", action="store_true", help="log no AdminBounce records")
-    verb("bounce-list", _lister("/api/admin/bounce/v1"), "list active bounces")
+    verb("bounce-list", _lister("/api/admin/bounce/v1", "bounces"), "list active bounces")
     verb("bounce-cancel", _canceller("/api/admin/bounce/v1"), "cancel a bounce").add_argument(
         "--id", required=True, help="the bounce's id (bounce-list shows it)"
     )
-    p = verb("suspend", _suspend, "suspend delivery of matching scheduled queues")
+    p = verb("suspend", _suspend, "suspend delivery of matching scheduled queues." + _STATE_NOTE)
     _selection(p, routing=False)
     _lifetime_flags(p)
-    verb("suspend-list", _lister("/api/admin/suspend/v1"), "list active suspensions")
+    verb("suspend-list", _lister("/api/admin/suspend/v1", "suspensions"), "list suspensions")
     verb("suspend-cancel", _canceller("/api/admin/suspend/v1"), "cancel a suspension").add_argument(
         "--id", required=True, help="the suspension's id (suspend-list shows it)"
     )
-    p = verb("suspend-ready-q", _suspend_ready_q, "suspend one ready queue (egress path)")
+    p = verb(
+        "suspend-ready-q",
+        _suspend_ready_q,
+        "suspend one ready queue (egress path)." + _STATE_NOTE,
+    )
     p.add_argument("--name", required=True, help="ready queue name, source->site@smtp_client")
     _lifetime_flags(p)
     verb(
         "suspend-ready-q-list",
-        _lister("/api/admin/suspend-ready-q/v1"),
+        _lister("/api/admin/suspend-ready-q/v1", "ready-queue suspensions"),
         "list ready-queue suspensions",
     )
     verb(
@@ -452,23 +494,69 @@ def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     p.add_argument(
         "--set",
         action="append",
-        required=True,
         metavar="KEY=VALUE",
         help="meta to set (repeatable), e.g. --set routing_domain=relay.example",
     )
+    p.add_argument("--data", help="a JSON object of meta to set (merged under --set)")
     p.add_argument("--reason", required=True, help="reason, logged")
     p.add_argument(
         "--trigger-rebind-event",
         action="store_true",
         help="run the rebind policy event instead of setting meta directly",
     )
+    p.add_argument("--always-flush", action="store_true", help="requeue even if unchanged")
+    p.add_argument("--suppress-logging", action="store_true", help="log no AdminRebind records")
+    p = verb("set-log-filter", _set_log_filter, "change the node's diagnostic log filter now")
+    p.add_argument("filter", help='e.g. "debug" or "info,nimbus.ready=debug" ("kumod=trace")')
+    p = verb(
+        "abort-ready-q-conn",
+        _abort_ready_q_conn,
+        "abort one connection of a ready queue; its message goes back, due now",
+    )
+    p.add_argument("queue_name", help="the ready queue")
+    p.add_argument("session_id", help="the connection's session id (inspect-ready-q)")
     p = verb("inspect-message", _inspect_message, "show one message")
-    p.add_argument("--id", required=True, help="the message's spool id (in its log records)")
+    p.add_argument("msg_id", nargs="?", help="the message's spool id (in its log records)")
+    p.add_argument("--id", dest="id_opt", help="the same, as an option (older spelling)")
     p.add_argument("--want-body", action="store_true", help="include the message body")
+    p = verb("inspect-ready-q", _inspect_ready_q, "show one ready queue: state, connections")
+    p.add_argument("queue_name", help="the ready queue's name")
+    p.add_argument("--connections", action="store_true", help="per-connection state")
+    p.add_argument("--config", action="store_true", help="the egress path configuration")
+    p.add_argument("--sched-q", action="store_true", help="scheduled queues feeding it")
     p = verb("inspect-sched-q", _inspect_sched_q, "show a scheduled queue and its messages")
-    p.add_argument("--queue", required=True, help="scheduled queue name")
-    p.add_argument("--want-body", action="store_true", help="include message bodies")
-    p.add_argument("--limit", type=int, help="at most this many messages")
+    _inspect_sched_q_args(p)
+    p = verb(
+        "resolve-egress-path",
+        _resolve_egress_path,
+        "the effective egress path for a domain and source, and where each value came from",
+    )
+    p.add_argument("domain", help="destination domain")
+    p.add_argument("source", nargs="?", help='egress source (default "unspecified")')
+    p.add_argument("--config", action="store_true", help="only the values and their origins")
+    p.add_argument("--constraints", action="store_true", help="only the ceilings")
+    p = verb("trace-smtp-client", _trace("/api/admin/trace-smtp-client/v1"), "live outbound SMTP")
+    for name, help in (
+        ("domain", "recipient domain (per message)"),
+        ("routing-domain", "routing domain (per message)"),
+        ("tenant", "tenant (per message)"),
+        ("campaign", "campaign (per message)"),
+        ("mail-from", "envelope sender (per message)"),
+        ("rcpt-to", "envelope recipient (per message)"),
+        ("mx-host", "MX host name"),
+        ("egress-source", "egress source"),
+        ("egress-pool", "egress pool"),
+        ("ready-queue", "ready queue name"),
+    ):
+        p.add_argument(f"--{name}", dest=name.replace("-", "_"), help=f"only this {help}")
+    p.add_argument("--mx-addr", action="append", help="MX address CIDR (repeatable)")
+    _trace_flags(p)
+    p = verb("trace-smtp-server", _trace("/api/admin/trace-smtp-server/v1"), "live inbound SMTP")
+    p.add_argument("--source", action="append", help="peer address CIDR (repeatable)")
+    _trace_flags(p)
+    p = verb("top", top.top, "live view of rates and queues")
+    p.add_argument("--update-interval", type=float, default=1.0, help="seconds (default 1)")
+    p.add_argument("--once", action="store_true", help="print one frame and exit")
     p = verb("xfer", _xfer, "move matching queued messages to another node (kcli xfer)")
     _selection(p, routing=True)
     p.add_argument(
@@ -480,8 +568,30 @@ def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     p = verb("xfer-cancel", _xfer_cancel, "stop a transfer: unsent messages go back")
     p.add_argument("queue_name", help="the xfer queue (xfer and xfer-list print it)")
     p.add_argument("--reason", required=True, help="reason, logged (AdminRebind records)")
-    p = verb("xfer-list", _xfer_list, "transfers and their progress (moved, failed, left)")
-    p.add_argument("--json", action="store_true", help="print the raw JSON")
+    verb("xfer-list", _xfer_list, "transfers and their progress (moved, failed, left)")
+    p = verb(
+        "retry-now",
+        _retry_now,
+        "make matching scheduled messages due now (no attempt is counted)",
+    )
+    _selection(p, routing=True)
+    p.add_argument("--reason", help="reason, kept in the audit record")
+    verb("machine-info", _machine_info, "the node's identity: node id, host, CPU, OS")
+    verb("task-dump", _texter("/api/admin/task-dump"), "every asyncio task and its stack")
+    verb("memory-stats", _texter("/api/admin/memory/stats"), "the node's memory use")
+    p = subparsers.add_parser(
+        "logs",
+        help="print (and follow) the log records of a log directory, one line each",
+        description="print (and follow) the log records of a log directory, one line each",
+    )
+    p.set_defaults(local_verb=logtail.logs)
+    p.add_argument("--dir", help="log directory (default $NIMBUS_LOG_DIR or nimbus-data/logs)")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new records")
+    p.add_argument("--type", action="append", help="only this record type (repeatable)")
+    p.add_argument("--domain", help="only this recipient (or queue) domain")
+    p.add_argument("--queue", help="only this scheduled queue")
+    p.add_argument("--id", help="only this message id")
+    p.add_argument("--json", action="store_true", help="print each raw record (one JSON line)")
     p = verb(
         "warmup-status",
         _warmup_status,
@@ -490,12 +600,12 @@ def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     p.add_argument(
         "--source", action="append", metavar="NAME", help="only this source (repeatable)"
     )
-    p.add_argument("--json", action="store_true", help="print the raw JSON")
     add_suppression_verbs(verb, format_table)
 
 
 VERBS = (
     "queue-summary",
+    "provider-summary",
     "bounce",
     "bounce-list",
     "bounce-cancel",
@@ -506,11 +616,23 @@ VERBS = (
     "suspend-ready-q-list",
     "suspend-ready-q-cancel",
     "rebind",
+    "set-log-filter",
+    "abort-ready-q-conn",
     "inspect-message",
+    "inspect-ready-q",
     "inspect-sched-q",
+    "resolve-egress-path",
+    "trace-smtp-client",
+    "trace-smtp-server",
+    "top",
     "xfer",
     "xfer-cancel",
     "xfer-list",
+    "retry-now",
+    "machine-info",
+    "task-dump",
+    "memory-stats",
+    "logs",
     "warmup-status",
     *SUPPRESSION_VERBS,
 )
@@ -518,13 +640,17 @@ VERBS = (
 
 def run(args: argparse.Namespace) -> int:
     """Run the verb ``args`` was parsed for; returns the exit code."""
+    if getattr(args, "local_verb", None) is not None:
+        return int(args.local_verb(args))
     env = os.environ
-    client = _Client(
+    client = AdminClient(
         getattr(args, "endpoint", None) or env.get("NIMBUS_ENDPOINT") or DEFAULT_ENDPOINT,
         getattr(args, "user", None) or env.get("NIMBUS_ADMIN_USER"),
         getattr(args, "password", None) or env.get("NIMBUS_ADMIN_PASSWORD"),
         getattr(args, "timeout", None) or 30.0,
     )
+    if not hasattr(args, "json"):
+        args.json = False
     name = getattr(args, "command", None) or "nimbus"
     try:
         args.admin_verb(client, args)

@@ -42,16 +42,29 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
 
+from engine.admin import node_routes, trace_ws
 from engine.admin import suppression as supp
 from engine.admin.audit import ANONYMOUS, AUDITED_METHODS, TRUSTED_HOST, audit_params, audit_record
 from engine.admin.requests import AdminInputError
-from engine.admin.state import AdminApi, UnknownEntry, UnknownXferQueue, XferNotAvailable
+from engine.admin.state import (
+    AdminApi,
+    UnknownEntry,
+    UnknownReadyQueue,
+    UnknownXferQueue,
+    XferNotAvailable,
+)
+from engine.admin.web import ADMIN as _ADMIN
+from engine.admin.web import Handler
+from engine.admin.web import api as _api
+from engine.admin.web import bool_param as _bool_param
+from engine.admin.web import error as _error
+from engine.admin.web import read_json as _json
+from engine.admin.web import required_param as _required_param
 from engine.config.settings import Settings
 from engine.reception.auth import (
     Credentials,
@@ -60,23 +73,11 @@ from engine.reception.auth import (
     parse_basic,
     too_many_failures_reason,
 )
-from engine.reception.json_body import BodyInvalid, decode_json
 from engine.records import LogRecord
 from engine.suppression.service import Suppressions
 from engine.suppression.store import MemoryStore, StoreUnavailable
 
 __all__ = ["add_admin_routes", "admit"]
-
-_ADMIN = web.AppKey("admin_api", AdminApi)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _error(status: int, reason: str, field: str | None = None, **headers: str) -> web.Response:
-    body: dict[str, Any] = {"error": reason}
-    if field is not None:
-        body["field"] = field
-    return web.json_response(body, status=status, headers=headers or None)
 
 
 class _Guard:
@@ -190,6 +191,8 @@ async def _serve(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(400, exc.reason, exc.field)
     except UnknownEntry as exc:
         return _error(404, f"no entry with id {exc.args[0]}", "id")
+    except UnknownReadyQueue as exc:
+        return _error(404, str(exc), exc.field)
     except UnknownXferQueue as exc:
         return _error(404, f"no transfer with queue name {exc.args[0]}", "queue_name")
     except XferNotAvailable as exc:
@@ -224,38 +227,6 @@ def _guarded(handler: Handler, method: str) -> Handler:
     guarded.__name__ = handler.__name__
     guarded.__doc__ = handler.__doc__
     return guarded
-
-
-async def _json(request: web.Request) -> Any:
-    if request.content_type not in ("application/json", "application/octet-stream", ""):
-        raise AdminInputError(
-            None, f"content type must be application/json, got {request.content_type}"
-        )
-    raw = await request.read()
-    try:
-        return decode_json(raw)
-    except BodyInvalid as exc:  # nesting, lone surrogates: 400 like the inject route
-        raise AdminInputError(exc.field or None, exc.reason) from None
-
-
-def _bool_param(request: web.Request, name: str) -> bool:
-    value = request.query.get(name, "false").strip().lower()
-    if value in ("true", "1", "yes"):
-        return True
-    if value in ("false", "0", "no", ""):
-        return False
-    raise AdminInputError(name, f"expected true or false, got {value!r}")
-
-
-def _required_param(request: web.Request, name: str) -> str:
-    value = request.query.get(name, "").strip()
-    if not value:
-        raise AdminInputError(name, "is required")
-    return value
-
-
-def _api(request: web.Request) -> AdminApi:
-    return request.app[_ADMIN]
 
 
 # -- bounce ------------------------------------------------------------------------
@@ -428,6 +399,8 @@ _ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/api/admin/suppression/v1", suppression_v1_get),
     ("POST", "/api/admin/suppression/v1", suppression_v1_post),
     ("DELETE", "/api/admin/suppression/v1", suppression_v1_delete),
+    *node_routes.ROUTES,
+    *trace_ws.ROUTES,
 )
 
 
@@ -440,6 +413,7 @@ def add_admin_routes(
     credentials: Credentials | None = None,
     audit: Callable[[LogRecord], None] | None = None,
     auth_limiter: FailureLimiter | None = None,
+    node: node_routes.NodeFacts | None = None,
 ) -> None:
     """Register the admin routes on ``app``.
 
@@ -452,6 +426,8 @@ def add_admin_routes(
         ``LogWriter.emit``); None: not audited.
     auth_limiter: failed basic-auth attempts per peer (share the inject API's);
         default a new one from ``settings.http``.
+    node: the facts ``/api/machine-info`` and ``/metrics.json`` read (default: node id
+        only, no metrics).
     """
     app[_ADMIN] = admin
     app[_GUARD] = _Guard(
@@ -462,5 +438,8 @@ def add_admin_routes(
     app[_AUDIT] = audit
     app[_SUPPRESSIONS] = suppressions or Suppressions(settings.suppression, MemoryStore())
     app[_NODE_ID] = settings.effective_node_id
+    app[node_routes.NODE_FACTS] = node or node_routes.NodeFacts(
+        node_id=settings.effective_node_id, started=time.time(), metrics_json=dict
+    )
     for method, path, handler in _ROUTES:
         app.router.add_route(method, path, _guarded(handler, method))

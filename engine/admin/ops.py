@@ -2,8 +2,11 @@
 
 Exports:
     AdminOps    bounce_now, rebind, inspect_message, inspect_sched_q, ready_q_states,
-                queue_summary — handed to ``engine.admin.state.AdminApi``; take and
-                give_back — for transfers to another node (``engine/xfer``)
+                queue_summary, inspect_ready_q, abort_ready_q_conn, retry_now,
+                provider_summary, resolve_egress_path — handed to
+                ``engine.admin.state.AdminApi``; take and give_back — for transfers to
+                another node (``engine/xfer``)
+    jsonable(value)   an option value (enums, throttle specs, read-only maps) as JSON
 
 Each works on the node's in-memory queues (scheduled and ready) and writes its records
 through ``Outcomes`` (AdminBounce, AdminRebind), so the spool and the log stay in step.
@@ -12,7 +15,9 @@ through ``Outcomes`` (AdminBounce, AdminRebind), so the spool and the log stay i
 from __future__ import annotations
 
 import dataclasses
+import enum
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from engine.admin.entries import BounceEntry, Criteria, matches_queue
@@ -23,7 +28,25 @@ from engine.queues.scheduled import Scheduler
 from engine.records import JsonObject, Message, rfc3339
 from engine.storage.spool import Spool
 
-__all__ = ["AdminOps"]
+__all__ = ["AdminOps", "jsonable"]
+
+
+def jsonable(value: Any) -> Any:
+    """A config value as JSON: enums by value, maps and sequences recursively, durations
+    as seconds, anything else (throttle specs) by its text form."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(v) for v in value]
+    return str(value)
+
+
+def _config_json(cfg: Any) -> dict[str, Any]:
+    return {f.name: jsonable(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
 
 
 class AdminOps:
@@ -166,4 +189,124 @@ class AdminOps:
                 }
                 for name, ready in self._router.ready.items()
             ],
+        }
+
+    # -- ready queues (inspect-ready-q, abort-ready-q-conn, provider-summary) -----------
+
+    def inspect_ready_q(self, name: str, include_scheduled_queues: bool) -> JsonObject | None:
+        """One ready queue: identity, state, its connection tasks and path config."""
+        ready = self._router.ready.get(name)
+        if ready is None:
+            return None
+        now = time.time()
+        out: JsonObject = {
+            "queue_name": name,
+            "egress_source": ready.source.name,
+            "egress_pool": ready.route.pool,
+            "site_name": ready.site,
+            "provider_name": ready.path.provider_name,
+            "ready_count": len(ready.queue),
+            "connection_count": ready.connections,
+            "connection_limit": ready.path.connection_limit,
+            "states": dict(ready.states),
+            "suspended": (ready.states.get("suspended") or {}).get("context"),
+            "connections": [d.to_json(now) for d in ready.sessions()],
+            "config": _config_json(ready.path),
+        }
+        if include_scheduled_queues:
+            out["scheduled_queues"] = sorted({m.queue for m in ready.queue})
+        return out
+
+    def abort_ready_q_conn(self, queue_name: str, session_id: str) -> bool | None:
+        """Abort one connection task; None: no such queue, False: no such session."""
+        ready = self._router.ready.get(queue_name)
+        if ready is None:
+            return None
+        return ready.abort(session_id)
+
+    def provider_summary(self) -> list[dict[str, Any]]:
+        """Ready queues rolled up by provider (or MX site when no provider matched), pool
+        and source: messages waiting, connections open, and the destination domains."""
+        rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for ready in self._router.ready.values():
+            provider = ready.path.provider_name
+            key = (provider or ready.site, ready.route.pool, ready.source.name)
+            row = rows.setdefault(
+                key,
+                {
+                    "provider": key[0],
+                    "matched_provider": provider is not None,
+                    "pool": key[1],
+                    "source": key[2],
+                    "ready": 0,
+                    "connections": 0,
+                    "ready_queues": 0,
+                    "domains": set(),
+                },
+            )
+            row["ready"] += len(ready.queue)
+            row["connections"] += ready.connections
+            row["ready_queues"] += 1
+            row["domains"].update(m.recipient_domain for m in ready.queue)
+        for row in rows.values():
+            row["domains"] = sorted(row["domains"])
+        return list(rows.values())
+
+    # -- retry now -----------------------------------------------------------------------
+
+    def retry_now(self, criteria: Criteria) -> dict[str, int]:
+        """Make every matching scheduled message due now, without counting an attempt
+        (``outcomes.delay(msg, 0)``: the spool keeps the new due time); per queue."""
+        counts: dict[str, int] = {}
+        now = time.time()
+        for msg in self._scheduler.messages():
+            if msg.due > now and matches_queue(criteria, msg.queue):
+                self._outcomes.delay(msg, 0.0)
+                counts[msg.queue] = counts.get(msg.queue, 0) + 1
+        return counts
+
+    # -- resolve-egress-path -------------------------------------------------------------
+
+    async def resolve_egress_path(self, domain: str, source: str | None) -> JsonObject:
+        """The effective egress path for a domain and source, each value with its origin:
+        ``tsa`` (a TSA override), what the policy says (``default``, ``provider:<name>``,
+        ``site:<site>``, ``domain:<domain>``, ``... source:<source>``), ``policy`` (set by
+        the policy, origin not given) or ``built-in`` (the engine's default)."""
+        resolved = await self._router.resolve_path(domain, source)
+        builtin = type(resolved.config)()
+        values: JsonObject = {}
+        for f in dataclasses.fields(resolved.config):
+            value = getattr(resolved.config, f.name)
+            if f.name in resolved.overrides or (
+                f.name == "connection_limit_local" and "connection_limit" in resolved.overrides
+            ):
+                origin = "tsa"
+            elif f.name in resolved.origins:
+                origin = resolved.origins[f.name]
+            elif value == getattr(builtin, f.name):
+                origin = "built-in"
+            else:
+                origin = "policy"
+            values[f.name] = {"value": jsonable(value), "source": origin}
+        path = resolved.config
+        return {
+            "domain": resolved.domain,
+            "source": resolved.source,
+            "egress_pool": resolved.pool,
+            "site_name": resolved.site,
+            "mx_hosts": list(resolved.mx_hosts),
+            "ready_queue_name": resolved.ready_queue,
+            "provider_name": path.provider_name,
+            "tsa_overrides": {k: jsonable(v) for k, v in resolved.overrides.items()},
+            "constraints": {
+                "connection_limit": path.connection_limit,
+                "max_connection_rate": jsonable(path.max_connection_rate),
+                "max_message_rate": jsonable(path.max_message_rate),
+                "max_deliveries_per_connection": path.max_deliveries_per_connection,
+                "additional_connection_limits": jsonable(path.additional_connection_limits),
+                "additional_message_rate_throttles": jsonable(
+                    path.additional_message_rate_throttles
+                ),
+            },
+            "config": values,
         }

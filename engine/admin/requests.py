@@ -269,3 +269,46 @@ def parse_xfer_cancel(body: Json) -> tuple[str, str]:
         _text(body, "queue_name", required=True) or "",
         _text(body, "reason", required=True) or "",
     )
+
+
+def parse_retry_now(body: Json) -> Criteria:
+    """Nimbus's retry-now: ``domain``, ``routing_domain``, ``tenant``, ``campaign``,
+    ``queue_names`` select scheduled queues (as a bounce does), or ``everything: true``;
+    an empty selection is refused. ``reason`` is optional (audited)."""
+    body = _check_fields(
+        body, (*_CRITERIA, "routing_domain", "queue_names", "everything", "reason")
+    )
+    criteria = Criteria(
+        domain=_text(body, "domain"),
+        routing_domain=_text(body, "routing_domain"),
+        tenant=_text(body, "tenant"),
+        campaign=_text(body, "campaign"),
+        queue_names=_names(body),
+    )
+    _text(body, "reason")
+    everything = _flag(body, "everything")
+    selects = criteria != Criteria()
+    if everything and selects:
+        raise AdminInputError("everything", "cannot be combined with other criteria")
+    if not everything and not selects:
+        raise AdminInputError(
+            None,
+            "select queues with domain, routing_domain, campaign, tenant or queue_names, "
+            "or set everything: true",
+        )
+    return criteria
+
+
+def parse_abort_conn(body: Json) -> tuple[str, str]:
+    """KumoMTA's AbortReadyQueueConnRequest: ``queue_name`` and ``session_id``."""
+    body = _check_fields(body, ("queue_name", "session_id"))
+    return (
+        _text(body, "queue_name", required=True) or "",
+        _text(body, "session_id", required=True) or "",
+    )
+
+
+def parse_log_filter_request(body: Json) -> str:
+    """KumoMTA's SetDiagnosticFilterRequest: ``{"filter": "kumod=trace"}``."""
+    body = _check_fields(body, ("filter",))
+    return _text(body, "filter", required=True) or ""

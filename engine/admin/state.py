@@ -16,15 +16,21 @@ entry with **no criteria matches every queue**. Entries live until ``expires``
 (``duration``, default 5 minutes, or an RFC 3339 ``expires``). A bounce also
 bounces newly arriving matching mail while it lives: the node asks ``bounce_for``.
 Ready-queue suspensions name one ready queue (``source->site@proto``) exactly.
+
+With a ``path`` (the node gives ``<spool dir>/admin-state.json``) the entries survive a
+restart: written on every change, read at start with expired entries dropped
+(``engine.admin.persist``).
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from engine.admin.entries import (
@@ -36,12 +42,15 @@ from engine.admin.entries import (
     is_live,
     matches_queue,
 )
+from engine.admin.persist import dump_entries, read_state, write_state
 from engine.admin.requests import (
     XferRequest,
+    parse_abort_conn,
     parse_bounce,
     parse_cancel,
     parse_ready_suspend,
     parse_rebind,
+    parse_retry_now,
     parse_suspend,
     parse_xfer,
     parse_xfer_cancel,
@@ -49,7 +58,14 @@ from engine.admin.requests import (
 from engine.config.units import format_duration
 from engine.records import Json, JsonObject, rfc3339
 
-__all__ = ["AdminState", "AdminApi", "UnknownEntry", "UnknownXferQueue", "XferNotAvailable"]
+__all__ = [
+    "AdminState",
+    "AdminApi",
+    "UnknownEntry",
+    "UnknownReadyQueue",
+    "UnknownXferQueue",
+    "XferNotAvailable",
+]
 
 
 class XferNotAvailable(Exception):
@@ -58,6 +74,14 @@ class XferNotAvailable(Exception):
 
 class UnknownXferQueue(LookupError):
     """No transfer job has this xfer queue name (404)."""
+
+
+class UnknownReadyQueue(LookupError):
+    """No ready queue (or no connection of it) has this name / session id (404)."""
+
+    def __init__(self, what: str, field: str) -> None:
+        super().__init__(what)
+        self.field = field
 
 
 class UnknownEntry(LookupError):
@@ -80,19 +104,62 @@ def entry_json(entry: BounceEntry | SuspendEntry | ReadyQSuspendEntry, now: floa
 # -- state -------------------------------------------------------------------------
 
 
-class AdminState:
-    """The live admin entries of one node, by kind, in the order they were added."""
+log = logging.getLogger("nimbus.admin")
 
-    def __init__(self) -> None:
+
+class AdminState:
+    """The live admin entries of one node, by kind, in the order they were added.
+
+    path: where they are kept across restarts (None: memory only). Loaded here, with
+    entries expired at ``now`` dropped; an unreadable file is logged and set aside
+    (``.bad``) so the node still starts.
+    """
+
+    def __init__(self, path: Path | None = None, *, now: float | None = None) -> None:
         self._bounces: dict[str, BounceEntry] = {}
         self._suspends: dict[str, SuspendEntry] = {}
         self._ready: dict[str, ReadyQSuspendEntry] = {}
         self._bounced: dict[str, dict[str, int]] = {}
+        self._path = path
+        if path is not None:
+            self._load(path, time.time() if now is None else now)
+
+    def _load(self, path: Path, now: float) -> None:
+        try:
+            entries, bounced = read_state(path, now)
+        except (OSError, ValueError, TypeError) as exc:
+            log.error("admin_state_unreadable", extra={"path": str(path), "error": str(exc)})
+            path.replace(path.with_name(path.name + ".bad"))
+            return
+        for entry in entries:
+            if isinstance(entry, BounceEntry):
+                self._bounces[entry.id] = entry
+            elif isinstance(entry, SuspendEntry):
+                self._suspends[entry.id] = entry
+            else:
+                self._ready[entry.id] = entry
+        self._bounced = {id: bounced.get(id, {}) for id in self._bounces}
+        if entries:
+            log.info("admin_state_loaded", extra={"path": str(path), "entries": len(entries)})
+
+    def _save(self) -> None:
+        if self._path is None:
+            return
+        entries: list[BounceEntry | SuspendEntry | ReadyQSuspendEntry] = [
+            *self._bounces.values(),
+            *self._suspends.values(),
+            *self._ready.values(),
+        ]
+        try:
+            write_state(self._path, dump_entries(entries, self._bounced))
+        except OSError as exc:  # the entry still applies; it just would not survive
+            log.error("admin_state_not_saved", extra={"path": str(self._path), "error": str(exc)})
 
     # bounces
     def add_bounce(self, entry: BounceEntry) -> None:
         self._bounces[entry.id] = entry
         self._bounced.setdefault(entry.id, {})
+        self._save()
 
     def bounces(self, now: float) -> list[BounceEntry]:
         return [e for e in self._bounces.values() if is_live(e, now)]
@@ -100,13 +167,16 @@ class AdminState:
     def cancel_bounce(self, id: str) -> BounceEntry:
         """Remove bounce ``id``; UnknownEntry when there is none."""
         self._bounced.pop(id, None)
-        return _pop(self._bounces, id)
+        entry = _pop(self._bounces, id)
+        self._save()
+        return entry
 
     def note_bounced(self, id: str, queue_name: str, count: int = 1) -> None:
         """Count messages that bounce ``id`` bounced (shown by the list)."""
         if id in self._bounces:
             per_queue = self._bounced.setdefault(id, {})
             per_queue[queue_name] = per_queue.get(queue_name, 0) + count
+            self._save()
 
     def bounced_counts(self, id: str) -> dict[str, int]:
         return dict(self._bounced.get(id, {}))
@@ -114,22 +184,28 @@ class AdminState:
     # scheduled-queue suspensions
     def add_suspension(self, entry: SuspendEntry) -> None:
         self._suspends[entry.id] = entry
+        self._save()
 
     def suspensions(self, now: float) -> list[SuspendEntry]:
         return [e for e in self._suspends.values() if is_live(e, now)]
 
     def cancel_suspension(self, id: str) -> SuspendEntry:
-        return _pop(self._suspends, id)
+        entry = _pop(self._suspends, id)
+        self._save()
+        return entry
 
     # ready-queue suspensions
     def add_ready_suspension(self, entry: ReadyQSuspendEntry) -> None:
         self._ready[entry.id] = entry
+        self._save()
 
     def ready_suspensions(self, now: float) -> list[ReadyQSuspendEntry]:
         return [e for e in self._ready.values() if is_live(e, now)]
 
     def cancel_ready_suspension(self, id: str) -> ReadyQSuspendEntry:
-        return _pop(self._ready, id)
+        entry = _pop(self._ready, id)
+        self._save()
+        return entry
 
     # expiry and lookups
     def prune(self, now: float) -> list[BounceEntry | SuspendEntry | ReadyQSuspendEntry]:
@@ -141,6 +217,8 @@ class AdminState:
         ]
         for entry in gone:
             self._bounced.pop(entry.id, None)
+        if gone:
+            self._save()
         return gone
 
     def bounce_for(self, queue_name: str, now: float) -> BounceEntry | None:
@@ -204,6 +282,11 @@ class AdminApi:
         warmup_status() -> list
             each warming egress source: schedule, day, used/allowed per counter
             (``engine/shaping/warmup.py``); None: no warm-up on this node.
+        inspect_ready_q(name, include_scheduled_queues) -> dict | None
+        abort_ready_q_conn(queue_name, session_id) -> bool | None (None: no such queue)
+        retry_now(criteria) -> {queue_name: count}
+        provider_summary() -> list;  resolve_egress_path(domain, source) -> dict
+            the operator verbs of the same names (``engine/admin/ops.py``)
     state: the entries (the node reads ``state.bounce_for`` etc. to enforce them).
     clock: wall clock, unix seconds.
     """
@@ -221,6 +304,11 @@ class AdminApi:
         xfer_cancel: Callable[[str, str], MaybeAwaitable] | None = None,
         xfer_jobs: Callable[[], MaybeAwaitable] | None = None,
         warmup_status: Callable[[], MaybeAwaitable] | None = None,
+        inspect_ready_q: Callable[[str, bool], MaybeAwaitable] | None = None,
+        abort_ready_q_conn: Callable[[str, str], MaybeAwaitable] | None = None,
+        retry_now: Callable[[Criteria], MaybeAwaitable] | None = None,
+        provider_summary: Callable[[], MaybeAwaitable] | None = None,
+        resolve_egress_path: Callable[[str, str | None], MaybeAwaitable] | None = None,
         state: AdminState | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -234,6 +322,11 @@ class AdminApi:
         self._xfer_cancel = xfer_cancel
         self._xfer_jobs = xfer_jobs
         self._warmup_status = warmup_status
+        self._inspect_ready_q = inspect_ready_q
+        self._abort_ready_q_conn = abort_ready_q_conn
+        self._retry_now = retry_now
+        self._provider_summary = provider_summary
+        self._resolve_egress_path = resolve_egress_path
         self.state = state if state is not None else AdminState()
         self.clock = clock
 
@@ -348,6 +441,47 @@ class AdminApi:
         if self._warmup_status is None:
             return {"sources": []}
         return {"sources": list(await _call(self._warmup_status))}
+
+    # ready queues and retries
+    async def inspect_ready_q(self, name: str, include_scheduled_queues: bool) -> JsonObject:
+        found = None
+        if self._inspect_ready_q is not None:
+            found = await _call(self._inspect_ready_q, name, include_scheduled_queues)
+        if found is None:
+            raise UnknownReadyQueue(f"no ready queue named {name}", "queue_name")
+        hold = self.state.ready_suspension_for(name, self._now())
+        if hold is not None and not found.get("suspended"):
+            found["suspended"] = hold.reason
+        return dict(found)
+
+    async def abort_ready_q_conn(self, body: Json) -> JsonObject:
+        queue_name, session_id = parse_abort_conn(body)
+        done = None
+        if self._abort_ready_q_conn is not None:
+            done = await _call(self._abort_ready_q_conn, queue_name, session_id)
+        if done is None:
+            raise UnknownReadyQueue(f"no ready queue named {queue_name}", "queue_name")
+        if not done:
+            raise UnknownReadyQueue(
+                f"ready queue {queue_name} has no connection {session_id}", "session_id"
+            )
+        return {}
+
+    async def retry_now(self, body: Json) -> JsonObject:
+        """Make matching scheduled messages due now; no attempt is counted."""
+        criteria = parse_retry_now(body)
+        counts = dict(await _call(self._retry_now, criteria)) if self._retry_now else {}
+        return {"retried": counts, "total_retried": sum(counts.values())}
+
+    async def provider_summary(self) -> list[JsonObject]:
+        if self._provider_summary is None:
+            return []
+        return list(await _call(self._provider_summary))
+
+    async def resolve_egress_path(self, domain: str, source: str | None) -> JsonObject:
+        if self._resolve_egress_path is None:
+            raise UnknownReadyQueue("this node resolves no egress paths", "domain")
+        return dict(await _call(self._resolve_egress_path, domain, source))
 
     async def queue_summary(self) -> JsonObject:
         """The node's queues, each marked with the reason of an admin suspension, if any."""

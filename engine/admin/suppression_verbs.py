@@ -173,8 +173,7 @@ def add_suppression_verbs(verb: VerbFactory, table: TableFormat) -> None:
     ``table(headers, rows)`` formats the list."""
     _TABLE[:] = [table]
     p = verb("suppression-list", _list, "list suppressed recipients (filters combine)")
-    _filters(p, limit=True)
-    p.add_argument("--json", action="store_true", help="print the raw JSON")
+    _filters(p, limit=True)  # --json comes with every verb (admin/cli.py)
     p = verb("suppression-add", _add, "suppress recipients: their mail is refused (550 5.7.1)")
     p.add_argument(
         "--recipient", action="append", required=True, help="address to suppress (repeatable)"

@@ -36,6 +36,7 @@ from engine.delivery.errors import (
 from engine.delivery.smtp_auth import auth_refusal, plain_initial_response, read_password
 from engine.policy.egress import EgressPathConfig, EgressSource, TlsMode
 from engine.records import PeerAddress, Response
+from engine.trace import CLIENT_TRACES
 
 __all__ = ["SmtpClientConnection"]
 
@@ -89,6 +90,7 @@ class SmtpClientConnection:
         self._path = path
         self._host = host_name
         self._commands = SmtpCommands(smtp, host=host_name, path=path)
+        self._commands.peer_addr = f"{address}:{port}"
         self._port = port
         self.peer = PeerAddress(name=host_name, addr=f"{address}:{port}")
         self.tls_cipher: str | None = None
@@ -174,7 +176,10 @@ class SmtpClientConnection:
     async def _read_banner(self, target: str) -> None:
         try:
             async with asyncio.timeout(self._path.banner_timeout):
-                await self._smtp.connect()
+                banner = await self._smtp.connect()
+            if CLIENT_TRACES.active:
+                self._commands.trace("connected")
+                self._commands.trace("read", f"{banner.code} {banner.message}\r\n")
         except TimeoutError:
             raise ConnectFailed(
                 Response.parse(421, f"4.4.1 {target}: timeout waiting for banner")
@@ -191,7 +196,11 @@ class SmtpClientConnection:
         command = "EHLO"
         try:
             try:
-                await self._commands.timed(command, self._path.ehlo_timeout, self._smtp.ehlo())
+                self._commands.trace("write", f"EHLO {self._smtp.local_hostname}\r\n")
+                reply = await self._commands.timed(
+                    command, self._path.ehlo_timeout, self._smtp.ehlo()
+                )
+                self._commands.trace("read", f"{reply.code} {reply.message}\r\n")
             except aiosmtplib.SMTPHeloError as exc:
                 if exc.code == 421 or not self._smtp.is_connected:
                     raise
@@ -309,10 +318,12 @@ class SmtpClientConnection:
         detail: object
         path = self._path
         try:
+            self._commands.trace("write", "STARTTLS\r\n")
             async with asyncio.timeout(path.starttls_timeout + path.tls_handshake_timeout):
-                await self._smtp.starttls(
+                reply = await self._smtp.starttls(
                     server_hostname=self._host, tls_context=ctx, timeout=path.tls_handshake_timeout
                 )
+            self._commands.trace("read", f"{reply.code} {reply.message} (TLS established)\r\n")
             return
         except aiosmtplib.SMTPResponseException:
             raise  # STARTTLS refused: the caller decides (plaintext or TlsFailed)
@@ -345,3 +356,4 @@ class SmtpClientConnection:
             pass
         finally:
             self._commands.fail()
+            self._commands.trace("closed")

@@ -24,6 +24,7 @@ import aiosmtplib
 from engine.delivery.errors import ConnectionLost, LossCause, SessionLoss
 from engine.policy.egress import EgressPathConfig
 from engine.records import Response
+from engine.trace import CLIENT_CONTEXT, CLIENT_TRACES, trace_event
 
 __all__ = ["SmtpCommands"]
 
@@ -45,6 +46,28 @@ class SmtpCommands:
         self._broken = False
         self._reused = False  # the transaction in flight is not the session's first
         self.transactions = 0
+        # Live traces: the ready queue's facts (its connection task set them), this host,
+        # and the transaction in flight. Only read when someone watches.
+        self._trace_ctx = CLIENT_CONTEXT.get()
+        self._trace_tx: dict[str, str] = {}
+        self.peer_addr = ""
+
+    def trace(self, kind: str, data: bytes | str | None = None) -> None:
+        """Publish one trace event for this session (``nimbus trace-smtp-client``)."""
+        if not CLIENT_TRACES.active:
+            return
+        ctx = self._trace_ctx or {}
+        CLIENT_TRACES.publish(
+            trace_event(
+                kind,
+                str(ctx.get("session_id", f"c{id(self):x}")),
+                data=data,
+                mx_host=self._host,
+                peer=self.peer_addr,
+                **{k: v for k, v in ctx.items() if k != "session_id"},
+                **self._trace_tx,
+            )
+        )
 
     @property
     def usable(self) -> bool:
@@ -105,6 +128,8 @@ class SmtpCommands:
 
         log_as: what replies name as their command, when the line carries a secret."""
         shown = log_as or command
+        if CLIENT_TRACES.active:
+            self.trace("write", shown + "\r\n")
         smtp_reply = await self.timed(
             phase,
             timeout,
@@ -112,6 +137,8 @@ class SmtpCommands:
             shown,
         )
         response = Response.parse(smtp_reply.code, smtp_reply.message, shown)
+        if CLIENT_TRACES.active:
+            self.trace("read", f"{smtp_reply.code} {smtp_reply.message}\r\n")
         if response.code == 421:  # RFC 5321 3.8: the peer is closing the channel.
             raise self._lost(response, phase, LossCause.CLOSING)
         return response
@@ -136,6 +163,12 @@ class SmtpCommands:
             # RFC 6531 3.2: never send a non-ASCII address to a server without SMTPUTF8.
             return Response.parse(550, f"5.6.7 {self._host} does not support SMTPUTF8", "MAIL FROM")
         self.transactions += 1
+        if CLIENT_TRACES.active:
+            self._trace_tx = {
+                "mail_from": sender,
+                "rcpt_to": recipient,
+                "domain": recipient.rpartition("@")[2].lower(),
+            }
         encoding = "utf-8" if utf8 else "ascii"
         reply = await self.command(
             "MAIL FROM",
@@ -171,10 +204,14 @@ class SmtpCommands:
         # (aiosmtplib's data() would also re-normalize line endings).
         payload = (b"." if payload.startswith(b".") else b"") + payload.replace(b"\r\n.", b"\r\n..")
         payload += b".\r\n"
+        if CLIENT_TRACES.active:
+            self.trace("write", payload)
         final = await self.timed(
             "end-of-data", self._path.data_dot_timeout, self._write_payload(payload), "DATA"
         )
         response = Response.parse(final.code, final.message, "DATA")
+        if CLIENT_TRACES.active:
+            self.trace("read", f"{final.code} {final.message}\r\n")
         if response.code == 421:
             raise self._lost(response, "end-of-data", LossCause.CLOSING)
         return response

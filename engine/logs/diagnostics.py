@@ -5,6 +5,9 @@ Exports:
     configure_structlog()   just the structlog half (tests that keep their own handlers)
     formatter()             the JSON-lines logging.Formatter (structlog's ProcessorFormatter)
     get_logger(name)        a structlog logger rendering through the same pipeline
+    parse_log_filter(spec)  ``"info,nimbus.ready=debug"`` -> LogFilter (pure; ValueError)
+    set_log_filter(spec)    apply one at runtime (``POST /api/admin/set_diagnostic_log_filter/v1``)
+    LogFilter               the parsed filter: default level, per-logger levels
     bound_contextvars / bind_contextvars / reset_contextvars
                             structlog.contextvars, used by reception to put the SMTP session
                             or HTTP request on every line logged while serving it
@@ -36,6 +39,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -43,6 +47,9 @@ from structlog.contextvars import bind_contextvars, bound_contextvars, reset_con
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 __all__ = [
+    "LogFilter",
+    "parse_log_filter",
+    "set_log_filter",
     "configure",
     "configure_structlog",
     "formatter",
@@ -130,3 +137,73 @@ def configure_structlog() -> None:
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     """A structlog logger named ``name`` (``nimbus.<stage>``), rendered like the rest."""
     return structlog.stdlib.get_logger(name)
+
+
+# KumoMTA's filter levels (tracing's EnvFilter) and Python's, to logging levels.
+_LEVELS = {
+    "trace": logging.DEBUG,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "off": logging.CRITICAL + 10,
+}
+# Targets KumoMTA operators type, meaning "the server itself": our root logger "nimbus".
+_ALIASES = {"kumod": "nimbus", "nimbus": "nimbus"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogFilter:
+    """default: the root level (None: unchanged). targets: logger name -> level."""
+
+    default: int | None = None
+    targets: dict[str, int] = field(default_factory=dict)
+
+
+def parse_log_filter(spec: str) -> LogFilter:
+    """Parse an EnvFilter-like spec: comma-separated ``level`` or ``logger=level``.
+
+    ``"debug"``, ``"info,nimbus.ready=debug"``, KumoMTA's ``"kumod=trace"`` (``kumod``
+    is the ``nimbus`` logger, ``trace`` is debug). Raises ValueError naming the bad part.
+    """
+    default: int | None = None
+    targets: dict[str, int] = {}
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if not parts:
+        raise ValueError("empty filter")
+    for part in parts:
+        name, sep, level = part.rpartition("=")
+        level = level.strip().lower()
+        if level not in _LEVELS:
+            raise ValueError(f"unknown level {level!r} in {part!r} (use {', '.join(_LEVELS)})")
+        if not sep:
+            default = _LEVELS[level]
+            continue
+        name = name.strip()
+        if not name or any(c.isspace() for c in name):
+            raise ValueError(f"bad logger name in {part!r}")
+        targets[_ALIASES.get(name, name)] = _LEVELS[level]
+    return LogFilter(default=default, targets=targets)
+
+
+_applied: set[str] = set()  # loggers a previous filter set a level on
+
+
+def set_log_filter(spec: str) -> LogFilter:
+    """Apply ``spec`` to the running process's loggers now; returns what was applied.
+
+    Loggers named by an earlier filter but not by this one go back to inheriting
+    (NOTSET), so each call states the whole filter, as KumoMTA's does.
+    """
+    parsed = parse_log_filter(spec)
+    for name in _applied - set(parsed.targets):
+        logging.getLogger(name).setLevel(logging.NOTSET)
+    for name, level in parsed.targets.items():
+        logging.getLogger(name).setLevel(level)
+    _applied.clear()
+    _applied.update(parsed.targets)
+    if parsed.default is not None:
+        logging.getLogger().setLevel(parsed.default)
+    return parsed

@@ -346,6 +346,22 @@ class Metrics:
             RecordType.EXPIRATION: self.expired,
         }
 
+    def to_json(self) -> dict[str, Any]:
+        """Every metric as JSON (``GET /metrics.json``, ``nimbus top``): name ->
+        ``{"type", "help", "samples": [{"name", "labels", "value"}]}``, read now."""
+        out: dict[str, Any] = {}
+        for family in self.registry.collect():
+            out[family.name] = {
+                "type": family.type,
+                "help": family.documentation,
+                "samples": [
+                    {"name": s.name, "labels": dict(s.labels), "value": s.value}
+                    for s in family.samples
+                    if s.value == s.value  # NaN is no JSON
+                ],
+            }
+        return out
+
     def attach_gauges(self, source: GaugeSource) -> None:
         self.registry.register(_LiveGauges(source))
 

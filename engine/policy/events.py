@@ -79,6 +79,7 @@ __all__ = [
     "GET_EGRESS_SOURCE",
     "GET_EGRESS_POOL",
     "GET_EGRESS_PATH_CONFIG",
+    "EXPLAIN_EGRESS_PATH_CONFIG",
     "REQUEUE_MESSAGE",
     "SMTP_CLIENT_REWRITE_DELIVERY_STATUS",
     "XFER_MESSAGE_RECEIVED",
@@ -213,6 +214,13 @@ SMTP_CLIENT_REWRITE_DELIVERY_STATUS = Event(
 XFER_MESSAGE_RECEIVED = Event(
     name="xfer_message_received", args=(("msg", PolicyMessage), ("auth_info", _META)), result=None
 )
+# Nimbus addition: where each egress path option came from, for
+# ``nimbus resolve-egress-path`` (``{option: "default" | "provider:<name>" | ...}``).
+EXPLAIN_EGRESS_PATH_CONFIG = Event(
+    name="explain_egress_path_config",
+    args=(("routing_domain", str), ("egress_source", str), ("site_name", str)),
+    result=dict,
+)
 SHOULD_ENQUEUE_LOG_RECORD = Event(
     name="should_enqueue_log_record",
     args=(("msg", PolicyMessage), ("hook_name", str)),
@@ -241,6 +249,7 @@ EVENTS: dict[str, Event] = {
         GET_EGRESS_SOURCE,
         GET_EGRESS_POOL,
         GET_EGRESS_PATH_CONFIG,
+        EXPLAIN_EGRESS_PATH_CONFIG,
         REQUEUE_MESSAGE,
         SMTP_CLIENT_REWRITE_DELIVERY_STATUS,
         XFER_MESSAGE_RECEIVED,

@@ -2,7 +2,9 @@
 
 Exports:
     DeliveryParts   the node's parts a queue uses: connector, resolver, spool, outcomes, ...
-    ReadyQueue      enqueue / connection tasks / drain (its route: ``queues.connect``)
+    ReadyQueue      enqueue / connection tasks / drain (its route: ``queues.connect``);
+                    ``sessions()`` and ``abort(session_id)`` for operators
+    Dispatcher      one connection task's state (session id, phase, counters)
 
 The feedback loop (each decision is a pure function of ``queues/decisions.py``)::
 
@@ -53,6 +55,7 @@ import dataclasses
 import logging
 import random
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,6 +81,7 @@ from engine.queues.decisions import (
 from engine.queues.outcomes import Outcomes
 from engine.records import Message, rfc3339
 from engine.shaping.gate import Ticket
+from engine.trace import CLIENT_CONTEXT
 
 __all__ = ["DeliveryParts", "ReadyQueue"]
 
@@ -112,6 +116,38 @@ class DeliveryParts:
     tls_policy: TlsPolicySource | None = None
 
 
+@dataclass(slots=True, kw_only=True)
+class Dispatcher:
+    """One connection task of a ready queue, as ``inspect-ready-q`` shows it.
+
+    session_id: its id (KumoMTA's dispatcher session_id, a UUID). phase: ``connecting``,
+    ``idle`` (waiting for a message), ``sending``. since: when it entered the phase
+    (unix seconds). delivered / attempted: messages through it. in_flight: the message
+    it is sending now, if any. aborted: an operator asked it to stop (abort).
+    """
+
+    session_id: str
+    started: float
+    phase: str = "connecting"
+    since: float = 0.0
+    attempted: int = 0
+    in_flight: Message | None = None
+    aborted: bool = False
+
+    def enter(self, phase: str) -> None:
+        self.phase, self.since = phase, time.time()
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "started": rfc3339(self.started),
+            "phase": self.phase,
+            "seconds_in_phase": round(max(0.0, now - self.since), 3),
+            "attempted": self.attempted,
+            "in_flight": self.in_flight.id if self.in_flight else None,
+        }
+
+
 class ReadyQueue:
     """One ``source->site@smtp_client`` queue and its connections.
 
@@ -130,6 +166,7 @@ class ReadyQueue:
         self.queue: deque[Message] = deque()
         self._waiters: deque[asyncio.Future[Message | None]] = deque()
         self._conns: set[asyncio.Task] = set()
+        self._dispatchers: dict[asyncio.Task, Dispatcher] = {}
         self._established = 0
         self._hold_off_until = 0.0  # monotonic: no extra connections before then
         self._connect_hold_until = 0.0  # the same after no host answered; a session ends it
@@ -198,8 +235,11 @@ class ReadyQueue:
         )
         for _ in range(count):
             # Owned: kept in self._conns until it ends; drain waits for or cancels it.
-            task = asyncio.create_task(self._connection(), name=f"conn:{self.name}")
+            now = time.time()
+            dispatcher = Dispatcher(session_id=str(uuid.uuid4()), started=now, since=now)
+            task = asyncio.create_task(self._connection(dispatcher), name=f"conn:{self.name}")
             self._conns.add(task)
+            self._dispatchers[task] = dispatcher
             self._idle.clear()
 
     def _hold_off(self, seconds: float) -> None:
@@ -337,7 +377,41 @@ class ReadyQueue:
                 return True
         return False
 
-    async def _connection(self) -> None:
+    def sessions(self) -> list[Dispatcher]:
+        """The connection tasks running now (``inspect-ready-q --connections``)."""
+        return list(self._dispatchers.values())
+
+    def abort(self, session_id: str) -> bool:
+        """Stop one connection task now (``abort-ready-q-conn``): its session is closed
+        and the message it was sending goes back to its scheduled queue, due now, with
+        no attempt counted. False when no task has that id."""
+        for task, dispatcher in self._dispatchers.items():
+            if dispatcher.session_id == session_id and not task.done():
+                dispatcher.aborted = True
+                task.cancel()
+                return True
+        return False
+
+    async def _connection(self, me: Dispatcher) -> None:
+        # This task's own context: the client trace events of its sessions carry these.
+        CLIENT_CONTEXT.set(
+            {
+                "session_id": me.session_id,
+                "ready_queue": self.name,
+                "egress_source": self.source.name,
+                "egress_pool": self.route.pool,
+            }
+        )
+        try:
+            await self._dispatch(me)
+        except asyncio.CancelledError:
+            if not me.aborted:
+                raise  # shutdown: what is in hand stays spooled for the next start
+            if me.in_flight is not None:
+                self._parts.outcomes.delay(me.in_flight, 0.0)
+            log.info("ready_queue_connection_aborted", extra={"queue": self.name})
+
+    async def _dispatch(self, me: Dispatcher) -> None:
         conn: SmtpConnection | None = None
         ticket: Ticket | None = None
         retry: Message | None = None  # its pooled session was stale: first on a fresh one
@@ -345,20 +419,30 @@ class ReadyQueue:
         try:
             while True:
                 if conn is None:
+                    me.enter("connecting")
+                    me.in_flight = retry
                     session = await self._session(retry)
                     if session is None:
+                        me.in_flight = None
                         return
                     conn, ticket = session
                 msg, retried = retry, retry is not None  # a retry's rate token is spent
                 retry = None
                 if msg is None:
+                    me.enter("idle")
                     msg = await self._next(self.path.idle_timeout)
                     if msg is None:
                         return
+                    me.in_flight = msg
                     if not await self._rate_wait(msg):
+                        me.in_flight = None
                         continue
+                me.enter("sending")
+                me.in_flight = msg
+                me.attempted += 1
                 kept = ticket is None or await gate.keep(ticket)
                 sent = await self._deliver(conn, msg, retried=retried)
+                me.in_flight = None
                 retry = msg if sent.stale else None
                 if retires_connection(
                     response=sent.response,
@@ -380,7 +464,10 @@ class ReadyQueue:
                 await asyncio.shield(conn.close())
             if ticket is not None:
                 await asyncio.shield(gate.close(ticket))
-            self._conns.discard(asyncio.current_task())
+            current = asyncio.current_task()
+            self._conns.discard(current)
+            if current is not None:
+                self._dispatchers.pop(current, None)
             if self.queue and not self._stopping:
                 self._maybe_spawn()
             if not self._conns:

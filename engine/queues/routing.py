@@ -4,7 +4,9 @@ Exports:
     Destination          a site name and the hosts to try
     destination_for(...) pure choice of sink / mx_list / MX lookup
     SourcePicker         smooth weighted round-robin over a pool (weight 0 excluded)
-    Router               resolves config, source and site; feeds ReadyQueues
+    Router               resolves config, source and site; feeds ReadyQueues;
+                         ``resolve_path`` answers ``resolve-egress-path``
+    ResolvedEgressPath   what a message for a domain through a source would get
 
 For each scheduled queue with due messages, one routing task resolves the queue
 config and destination once for the whole batch (MX answers are cached by the
@@ -46,6 +48,7 @@ from engine.policy.egress import (
 )
 from engine.policy.egress_options import apply_egress_options, check_egress_path
 from engine.policy.events import (
+    EXPLAIN_EGRESS_PATH_CONFIG,
     GET_EGRESS_PATH_CONFIG,
     GET_EGRESS_POOL,
     GET_EGRESS_SOURCE,
@@ -63,7 +66,7 @@ from engine.records import Message, Response
 from engine.shaping.gate import Gate
 from engine.storage.spool import Spool
 
-__all__ = ["Destination", "destination_for", "SourcePicker", "Router"]
+__all__ = ["ResolvedEgressPath", "Destination", "destination_for", "SourcePicker", "Router"]
 
 log = logging.getLogger("nimbus.routing")
 
@@ -170,6 +173,29 @@ class SourcePicker:
                 best = i
         self._current[best] -= self._total
         return self._entries[best][0]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResolvedEgressPath:
+    """The egress path a message for ``domain`` through ``source`` would get now.
+
+    site: the MX site (or ``mx_list:...``); mx_hosts: the MX hosts looked up (empty for
+    sink and mx_list); ready_queue: the ready queue's name; config: the effective path
+    (policy answer with the TSA's overrides on top); policy_config: the policy's answer
+    alone; overrides: the TSA's values by option; origins: where the policy says each
+    option came from (``explain_egress_path_config``; {} when it does not say).
+    """
+
+    domain: str
+    source: str
+    pool: str
+    site: str
+    mx_hosts: tuple[str, ...]
+    ready_queue: str
+    config: EgressPathConfig
+    policy_config: EgressPathConfig
+    overrides: dict[str, object]
+    origins: dict[str, str]
 
 
 class Router:
@@ -336,6 +362,44 @@ class Router:
         enforced = dataclasses.replace(path, enable_tls=TlsMode.REQUIRED)
         self._enforcing[id(path)] = (path, enforced)
         return enforced
+
+    async def resolve_path(self, domain: str, source: str | None) -> ResolvedEgressPath:
+        """What a message for ``domain`` through egress source ``source`` (default
+        ``unspecified``, as kcli) would be delivered with.
+
+        Raises MxError when the domain's MX lookup fails, PolicyFailure when the policy
+        fails to answer.
+        """
+        domain = domain.strip().lower()
+        cfg = await self.queue_config(domain)
+        pool = cfg.egress_pool or DEFAULT_POOL.name
+        sink = self._settings.sink.endpoint if self._settings.sink.enabled else None
+        mx_hosts: tuple[str, ...] = ()
+        if sink:
+            site = f"mx_list:{sink}"
+        elif cfg.mx_list:
+            site = "mx_list:" + ",".join(cfg.mx_list)
+        else:
+            mx = await self._resolver.resolve_mx(domain)
+            site, mx_hosts = mx.site_name, tuple(mx.hosts)
+        source = source or "unspecified"
+        base = await self._path(domain, source, site)
+        overrides = self._controls.path_overrides(domain, site, source, time.time())
+        origins = await self._policy().dispatch(
+            EXPLAIN_EGRESS_PATH_CONFIG, domain, source, site, default=None
+        )
+        return ResolvedEgressPath(
+            domain=domain,
+            source=source,
+            pool=pool,
+            site=site,
+            mx_hosts=mx_hosts,
+            ready_queue=ready_queue_name(source, site),
+            config=apply_egress_options(overrides, base) if overrides else base,
+            policy_config=base,
+            overrides=overrides,
+            origins={str(k): str(v) for k, v in (origins or {}).items()},
+        )
 
     def forget_policy_answers(self) -> None:
         """Drop cached policy answers (after a reload) so new config applies at once."""

@@ -133,6 +133,64 @@ def _admin_get(op: str, summary: str, params: list[JsonObject], body: JsonObject
     }
 
 
+def _admin_post(
+    op: str, summary: str, body: JsonObject, answer: JsonObject, *extra: int
+) -> JsonObject:
+    return {
+        "post": {
+            "operationId": op,
+            "tags": ["admin"],
+            "summary": summary,
+            "security": _ADMIN_SECURITY,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+            "responses": {"200": _json(answer, summary), **_errors(*_ADMIN_ERRORS, *extra)},
+        }
+    }
+
+
+def _admin_text(op: str, summary: str) -> JsonObject:
+    return {
+        "get": {
+            "operationId": op,
+            "tags": ["admin"],
+            "summary": summary,
+            "security": _ADMIN_SECURITY,
+            "responses": {"200": _text(summary), **_errors(401, 403, 429)},
+        }
+    }
+
+
+def _websocket(op: str, summary: str, params: list[JsonObject]) -> JsonObject:
+    terse = {**_WANT_BODY, "name": "terse"}
+    return {
+        "get": {
+            "operationId": op,
+            "tags": ["admin"],
+            "summary": summary,
+            "description": "Upgrade to a websocket; without the upgrade headers: 400.",
+            "security": _ADMIN_SECURITY,
+            "parameters": [*params, terse],
+            "responses": {
+                "101": {"description": "switching to the websocket"},
+                **_errors(*_ADMIN_ERRORS),
+            },
+        }
+    }
+
+
+_RETRY_NOW: JsonObject = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        **_CRITERIA,
+        "routing_domain": {"type": "string", "minLength": 1},
+        "queue_names": _QUEUE_NAMES,
+        "everything": {"type": "boolean"},
+        "reason": _STR,
+    },
+}
+
+
 _BOUNCE: JsonObject = {
     "type": "object",
     "required": ["reason"],
@@ -827,6 +885,105 @@ _PATHS: JsonObject = {
             },
         }
     },
+    "/api/admin/inspect-ready-q/v1": _admin_get(
+        "inspect_ready_q_v1",
+        "One ready queue: identity, state, connection tasks (session ids), path config",
+        [
+            {"name": "queue_name", "in": "query", "required": True, "schema": _STR},
+            {**_WANT_BODY, "name": "include_scheduled_queues"},
+        ],
+        {"type": "object", "required": ["queue_name", "connections", "config"]},
+    ),
+    "/api/admin/abort-ready-q-conn/v1": _admin_post(
+        "abort_ready_q_conn_v1",
+        "Abort one connection task of a ready queue; its message goes back, due now",
+        {
+            "type": "object",
+            "required": ["queue_name", "session_id"],
+            "additionalProperties": False,
+            "properties": {"queue_name": _STR, "session_id": _STR},
+        },
+        {"type": "object", "maxProperties": 0},
+        404,
+    ),
+    "/api/admin/resolve-egress-path/v1": _admin_get(
+        "resolve_egress_path_v1",
+        "The effective egress path for a domain and source, each value with its origin",
+        [
+            {"name": "domain", "in": "query", "required": True, "schema": _STR},
+            {"name": "source", "in": "query", "schema": _STR},
+        ],
+        {"type": "object", "required": ["domain", "source", "ready_queue_name", "config"]},
+    ),
+    "/api/admin/provider-summary/v1": _admin_get(
+        "provider_summary_v1",
+        "Ready queues rolled up by provider (or MX site), pool and source",
+        [],
+        {"type": "array", "items": _OBJ},
+    ),
+    "/api/admin/retry-now/v1": _admin_post(
+        "retry_now_v1",
+        "Make the selected scheduled messages due now, counting no attempt",
+        _RETRY_NOW,
+        {
+            "type": "object",
+            "required": ["retried", "total_retried"],
+            "properties": {
+                "retried": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "total_retried": {"type": "integer", "minimum": 0},
+            },
+        },
+    ),
+    "/api/admin/set_diagnostic_log_filter/v1": _admin_post(
+        "set_diagnostic_log_filter_v1",
+        'Change the diagnostic log filter now, e.g. "info,nimbus.ready=debug"',
+        {
+            "type": "object",
+            "required": ["filter"],
+            "additionalProperties": False,
+            "properties": {"filter": {"type": "string", "minLength": 1}},
+        },
+        {"type": "object", "maxProperties": 0},
+    ),
+    "/api/admin/trace-smtp-server/v1": _websocket(
+        "trace_smtp_server_v1",
+        "Websocket: live inbound SMTP sessions, one JSON event per message",
+        [{"name": "source", "in": "query", "schema": _STR}],
+    ),
+    "/api/admin/trace-smtp-client/v1": _websocket(
+        "trace_smtp_client_v1",
+        "Websocket: live outbound SMTP sessions, one JSON event per message",
+        [
+            {"name": name, "in": "query", "schema": _STR}
+            for name in (
+                "domain",
+                "routing_domain",
+                "tenant",
+                "campaign",
+                "mail_from",
+                "rcpt_to",
+                "mx_host",
+                "mx_addr",
+                "egress_source",
+                "egress_pool",
+                "ready_queue",
+            )
+        ],
+    ),
+    "/api/admin/task-dump": _admin_text("task_dump", "Every asyncio task and its stack"),
+    "/api/admin/memory/stats": _admin_text("memory_stats", "Memory use of this process"),
+    "/api/machine-info": _admin_get(
+        "machine_info",
+        "This node: node id, hostname, CPU, OS, container runtime",
+        [],
+        {"type": "object", "required": ["node_id", "hostname", "mac_address", "cpu_brand"]},
+    ),
+    "/metrics.json": _admin_get(
+        "metrics_json",
+        "Every metric as JSON: name -> {type, help, samples}",
+        [],
+        {"type": "object", "additionalProperties": _OBJ},
+    ),
     "/api/xfer/inject/v1": {
         "post": {
             "operationId": "xfer_inject_v1",

@@ -398,6 +398,7 @@ class _Session(SmtpSession):
         # on every diagnostic line of this session and no other. (Wrapping _handle_client
         # instead cost an extra coroutine frame on every resume: ~45 us per message.)
         session_id = f"{_SESSION_PREFIX}{next(_SESSION_COUNTER):06x}"
+        self._trace_id = self._trace_id or session_id
         tokens = bind_contextvars(
             smtp_session=session_id, peer=_peer_text(transport.get_extra_info("peername"))
         )

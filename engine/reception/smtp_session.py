@@ -15,11 +15,14 @@ for the sink, by ``sink.server``; both build on this class.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from aiosmtpd.smtp import MISSING, SMTP, syntax
+
+from engine.trace import SERVER_TRACES, trace_event
 
 __all__ = ["SmtpSession", "Refuse", "SIMPLE_ADDRESS"]
 
@@ -34,6 +37,7 @@ SIMPLE_ADDRESS = re.compile(
 # UTF-8) and the lone surrogates that bytes which are not UTF-8 become (surrogateescape).
 # Accepted, they failed every delivery attempt (found by bench/fuzz_smtp.py).
 _UNSENDABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+_SESSION_IDS = itertools.count(1)
 
 
 class _LimitedReader(Protocol):
@@ -69,6 +73,8 @@ class SmtpSession(SMTP):
     """aiosmtpd's SMTP with an RFC 5321 §4.5.3.2 reply on idle timeout and session counting."""
 
     _dir_cache: list[str] | None = None
+    _trace_id = ""  # names the session in traces (``_Session`` uses its log session id)
+    _trace_opened = False
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """``(address, rest)`` of a MAIL/RCPT argument. The common ``<local@domain>``
@@ -184,6 +190,33 @@ class SmtpSession(SMTP):
             reader._limit = saved
         return (b"" if too_much else bytes(buf)), too_much
 
+    # -- live traces (``nimbus trace-smtp-server``): nothing is built while nobody watches
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self._trace_id:
+            self._trace_id = f"s{next(_SESSION_IDS)}"
+        super().connection_made(transport)  # again after STARTTLS: one "connected" event
+        if not self._trace_opened:
+            self._trace_opened = True
+            if SERVER_TRACES.active:
+                SERVER_TRACES.publish(self._trace("connected"))
+
+    def _trace(self, kind: str, data: bytes | str | None = None) -> dict[str, Any]:
+        peer = self.session.peer if self.session is not None else None
+        addr, port = (peer[0], peer[1]) if isinstance(peer, tuple) and len(peer) >= 2 else ("", 0)
+        return trace_event(kind, self._trace_id, data=data, peer=f"{addr}:{port}", peer_ip=addr)
+
+    def data_received(self, data: bytes) -> None:
+        if SERVER_TRACES.active:
+            SERVER_TRACES.publish(self._trace("read", data))
+        super().data_received(data)
+
+    async def push(self, status: Any) -> None:
+        if SERVER_TRACES.active:
+            line = status if isinstance(status, str) else bytes(status).decode("utf-8", "replace")
+            SERVER_TRACES.publish(self._trace("write", line + "\r\n"))
+        await super().push(status)
+
     def _timeout_cb(self) -> None:  # aiosmtpd just hangs up; say why first
         transport = self.transport
         if transport is not None and not transport.is_closing():
@@ -192,6 +225,8 @@ class SmtpSession(SMTP):
         super()._timeout_cb()
 
     def connection_lost(self, error: Exception | None) -> None:
+        if SERVER_TRACES.active:
+            SERVER_TRACES.publish(self._trace("closed"))
         if self._on_close is not None:
             self._on_close()
             self._on_close = None

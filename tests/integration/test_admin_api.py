@@ -404,15 +404,15 @@ async def cli(*argv: str) -> int:
 
 
 async def test_cli_queue_summary_prints_tables(trusted, capsys):
-    """queue-summary prints aligned scheduled and ready tables, busiest first."""
-    assert await cli("queue-summary", "--endpoint", trusted.url) == 0
+    """queue-summary (--by-volume) prints aligned ready and scheduled tables, busiest first."""
+    assert await cli("queue-summary", "--by-volume", "--endpoint", trusted.url) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["SCHEDULED", "QUEUE", "COUNT", "SUSPENDED"]
-    assert lines[1].split() == ["big:tenant@example.org", "1200"]
-    assert lines[2].split() == ["example.com", "3"]
-    assert lines[1].index("1200") + 4 == lines[2].index("3") + 1  # right-aligned counts
-    ready = lines[lines.index("") + 2]
-    assert ready.split() == ["unspecified->mx.example.com@smtp_client", "2", "1"]
+    assert lines[1].split() == ["unspecified->mx.example.com@smtp_client", "2", "1"]
+    sched = lines[lines.index("") + 1 :]
+    assert sched[0].split() == ["SCHEDULED", "QUEUE", "COUNT", "SUSPENDED"]
+    assert sched[1].split() == ["big:tenant@example.org", "1200"]
+    assert sched[2].split() == ["example.com", "3"]
+    assert sched[1].index("1200") + 4 == sched[2].index("3") + 1  # right-aligned counts
 
 
 async def test_cli_bounce_then_list_and_cancel(trusted, capsys):
@@ -420,6 +420,7 @@ async def test_cli_bounce_then_list_and_cancel(trusted, capsys):
     assert (
         await cli(
             "bounce",
+            "--json",
             "--endpoint",
             trusted.url,
             "--domain",
@@ -439,7 +440,7 @@ async def test_cli_bounce_then_list_and_cancel(trusted, capsys):
         "bad send",
         600,
     )
-    assert await cli("bounce-list", "--endpoint", trusted.url) == 0
+    assert await cli("bounce-list", "--json", "--endpoint", trusted.url) == 0
     assert [e["id"] for e in json.loads(capsys.readouterr().out)] == [answer["id"]]
     assert await cli("bounce-cancel", "--endpoint", trusted.url, "--id", answer["id"]) == 0
     assert await cli("bounce-cancel", "--endpoint", trusted.url, "--id", answer["id"]) == 1
@@ -459,14 +460,14 @@ async def test_cli_bounce_needs_criteria_or_everything(trusted, capsys):
 async def test_cli_suspend_and_list(trusted, capsys, monkeypatch):
     """suspend (endpoint from NIMBUS_ENDPOINT) shows up in suspend-list and the summary."""
     monkeypatch.setenv("NIMBUS_ENDPOINT", trusted.url)
-    assert await cli("suspend", "--queue", "example.com", "--reason", "hold") == 0
+    assert await cli("suspend", "--json", "--queue", "example.com", "--reason", "hold") == 0
     sid = json.loads(capsys.readouterr().out)["id"]
-    assert await cli("suspend-list") == 0
+    assert await cli("suspend-list", "--json") == 0
     [entry] = json.loads(capsys.readouterr().out)
     assert (entry["id"], entry["queue_names"]) == (sid, ["example.com"])
     assert await cli("queue-summary") == 0
     assert any(
-        line.split()[-1] == "hold" and line.startswith("example.com")
+        line.split()[-1:] == ["hold"] and line.startswith("example.com")
         for line in capsys.readouterr().out.splitlines()
     )
 
@@ -508,12 +509,24 @@ async def test_cli_suspend_ready_q_and_rebind(trusted, capsys):
 
 
 async def test_cli_inspect(trusted, capsys):
-    """inspect-message and inspect-sched-q print the node's JSON."""
-    assert await cli("inspect-message", "--endpoint", trusted.url, "--id", "m1", "--want-body") == 0
+    """inspect-message and inspect-sched-q print the node's JSON with --json."""
+    assert (
+        await cli(
+            "inspect-message", "--json", "--endpoint", trusted.url, "--id", "m1", "--want-body"
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out) == MESSAGE
     assert (
         await cli(
-            "inspect-sched-q", "--endpoint", trusted.url, "--queue", "example.com", "--limit", "0"
+            "inspect-sched-q",
+            "--json",
+            "--endpoint",
+            trusted.url,
+            "--queue",
+            "example.com",
+            "--limit",
+            "0",
         )
         == 0
     )

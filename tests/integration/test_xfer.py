@@ -460,13 +460,21 @@ async def test_the_cli_verbs_drive_a_transfer(tmp_path):
             dead = f"http://127.0.0.1:{free_port()}"
             usage = await _cli("xfer", *endpoint, "--target", dead, "--reason", "r")
             started = await _cli(
-                "xfer", *endpoint, "--domain", "dst.test", "--target", dead, "--reason", "r"
+                "xfer",
+                "--json",
+                *endpoint,
+                "--domain",
+                "dst.test",
+                "--target",
+                dead,
+                "--reason",
+                "r",
             )
             await _until(lambda: node.transfers.jobs()[0]["errors"])
             listed = await _cli("xfer-list", *endpoint)
             summary = await _cli("queue-summary", *endpoint)
             name = json.loads(started[1])["queue_name"]
-            cancelled = await _cli("xfer-cancel", *endpoint, name, "--reason", "stop")
+            cancelled = await _cli("xfer-cancel", "--json", *endpoint, name, "--reason", "stop")
             back = len(node.scheduler.messages())
     assert usage[0] == 2 and "--everything" in usage[2]
     assert started[0] == 0 and json.loads(started[1])["messages"] == 2

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from engine.admin.cli import format_summary, format_table
 from engine.admin.entries import (
     BounceEntry,
     Criteria,
@@ -20,6 +19,7 @@ from engine.admin.requests import (
     parse_suspend,
 )
 from engine.admin.state import AdminApi, AdminState, UnknownEntry
+from engine.admin.views import format_summary, format_table
 
 NOW = 1_800_000_000.0
 
@@ -380,11 +380,13 @@ def test_format_table_aligns_columns():
     ]
 
 
-def test_format_summary_sorts_by_count():
-    """The busiest queues come first in each table."""
-    text = format_summary(
-        {"scheduled": [{"name": "a", "count": 1}, {"name": "b", "count": 9}], "ready": []}
-    )
-    lines = text.splitlines()
-    assert lines[1].startswith("b") and lines[2].startswith("a")
-    assert "(no ready queues)" in text
+def test_format_summary_sorts_by_name_or_by_volume():
+    """As kcli: queues by name, or the busiest first with by_volume."""
+    summary = {"scheduled": [{"name": "a", "count": 1}, {"name": "b", "count": 9}], "ready": []}
+    by_name = format_summary(summary).splitlines()
+    assert "(no ready queues)" in by_name
+    sched = by_name[by_name.index("") + 1 :]
+    assert sched[1].startswith("a") and sched[2].startswith("b")
+    by_volume = format_summary(summary, by_volume=True).splitlines()
+    sched = by_volume[by_volume.index("") + 1 :]
+    assert sched[1].startswith("b") and sched[2].startswith("a")

@@ -341,6 +341,7 @@ SAMPLES = {
     "get_egress_source": (("ip-1",), EgressSource(name="ip-1")),
     "get_egress_pool": (("pool",), EgressPool(name="pool")),
     "get_egress_path_config": (("y.test", "ip-1", "site"), EgressPathConfig()),
+    "explain_egress_path_config": (("y.test", "ip-1", "site"), {"connection_limit": "default"}),
     "requeue_message": ((MSG, RESPONSE, [], True, None), None),
     "smtp_client_rewrite_delivery_status": ((RESPONSE, "y.test", None, None, None), 451),
     "should_enqueue_log_record": ((MSG, "hook"), True),

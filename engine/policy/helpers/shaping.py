@@ -207,13 +207,17 @@ class ResolvedPath:
     config: the merged EgressPathConfig. provider_name: the last matching provider
     (also ``config.provider_name`` unless a block overrode it). providers: every
     matching provider in definition order. rules: the automation rules that apply, in
-    KumoMTA's order (default, providers, site, domain).
+    KumoMTA's order (default, providers, site, domain). origins: option name -> the
+    block that set it last (``default``, ``provider:<name>``, ``site:<site>``,
+    ``domain:<domain>``, each maybe with `` source:<source>``); options it does not
+    name keep the engine's defaults.
     """
 
     config: EgressPathConfig
     provider_name: str | None
     providers: tuple[str, ...]
     rules: tuple[Rule, ...]
+    origins: Mapping[str, str] = field(default_factory=dict)
 
 
 # --- pure decisions ---------------------------------------------------------------------
@@ -291,6 +295,43 @@ def _matching_providers(shaping: Shaping, domain: str, mx_hosts: Sequence[str]) 
     return [p for p in shaping.providers.values() if provider_matches(p.matches, domain, mx_hosts)]
 
 
+def _steps(
+    shaping: Shaping,
+    domain: str,
+    source: str,
+    site_name: str,
+    site: Block | None,
+    dom: Block | None,
+    providers: Sequence[Provider],
+) -> list[tuple[str, Mapping[str, Any]]]:
+    """The option blocks that apply to one path, in merge order, each with its origin:
+    ``default``, ``provider:<name>``, ``provider:<name> source:<source>``,
+    ``site:<site>``, ``domain:<domain>``, ``site:<site> source:<source>``,
+    ``domain:<domain> source:<source>``."""
+    steps: list[tuple[str, Mapping[str, Any]]] = []
+    if shaping.default is not None:
+        steps.append(("default", shaping.default.options))
+    for prov in providers:
+        steps.append((f"provider:{prov.name}", prov.options))
+        steps.append(
+            (f"provider:{prov.name}", _provider_implied(prov, source, prov.source_selection_rate))
+        )
+    for prov in providers:
+        if source in prov.sources:
+            origin = f"provider:{prov.name} source:{source}"
+            steps.append((origin, prov.sources[source]))
+            rate = prov.source_selection_rates.get(source, prov.source_selection_rate)
+            steps.append((origin, _provider_implied(prov, source, rate)))
+    labelled = ((site, f"site:{site_name}"), (dom, f"domain:{domain}"))
+    for block, label in labelled:
+        if block is not None:
+            steps.append((label, block.options))
+    for block, label in labelled:
+        if block is not None and source in block.sources:
+            steps.append((f"{label} source:{source}", block.sources[source]))
+    return steps
+
+
 def resolve(
     shaping: Shaping,
     *,
@@ -308,34 +349,26 @@ def resolve(
     Order: default; matching providers in definition order (each followed by its
     implied ``provider_name`` and shared limits); their ``sources.<source>``; the site
     block; the ``mx_rollup=false`` domain block; site then domain ``sources.<source>``.
+    ``origins`` names, for each option set, the last block that set it (``_steps``).
     """
     domain = normalize_host(domain)
     options: dict[str, Any] = {}
-    if shaping.default is not None:
-        merge_options(options, shaping.default.options)
+    origins: dict[str, str] = {}
     providers = _matching_providers(shaping, domain, mx_hosts)
-    for prov in providers:
-        merge_options(options, prov.options)
-        merge_options(options, _provider_implied(prov, source, prov.source_selection_rate))
-    for prov in providers:
-        if source in prov.sources:
-            merge_options(options, prov.sources[source])
-            rate = prov.source_selection_rates.get(source, prov.source_selection_rate)
-            merge_options(options, _provider_implied(prov, source, rate))
     site = _site_block(shaping, site_name, site_of)
     dom = shaping.domains.get(domain)
-    for block in (site, dom):
-        if block is not None:
-            merge_options(options, block.options)
-    for block in (site, dom):
-        if block is not None and source in block.sources:
-            merge_options(options, block.sources[source])
+    for origin, block in _steps(shaping, domain, source, site_name, site, dom, providers):
+        merge_options(options, block)
+        origins.update(dict.fromkeys(block, origin))
+    if "connection_limit" in origins:
+        origins["connection_limit_local"] = origins["connection_limit"]
     rules = _applicable_rules(shaping, providers, site, dom)
     return ResolvedPath(
         config=apply_egress_options(options),
         provider_name=providers[-1].name if providers else None,
         providers=tuple(p.name for p in providers),
         rules=rules,
+        origins=MappingProxyType(origins),
     )
 
 
