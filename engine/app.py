@@ -210,6 +210,7 @@ class Node:
             xfer_cancel=self.transfers.cancel,
             xfer_jobs=self.transfers.jobs,
             warmup_status=lambda: self.gate.warmup.status(self._registry.warmup),
+            spool_compact=self.spool.compact,
             inspect_ready_q=ops.inspect_ready_q,
             abort_ready_q_conn=ops.abort_ready_q_conn,
             retry_now=ops.retry_now,

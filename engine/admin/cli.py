@@ -12,7 +12,8 @@ Verbs (kcli's names, options and endpoints): queue-summary, provider-summary, bo
 bounce-list, bounce-cancel, suspend, suspend-list, suspend-cancel, suspend-ready-q,
 suspend-ready-q-list, suspend-ready-q-cancel, rebind, set-log-filter,
 abort-ready-q-conn, inspect-message, inspect-ready-q, inspect-sched-q,
-resolve-egress-path, trace-smtp-client, trace-smtp-server, top, xfer, xfer-cancel; and
+resolve-egress-path, spool-compact, trace-smtp-client, trace-smtp-server, top, xfer,
+xfer-cancel; and
 Nimbus's xfer-list, retry-now, machine-info, task-dump, memory-stats, logs (reads the
 log directory, no endpoint), warmup-status, and the suppression verbs
 (``admin/suppression_verbs.py``: suppression-list, -add, -remove, -import, -export).
@@ -246,6 +247,14 @@ def _set_log_filter(c: AdminClient, args: argparse.Namespace) -> None:
         args,
         c.call("POST", "/api/admin/set_diagnostic_log_filter/v1", body),
         lambda _r: f"log filter set: {args.filter}",
+    )
+
+
+def _spool_compact(c: AdminClient, args: argparse.Namespace) -> None:
+    _show(
+        args,
+        c.call("POST", "/api/admin/spool-compact/v1", {"name": args.name}),
+        views.key_values,
     )
 
 
@@ -576,6 +585,17 @@ def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     )
     _selection(p, routing=True)
     p.add_argument("--reason", help="reason, kept in the audit record")
+    p = verb(
+        "spool-compact",
+        _spool_compact,
+        "flush and fully compact the spool (WAL checkpoint + VACUUM; writes wait meanwhile)",
+    )
+    p.add_argument(
+        "--name",
+        required=True,
+        choices=("data", "meta", "spool"),
+        help="spool to compact: data, meta (KumoMTA's names) or spool; one database here",
+    )
     verb("machine-info", _machine_info, "the node's identity: node id, host, CPU, OS")
     verb("task-dump", _texter("/api/admin/task-dump"), "every asyncio task and its stack")
     verb("memory-stats", _texter("/api/admin/memory/stats"), "the node's memory use")
@@ -629,6 +649,7 @@ VERBS = (
     "xfer-cancel",
     "xfer-list",
     "retry-now",
+    "spool-compact",
     "machine-info",
     "task-dump",
     "memory-stats",

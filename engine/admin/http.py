@@ -55,6 +55,7 @@ from engine.admin.state import (
     AdminApi,
     UnknownEntry,
     UnknownReadyQueue,
+    UnknownSpool,
     UnknownXferQueue,
     XferNotAvailable,
 )
@@ -191,6 +192,8 @@ async def _serve(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(400, exc.reason, exc.field)
     except UnknownEntry as exc:
         return _error(404, f"no entry with id {exc.args[0]}", "id")
+    except UnknownSpool as exc:
+        return _error(404, str(exc), exc.field)
     except UnknownReadyQueue as exc:
         return _error(404, str(exc), exc.field)
     except UnknownXferQueue as exc:

@@ -12,6 +12,7 @@ Routes (guarded and audited like every admin route, ``admin/http.py``):
     GET  /api/admin/resolve-egress-path/v1?domain=&source=
     GET  /api/admin/provider-summary/v1            Nimbus addition (kcli reads /metrics)
     POST /api/admin/retry-now/v1                   Nimbus addition: due now, no attempt
+    POST /api/admin/spool-compact/v1               {name}: checkpoint + VACUUM the spool
     POST /api/admin/set_diagnostic_log_filter/v1   {"filter": "info,nimbus.ready=debug"}
     GET  /api/admin/task-dump                      text: every asyncio task and its stack
     GET  /api/admin/memory/stats                   text: RSS, GC, allocator blocks
@@ -103,6 +104,11 @@ async def provider_summary_v1(request: web.Request) -> web.Response:
 async def retry_now_v1(request: web.Request) -> web.Response:
     """Make the selected scheduled messages due now, counting no attempt."""
     return web.json_response(await api(request).retry_now(await read_json(request)))
+
+
+async def spool_compact_v1(request: web.Request) -> web.Response:
+    """Flush and fully compact the spool (KumoMTA's spool-compact)."""
+    return web.json_response(await api(request).spool_compact(await read_json(request)))
 
 
 # -- the node ----------------------------------------------------------------------
@@ -231,6 +237,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/api/admin/resolve-egress-path/v1", resolve_egress_path_v1),
     ("GET", "/api/admin/provider-summary/v1", provider_summary_v1),
     ("POST", "/api/admin/retry-now/v1", retry_now_v1),
+    ("POST", "/api/admin/spool-compact/v1", spool_compact_v1),
     ("POST", "/api/admin/set_diagnostic_log_filter/v1", set_diagnostic_log_filter_v1),
     ("GET", "/api/admin/task-dump", task_dump_get),
     ("GET", "/api/admin/memory/stats", memory_stats_get),

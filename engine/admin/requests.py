@@ -32,6 +32,7 @@ __all__ = [
     "parse_cancel",
     "Rebind",
     "parse_xfer",
+    "parse_spool_compact",
     "parse_xfer_cancel",
     "XferRequest",
     "AdminInputError",
@@ -306,6 +307,12 @@ def parse_abort_conn(body: Json) -> tuple[str, str]:
         _text(body, "queue_name", required=True) or "",
         _text(body, "session_id", required=True) or "",
     )
+
+
+def parse_spool_compact(body: Json) -> str:
+    """KumoMTA's SpoolCompactV1Request: ``{"name": "data"}``."""
+    body = _check_fields(body, ("name",))
+    return _text(body, "name", required=True) or ""
 
 
 def parse_log_filter_request(body: Json) -> str:

@@ -51,6 +51,7 @@ from engine.admin.requests import (
     parse_ready_suspend,
     parse_rebind,
     parse_retry_now,
+    parse_spool_compact,
     parse_suspend,
     parse_xfer,
     parse_xfer_cancel,
@@ -62,6 +63,8 @@ __all__ = [
     "AdminState",
     "AdminApi",
     "UnknownEntry",
+    "UnknownSpool",
+    "SPOOL_NAMES",
     "UnknownReadyQueue",
     "UnknownXferQueue",
     "XferNotAvailable",
@@ -74,6 +77,18 @@ class XferNotAvailable(Exception):
 
 class UnknownXferQueue(LookupError):
     """No transfer job has this xfer queue name (404)."""
+
+
+SPOOL_NAMES = frozenset({"data", "meta", "spool"})
+"""KumoMTA's default spool names (``data``, ``meta``) and ours: one SQLite database."""
+
+
+class UnknownSpool(LookupError):
+    """No spool has this name (404)."""
+
+    def __init__(self, what: str, field: str) -> None:
+        super().__init__(what)
+        self.field = field
 
 
 class UnknownReadyQueue(LookupError):
@@ -282,6 +297,7 @@ class AdminApi:
         warmup_status() -> list
             each warming egress source: schedule, day, used/allowed per counter
             (``engine/shaping/warmup.py``); None: no warm-up on this node.
+        spool_compact() -> dict   checkpoint and VACUUM the spool (``Spool.compact``)
         inspect_ready_q(name, include_scheduled_queues) -> dict | None
         abort_ready_q_conn(queue_name, session_id) -> bool | None (None: no such queue)
         retry_now(criteria) -> {queue_name: count}
@@ -304,6 +320,7 @@ class AdminApi:
         xfer_cancel: Callable[[str, str], MaybeAwaitable] | None = None,
         xfer_jobs: Callable[[], MaybeAwaitable] | None = None,
         warmup_status: Callable[[], MaybeAwaitable] | None = None,
+        spool_compact: Callable[[], MaybeAwaitable] | None = None,
         inspect_ready_q: Callable[[str, bool], MaybeAwaitable] | None = None,
         abort_ready_q_conn: Callable[[str, str], MaybeAwaitable] | None = None,
         retry_now: Callable[[Criteria], MaybeAwaitable] | None = None,
@@ -322,6 +339,7 @@ class AdminApi:
         self._xfer_cancel = xfer_cancel
         self._xfer_jobs = xfer_jobs
         self._warmup_status = warmup_status
+        self._spool_compact = spool_compact
         self._inspect_ready_q = inspect_ready_q
         self._abort_ready_q_conn = abort_ready_q_conn
         self._retry_now = retry_now
@@ -441,6 +459,19 @@ class AdminApi:
         if self._warmup_status is None:
             return {"sources": []}
         return {"sources": list(await _call(self._warmup_status))}
+
+    # the spool
+    async def spool_compact(self, body: Json) -> JsonObject:
+        """KumoMTA's SpoolCompactV1Request ``{"name"}``: this node has one spool database
+        for data and meta, so ``data``, ``meta`` and ``spool`` all name it."""
+        name = parse_spool_compact(body)
+        if name not in SPOOL_NAMES or self._spool_compact is None:
+            raise UnknownSpool(
+                f"no spool named {name} (this node has one spool database holding data "
+                "and meta: data, meta or spool)",
+                "name",
+            )
+        return {"name": name, **dict(await _call(self._spool_compact))}
 
     # ready queues and retries
     async def inspect_ready_q(self, name: str, include_scheduled_queues: bool) -> JsonObject:

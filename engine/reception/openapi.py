@@ -934,6 +934,27 @@ _PATHS: JsonObject = {
             },
         },
     ),
+    "/api/admin/spool-compact/v1": _admin_post(
+        "spool_compact_v1",
+        "Flush and fully compact the spool (WAL checkpoint + VACUUM); writes wait meanwhile",
+        {
+            "type": "object",
+            "required": ["name"],
+            "additionalProperties": False,
+            "properties": {"name": {"type": "string", "enum": ["data", "meta", "spool"]}},
+        },
+        {
+            "type": "object",
+            "required": ["name", "bytes_before", "bytes_after", "seconds"],
+            "properties": {
+                "name": _STR,
+                "bytes_before": {"type": "integer"},
+                "bytes_after": {"type": "integer"},
+                "seconds": {"type": "number"},
+            },
+        },
+        404,
+    ),
     "/api/admin/set_diagnostic_log_filter/v1": _admin_post(
         "set_diagnostic_log_filter_v1",
         'Change the diagnostic log filter now, e.g. "info,nimbus.ready=debug"',

@@ -3,7 +3,7 @@ transaction.
 
 Exports:
     Writer                 start(conn) / await run(*ops, timeout=) / submit_nowait(*ops) /
-                           await close()
+                           await run_bare(op) / await close()
     Op                     one operation: a callable taking the connection, returning a result
     connect(path, *, synchronous) -> sqlite3.Connection
                            a WAL connection with the caller's durability (FULL / NORMAL)
@@ -26,6 +26,8 @@ How the thread serves requests (pseudocode)::
         resolve each request's future on its own loop (grouped: one wake-up per loop)
     close(): a stop marker; requests queued before it are committed first (drain),
              requests after it fail with WriterClosed
+    run_bare(op): the requests queued before it are committed, then op runs alone with no
+             transaction around it (VACUUM cannot run in one), then the ones after it
 
 The thread never dies of a request: any ``Exception`` an op raises (``sqlite3.Error``,
 a bug's ``TypeError``) is handed to that request's future, or to ``on_error`` for a
@@ -190,6 +192,19 @@ class Writer:
         finally:
             timer.cancel()
 
+    async def run_bare(self, op: Op) -> Any:
+        """Run ``op`` alone, outside any transaction, between the requests queued before
+        and after it (maintenance such as ``VACUUM``); its result. Every write waits
+        while it runs. Raises what it raised, WriterClosed when not running."""
+        if not self.running:
+            raise WriterClosed(f"{self.name} writer is not running")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[Any]] = loop.create_future()
+        self._requests.put(((_Bare(op),), loop, fut))
+        if not self._alive:
+            self._fail_leftovers()
+        return (await fut)[0]
+
     def submit_nowait(self, *ops: Op) -> None:
         """Run ``ops`` in the next transaction without waiting; errors go to ``on_error``
         (WriterClosed too: a caller that cannot wait cannot be raised at either)."""
@@ -226,12 +241,15 @@ class Writer:
                 batch = self._next_batch()
                 stop = None in batch
                 work = [r for r in batch if r is not None]
-                if work:
+                for segment in _segments(work):
                     try:
-                        self._commit(conn, work)
+                        if _is_bare(segment[0]):
+                            self._run_bare(conn, segment[0])
+                        else:
+                            self._commit(conn, segment)
                     except BaseException as exc:  # a bug here: fail the batch, keep serving
                         self._report(exc)
-                        _fail(work, WriterOpFailed(f"{self.name} writer failed: {exc!r}"))
+                        _fail(segment, WriterOpFailed(f"{self.name} writer failed: {exc!r}"))
         finally:
             self._alive = False
             conn.close()
@@ -273,6 +291,15 @@ class Writer:
             except RuntimeError:  # that loop is closed: nobody is waiting any more
                 pass
 
+    def _run_bare(self, conn: sqlite3.Connection, request: _Request) -> None:
+        ops, loop, fut = request
+        outcome = _alone_bare(conn, ops[0])
+        if loop is not None and fut is not None:
+            try:
+                loop.call_soon_threadsafe(_resolve, [(fut, outcome)])
+            except RuntimeError:
+                pass
+
     def _report(self, exc: BaseException) -> None:
         if self._on_error is None:
             return
@@ -291,6 +318,49 @@ class Writer:
                 return
             if request is not None:
                 _fail([request], closed)
+
+
+class _Bare:
+    """An op to run outside any transaction (``Writer.run_bare``)."""
+
+    __slots__ = ("op",)
+
+    def __init__(self, op: Op) -> None:
+        self.op = op
+
+    def __call__(self, conn: sqlite3.Connection) -> Any:
+        return self.op(conn)
+
+
+def _is_bare(request: _Request) -> bool:
+    ops = request[0]
+    return len(ops) == 1 and isinstance(ops[0], _Bare)
+
+
+def _segments(work: list[_Request]) -> list[list[_Request]]:
+    """The batch in order, cut around bare requests (each bare one a segment alone)."""
+    out: list[list[_Request]] = []
+    run: list[_Request] = []
+    for request in work:
+        if _is_bare(request):
+            if run:
+                out.append(run)
+                run = []
+            out.append([request])
+        else:
+            run.append(request)
+    if run:
+        out.append(run)
+    return out
+
+
+def _alone_bare(conn: sqlite3.Connection, op: Op) -> _Outcome:
+    try:
+        return [op(conn)], None
+    except Exception as exc:
+        return None, exc
+    except BaseException as exc:
+        return None, WriterOpFailed(f"{exc!r}")
 
 
 def _transaction(conn: sqlite3.Connection, requests: list[tuple[Op, ...]]) -> list[list[Any]]:

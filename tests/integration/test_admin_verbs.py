@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+import aiohttp
 import aiosmtplib
 
 from engine.logs.writer import segment_name
@@ -265,3 +266,33 @@ async def test_admin_state_survives_a_restart(tmp_path):
         assert (bounce["domain"], bounce["reason"]) == ("gone.test", "bye")
         await send(node, "x@gone.test")
         await node.records.wait(lambda r: r["type"] == "AdminBounce")
+
+
+async def test_spool_compact_gives_space_back(tmp_path):
+    """``nimbus spool-compact --name data`` (kcli's verb and endpoint): after 200 delivered
+    messages the spool file shrinks; an unknown name is refused by the CLI's choices and a
+    404 from the endpoint."""
+    async with Receiver() as rx, running_node(tmp_path, **sink(rx)) as node:
+        body = ("x" * 76 + "\r\n") * 260
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=node.smtp_port) as smtp:
+            for n in range(200):
+                await smtp.sendmail(
+                    "a@src.test", [f"r{n}@dst.test"], f"Subject: {n}\r\n\r\n{body}\r\n"
+                )
+        await rx.wait_for(200)
+        await node.records.wait(lambda r: r["type"] == "Delivery", count=200)
+        endpoint = f"http://127.0.0.1:{node.http_port}"
+        answer = json.loads(
+            await ok("spool-compact", "--name", "data", "--endpoint", endpoint, "--json")
+        )
+        table = await ok("spool-compact", "--name", "meta", "--endpoint", endpoint)
+        bad = await nimbus("spool-compact", "--name", "rocks", "--endpoint", endpoint)
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"{endpoint}/api/admin/spool-compact/v1", json={"name": "x"}
+            ) as resp:
+                refused = resp.status, await resp.json()
+    assert answer["name"] == "data" and answer["bytes_after"] < answer["bytes_before"] / 4, answer
+    assert "bytes_after" in table
+    assert bad[0] == 2 and "invalid choice" in bad[2]
+    assert refused[0] == 404 and refused[1]["field"] == "name"

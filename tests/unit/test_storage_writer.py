@@ -317,3 +317,39 @@ async def test_log_hook_store_bounds_every_wait(tmp_path):
         with pytest.raises(WriterTimeout):  # the blocker itself outlived the bound
             await asyncio.wait_for(held, WAIT)
         await store.close()
+
+
+async def test_a_bare_op_runs_outside_a_transaction_between_its_neighbours(tmp_path):
+    """run_bare: requests queued before it are committed first, it runs with no
+    transaction open (VACUUM needs that), then the ones after it; its error is its own."""
+    path = tmp_path / "w.db"
+    writer = Writer("test")
+    writer.start(_db(path))
+    seen: dict[str, object] = {}
+
+    def bare(conn: sqlite3.Connection) -> str:
+        seen["in_transaction"] = conn.in_transaction
+        seen["values"] = [v for (v,) in conn.execute("SELECT v FROM t ORDER BY v")]
+        conn.execute("VACUUM")
+        return "done"
+
+    blocker = _Blocker()
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(writer.run(blocker))
+            assert await asyncio.to_thread(blocker.started.wait, WAIT)
+            before = tg.create_task(writer.run(partial(_insert, 1)))
+            await asyncio.sleep(0)
+            middle = tg.create_task(writer.run_bare(bare))
+            await asyncio.sleep(0)
+            after = tg.create_task(writer.run(partial(_insert, 2)))
+            await asyncio.sleep(0)
+            tg.create_task(asyncio.to_thread(blocker.release.set))
+        with pytest.raises(sqlite3.OperationalError):
+            await writer.run_bare(partial(_raise, sqlite3.OperationalError("boom")))
+        assert await writer.run(partial(_insert, 3)) == [3]
+    finally:
+        await writer.close()
+    assert (before.result(), middle.result(), after.result()) == ([1], "done", [2])
+    assert seen == {"in_transaction": False, "values": [1]}
+    assert _values(path) == [1, 2, 3]
