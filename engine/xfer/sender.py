@@ -323,7 +323,8 @@ class Transfers:
         messages = await self._spool.messages()
         result: JsonObject = {"messages": len(messages), "moved": 0, "duplicates": 0}
         if not messages:
-            log.info("scale_in_done", extra={**result, "left": 0, "seconds": 0.0})
+            if cfg.peers:  # a lone node has nothing to say about a scale-in
+                log.info("scale_in_done", extra={**result, "left": 0, "seconds": 0.0})
             return result
         if self._secret is None or not cfg.peers:
             why = "no cluster secret" if self._secret is None else "no peers (cluster.peers)"
