@@ -5,5 +5,6 @@ Modules:
     store     the ThrottleStore interface
     embedded  in-process backend (the default without Redis)
     redis     Redis backend (Lua on Redis TIME) with a local fallback during an outage
+    node_socket  the node's store shared by its workers (the supervisor serves it)
     factory   make_store(settings): which one this node uses
 """

@@ -1,13 +1,18 @@
 """Choosing the node's throttle store from its settings.
 
 Exports:
-    make_store(redis, cluster)   EmbeddedStore, or RedisStore when a url is configured
+    make_store(redis, cluster, *, workers=1, node_socket=None)
+        EmbeddedStore, SocketStore (a worker of a node without Redis), or RedisStore
 """
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 from engine.config.settings import ClusterSettings, RedisSettings
 from engine.shaping.throttle.embedded import EmbeddedStore
+from engine.shaping.throttle.node_socket import SocketStore
 from engine.shaping.throttle.redis import RedisStore
 from engine.shaping.throttle.store import StateCallback, ThrottleStore
 
@@ -15,13 +20,24 @@ __all__ = ["make_store"]
 
 
 def make_store(
-    redis: RedisSettings, cluster: ClusterSettings, *, on_state_change: StateCallback | None = None
+    redis: RedisSettings,
+    cluster: ClusterSettings,
+    *,
+    on_state_change: StateCallback | None = None,
+    workers: int = 1,
+    node_socket: Path | None = None,
 ) -> ThrottleStore:
-    """The node's store: EmbeddedStore when ``redis.url`` is empty, else RedisStore.
+    """The node's store: RedisStore when ``redis.url`` is set; else, in a worker of a node
+    with several (``node_socket``), the supervisor's store; else an EmbeddedStore.
 
     on_state_change: called with ``degraded`` when the Redis store falls back to local
-        shares or resumes shared limits (ignored for the embedded store).
+        shares or resumes shared limits (ignored for the other stores).
+    workers: the node's engine processes: while Redis is down each enforces
+        ``limit / (cluster.nodes * workers)``.
     """
-    if not redis.url:
-        return EmbeddedStore()
-    return RedisStore(redis, cluster, on_state_change=on_state_change)
+    if redis.url:
+        processes = dataclasses.replace(cluster, nodes=max(1, cluster.nodes) * max(1, workers))
+        return RedisStore(redis, processes, on_state_change=on_state_change)
+    if node_socket is not None:
+        return SocketStore(node_socket, workers)
+    return EmbeddedStore()
