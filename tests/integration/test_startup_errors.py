@@ -18,7 +18,7 @@ from tests.support.node import NimbusProcess, write_policy
 
 NIMBUS = str(Path(sys.executable).parent / "nimbus")
 SECTIONS = (
-    "cluster, delivery, dkim, dns, http, log, policy, redis, shedding, sink, smtp, spool, tsa"
+    "cluster, delivery, dkim, dns, http, log, node, policy, redis, shedding, sink, smtp, spool, tsa"
 )
 
 

@@ -33,11 +33,12 @@ def make_store(
     on_state_change: called with ``degraded`` when the Redis store falls back to local
         shares or resumes shared limits (ignored for the other stores).
     workers: the node's engine processes: while Redis is down each enforces
-        ``limit / (cluster.nodes * workers)``.
+        ``limit / (cluster.nodes * workers)``; ``local:`` specs go to ``node_socket``.
     """
     if redis.url:
         processes = dataclasses.replace(cluster, nodes=max(1, cluster.nodes) * max(1, workers))
-        return RedisStore(redis, processes, on_state_change=on_state_change)
+        local = SocketStore(node_socket, workers) if node_socket is not None else None
+        return RedisStore(redis, processes, on_state_change=on_state_change, local=local)
     if node_socket is not None:
         return SocketStore(node_socket, workers)
     return EmbeddedStore()
