@@ -3,8 +3,9 @@
 The workers share the SMTP port (the kernel spreads connections), the admin API and
 /metrics answer for the node on any worker, a killed worker is restarted with its shard,
 a node restarted with another number of workers adopts every shard, a kill -9 of the
-node loses nothing acknowledged, and a connection limit holds for the node as a whole
-(without Redis through the supervisor's store, with Redis through Redis).
+node loses nothing acknowledged, a connection limit holds for the node as a whole
+(without Redis through the supervisor's store, with Redis through Redis), and SIGTERM
+scale-in sends every worker's shard to the peers.
 """
 
 from __future__ import annotations
@@ -222,3 +223,40 @@ async def test_connection_limit_holds_across_workers_with_redis(tmp_path):
     """The same through Redis."""
     async with RedisServer() as redis:
         await _connection_limit(tmp_path, {"NIMBUS_REDIS_URL": redis.url})
+
+
+async def test_sigterm_scale_in_sends_every_workers_shard_to_the_peer(tmp_path):
+    """A 2-worker node stopped with mail deferred: each worker sends its own shard to the
+    peer, so the peer takes every message and both shards end empty."""
+    secret = "s3cret-s3cret-s3cret-s3cret"
+    ports = [free_port(), free_port()]
+    async with Receiver(rcpt=lambda a, n: "451 4.3.0 try later") as rx:
+        nodes = []
+        try:
+            for i, (port, workers) in enumerate(zip(ports, ("2", "1"), strict=True)):
+                workdir = tmp_path / f"mta-{i}"
+                workdir.mkdir()
+                env = {
+                    "NIMBUS_NODE_ID": f"mta-{i}",
+                    "NIMBUS_NODE_WORKERS": workers,
+                    "NIMBUS_HTTP_LISTEN": f"127.0.0.1:{port}",
+                    "NIMBUS_SINK_ENABLED": "true",
+                    "NIMBUS_SINK_ENDPOINT": f"127.0.0.1:{rx.port}",
+                    "NIMBUS_CLUSTER_SECRET": secret,
+                    "NIMBUS_CLUSTER_PEERS": f"http://127.0.0.1:{ports[1 - i]}",
+                }
+                nodes.append(await NimbusProcess.start(workdir, env))
+            stopping, peer = nodes
+            ids = {await send(stopping.smtp_port, f"scale-in {i}") for i in range(16)}
+            await stopping.wait_records(lambda r: r["type"] == "TransientFailure", count=16)
+            stopping.terminate()
+            assert await stopping.wait(timeout=60) == 0
+            taken = await peer.wait_records(lambda r: r["type"] == "XferIn", count=16)
+        finally:
+            for node in nodes:
+                node.kill9()
+                await node.wait()
+    assert {r["id"] for r in taken} == ids
+    done = stderr_event(stopping, "scale_in_done")
+    assert len(done) == 2 and sum(d["moved"] for d in done) == 16, done
+    assert all(d["left"] == 0 and d["moved"] for d in done)  # both shards had mail
