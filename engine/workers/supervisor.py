@@ -76,6 +76,24 @@ def die_with_parent(supervisor_pid: int) -> None:
         os._exit(1)
 
 
+_RUNTIME_PREFIX = "nimbus-node-"
+
+
+def _remove_stale_runtimes() -> None:
+    """Delete runtime directories of supervisors that are gone (a kill -9 leaves its
+    sockets and metric files behind); only ours (same owner), only with a dead pid."""
+    for path in Path(tempfile.gettempdir()).glob(_RUNTIME_PREFIX + "*"):
+        try:
+            if path.stat().st_uid != os.getuid():
+                continue
+            pid = int((path / "supervisor.pid").read_text())
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (OSError, ValueError):
+            continue  # not readable, not ours, or still starting: leave it
+
+
 def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -132,7 +150,9 @@ class Supervisor:
         await asyncio.to_thread(load_policy, s.policy.dir)
         http_sock, self._listen["http"] = _reserve(s.http.listen, "http.listen", "HTTP")
         smtp_sock, self._listen["smtp"] = _reserve(s.smtp.listen, "smtp.listen", "SMTP")
-        runtime = Path(tempfile.mkdtemp(prefix="nimbus-node-"))  # mode 0700
+        await asyncio.to_thread(_remove_stale_runtimes)
+        runtime = Path(tempfile.mkdtemp(prefix=_RUNTIME_PREFIX))  # mode 0700
+        (runtime / "supervisor.pid").write_text(f"{os.getpid()}\n")
         role = WorkerRole(index=0, count=self.count, runtime=runtime)
         role.metrics_dir.mkdir()
         store = EmbeddedStore()

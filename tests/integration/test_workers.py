@@ -71,7 +71,8 @@ async def scrape(proc: NimbusProcess, sample: str) -> float | None:
 
 
 async def test_two_workers_share_the_port_and_answer_for_the_node(tmp_path):
-    """Connections land on both workers; queue-summary, /metrics and a bounce cover both."""
+    """Connections land on both workers; queue-summary, /metrics, a bounce and SIGHUP
+    cover both."""
     env = {**node_env(tmp_path, free_port()), **TWO}  # the sink is down: mail stays queued
     async with nimbus(tmp_path, env) as node:
         assert node.ready_line["workers"] == 2
@@ -86,6 +87,12 @@ async def test_two_workers_share_the_port_and_answer_for_the_node(tmp_path):
         [entry] = await admin(node, "bounce/v1")
         bounces = await node.wait_records(lambda r: r["type"] == "AdminBounce", count=20)
         assert await held(node) == 0
+        node.proc.send_signal(signal.SIGHUP)  # forwarded: every worker reloads its policy
+        await until(
+            lambda: asyncio.sleep(0, len(stderr_event(node, "policy_reloaded")) == 2),
+            timeout=20,
+            what="both workers reloading the policy",
+        )
     assert bounced["total_bounced"] == 20 and entry["id"] == bounced["id"]
     assert entry["total_bounced"] == 20
     assert sorted(r["id"] for r in bounces) == sorted(ids)
@@ -110,10 +117,13 @@ async def test_killed_worker_is_restarted_and_its_shard_recovered(tmp_path):
         )
         [restart] = stderr_event(node, "worker_restarting")
         [copied] = stderr_event(node, "admin_entries_copied")
+        # The killed worker's counters stay in the node's scrape (multiprocess files).
+        received = await scrape(node, 'nimbus_messages_received_total{listener="esmtp_listener"}')
         async with Receiver("127.0.0.1", port) as rx:
             await wait_delivered(rx, ids)
     assert restart["worker"] == 1 and restart["pid"] == victim
     assert copied["entries"] == 1  # the restarted worker holds the node's suspension
+    assert received == 12
     assert ids <= delivered_ids(rx)
 
 
