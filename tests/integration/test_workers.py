@@ -83,6 +83,8 @@ async def test_two_workers_share_the_port_and_answer_for_the_node(tmp_path):
         assert await held(node) == 20
         assert await scrape(node, 'nimbus_messages_received_total{listener="esmtp_listener"}') == 20
         assert await scrape(node, "nimbus_queued_messages") == 20
+        for id in ids[:4]:  # whichever worker holds it answers, on any worker
+            assert (await admin(node, f"inspect-message/v1?id={id}"))["id"] == id
         bounced = await admin(node, "bounce/v1", {"domain": "dst.test", "reason": "test"})
         [entry] = await admin(node, "bounce/v1")
         bounces = await node.wait_records(lambda r: r["type"] == "AdminBounce", count=20)
