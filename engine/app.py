@@ -24,6 +24,8 @@ Shutdown order (SIGTERM/SIGINT), as STYLE.md §6:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import gc
 import logging
 import signal
@@ -75,10 +77,13 @@ from engine.shaping.gate import Gate
 from engine.shaping.overlay import Overlay
 from engine.shaping.throttle.factory import make_store
 from engine.shaping.tsa_client import TsaSubscriber
-from engine.storage.spool import Spool
+from engine.storage.shards import adopt_into, adopted_dirs, own_dir
+from engine.storage.spool import Spool, SpoolError
 from engine.suppression.redis_store import RedisSuppressionStore
 from engine.suppression.service import Suppressions
 from engine.suppression.store import LocalStore
+from engine.workers.fanout import copy_entries, install_fanout
+from engine.workers.role import WorkerRole
 from engine.xfer.receiver import add_xfer_routes
 from engine.xfer.secret import load_secret
 from engine.xfer.sender import Transfers
@@ -117,17 +122,25 @@ class Node:
     """One MTA node.
 
     settings: the node's settings (see engine.config.settings).
+    role: which worker of a node with several this process is (``nimbus mta --workers N``,
+        engine/workers/); None: the node's one process.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, role: WorkerRole | None = None) -> None:
         self.settings = settings
+        self.role = role
+        index, count = (role.index, role.count) if role is not None else (0, 1)
         self.metrics = Metrics()
-        self.logs = LogWriter(settings.log)
+        self.logs = LogWriter(settings.log, suffix=role.log_suffix if role is not None else "")
         self.logs.on_record(self.metrics.count_record)
         self.rates = RecordRates()  # the status page's 1- and 5-minute record rates
         self.logs.on_record(self.rates.count)
         self.redis_degraded = False
-        self.spool = Spool(settings.spool, on_commit=self.metrics.on_commit)
+        own = own_dir(settings.spool.dir, index, count)
+        self._adopt = adopted_dirs(settings.spool.dir, index, count)
+        self.spool = Spool(
+            dataclasses.replace(settings.spool, dir=str(own)), on_commit=self.metrics.on_commit
+        )
         # Plain policy handlers run here, so policy.event_timeout bounds them (events.py);
         # one pool for every loaded policy, bounded so stuck handlers cannot pile up threads.
         self._policy_threads = ThreadPoolExecutor(
@@ -167,6 +180,8 @@ class Node:
             settings.cluster,
             on_state_change=self._redis_state,
             state_dir=Path(settings.spool.dir),
+            workers=count,
+            node_socket=role.throttle_socket if role is not None else None,
         )
         self.gate = Gate(self.throttles, settings.redis.key_prefix)
         self.router = Router(
@@ -291,6 +306,8 @@ class Node:
             queued=self._queued,
             on_result=self._count_xfer,
         )
+        if role is not None:
+            install_fanout(http_app, role, self.metrics)
         self.http = HttpListener(http_app)
         self.metrics.attach_gauges(self._gauges)
         self.ports: dict[str, int] = {}
@@ -455,9 +472,18 @@ class Node:
         self._warn_if_injection_disabled()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.logs.run(), name="log-writer")
+            shared = self.role is not None  # the node's workers share the ports
             with binding("HTTP", s.http.listen, "http.listen"):
-                self.ports["http"] = (await self.http.start(*parse_hostport(s.http.listen)))[1]
+                host, port = parse_hostport(s.http.listen)
+                self.ports["http"] = (await self.http.start(host, port, reuse_port=shared))[1]
+            if self.role is not None:
+                private = self.role.admin_socket(self.role.index)
+                with contextlib.suppress(FileNotFoundError):
+                    private.unlink()  # left by this worker's previous life
+                await self.http.start_private(str(private))
             await self._init_policy()
+            if self.role is not None:
+                await copy_entries(self.role, self.admin)  # before recovered mail meets them
             await self._start_log_hooks(tg)
             if self.tsa_subscriber is not None:
                 self._background.append(
@@ -473,15 +499,17 @@ class Node:
             scheduler = tg.create_task(self.scheduler.run(), name="scheduler")
             watcher = tg.create_task(self._watch_policy(loaded), name="policy-watcher")
             with binding("SMTP", s.smtp.listen, "smtp.listen"):
-                self.ports["smtp"] = (await self.smtp.start(*parse_hostport(s.smtp.listen)))[1]
+                host, port = parse_hostport(s.smtp.listen)
+                self.ports["smtp"] = (await self.smtp.start(host, port, reuse_port=shared))[1]
             self.acceptor.set_ready()
             log.info(
-                "ready",
+                "ready" if self.role is None else "worker_ready",
                 extra={
                     "smtp_port": self.ports["smtp"],
                     "http_port": self.ports["http"],
                     "node_id": s.effective_node_id,
                     "spooled": self.spool.count,
+                    **({"worker": self.role.index} if self.role is not None else {}),
                 },
             )
             self.ready.set()
@@ -522,7 +550,7 @@ class Node:
         if not hooks:
             return
         self.log_hooks = LogHookPublisher(
-            hooks, db_path=Path(self.settings.spool.dir) / "loghooks.db", policy=self.policy
+            hooks, db_path=self.spool.dir / "loghooks.db", policy=self.policy
         )
         await self.log_hooks.open()
         self.log_hooks.attach(self.logs)
@@ -533,6 +561,7 @@ class Node:
         messages, quarantined = await self.spool.recover()
         for q in quarantined:
             log.error("spool_entry_quarantined", extra={"id": q.id, "reason": q.reason})
+        messages.extend(await self._adopt_shards({m.id for m in messages}))
         now = time.time()
         expired = 0
         for index, msg in enumerate(messages):
@@ -553,6 +582,21 @@ class Node:
                 "seconds": round(time.monotonic() - started, 3),
             },
         )
+
+    async def _adopt_shards(self, own_ids: set[str]) -> list[Any]:
+        """Move the messages of spools no worker owns into this one (engine/storage/
+        shards.py); a spool that cannot be emptied now (locked, full) stays for the next
+        start, logged."""
+        moved: list[Any] = []
+        for other in self._adopt:
+            try:
+                moved.extend(await adopt_into(self.spool, other, self.settings.spool, own_ids))
+            except SpoolError as exc:
+                log.error(
+                    "spool_shard_not_adopted",
+                    extra={"from": str(other), "error": f"{type(exc).__name__}: {exc}"},
+                )
+        return moved
 
     async def _shutdown(self, scheduler: asyncio.Task) -> None:
         s = self.settings
@@ -603,9 +647,9 @@ def _settle_gc() -> None:
     gc.set_threshold(10_000, 20, 20)
 
 
-async def run_mta(settings: Settings) -> None:
-    """Run a node until SIGTERM or SIGINT."""
-    node = Node(settings)
+async def run_mta(settings: Settings, role: WorkerRole | None = None) -> None:
+    """Run a node (or one worker of it: ``role``) until SIGTERM or SIGINT."""
+    node = Node(settings, role)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, node.stop)
@@ -621,4 +665,6 @@ async def _settle_gc_when_ready(node: Node) -> None:
     # The node process only: in a test process that runs many nodes, freezing would keep
     # each earlier node's cycles alive.
     await node.ready.wait()
+    if node.role is not None:
+        node.role.tell_ready(node.ports)
     _settle_gc()

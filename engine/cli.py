@@ -4,7 +4,8 @@ Exports:
     main(argv) -> exit code
 
 Subcommands:
-    nimbus mta       run one MTA node in the foreground (JSON logs on stderr)
+    nimbus mta       run one MTA node in the foreground (JSON logs on stderr); with
+                     ``--workers N`` (N > 1) a supervisor of N engine processes
     nimbus tsa       run the traffic-shaping automation service
     nimbus sink      run the sink (accepts and discards; smart mode from a TOML file)
     nimbus validate  check settings and policy
@@ -20,6 +21,7 @@ import asyncio
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from engine import __version__
@@ -31,6 +33,9 @@ from engine.logs import diagnostics as diag
 from engine.policy.events import PolicyLoadError
 from engine.reception.listen import ListenError
 from engine.storage.spool import SpoolLocked
+from engine.workers import supervisor
+from engine.workers.cpu import default_workers
+from engine.workers.role import WorkerRole
 
 __all__ = ["main", "startup_error"]
 
@@ -43,6 +48,7 @@ _MTA_FLAGS = {
     "log_dir": "log.dir",
     "policy_dir": "policy.dir",
     "node_id": "node_id",
+    "workers": "node.workers",
 }
 
 
@@ -73,6 +79,16 @@ def _parser() -> argparse.ArgumentParser:
     mta.add_argument("--log-dir", help="log-record directory")
     mta.add_argument("--policy-dir", help="policy directory")
     mta.add_argument("--node-id", help="node identity in log records")
+    mta.add_argument(
+        "--workers",
+        type=int,
+        help="engine processes (default: the cgroup CPU quota, else the CPU count; 1: one process)",
+    )
+    # Set by the supervisor for each worker it starts (engine/workers/supervisor.py).
+    mta.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    mta.add_argument("--worker-runtime", help=argparse.SUPPRESS)
+    mta.add_argument("--worker-ready-fd", type=int, default=-1, help=argparse.SUPPRESS)
+    mta.add_argument("--worker-supervisor", type=int, default=0, help=argparse.SUPPRESS)
     mta.add_argument(
         "--set",
         action="append",
@@ -163,6 +179,7 @@ def _run(coro: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     if args.command in admin_cli.VERBS:
         return admin_cli.run(args)  # talks to a node's admin API; no local settings
@@ -176,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     diag.configure(settings.log.level)
     if args.command == "validate":
         return _validate(settings)
-    _report_unknown_env()
+    if getattr(args, "worker_index", None) is None:  # the supervisor reported them
+        _report_unknown_env()
     if args.command == "tsa":
         from tsa.app import run as run_tsa
 
@@ -186,10 +204,43 @@ def main(argv: list[str] | None = None) -> int:
 
         return _serve(run_sink(settings))
     if args.command == "mta":
-        from engine.app import run_mta
-
-        return _serve(run_mta(settings))
+        return _mta(args, argv, settings)
     return 0
+
+
+def _mta(args: argparse.Namespace, argv: list[str], settings: Any) -> int:
+    """One process, a worker of a node (``--worker-index``), or the supervisor of N."""
+    from engine.app import run_mta
+
+    if args.worker_index is not None:
+        supervisor.die_with_parent(args.worker_supervisor or os.getppid())
+        role = WorkerRole(
+            index=args.worker_index,
+            count=settings.node.workers,
+            runtime=Path(args.worker_runtime),
+            ready_fd=args.worker_ready_fd,
+        )
+        return _serve(run_mta(settings, role))
+    workers = settings.node.workers or default_workers()
+    if workers == 1:
+        return _serve(run_mta(settings))
+    if settings.suppression.enabled and not settings.redis.url:
+        print(
+            "nimbus: [suppression] enabled with node.workers > 1 needs redis.url "
+            "(NIMBUS_REDIS_URL): without Redis each worker keeps its own copy of the list; "
+            "set NIMBUS_NODE_WORKERS=1 or configure Redis",
+            file=sys.stderr,
+        )
+        return 2
+    log.info("starting_workers", extra={"workers": workers})
+    node = supervisor.Supervisor(settings, workers, argv)
+    code = 0
+
+    async def run() -> None:
+        nonlocal code
+        code = await node.run()
+
+    return _serve(run()) or code
 
 
 def _serve(coro: Any) -> int:

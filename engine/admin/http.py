@@ -74,11 +74,16 @@ from engine.reception.auth import (
     parse_basic,
     too_many_failures_reason,
 )
+from engine.reception.http_listener import private_request
 from engine.records import LogRecord
 from engine.suppression.service import Suppressions
 from engine.suppression.store import MemoryStore, StoreUnavailable
 
-__all__ = ["add_admin_routes", "admit"]
+__all__ = ["add_admin_routes", "admit", "ENTRY_ID_HEADER"]
+
+ENTRY_ID_HEADER = "X-Nimbus-Entry-Id"
+"""On a request over a worker's private socket: the id the receiving worker gave the new
+bounce or suspension, kept by every worker (engine/workers/fanout.py)."""
 
 
 class _Guard:
@@ -101,8 +106,9 @@ class _Guard:
         return any(ip.version == net.version and ip in net for net in self._nets)
 
     def admit(self, request: web.Request) -> str | web.Response:
-        """Who is asking (an admin user or ``TRUSTED_HOST``), else the 400/401/403/429."""
-        if self.trusted(request.remote):
+        """Who is asking (an admin user or ``TRUSTED_HOST``), else the 400/401/403/429.
+        A request over a worker's private socket was admitted by the worker it reached."""
+        if private_request(request) or self.trusted(request.remote):
             return TRUSTED_HOST
         wait = self._limiter.retry_after(request.remote)
         if wait:
@@ -204,10 +210,15 @@ async def _serve(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(503, f"suppression store not answering: {exc}")
 
 
-def _guarded(handler: Handler, method: str) -> Handler:
-    audited = method in AUDITED_METHODS
+def _entry_id(request: web.Request) -> str | None:
+    """The id a fanned-out bounce/suspension must keep (private socket only), else None."""
+    return request.headers.get(ENTRY_ID_HEADER) or None if private_request(request) else None
 
+
+def _guarded(handler: Handler, method: str) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
+        # The worker a request reached audits it; its copies to the other workers are not.
+        audited = method in AUDITED_METHODS and not private_request(request)
         admitted = request.app[_GUARD].admit(request)
         if isinstance(admitted, web.StreamResponse):
             if audited:
@@ -237,7 +248,9 @@ def _guarded(handler: Handler, method: str) -> Handler:
 
 async def bounce_v1_post(request: web.Request) -> web.Response:
     """Bounce matching messages now and matching new mail until the entry expires."""
-    return web.json_response(await _api(request).bounce(await _json(request)))
+    return web.json_response(
+        await _api(request).bounce(await _json(request), entry_id=_entry_id(request))
+    )
 
 
 async def bounce_v1_get(request: web.Request) -> web.Response:
@@ -254,7 +267,9 @@ async def bounce_v1_delete(request: web.Request) -> web.Response:
 
 async def suspend_v1_post(request: web.Request) -> web.Response:
     """Hold matching scheduled queues until the entry expires."""
-    return web.json_response(_api(request).suspend(await _json(request)))
+    return web.json_response(
+        _api(request).suspend(await _json(request), entry_id=_entry_id(request))
+    )
 
 
 async def suspend_v1_get(request: web.Request) -> web.Response:
@@ -268,7 +283,9 @@ async def suspend_v1_delete(request: web.Request) -> web.Response:
 
 async def suspend_ready_q_v1_post(request: web.Request) -> web.Response:
     """Stop opening connections for one ready queue until the entry expires."""
-    return web.json_response(_api(request).suspend_ready_q(await _json(request)))
+    return web.json_response(
+        _api(request).suspend_ready_q(await _json(request), entry_id=_entry_id(request))
+    )
 
 
 async def suspend_ready_q_v1_get(request: web.Request) -> web.Response:

@@ -354,9 +354,10 @@ class AdminApi:
         return now
 
     # bounces
-    async def bounce(self, body: Json) -> JsonObject:
-        """Add a bounce (it applies to new mail at once), then bounce what's queued."""
-        entry = parse_bounce(body, id=str(uuid.uuid4()), now=self._now())
+    async def bounce(self, body: Json, entry_id: str | None = None) -> JsonObject:
+        """Add a bounce (it applies to new mail at once), then bounce what's queued.
+        entry_id: the id to keep (the same entry on every worker of a node), else a new one."""
+        entry = parse_bounce(body, id=entry_id or str(uuid.uuid4()), now=self._now())
         self.state.add_bounce(entry)
         result = await _call(self._bounce_now, entry)
         if isinstance(result, Mapping):
@@ -385,8 +386,8 @@ class AdminApi:
         self.state.cancel_bounce(id)
 
     # suspensions
-    def suspend(self, body: Json) -> JsonObject:
-        entry = parse_suspend(body, id=str(uuid.uuid4()), now=self._now())
+    def suspend(self, body: Json, entry_id: str | None = None) -> JsonObject:
+        entry = parse_suspend(body, id=entry_id or str(uuid.uuid4()), now=self._now())
         self.state.add_suspension(entry)
         return {"id": entry.id}
 
@@ -399,8 +400,8 @@ class AdminApi:
         self._now()  # an expired entry is gone: 404
         self.state.cancel_suspension(id)
 
-    def suspend_ready_q(self, body: Json) -> JsonObject:
-        entry = parse_ready_suspend(body, id=str(uuid.uuid4()), now=self._now())
+    def suspend_ready_q(self, body: Json, entry_id: str | None = None) -> JsonObject:
+        entry = parse_ready_suspend(body, id=entry_id or str(uuid.uuid4()), now=self._now())
         self.state.add_ready_suspension(entry)
         return {"id": entry.id}
 

@@ -45,6 +45,7 @@ __all__ = [
     "TsaSettings",
     "DkimSettings",
     "SuppressionSettings",
+    "NodeSettings",
     "load_settings",
     "dotted_tree",
     "read_toml",
@@ -190,6 +191,16 @@ class DkimSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class NodeSettings:
+    workers: int = _kind(
+        "int",
+        1,
+        "engine worker processes of this node (0: the cgroup CPU quota rounded down, else "
+        "the CPU count; 1, the default for now: one process, no supervisor)",
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RedisSettings:
     url: str = _kind(
         "str",
@@ -311,6 +322,7 @@ class SuppressionSettings:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     node_id: str = _kind("str", "", "node identity in log records (default: hostname)")
+    node: NodeSettings = field(default_factory=NodeSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     spool: SpoolSettings = field(default_factory=SpoolSettings)

@@ -2,6 +2,7 @@
 
 Exports:
     Metrics       counters and histograms, plus a collector reading live gauges
+                  (``registry``: everything; ``live``: only what is read at scrape time)
     GaugeReading  what a GaugeSource returns at each scrape (queue sizes, connections, ...)
     oldest_age(oldest_created, now)   pure: seconds the oldest held message has waited
     per_site(waiting)                 pure: ready-queue backlog summed per MX site
@@ -260,8 +261,14 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # The gauges read from this process at scrape time, alone: with several workers a
+        # scrape sums every worker's (engine/workers/fanout.py); the rest comes from
+        # prometheus-client's multiprocess files.
+        self.live = CollectorRegistry()
         r = self.registry
-        r.register(_LoopGauges())
+        loop_gauges = _LoopGauges()
+        r.register(loop_gauges)
+        self.live.register(loop_gauges)
         self.received = Counter(
             "nimbus_messages_received", "Messages accepted into the spool", ["listener"], registry=r
         )
@@ -299,12 +306,14 @@ class Metrics:
             "nimbus_redis_degraded",
             "1 while Redis is unreachable and limits are enforced locally",
             registry=r,
+            multiprocess_mode="livemax",  # with workers: 1 while any live worker is
         )
         self.shedding = Gauge(
             "nimbus_shedding",
             "1 while the node sheds load (readiness 503, new SMTP sessions 421), by reason",
             ["reason"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.redis_outages = Counter(
             "nimbus_redis_outages", "Redis outages (fallback to local limits)", registry=r
@@ -363,7 +372,9 @@ class Metrics:
         return out
 
     def attach_gauges(self, source: GaugeSource) -> None:
-        self.registry.register(_LiveGauges(source))
+        gauges = _LiveGauges(source)
+        self.registry.register(gauges)
+        self.live.register(gauges)
 
     def count_record(self, record: LogRecord) -> None:
         """Count a disposition from its log record (the single source of truth)."""

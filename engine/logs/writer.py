@@ -47,10 +47,19 @@ class LogWriter:
 
     settings: the ``[log]`` settings (dir, max_file_size, max_segment_duration).
     clock: wall-clock function (tests inject one to force rotation).
+    suffix: appended to segment names (``.w<i>``: each worker of a node writes its own
+        segments into the one directory).
     """
 
-    def __init__(self, settings: LogSettings, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: LogSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        suffix: str = "",
+    ) -> None:
         self.settings = settings
+        self._suffix = suffix
         self.dir = Path(settings.dir)
         self._clock = clock
         self._pending: list[LogRecord] = []
@@ -167,10 +176,10 @@ class LogWriter:
             with contextlib.suppress(OSError):  # every batch was flushed already
                 self._file.close()
             self._file = None
-        path = self.dir / segment_name(now)
+        path = self.dir / (segment_name(now) + self._suffix)
         while path.exists():  # two segments in one microsecond: keep names unique
             now += 1e-6
-            path = self.dir / segment_name(now)
+            path = self.dir / (segment_name(now) + self._suffix)
         # Unbuffered: each batch is one write() reaching the file, or an error we see.
         self._file = open(path, "ab", buffering=0)
         self._opened_at = now

@@ -4,6 +4,7 @@ request-body rules every route of it obeys.
 Exports:
     HttpListener   ``await start(host, port)`` -> bound address; ``await close()``
     body_rules     the middleware HttpListener adds to the app it serves (below)
+    private_request(request) -> bool   it came over the listener's private Unix socket
 
 body_rules, so that no malformed request becomes a 500 (issue 9):
 - a ``Content-Encoding`` other than identity, gzip or deflate (the codings aiohttp
@@ -30,11 +31,18 @@ from aiohttp.web_protocol import RequestPayloadError
 from aiohttp.web_request import Request
 from aiohttp.web_response import StreamResponse
 
-__all__ = ["HttpListener", "body_rules"]
+__all__ = ["HttpListener", "body_rules", "private_request"]
 
 log = logging.getLogger("nimbus.http")
 
 _CODINGS = frozenset({"", "identity", "gzip", "deflate"})
+
+
+def private_request(request: Request) -> bool:
+    """True when ``request`` arrived on the Unix socket of ``HttpListener.start_private``
+    (a worker's, in a directory only the node's processes can enter), not a TCP port."""
+    transport = request.transport
+    return transport is not None and isinstance(transport.get_extra_info("sockname"), str)
 
 
 @web.middleware
@@ -110,18 +118,32 @@ class HttpListener:
             logger=_server_log,
         )
         self._site: web.TCPSite | None = None
+        self._private: web.UnixSite | None = None
 
     @property
     def app(self) -> web.Application:
         """The application served (its router lists the mounted routes)."""
         return self._runner.app
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> tuple[str, int]:
+        """Listen on host:port; reuse_port: with SO_REUSEPORT (a node's workers share it)."""
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, host, port, reuse_address=True, backlog=1024)
+        self._site = web.TCPSite(
+            self._runner,
+            host,
+            port,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+            backlog=1024,
+        )
         await self._site.start()
         sock = self._runner.addresses[0]
         return sock[0], sock[1]
+
+    async def start_private(self, path: str) -> None:
+        """Also serve the app on the Unix socket ``path`` (after ``start``)."""
+        self._private = web.UnixSite(self._runner, path, backlog=128)
+        await self._private.start()
 
     async def close(self) -> None:
         """Stop listening, wait for in-flight requests (up to shutdown_timeout), close."""

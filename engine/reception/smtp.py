@@ -492,11 +492,20 @@ class SmtpListener:
         self._sessions.add(session)
         return session
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        """Listen; returns the bound (host, port) (port 0 picks a free one)."""
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> tuple[str, int]:
+        """Listen; returns the bound (host, port) (port 0 picks a free one).
+
+        reuse_port: bind with SO_REUSEPORT, so a node's workers share the port and the
+        kernel spreads connections over them.
+        """
         loop = self._loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._protocol, host, port, backlog=1024, reuse_address=True
+            self._protocol,
+            host,
+            port,
+            backlog=1024,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
         )
         sock = self._server.sockets[0].getsockname()
         return sock[0], sock[1]

@@ -17,7 +17,10 @@ import pytest
 from tests.support.node import NimbusProcess, write_policy
 
 NIMBUS = str(Path(sys.executable).parent / "nimbus")
-SECTIONS = "cluster, delivery, dkim, dns, http, log, policy, redis, shedding, sink, smtp, spool, suppression, tsa"
+SECTIONS = (
+    "cluster, delivery, dkim, dns, http, log, node, policy, redis, shedding, sink, smtp, spool, "
+    "suppression, tsa"
+)
 
 
 def nimbus(role: str, tmp_path: Path, env: dict[str, str], *args: str) -> tuple[int, str]:

@@ -159,6 +159,9 @@ class NimbusProcess:
                 "NIMBUS_SPOOL_DIR": str(workdir / "spool"),
                 "NIMBUS_LOG_DIR": str(log_dir),
                 "NIMBUS_SPOOL_MIN_FREE_SPACE": "0",
+                # One process (today's layout: <spool>/spool.db) unless a test asks for
+                # workers; the default would follow this machine's CPUs.
+                "NIMBUS_NODE_WORKERS": "1",
             }
             if role == "mta"
             else {}

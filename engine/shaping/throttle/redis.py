@@ -205,6 +205,8 @@ class RedisStore(ThrottleStore):
     probe_interval: seconds before the first Redis attempt while degraded (doubling).
     rand: jitter source in [0, 1) for the probe delay.
     clock: monotonic seconds, for the fallback and probing.
+    local: where ``local:`` specs live (default: this process; a worker of a node with
+        several: the supervisor's store, so they hold for the node).
     """
 
     def __init__(
@@ -216,6 +218,7 @@ class RedisStore(ThrottleStore):
         probe_interval: float = PROBE_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
+        local: ThrottleStore | None = None,
     ) -> None:
         self._timeout = settings.timeout
         self._nodes = max(1, cluster.nodes)
@@ -238,7 +241,7 @@ class RedisStore(ThrottleStore):
         self._count = self._redis.register_script(COUNT_LUA)
         self._window = self._redis.register_script(WINDOW_LUA)
         self._fallback = EmbeddedStore(clock)  # this node's share while Redis is down
-        self._local = EmbeddedStore(clock)  # ``local:`` specs, always in-process
+        self._local = local or EmbeddedStore(clock)  # ``local:`` specs: never in Redis
         self._limits: dict[tuple[str, str], int] = {}  # held lease -> its limit
         self._degraded = False
         self._next_probe = 0.0
