@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 from engine.config.throttle_spec import ThrottleSpec
@@ -48,3 +49,40 @@ async def test_without_the_supervisor_a_worker_enforces_its_share(caplog):
         finally:
             await store.close()
     assert [r.message for r in caplog.records].count("node_throttle_store_unreachable") == 1
+
+
+async def test_warmup_window_counters_are_one_count_for_the_node_and_persist(tmp_path):
+    """IP warm-up's fixed-window counters through two workers' clients: one budget, kept in
+    the supervisor's counts file (a restarted supervisor continues the count); without the
+    socket a worker counts its share."""
+    counts = tmp_path / "warmup.db"
+    path = tmp_path / "throttle.sock"
+    expires = time.time() + 3600
+    server = await serve_store(path, EmbeddedStore(counts_file=counts))
+    a, b = SocketStore(path, 2), SocketStore(path, 2)
+    try:
+        got = [await (a if i % 2 else b).count_window("w", 3, expires) for i in range(5)]
+        assert [w.allowed for w in got] == [True, True, True, False, False]
+        assert await b.window_count("w") == 3
+    finally:
+        await a.close()
+        await b.close()
+        server.close()
+        await server.wait_closed()
+    server = await serve_store(path, EmbeddedStore(counts_file=counts))
+    c = SocketStore(path, 2)
+    try:
+        assert await c.window_count("w") == 3  # the file kept it
+    finally:
+        await c.close()
+        server.close()
+        await server.wait_closed()
+    lone = SocketStore(tmp_path / "absent.sock", 2)
+    try:
+        assert [(await lone.count_window("v", 4, expires)).allowed for _ in range(3)] == [
+            True,
+            True,
+            False,
+        ]  # 4 / 2 workers
+    finally:
+        await lone.close()

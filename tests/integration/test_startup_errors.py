@@ -167,3 +167,13 @@ async def test_no_auth_dir_logs_one_warning_that_injection_is_disabled(tmp_path)
     assert len(warnings) == 1, json.dumps(proc.stderr_lines)
     assert warnings[0]["level"] == "warning"
     assert "NIMBUS_HTTP_AUTH_DIR" in warnings[0]["reason"]
+
+
+def test_suppression_without_redis_and_several_workers_is_refused(tmp_path):
+    """Each worker would keep its own copy of the local suppression list: refused, naming
+    both settings, exit 2 (one worker, or Redis, is accepted)."""
+    code, err = nimbus(
+        "mta", tmp_path, {"NIMBUS_SUPPRESSION_ENABLED": "true", "NIMBUS_NODE_WORKERS": "2"}
+    )
+    assert code == 2
+    assert "[suppression] enabled with node.workers > 1 needs redis.url" in last_line(err)
