@@ -59,9 +59,12 @@ __all__ = [
     "nimbus_env",
     "nimbus_command",
     "NIMBUS_MTAS",
+    "WORKERS_MTA",
+    "NimbusWorkersHarness",
 ]
 
-NIMBUS_MTAS = ("nimbus", "nimbus-dkim", BASELINE_MTA)
+WORKERS_MTA = "nimbus-w2"
+NIMBUS_MTAS = ("nimbus", "nimbus-dkim", WORKERS_MTA, BASELINE_MTA)
 # engine shutdown_deadline is 25 s: give it that and some before SIGKILL
 _TERM_TIMEOUT = 40
 
@@ -262,6 +265,17 @@ class NimbusDkimHarness(NimbusHarness):
 
     def write_policy(self, dest: Path) -> None:
         write_dkim_policy(dest, self.policy_source)
+
+
+class NimbusWorkersHarness(NimbusHarness):
+    """nimbus-w2: the same nimbus and policy as two engine workers under a supervisor
+    (``NIMBUS_NODE_WORKERS=2``); its CPU and RSS are the whole process tree's."""
+
+    name = WORKERS_MTA
+
+    def __init__(self, place: Placement):
+        super().__init__(place)
+        self.env["NIMBUS_NODE_WORKERS"] = "2"
 
 
 class NimbusBaselineHarness(NimbusHarness):

@@ -75,7 +75,8 @@ def _add_load_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mtas",
         default="postfix,nimbus",
-        help="which MTAs: postfix, nimbus, nimbus-dkim, nimbus-baseline (default postfix,nimbus)",
+        help="which MTAs: postfix, nimbus, nimbus-dkim, nimbus-w2 (two engine workers), "
+        "nimbus-baseline (default postfix,nimbus)",
     )
     p.add_argument(
         "--baseline",

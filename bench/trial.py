@@ -26,7 +26,14 @@ from typing import Any
 from bench.baseline import BASELINE_MTA
 from bench.harness import MtaHarness, Placement
 from bench.load import LoadGenerator, source_command
-from bench.nimbus import NIMBUS_MTAS, NimbusBaselineHarness, NimbusDkimHarness, NimbusHarness
+from bench.nimbus import (
+    NIMBUS_MTAS,
+    WORKERS_MTA,
+    NimbusBaselineHarness,
+    NimbusDkimHarness,
+    NimbusHarness,
+    NimbusWorkersHarness,
+)
 from bench.postfix import PostfixHarness
 from bench.sampling import box_busy_seconds
 from bench.sink import Sink
@@ -37,7 +44,7 @@ __all__ = ["TrialSpec", "run_trial", "make_harness"]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrialSpec:
-    mta: str  # postfix, nimbus, nimbus-dkim or nimbus-baseline
+    mta: str  # postfix, nimbus, nimbus-dkim, nimbus-w2 or nimbus-baseline
     size: int  # smtp-source -l
     run: int  # 1-based run number
     messages: int
@@ -87,6 +94,8 @@ def make_harness(
         return NimbusHarness(place)
     if name == "nimbus-dkim":
         return NimbusDkimHarness(place)
+    if name == WORKERS_MTA:
+        return NimbusWorkersHarness(place)
     raise BenchError(f"unknown MTA {name!r} (postfix, {', '.join(NIMBUS_MTAS)})")
 
 
