@@ -87,6 +87,10 @@ __all__ = ["DeliveryParts", "ReadyQueue"]
 
 log = logging.getLogger("nimbus.ready")
 
+IDLE_LEASE_CHECK = 2.0
+"""Seconds between an idle connection's looks at whether its lease sets are full (then it
+closes and gives its leases back; see ``ReadyQueue._idle_wait``)."""
+
 
 class MessageData(Protocol):
     """Where message bodies are read from (the spool)."""
@@ -290,6 +294,31 @@ class ReadyQueue:
                 return waiter.result()  # handed over just as the timeout fired
             return None
 
+    async def _idle_wait(self, ticket: Ticket | None) -> Message | None:
+        """Wait up to ``idle_timeout`` for the next message; with leases held, look every
+        ``IDLE_LEASE_CHECK`` seconds whether a lease set is full, and if so give the
+        connection (and its lease) up now: idle connections of one worker, ready queue or
+        node must not starve the others' first connections for the whole idle timeout."""
+        total = self.path.idle_timeout
+        gate = self._parts.gate
+        if ticket is None or gate is None or not ticket.held or total <= IDLE_LEASE_CHECK:
+            return await self._next(total)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + total
+        while True:
+            step = min(IDLE_LEASE_CHECK, deadline - loop.time())
+            if step <= 0:
+                return None
+            started = loop.time()
+            msg = await self._next(step)
+            if msg is not None or self._stopping:
+                return msg
+            if loop.time() - started < step * 0.9:
+                return None  # not a timeout: held (suspended) or stopping
+            if await gate.contended(ticket):
+                log.debug("idle_connection_gives_up_lease", extra={"queue": self.name})
+                return None
+
     # -- connections ---------------------------------------------------------------
 
     async def _slot(self) -> Ticket | None | float:
@@ -430,7 +459,7 @@ class ReadyQueue:
                 retry = None
                 if msg is None:
                     me.enter("idle")
-                    msg = await self._next(self.path.idle_timeout)
+                    msg = await self._idle_wait(ticket)
                     if msg is None:
                         return
                     me.in_flight = msg

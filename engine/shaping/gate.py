@@ -110,6 +110,7 @@ class Ticket:
 
     lease_id: str
     held: list[tuple[ThrottleStore, str]] = field(default_factory=list)
+    limits: list[int] = field(default_factory=list)  # the limit of each held lease set
 
 
 class Gate:
@@ -138,6 +139,7 @@ class Gate:
                 await self.close(ticket)
                 return max(wait, 0.05)
             ticket.held.append((store, limit.key))
+            ticket.limits.append(limit.limit)
         spec = path.max_connection_rate
         if spec is not None:
             result = await self._store(spec.local).throttle(
@@ -159,6 +161,16 @@ class Gate:
         for store, key in ticket.held:
             await store.release_lease(key, ticket.lease_id)
         ticket.held.clear()
+        ticket.limits.clear()
+
+    async def contended(self, ticket: Ticket) -> bool:
+        """Is a lease set this connection holds full? Then an idle connection should give
+        its lease back: another ready queue (a provider limit), another worker of the node
+        or another node may be waiting for it, and nothing here needs it now."""
+        for (store, key), limit in zip(ticket.held, ticket.limits, strict=True):
+            if await store.count_leases(key) >= limit:
+                return True
+        return False
 
     async def message_wait(self, path: EgressPathConfig, ready_queue: str) -> float | None:
         """None when the next message may go now, else seconds until it may."""

@@ -26,6 +26,7 @@ class Harness:
         hosts: tuple[str, ...] = ("mx1.example", "mx2.example"),
         scripts: dict[str, HostScript] | None = None,
         addresses: dict[str, list[str] | HostResolutionError] | None = None,
+        gate: object = None,
     ) -> None:
         self.connector = FakeConnector(scripts)
         self.resolver = FakeResolver(addresses=ADDRESSES if addresses is None else addresses)
@@ -45,6 +46,7 @@ class Harness:
             resolver=self.resolver,
             spool=self.spool,
             outcomes=self.outcomes,  # type: ignore[arg-type]
+            gate=gate,
         )
         self.ready = ReadyQueue(route, parts, on_idle=lambda _: self.idle.set())
 
@@ -271,3 +273,48 @@ async def test_first_transaction_dropped_is_a_transient_failure() -> None:
     await h.until_idle()
     assert h.outcomes.kinds() == [("transient", msg.id)]
     assert len(h.connector.connections) == 1
+
+
+async def test_an_idle_connection_gives_its_lease_back_when_the_set_is_full(monkeypatch) -> None:
+    """Two ready queues of the same name (two workers of a node) share connection_limit 1
+    through one gate: the first queue's idle connection, holding the only lease, closes
+    within the lease check instead of the 30 s idle timeout, and the second delivers."""
+    import engine.queues.ready as ready_module
+    from engine.shaping.gate import Gate
+    from engine.shaping.throttle.embedded import EmbeddedStore
+
+    monkeypatch.setattr(ready_module, "IDLE_LEASE_CHECK", 0.1)
+    gate = Gate(EmbeddedStore(), "t")
+    path = dataclasses.replace(PATH, connection_limit=1, idle_timeout=30.0)
+    first, second = Harness(path=path, gate=gate), Harness(path=path, gate=gate)
+    first.add(1)
+    async with asyncio.timeout(5):
+        while not first.outcomes.kinds():
+            await asyncio.sleep(0.01)  # an in-process condition, polled with a deadline
+    [msg] = second.add(1)
+    async with asyncio.timeout(5):  # far below the 30 s idle timeout
+        await second.until_idle()
+    assert second.outcomes.kinds() == [("delivered", msg.id)]
+    assert first.connector.connections[0].closed
+
+
+async def test_an_idle_connection_keeps_its_lease_while_the_set_has_room(monkeypatch) -> None:
+    """With room left in the lease set the idle connection stays for reuse."""
+    import engine.queues.ready as ready_module
+    from engine.shaping.gate import Gate
+    from engine.shaping.throttle.embedded import EmbeddedStore
+
+    monkeypatch.setattr(ready_module, "IDLE_LEASE_CHECK", 0.05)
+    gate = Gate(EmbeddedStore(), "t")
+    h = Harness(path=dataclasses.replace(PATH, connection_limit=2, idle_timeout=30.0), gate=gate)
+    h.add(1)
+    async with asyncio.timeout(5):
+        while not h.outcomes.kinds():
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)  # several lease checks pass: the connection must still be there
+    h.add(1)
+    async with asyncio.timeout(5):
+        while len(h.outcomes.kinds()) < 2:
+            await asyncio.sleep(0.01)
+    assert len(h.connector.connections) == 1 and not h.connector.connections[0].closed
+    h.ready.stop_new_work()
