@@ -46,6 +46,7 @@ __all__ = [
     "rate_wait_fate",
     "hold_delay",
     "connect_backoff",
+    "worker_share",
 ]
 
 CONNECT_BACKOFF_BASE = 0.5
@@ -100,6 +101,16 @@ def connections_to_open(
         return 0
     room = connection_limit - connecting - established
     return max(0, min(room, waiting - connecting))
+
+
+def worker_share(connection_limit: int, workers: int) -> int:
+    """How many connections one worker's ready queue may open: ``ceil(limit / workers)``.
+    The node's limit itself holds through the shared lease set; the share keeps one worker
+    from taking every slot while another worker's mail for the same destination waits
+    (the kernel spreads sessions evenly, so each usually has its half of the work)."""
+    if workers <= 1:
+        return connection_limit
+    return max(1, -(-connection_limit // workers))
 
 
 def after_lease_refused(*, wait: float, established: int) -> SlotStep:

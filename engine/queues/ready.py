@@ -77,6 +77,7 @@ from engine.queues.decisions import (
     hold_delay,
     rate_wait_fate,
     retires_connection,
+    worker_share,
 )
 from engine.queues.outcomes import Outcomes
 from engine.records import Message, rfc3339
@@ -107,6 +108,8 @@ class DeliveryParts:
     TSA holds. gate: connection leases and rates (None: only the local limit).
     allow_loopback_mx: ``delivery.allow_loopback_mx``: DNS answers may be loopback.
     tls_policy: MTA-STS policies and TLSA records (None: neither is applied).
+    workers: the node's engine processes; each worker's ready queue opens at most
+        ``worker_share(connection_limit, workers)`` connections (decisions.py).
     """
 
     connector: SmtpConnector
@@ -118,6 +121,7 @@ class DeliveryParts:
     gate: Any = None
     allow_loopback_mx: bool = False
     tls_policy: TlsPolicySource | None = None
+    workers: int = 1
 
 
 @dataclass(slots=True, kw_only=True)
@@ -233,7 +237,7 @@ class ReadyQueue:
             waiting=len(self.queue),
             connecting=len(self._conns) - self._established,
             established=self._established,
-            connection_limit=self.path.connection_limit,
+            connection_limit=worker_share(self.path.connection_limit, self._parts.workers),
             holding_off=time.monotonic() < max(self._hold_off_until, self._connect_hold_until),
             stopping=self._stopping,
         )

@@ -238,6 +238,7 @@ class Router:
             gate=gate,
             allow_loopback_mx=settings.delivery.allow_loopback_mx,
             tls_policy=tls_policy,
+            workers=max(1, settings.node.workers),
         )
         self._tls_policy = tls_policy
         # The enforcing variant of each path object (verified TLS), so an unchanged ready

@@ -19,6 +19,7 @@ from engine.queues.decisions import (
     rate_wait_fate,
     reply_fate,
     retires_connection,
+    worker_share,
 )
 from engine.records import Response
 
@@ -264,3 +265,12 @@ def test_connect_backoff(failures: int, rand: float, expected: float) -> None:
 def test_connect_backoff_recovers_promptly() -> None:
     """The cap keeps the hold-off after a long outage short (it was a fixed 5 s)."""
     assert max(connect_backoff(failures=n, rand=0.999999) for n in range(1, 100)) <= 5.0
+
+
+@pytest.mark.parametrize(
+    "limit, workers, share",
+    [(10, 1, 10), (10, 2, 5), (11, 2, 6), (1, 2, 1), (3, 4, 1), (32, 3, 11), (10, 0, 10)],
+)
+def test_worker_share_of_a_connection_limit(limit, workers, share):
+    """Each worker may open ceil(limit / workers), at least one; one worker: the limit."""
+    assert worker_share(limit, workers) == share
