@@ -37,7 +37,7 @@ COPY sink ./sink
 # engine.config.settings.BUNDLED_POLICY_DIR finds it. Every dependency at the version pinned in
 # .ci/image-constraints.txt (reproducible images). Bytecode is compiled here, once, because the
 # runtime filesystem is read-only.
-RUN /opt/nimbus/bin/pip install --no-compile -c constraints.txt . \
+RUN /opt/nimbus/bin/pip install --no-compile -c constraints.txt ".[fast]" \
  && /opt/nimbus/bin/python -m compileall -q /opt/nimbus/lib \
  && /opt/nimbus/bin/nimbus --version
 

@@ -61,10 +61,13 @@ __all__ = [
     "NIMBUS_MTAS",
     "WORKERS_MTA",
     "NimbusWorkersHarness",
+    "ASYNCIO_MTA",
+    "NimbusAsyncioHarness",
 ]
 
 WORKERS_MTA = "nimbus-w2"
-NIMBUS_MTAS = ("nimbus", "nimbus-dkim", WORKERS_MTA, BASELINE_MTA)
+ASYNCIO_MTA = "nimbus-asyncio"
+NIMBUS_MTAS = ("nimbus", "nimbus-dkim", WORKERS_MTA, ASYNCIO_MTA, BASELINE_MTA)
 # engine shutdown_deadline is 25 s: give it that and some before SIGKILL
 _TERM_TIMEOUT = 40
 
@@ -276,6 +279,17 @@ class NimbusWorkersHarness(NimbusHarness):
     def __init__(self, place: Placement):
         super().__init__(place)
         self.env["NIMBUS_NODE_WORKERS"] = "2"
+
+
+class NimbusAsyncioHarness(NimbusHarness):
+    """nimbus-asyncio: the same nimbus on the standard library's event loop
+    (``NIMBUS_NODE_EVENT_LOOP=asyncio``) instead of uvloop."""
+
+    name = ASYNCIO_MTA
+
+    def __init__(self, place: Placement):
+        super().__init__(place)
+        self.env["NIMBUS_NODE_EVENT_LOOP"] = "asyncio"
 
 
 class NimbusBaselineHarness(NimbusHarness):

@@ -76,6 +76,7 @@ def _add_load_options(p: argparse.ArgumentParser) -> None:
         "--mtas",
         default="postfix,nimbus",
         help="which MTAs: postfix, nimbus, nimbus-dkim, nimbus-w2 (two engine workers), "
+        "nimbus-asyncio (the stdlib event loop), "
         "nimbus-baseline (default postfix,nimbus)",
     )
     p.add_argument(

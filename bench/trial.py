@@ -27,8 +27,10 @@ from bench.baseline import BASELINE_MTA
 from bench.harness import MtaHarness, Placement
 from bench.load import LoadGenerator, source_command
 from bench.nimbus import (
+    ASYNCIO_MTA,
     NIMBUS_MTAS,
     WORKERS_MTA,
+    NimbusAsyncioHarness,
     NimbusBaselineHarness,
     NimbusDkimHarness,
     NimbusHarness,
@@ -96,6 +98,8 @@ def make_harness(
         return NimbusDkimHarness(place)
     if name == WORKERS_MTA:
         return NimbusWorkersHarness(place)
+    if name == ASYNCIO_MTA:
+        return NimbusAsyncioHarness(place)
     raise BenchError(f"unknown MTA {name!r} (postfix, {', '.join(NIMBUS_MTAS)})")
 
 

@@ -509,6 +509,7 @@ class Node:
                     "http_port": self.ports["http"],
                     "node_id": s.effective_node_id,
                     "spooled": self.spool.count,
+                    "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
                     **({"worker": self.role.index} if self.role is not None else {}),
                 },
             )

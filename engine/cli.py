@@ -169,13 +169,23 @@ def _report_unknown_env() -> None:
         )
 
 
-def _run(coro: Any) -> None:
-    try:
-        import uvloop
-    except ImportError:  # optional: the stdlib loop works, just slower
-        asyncio.run(coro)
-    else:
-        uvloop.run(coro)
+def _run(coro: Any, event_loop: str = "auto") -> None:
+    """Run ``coro`` on uvloop (``auto`` when it is installed, the ``fast`` extra) or on
+    the standard library's loop (``[node] event_loop``, NIMBUS_NODE_EVENT_LOOP)."""
+    if event_loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:  # the extra is not installed: the stdlib loop works, slower
+            if event_loop == "uvloop":
+                coro.close()
+                raise ConfigError(
+                    "[node] event_loop: uvloop is not installed "
+                    "(pip install 'nimbus-mta[fast]', or event_loop = \"auto\")"
+                ) from None
+        else:
+            uvloop.run(coro)
+            return
+    asyncio.run(coro)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,11 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "tsa":
         from tsa.app import run as run_tsa
 
-        return _serve(run_tsa(settings))
+        return _serve(run_tsa(settings), settings.node.event_loop)
     if args.command == "sink":
         from sink.app import run as run_sink
 
-        return _serve(run_sink(settings))
+        return _serve(run_sink(settings), settings.node.event_loop)
     if args.command == "mta":
         return _mta(args, argv, settings)
     return 0
@@ -220,10 +230,10 @@ def _mta(args: argparse.Namespace, argv: list[str], settings: Any) -> int:
             runtime=Path(args.worker_runtime),
             ready_fd=args.worker_ready_fd,
         )
-        return _serve(run_mta(settings, role))
+        return _serve(run_mta(settings, role), settings.node.event_loop)
     workers = settings.node.workers or default_workers()
     if workers == 1:
-        return _serve(run_mta(settings))
+        return _serve(run_mta(settings), settings.node.event_loop)
     if settings.suppression.enabled and not settings.redis.url:
         print(
             "nimbus: [suppression] enabled with node.workers > 1 needs redis.url "
@@ -240,14 +250,14 @@ def _mta(args: argparse.Namespace, argv: list[str], settings: Any) -> int:
         nonlocal code
         code = await node.run()
 
-    return _serve(run()) or code
+    return _serve(run(), settings.node.event_loop) or code
 
 
-def _serve(coro: Any) -> int:
+def _serve(coro: Any, event_loop: str = "auto") -> int:
     """Run a service coroutine in the foreground. An error that stops it from starting
     (settings, policy, a busy port, a locked spool) is one line on stderr and exit 2."""
     try:
-        _run(coro)
+        _run(coro, event_loop)
     except (ConfigError, PolicyLoadError, ListenError, SpoolLocked, BaseExceptionGroup) as exc:
         line = startup_error(_first_leaf(exc))
         if line is None:

@@ -52,11 +52,13 @@ __all__ = [
     "ConfigError",
     "BUNDLED_POLICY_DIR",
     "LOG_LEVELS",
+    "EVENT_LOOPS",
 ]
 
 BUNDLED_POLICY_DIR = Path(__file__).resolve().parents[2] / "policy"
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 
 
 class ConfigError(ValueError):
@@ -197,6 +199,11 @@ class NodeSettings:
         1,
         "engine worker processes of this node (0: the cgroup CPU quota rounded down, else "
         "the CPU count; 1, the default for now: one process, no supervisor)",
+    )
+    event_loop: str = _kind(
+        "str",
+        "auto",
+        "auto (uvloop when installed: pip install 'nimbus-mta[fast]'), uvloop, or asyncio",
     )
 
 
@@ -554,6 +561,11 @@ def load_settings(
     if not 1 <= settings.delivery.mta_sts_port <= 65535:
         raise ConfigError(
             f"[delivery] mta_sts_port: must be 1-65535, got {settings.delivery.mta_sts_port}"
+        )
+    if settings.node.event_loop not in EVENT_LOOPS:
+        raise ConfigError(
+            f"[node] event_loop: must be one of {', '.join(EVENT_LOOPS)}, "
+            f"got {settings.node.event_loop!r}"
         )
     cluster = settings.cluster
     if cluster.xfer_concurrency < 1:

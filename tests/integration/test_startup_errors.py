@@ -177,3 +177,39 @@ def test_suppression_without_redis_and_several_workers_is_refused(tmp_path):
     )
     assert code == 2
     assert "[suppression] enabled with node.workers > 1 needs redis.url" in last_line(err)
+
+
+def test_event_loop_setting(tmp_path):
+    """[node] event_loop: a bad value names the key (exit 2); uvloop asked for but not
+    importable is refused with the fix; asyncio runs, and the ready line says which loop."""
+    code, err = nimbus("mta", tmp_path, {"NIMBUS_NODE_EVENT_LOOP": "tokio"})
+    assert code == 2 and "[node] event_loop: must be one of auto, uvloop, asyncio" in last_line(err)
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("NIMBUS_")}
+    no_uvloop = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.modules['uvloop'] = None\n"
+            "from engine.cli import main; sys.exit(main(['mta']))",
+        ],
+        env={**clean, "NIMBUS_NODE_EVENT_LOOP": "uvloop", "NIMBUS_SPOOL_DIR": str(tmp_path / "s")},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert no_uvloop.returncode == 2
+    assert "uvloop is not installed (pip install 'nimbus-mta[fast]'" in no_uvloop.stderr
+
+
+async def test_the_ready_line_names_the_event_loop(tmp_path):
+    for kind, expected in (("asyncio", "asyncio"), ("auto", "uvloop")):
+        workdir = tmp_path / kind
+        workdir.mkdir()
+        proc = await NimbusProcess.start(workdir, {"NIMBUS_NODE_EVENT_LOOP": kind})
+        try:
+            assert proc.ready_line["event_loop"] == expected
+        finally:
+            proc.terminate()
+            await proc.wait()
