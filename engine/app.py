@@ -397,6 +397,8 @@ class Node:
             "oldest_message_age": oldest_age(self.spool.oldest_created(), time.time()),
             "site_backlog": per_site((q.site, len(q.queue)) for q in self.router.ready.values()),
             "xfer_pending": self.transfers.held(),
+            "suppression_refused": dict(self.suppressions.refused),
+            "suppression_recorded": dict(self.suppressions.recorded_by),
             "warmup": self.gate.warmup.readings(self._registry.warmup),
             "warmup_deferred": self.gate.warmup.deferred,
         }

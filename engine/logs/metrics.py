@@ -56,6 +56,8 @@ class GaugeReading(TypedDict):
     oldest_message_age: NotRequired[float]
     site_backlog: NotRequired[dict[str, int]]
     xfer_pending: NotRequired[int]
+    suppression_refused: NotRequired[dict[str, int]]
+    suppression_recorded: NotRequired[dict[str, int]]
     warmup: NotRequired[list[dict[str, Any]]]
     warmup_deferred: NotRequired[int]
 
@@ -183,6 +185,22 @@ def _autoscaling(s: GaugeReading) -> Iterable[Metric]:
         "Messages in this node's xfer queues, not yet taken by their target node",
         value=float(s.get("xfer_pending", 0)),
     )
+    refused = CounterMetricFamily(
+        "nimbus_suppression_refused",
+        "Messages refused because the recipient is on the suppression list, by entry reason",
+        labels=["reason"],
+    )
+    for reason, n in s.get("suppression_refused", {}).items():
+        refused.add_metric([reason], n)
+    yield refused
+    recorded = CounterMetricFamily(
+        "nimbus_suppression_recorded",
+        "Suppression entries this node made from its log records (hard bounces, complaints)",
+        labels=["reason"],
+    )
+    for reason, n in s.get("suppression_recorded", {}).items():
+        recorded.add_metric([reason], n)
+    yield recorded
 
 
 def _disk_gauges(s: GaugeReading) -> Iterable[Metric]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from cachetools import TTLCache
@@ -89,6 +90,10 @@ class Suppressions:
         self._dropping = False
         self.recorded = 0
         """Entries written from log records."""
+        self.refused: Counter[str] = Counter()
+        """Messages refused because of an entry, by the entry's reason (metrics)."""
+        self.recorded_by: Counter[str] = Counter()
+        """Entries written from log records, by reason (metrics)."""
 
     @property
     def enabled(self) -> bool:
@@ -141,6 +146,7 @@ class Suppressions:
             )
             if verdict is False:
                 return
+        self.refused[entry.reason.value] += 1
         raise Suppressed(entry)
 
     # -- the recorder ------------------------------------------------------------------
@@ -180,6 +186,7 @@ class Suppressions:
                 continue
             self.recorded += len(batch)
             for e in batch:
+                self.recorded_by[e.reason.value] += 1
                 log.info(
                     "recipient_suppressed",
                     extra={"recipient": e.recipient, "tenant": e.tenant, "reason": e.reason},

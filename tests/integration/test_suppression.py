@@ -180,6 +180,9 @@ async def test_hard_bounce_suppresses_the_next_injection(tmp_path, auth_dir):
         answer = await inject(node, "gone@dest.test")
         ok = await inject(node, "other@dest.test")
         rejections = await node.records.wait(lambda r: r["type"] == "Rejection", count=2)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{node.http_port}/metrics") as resp:
+                metrics = await resp.text()
     assert code == 550 and text.startswith("5.7.1 <gone@dest.test> is on the suppression list")
     assert "hard bounce: InvalidRecipient" in text
     assert answer["fail_count"] == 1 and answer["failed_recipients"] == ["gone@dest.test"]
@@ -188,6 +191,8 @@ async def test_hard_bounce_suppresses_the_next_injection(tmp_path, auth_dir):
     assert [r["reception_protocol"] for r in rejections] == ["ESMTP", "HTTP"]
     assert {r["response"]["code"] for r in rejections} == {550}
     assert {r["recipient"] for r in rejections} == {"Gone@Dest.test", "gone@dest.test"}
+    assert 'nimbus_suppression_refused_total{reason="bounce"} 2.0' in metrics
+    assert 'nimbus_suppression_recorded_total{reason="bounce"} 1.0' in metrics
 
 
 async def test_soft_bounce_does_not_suppress(tmp_path, auth_dir):
