@@ -112,6 +112,98 @@ def _xfer(bodies: list[Any]) -> dict[str, Any]:
     return first
 
 
+def _by_key(rows: Iterable[dict[str, Any]], key: str, add: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Rows with the same ``key`` as one, ``add`` fields summed (order of first sight)."""
+    out: dict[Any, dict[str, Any]] = {}
+    for row in rows:
+        seen = out.get(row.get(key))
+        if seen is None:
+            out[row.get(key)] = dict(row)
+            continue
+        for field in add:
+            if field in seen or field in row:
+                seen[field] = (seen.get(field) or 0) + (row.get(field) or 0)
+    return list(out.values())
+
+
+def _oldest(values: Iterable[Any]) -> Any:
+    found = [v for v in values if isinstance(v, int | float)]
+    return max(found) if found else None
+
+
+_STATE_ORDER = ("up", "starting", "shedding", "draining")  # worst last
+
+
+def _state_rank(node: dict[str, Any]) -> int:
+    state = node.get("state", "up")
+    return _STATE_ORDER.index(state) if state in _STATE_ORDER else 0
+
+
+def _status(bodies: list[Any]) -> dict[str, Any]:
+    """The status page's JSON for the node: queues, connections, rates, bounces, spool and
+    transfers summed over the workers; the node's state the worst of theirs; holds,
+    health and warm-up (the same on every worker) from the first."""
+    first: dict[str, Any] = dict(bodies[0])
+    nodes: list[dict[str, Any]] = [b["node"] for b in bodies]
+    worst: dict[str, Any] = max(nodes, key=_state_rank)
+    node: dict[str, Any] = {**worst}
+    node["workers"] = [
+        {"name": "engine workers", "count": len(bodies), "detail": "this view sums them"},
+        *first["node"].get("workers", []),
+    ]
+    first["node"] = node
+    sched = [b["queues"]["scheduled"] for b in bodies]
+    ready = [b["queues"]["ready"] for b in bodies]
+    top = _by_key((t for s in sched for t in s.get("top", [])), "name", ("count",))
+    first["queues"] = {
+        "scheduled": {
+            "messages": sum(s.get("messages", 0) for s in sched),
+            "queues": len({t["name"] for t in top}) + max(s.get("hidden", 0) for s in sched),
+            "oldest_age_seconds": _oldest(s.get("oldest_age_seconds") for s in sched),
+            "top": sorted(top, key=lambda t: -t.get("count", 0))[: len(sched[0].get("top", []))],
+            "hidden": max(s.get("hidden", 0) for s in sched),
+        },
+        "ready": {
+            "messages": sum(r.get("messages", 0) for r in ready),
+            "queues": max(r.get("queues", 0) for r in ready),
+            "connections": sum(r.get("connections", 0) for r in ready),
+            "oldest_age_seconds": _oldest(r.get("oldest_age_seconds") for r in ready),
+        },
+        "destinations": sorted(
+            _by_key(
+                (d for b in bodies for d in b["queues"].get("destinations", [])),
+                "domain",
+                ("count",),
+            ),
+            key=lambda d: -d.get("count", 0),
+        ),
+    }
+    first["ready_queues"] = _by_key(
+        (q for b in bodies for q in b.get("ready_queues", [])), "name", ("count", "connections")
+    )
+    first["rates"] = _by_key(
+        (r for b in bodies for r in b.get("rates", [])),
+        "type",
+        ("last_1m", "last_5m", "per_minute_5m"),
+    )
+    first["bounces"] = _by_key(
+        (r for b in bodies for r in b.get("bounces", [])), "classification", ("last_5m", "total")
+    )
+    spool = dict(first.get("spool", {}))
+    spool["messages"] = sum(b.get("spool", {}).get("messages", 0) for b in bodies)
+    spool["bytes"] = sum(b.get("spool", {}).get("bytes", 0) for b in bodies)
+    first["spool"] = spool
+    first["transfers"] = [t for b in bodies for t in b.get("transfers", [])]
+    return first
+
+
+def _retry_now(bodies: list[Any]) -> dict[str, Any]:
+    retried: dict[str, int] = {}
+    for body in bodies:
+        retried = _add_counts(retried, body.get("retried", {}))
+    return {"retried": retried, "total_retried": sum(retried.values())}
+
+
 def merge_admin(method: str, path: str, answers: list[Answer]) -> Answer:
     """The node's answer to an admin request every worker answered.
 
@@ -139,6 +231,10 @@ def merge_admin(method: str, path: str, answers: list[Answer]) -> Answer:
         return 200, [job for body in bodies for job in body]
     if path.endswith(("/xfer/v1", "/xfer/cancel/v1")):
         return 200, _xfer(bodies)
+    if path.endswith("/status/v1") and method == "GET":
+        return 200, _status(bodies)
+    if path.endswith("/retry-now/v1"):
+        return 200, _retry_now(bodies)
     return 200, bodies[0]  # suspend ids (the same on every worker), rebind {}, inspect-message
 
 

@@ -83,6 +83,12 @@ async def test_two_workers_share_the_port_and_answer_for_the_node(tmp_path):
         assert await held(node) == 20
         assert await scrape(node, 'nimbus_messages_received_total{listener="esmtp_listener"}') == 20
         assert await scrape(node, "nimbus_queued_messages") == 20
+        status = await admin(node, "status/v1")  # the status page's JSON, for the node
+        assert (
+            status["queues"]["scheduled"]["messages"] + status["queues"]["ready"]["messages"] == 20
+        )
+        assert status["spool"]["messages"] == 20
+        assert status["node"]["workers"][0]["count"] == 2
         for id in ids[:4]:  # whichever worker holds it answers, on any worker
             assert (await admin(node, f"inspect-message/v1?id={id}"))["id"] == id
         bounced = await admin(node, "bounce/v1", {"domain": "dst.test", "reason": "test"})

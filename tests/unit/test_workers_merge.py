@@ -103,3 +103,80 @@ def test_live_metrics_are_summed_and_node_wide_gauges_take_the_largest():
     assert "nimbus_queued_messages 7.0" in text
     assert "nimbus_oldest_message_age_seconds 25.0" in text
     assert 'nimbus_scheduled_messages{queue="a"} 3.0' in text
+
+
+def _status(state: str, messages: int, top: list, rates: list, spool: int) -> dict:
+    return {
+        "generated": "t",
+        "node": {"id": "n", "state": state, "why": None, "uptime_seconds": 1.0, "workers": []},
+        "queues": {
+            "scheduled": {
+                "messages": messages,
+                "queues": len(top),
+                "oldest_age_seconds": float(messages),
+                "top": top,
+                "hidden": 0,
+            },
+            "ready": {"messages": 1, "queues": 1, "connections": 2, "oldest_age_seconds": None},
+            "destinations": [{"domain": t["name"], "count": t["count"]} for t in top],
+        },
+        "ready_queues": [{"name": "q", "count": 1, "connections": 2}],
+        "ready_queues_hidden": 0,
+        "rates": rates,
+        "bounces": [{"classification": "InvalidRecipient", "last_5m": 1, "total": 3}],
+        "holds": [{"id": "h1"}],
+        "health": {"redis": {"state": "ok"}, "tsa": {"state": "not configured"}},
+        "spool": {"messages": spool, "bytes": 10 * spool},
+        "transfers": [{"queue_name": f"x{messages}"}],
+        "warmup": [],
+    }
+
+
+def test_the_status_page_sums_the_workers():
+    """queues, connections, rates, bounces, spool and transfers add up; the state is the
+    worst; holds come once; the engine workers are listed."""
+    a = _status(
+        "up",
+        2,
+        [{"name": "a.test", "count": 2}],
+        [{"type": "Delivery", "last_1m": 5, "last_5m": 9}],
+        3,
+    )
+    b = _status(
+        "shedding",
+        3,
+        [{"name": "a.test", "count": 1}, {"name": "b.test", "count": 2}],
+        [{"type": "Delivery", "last_1m": 1, "last_5m": 2}],
+        4,
+    )
+    status, body = merge_admin("GET", "/api/admin/status/v1", [(200, a), (200, b)])
+    assert status == 200
+    assert body["node"]["state"] == "shedding"
+    assert body["node"]["workers"][0] == {
+        "name": "engine workers",
+        "count": 2,
+        "detail": "this view sums them",
+    }
+    sched = body["queues"]["scheduled"]
+    assert (sched["messages"], sched["oldest_age_seconds"]) == (5, 3.0)
+    assert [(t["name"], t["count"]) for t in sched["top"]] == [("a.test", 3)]
+    assert body["queues"]["ready"]["connections"] == 4
+    assert {d["domain"]: d["count"] for d in body["queues"]["destinations"]} == {
+        "a.test": 3,
+        "b.test": 2,
+    }
+    assert body["ready_queues"] == [{"name": "q", "count": 2, "connections": 4}]
+    assert body["rates"] == [{"type": "Delivery", "last_1m": 6, "last_5m": 11}]
+    assert body["bounces"] == [{"classification": "InvalidRecipient", "last_5m": 2, "total": 6}]
+    assert (body["spool"]["messages"], body["spool"]["bytes"]) == (7, 70)
+    assert [t["queue_name"] for t in body["transfers"]] == ["x2", "x3"]
+    assert body["holds"] == [{"id": "h1"}]
+
+
+def test_retry_now_adds_every_workers_counts():
+    status, body = merge_admin(
+        "POST",
+        "/api/admin/retry-now/v1",
+        [(200, {"retried": {"a": 1}, "total_retried": 1}), (200, {"retried": {"a": 2, "b": 1}})],
+    )
+    assert (status, body) == (200, {"retried": {"a": 3, "b": 1}, "total_retried": 4})
