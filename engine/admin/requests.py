@@ -228,19 +228,9 @@ class XferRequest:
     reason: str
 
 
-def parse_xfer(body: Json) -> XferRequest:
-    """KumoMTA's XferV1Request (``domain``, ``routing_domain``, ``campaign``, ``tenant``,
-    ``queue_names``, ``reason``, ``target``), plus ``everything``. Unlike KumoMTA, a
-    request that selects nothing is refused rather than moving every queue: say
-    ``everything: true`` for that (as kcli's ``--everything``)."""
-    body = _check_fields(
-        body, (*_CRITERIA, "routing_domain", "queue_names", "reason", "target", "everything")
-    )
-    raw_target = _text(body, "target", required=True) or ""
-    try:
-        target = parse_url_prefix(raw_target)
-    except ValueError as exc:
-        raise AdminInputError("target", str(exc)) from None
+def _selection(body: Mapping[str, Json]) -> Criteria:
+    """The queues an xfer or retry-now selects: criteria, or ``everything: true`` alone.
+    Unlike KumoMTA an empty selection is refused rather than taken as every queue."""
     criteria = Criteria(
         domain=_text(body, "domain"),
         routing_domain=_text(body, "routing_domain"),
@@ -258,6 +248,23 @@ def parse_xfer(body: Json) -> XferRequest:
             "select queues with domain, routing_domain, campaign, tenant or queue_names, "
             "or set everything: true",
         )
+    return criteria
+
+
+def parse_xfer(body: Json) -> XferRequest:
+    """KumoMTA's XferV1Request (``domain``, ``routing_domain``, ``campaign``, ``tenant``,
+    ``queue_names``, ``reason``, ``target``), plus ``everything``. Unlike KumoMTA, a
+    request that selects nothing is refused rather than moving every queue: say
+    ``everything: true`` for that (as kcli's ``--everything``)."""
+    body = _check_fields(
+        body, (*_CRITERIA, "routing_domain", "queue_names", "reason", "target", "everything")
+    )
+    raw_target = _text(body, "target", required=True) or ""
+    try:
+        target = parse_url_prefix(raw_target)
+    except ValueError as exc:
+        raise AdminInputError("target", str(exc)) from None
+    criteria = _selection(body)
     return XferRequest(
         criteria=criteria, target=target, reason=_text(body, "reason", required=True) or ""
     )
@@ -279,25 +286,8 @@ def parse_retry_now(body: Json) -> Criteria:
     body = _check_fields(
         body, (*_CRITERIA, "routing_domain", "queue_names", "everything", "reason")
     )
-    criteria = Criteria(
-        domain=_text(body, "domain"),
-        routing_domain=_text(body, "routing_domain"),
-        tenant=_text(body, "tenant"),
-        campaign=_text(body, "campaign"),
-        queue_names=_names(body),
-    )
     _text(body, "reason")
-    everything = _flag(body, "everything")
-    selects = criteria != Criteria()
-    if everything and selects:
-        raise AdminInputError("everything", "cannot be combined with other criteria")
-    if not everything and not selects:
-        raise AdminInputError(
-            None,
-            "select queues with domain, routing_domain, campaign, tenant or queue_names, "
-            "or set everything: true",
-        )
-    return criteria
+    return _selection(body)
 
 
 def parse_abort_conn(body: Json) -> tuple[str, str]:
