@@ -21,7 +21,7 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
-from engine.xfer.wire import normalize_target
+from engine.config.units import parse_url_prefix
 
 __all__ = ["peer_urls", "classify_entry", "PeerLoads"]
 
@@ -48,7 +48,7 @@ def classify_entry(entry: str, http_port: int) -> tuple[str | None, tuple[str, i
     ValueError for an entry that is neither."""
     entry = entry.strip()
     if "://" in entry:
-        return normalize_target(entry), None
+        return parse_url_prefix(entry), None
     host, port = entry, http_port
     if entry.count(":") == 1:
         host, _, raw = entry.partition(":")

@@ -37,7 +37,6 @@ __all__ = [
     "verdict",
     "xfer_queue_name",
     "target_of",
-    "normalize_target",
 ]
 
 MEDIA_TYPE = "application/vnd.nimbus.xfer.v1"
@@ -154,11 +153,6 @@ def verdict(status: int | None, body: Json = None) -> Verdict:
     return Verdict.PEER_REFUSED  # 401, 403, 404 (not a nimbus node), other 4xx
 
 
-def normalize_target(target: str) -> str:
-    """An ``http(s)://host[:port]`` URL prefix without a trailing slash; ValueError else."""
-    return parse_url_prefix(target)
-
-
 def xfer_queue_name(target: str) -> str:
     """KumoMTA's name of the queue holding messages bound for ``target`` (its URL with
     the trailing slash a URL prints with: ``http://10.0.0.2:8000/.xfer.kumomta.internal``)."""
@@ -170,6 +164,6 @@ def target_of(queue_name: str) -> str | None:
     if not queue_name.endswith(XFER_QUEUE_SUFFIX):
         return None
     try:
-        return normalize_target(queue_name[: -len(XFER_QUEUE_SUFFIX)])
+        return parse_url_prefix(queue_name[: -len(XFER_QUEUE_SUFFIX)])
     except ValueError:
         return None
