@@ -144,6 +144,21 @@ def _message(id: str, envelope: str, due: float, attempts: int) -> Message:
     )
 
 
+def _read_envelopes(conn: sqlite3.Connection) -> tuple[list[Message], list[tuple[str, str]]]:
+    """Every row's envelope and schedule (no bodies): the messages, and (id, why) of the
+    rows that do not decode."""
+    messages: list[Message] = []
+    bad: list[tuple[str, str]] = []
+    for id, envelope, due, attempts in conn.execute(
+        "SELECT id, envelope, due, attempts FROM messages"
+    ):
+        try:
+            messages.append(_message(id, envelope, due, attempts))
+        except (ValueError, KeyError, TypeError) as exc:
+            bad.append((id, f"{type(exc).__name__}: {exc}"))
+    return messages, bad
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     # FULL: a commit is on stable storage before the 250/200 goes out (RFC 5321 6.1).
     return connect(path, synchronous="FULL")
@@ -254,15 +269,7 @@ class Spool:
     def _recover_sync(self) -> tuple[list[Message], list[Quarantined]]:
         self._lock()
         conn = self._open_db()
-        messages: list[Message] = []
-        bad: list[tuple[str, str]] = []
-        for id, envelope, due, attempts in conn.execute(
-            "SELECT id, envelope, due, attempts FROM messages"
-        ):
-            try:
-                messages.append(_message(id, envelope, due, attempts))
-            except (ValueError, KeyError, TypeError) as exc:
-                bad.append((id, f"{type(exc).__name__}: {exc}"))
+        messages, bad = _read_envelopes(conn)
         quarantined = [Quarantined(id, reason) for id, reason in bad]
         if bad:
             conn.execute("BEGIN IMMEDIATE")
@@ -439,14 +446,7 @@ class Spool:
         return await asyncio.to_thread(self._contains_sync, id)
 
     def _messages_sync(self) -> list[Message]:
-        out: list[Message] = []
-        rows = self._reader().execute("SELECT id, envelope, due, attempts FROM messages")
-        for id, envelope, due, attempts in rows:
-            try:
-                out.append(_message(id, envelope, due, attempts))
-            except (ValueError, KeyError, TypeError):
-                continue  # quarantined at the next start, as recovery does
-        return out
+        return _read_envelopes(self._reader())[0]  # bad rows: quarantined at the next start
 
     async def messages(self) -> list[Message]:
         """Every committed message's envelope and schedule, oldest first (bodies not
