@@ -742,24 +742,17 @@ _PATHS: JsonObject = {
         }
     },
     "/api/admin/xfer/v1": {
-        "post": {
-            "operationId": "xfer_v1",
-            "tags": ["admin"],
-            "summary": "Move the selected queues' waiting messages to another node",
-            "security": _ADMIN_SECURITY,
-            "requestBody": {"required": True, "content": {"application/json": {"schema": _XFER}}},
-            "responses": {
-                "200": _json(
-                    {
-                        "type": "object",
-                        "required": ["queue_name", "messages"],
-                        "properties": {"queue_name": _STR, "messages": {"type": "integer"}},
-                    },
-                    "the transfer started (its xfer queue, how many messages it took)",
-                ),
-                **_errors(*_ADMIN_ERRORS, 409),
+        **_admin_post(
+            "xfer_v1",
+            "Move the selected queues' waiting messages to another node",
+            _XFER,
+            {
+                "type": "object",
+                "required": ["queue_name", "messages"],
+                "properties": {"queue_name": _STR, "messages": {"type": "integer"}},
             },
-        },
+            409,
+        ),
         "get": {
             "operationId": "xfer_list_v1",
             "tags": ["admin"],
@@ -843,29 +836,17 @@ _PATHS: JsonObject = {
             },
         },
     },
-    "/api/admin/xfer/cancel/v1": {
-        "post": {
-            "operationId": "xfer_cancel_v1",
-            "tags": ["admin"],
-            "summary": "Stop a transfer: what it has not sent goes back to its queues",
-            "security": _ADMIN_SECURITY,
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": _XFER_CANCEL}},
-            },
-            "responses": {
-                "200": _json(
-                    {
-                        "type": "object",
-                        "required": ["queue_name", "returned"],
-                        "properties": {"queue_name": _STR, "returned": {"type": "integer"}},
-                    },
-                    "stopped",
-                ),
-                **_errors(*_ADMIN_ERRORS, 404),
-            },
-        }
-    },
+    "/api/admin/xfer/cancel/v1": _admin_post(
+        "xfer_cancel_v1",
+        "Stop a transfer: what it has not sent goes back to its queues",
+        _XFER_CANCEL,
+        {
+            "type": "object",
+            "required": ["queue_name", "returned"],
+            "properties": {"queue_name": _STR, "returned": {"type": "integer"}},
+        },
+        404,
+    ),
     "/api/admin/warmup/v1": {
         "get": {
             "operationId": "warmup_v1",
